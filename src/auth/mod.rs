@@ -1,0 +1,244 @@
+//! Who is calling: Bearer API keys resolved by SHA-256 to a principal (org, key, scopes, plan),
+//! plan and scope checks, and the per-org rate limiter.
+//!
+//! Transport-neutral: adapters hand over the raw `Authorization` value (or a WebSocket auth
+//! frame's token) and get a [`Principal`] or an [`ApiError`] back.
+
+pub mod rate_limit;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use subtle::ConstantTimeEq;
+
+use crate::config::AuthConfig;
+use crate::domain::{Plan, Scope};
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::store::{keys, Store};
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub org_id: String,
+    pub key_id: String,
+    pub scopes: Vec<Scope>,
+    pub plan: Plan,
+    /// The org's own limit; `None` means the server default.
+    pub rate_limit: Option<u32>,
+}
+
+impl Principal {
+    /// Passes when the key holds at least one of `any_of`.
+    pub fn require_any(&self, any_of: &[Scope]) -> ApiResult<()> {
+        if any_of.iter().any(|s| self.scopes.contains(s)) {
+            return Ok(());
+        }
+        let needed = any_of
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(" or ");
+        Err(ApiError::new(
+            ErrorCode::ScopeDenied,
+            "API key is missing the scope this endpoint needs",
+        )
+        .with_details(format!("required scope: {needed}")))
+    }
+}
+
+/// The verdict cached per key hash.
+type Verdict = Result<Principal, ErrorCode>;
+
+/// Resolves keys to principals, caching verdicts briefly so a hot voice session never waits on
+/// the database, while new keys work within `negative_cache_ttl_ms` and revoked keys stop within
+/// `key_cache_ttl_secs`.
+#[derive(Clone)]
+pub struct Authenticator {
+    store: Store,
+    valid: moka::sync::Cache<[u8; 32], Arc<Principal>>,
+    invalid: moka::sync::Cache<[u8; 32], ErrorCode>,
+}
+
+/// Longest `Authorization` value we bother hashing; anything longer is not one of our keys.
+const MAX_TOKEN_LEN: usize = 512;
+
+impl Authenticator {
+    pub fn new(store: Store, cfg: &AuthConfig) -> Self {
+        Authenticator {
+            store,
+            valid: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(cfg.key_cache_ttl_secs))
+                .build(),
+            invalid: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_millis(cfg.negative_cache_ttl_ms))
+                .build(),
+        }
+    }
+
+    /// Authenticates an `Authorization` header value (`None` when the header is absent).
+    pub async fn authenticate_header(&self, header: Option<&str>) -> ApiResult<Arc<Principal>> {
+        let Some(value) = header else {
+            return Err(
+                ApiError::new(ErrorCode::MissingAuth, "No Authorization header provided")
+                    .with_details("send Authorization: Bearer op_live_..."),
+            );
+        };
+        let token = parse_bearer(value).ok_or_else(|| {
+            ApiError::new(ErrorCode::InvalidApiKey, "Malformed Authorization header")
+                .with_details("expected: Bearer <api key>")
+        })?;
+        self.authenticate_token(token).await
+    }
+
+    /// Authenticates a raw API key.
+    pub async fn authenticate_token(&self, token: &str) -> ApiResult<Arc<Principal>> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(ApiError::new(ErrorCode::MissingAuth, "Empty API key"));
+        }
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(invalid_key());
+        }
+        let hash = keys::hash_key(token);
+        if let Some(p) = self.valid.get(&hash) {
+            return Ok(p);
+        }
+        if let Some(code) = self.invalid.get(&hash) {
+            return Err(verdict_error(code));
+        }
+        let store = self.store.clone();
+        let verdict = store.read(move |conn| Ok(lookup(conn, &hash))).await??;
+        match verdict {
+            Ok(p) => {
+                let p = Arc::new(p);
+                self.valid.insert(hash, p.clone());
+                Ok(p)
+            }
+            Err(code) => {
+                self.invalid.insert(hash, code);
+                Err(verdict_error(code))
+            }
+        }
+    }
+}
+
+fn lookup(conn: &rusqlite::Connection, hash: &[u8; 32]) -> ApiResult<Verdict> {
+    let Some((stored, rec)) = keys::find_by_hash(conn, hash)? else {
+        return Ok(Err(ErrorCode::InvalidApiKey));
+    };
+    // The index lookup already matched; comparing again in constant time keeps the final
+    // decision free of timing differences.
+    if !bool::from(stored.as_slice().ct_eq(hash.as_slice())) || rec.revoked {
+        return Ok(Err(ErrorCode::InvalidApiKey));
+    }
+    let Some(org) = rec.org else {
+        return Ok(Err(ErrorCode::OrgNotFound));
+    };
+    if !org.plan.has_api_access() {
+        return Ok(Err(ErrorCode::PlanRequired));
+    }
+    Ok(Ok(Principal {
+        org_id: rec.org_id,
+        key_id: rec.key_id,
+        scopes: rec.scopes,
+        plan: org.plan,
+        rate_limit: org.rate_limit,
+    }))
+}
+
+fn invalid_key() -> ApiError {
+    ApiError::new(
+        ErrorCode::InvalidApiKey,
+        "API key not found, revoked, or malformed",
+    )
+}
+
+fn verdict_error(code: ErrorCode) -> ApiError {
+    match code {
+        ErrorCode::PlanRequired => {
+            ApiError::new(code, "Organization is not on a Pro or Scale plan")
+                .with_details("API access requires the pro or scale plan")
+        }
+        ErrorCode::OrgNotFound => ApiError::new(code, "Organization deleted or invalid"),
+        _ => invalid_key(),
+    }
+}
+
+/// Extracts the token from `Bearer <token>` (scheme case-insensitive).
+pub fn parse_bearer(value: &str) -> Option<&str> {
+    let value = value.trim();
+    let (scheme, rest) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim();
+    (!token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{orgs, test_store};
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(parse_bearer("Bearer op_live_x"), Some("op_live_x"));
+        assert_eq!(parse_bearer("bearer   op_live_x "), Some("op_live_x"));
+        assert_eq!(parse_bearer("Basic abc"), None);
+        assert_eq!(parse_bearer("Bearer "), None);
+        assert_eq!(parse_bearer("op_live_x"), None);
+    }
+
+    #[tokio::test]
+    async fn verdicts() {
+        let (_d, store) = test_store();
+        let raw = keys::generate_raw_key();
+        let free_raw = keys::generate_raw_key();
+        let r2 = raw.clone();
+        let f2 = free_raw.clone();
+        store
+            .write(move |tx| {
+                orgs::create(tx, &orgs::NewOrg::named("o"))?;
+                let mut free = orgs::NewOrg::named("f");
+                free.plan = Plan::Free;
+                orgs::create(tx, &free)?;
+                keys::insert(tx, "o", "k", &[Scope::Contacts], &r2)?;
+                keys::insert(tx, "f", "k", &[Scope::Contacts], &f2)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let auth = Authenticator::new(store, &AuthConfig::default());
+        let p = auth
+            .authenticate_header(Some(&format!("Bearer {raw}")))
+            .await
+            .unwrap();
+        assert_eq!(p.org_id, "o");
+        assert!(p.require_any(&[Scope::Contacts, Scope::Native]).is_ok());
+        assert_eq!(
+            p.require_any(&[Scope::Campaigns]).unwrap_err().code,
+            ErrorCode::ScopeDenied
+        );
+        let e = |h: Option<String>| {
+            let auth = auth.clone();
+            async move {
+                auth.authenticate_header(h.as_deref())
+                    .await
+                    .unwrap_err()
+                    .code
+            }
+        };
+        assert_eq!(e(None).await, ErrorCode::MissingAuth);
+        assert_eq!(e(Some("Basic x".into())).await, ErrorCode::InvalidApiKey);
+        assert_eq!(
+            e(Some("Bearer op_live_nope".into())).await,
+            ErrorCode::InvalidApiKey
+        );
+        assert_eq!(
+            e(Some(format!("Bearer {free_raw}"))).await,
+            ErrorCode::PlanRequired
+        );
+    }
+}

@@ -1,0 +1,417 @@
+//! The command line (DESIGN §12): `serve`, `keys create|revoke|list`, `org create|set|show`.
+//! Every flag has a `PILOT_BRIDGE_*` environment twin; flags beat env beat the config file beat
+//! defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, LogFormat};
+use crate::demo;
+use crate::domain::{PilotMode, Plan, Scope};
+use crate::store::{keys, orgs, Store};
+
+/// The key `serve --demo` uses unless `PILOT_BRIDGE_DEMO_KEY` says otherwise. It is public on
+/// purpose, so the README's curl examples work verbatim; it only ever opens the demo org.
+pub const DEFAULT_DEMO_KEY: &str = "op_live_DemoKeyForLocalTestingOnly00000000";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pilot-bridge",
+    version,
+    about = "Low-latency voice and agent gateway for OutreachPilot-compatible CRMs"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the HTTP/WebSocket server.
+    Serve(ServeArgs),
+    /// Create, revoke and list API keys.
+    Keys {
+        #[command(subcommand)]
+        cmd: KeysCmd,
+    },
+    /// Create, change and show organisations.
+    Org {
+        #[command(subcommand)]
+        cmd: OrgCmd,
+    },
+}
+
+/// Where the data lives; shared by every command.
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Directory holding the database [default: ./data]
+    #[arg(long, env = "PILOT_BRIDGE_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// TOML configuration file (see deploy/pilot-bridge.toml)
+    #[arg(long, env = "PILOT_BRIDGE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Address to listen on [default: 127.0.0.1:8080]
+    #[arg(long, env = "PILOT_BRIDGE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Seed the demo workspace (when absent) and print a ready API key
+    #[arg(long, env = "PILOT_BRIDGE_DEMO")]
+    pub demo: bool,
+    /// Fixed value for the demo key
+    #[arg(long, env = "PILOT_BRIDGE_DEMO_KEY", hide_env_values = true)]
+    pub demo_key: Option<String>,
+    /// Log format [default: text]
+    #[arg(long, env = "PILOT_BRIDGE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Requests per minute per org when the org sets none; 0 = off [default: 60]
+    #[arg(long, env = "PILOT_BRIDGE_DEFAULT_RATE_LIMIT")]
+    pub default_rate_limit: Option<u32>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCmd {
+    /// Create a key and print it (alone) on stdout. It is shown only this once.
+    Create {
+        #[command(flatten)]
+        common: Common,
+        /// Organisation the key belongs to
+        #[arg(long, env = "PILOT_BRIDGE_ORG")]
+        org: String,
+        /// A label to recognise the key by
+        #[arg(long, env = "PILOT_BRIDGE_KEY_NAME", default_value = "cli")]
+        name: String,
+        /// Comma-separated scopes [default: every scope]
+        #[arg(long, env = "PILOT_BRIDGE_SCOPES")]
+        scopes: Option<String>,
+    },
+    /// Revoke a key by id (or by its raw value). It stops working within the key cache TTL.
+    Revoke {
+        #[command(flatten)]
+        common: Common,
+        key_id: String,
+    },
+    /// List keys (never the raw values).
+    List {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, env = "PILOT_BRIDGE_ORG")]
+        org: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct OrgSettings {
+    /// free | pro | scale
+    #[arg(long, env = "PILOT_BRIDGE_PLAN")]
+    pub plan: Option<Plan>,
+    /// Requests per minute; 0 = unlimited
+    #[arg(long, env = "PILOT_BRIDGE_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+    /// off | review | auto
+    #[arg(long, env = "PILOT_BRIDGE_PILOT_MODE")]
+    pub pilot_mode: Option<PilotMode>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OrgCmd {
+    /// Create an organisation (plan defaults to pro).
+    Create {
+        #[command(flatten)]
+        common: Common,
+        org: String,
+        #[command(flatten)]
+        settings: OrgSettings,
+    },
+    /// Change an organisation's plan, rate limit or pilot mode.
+    Set {
+        #[command(flatten)]
+        common: Common,
+        org: String,
+        #[command(flatten)]
+        settings: OrgSettings,
+    },
+    /// Show an organisation as JSON.
+    Show {
+        #[command(flatten)]
+        common: Common,
+        org: String,
+    },
+}
+
+impl clap::builder::ValueParserFactory for Plan {
+    type Parser = clap::builder::ValueParser;
+    fn value_parser() -> Self::Parser {
+        clap::builder::ValueParser::new(|s: &str| s.parse::<Plan>())
+    }
+}
+
+impl clap::builder::ValueParserFactory for PilotMode {
+    type Parser = clap::builder::ValueParser;
+    fn value_parser() -> Self::Parser {
+        clap::builder::ValueParser::new(|s: &str| s.parse::<PilotMode>())
+    }
+}
+
+/// Config file (if any) with the data-dir override applied.
+fn base_config(common: &Common) -> anyhow::Result<Config> {
+    let mut cfg = Config::load(common.config.as_deref())?;
+    if let Some(d) = &common.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    Ok(cfg)
+}
+
+fn open_store(cfg: &Config) -> anyhow::Result<Store> {
+    Store::open(&cfg.data_dir, &cfg.store_options())
+}
+
+/// Parses the process arguments and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Keys { cmd } => keys_cmd(cmd),
+        Command::Org { cmd } => org_cmd(cmd),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut cfg = base_config(&args.common)?;
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    if let Some(f) = args.log_format {
+        cfg.log_format = f;
+    }
+    if let Some(r) = args.default_rate_limit {
+        cfg.limits.default_rate_limit = r;
+    }
+    cfg.validate()?;
+    crate::telemetry::init_tracing(cfg.log_format);
+    let store = open_store(&cfg)?;
+    if args.demo {
+        let seeded = store.write_sync(|tx| demo::seed(tx))?;
+        let fixed = args.demo_key.as_deref().unwrap_or(DEFAULT_DEMO_KEY);
+        let key = store.write_sync(|tx| demo::ensure_key(tx, Some(fixed)))?;
+        if key == DEFAULT_DEMO_KEY && !cfg.listen.ip().is_loopback() {
+            tracing::warn!("the well-known demo key is enabled on a non-loopback address; set PILOT_BRIDGE_DEMO_KEY");
+        }
+        println!(
+            "Demo workspace {} (org \"{}\").",
+            if seeded {
+                "created"
+            } else {
+                "already present, left as it was"
+            },
+            demo::DEMO_ORG
+        );
+        println!("API key: {key}");
+        println!(
+            "Try: curl -H \"Authorization: Bearer {key}\" \"http://{}/api/v1/contacts?search=sarah\"",
+            cfg.listen
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let server = crate::server::start(cfg, Some(store)).await?;
+        tracing::info!(addr = %server.addr, "pilot-bridge listening");
+        crate::server::shutdown_signal().await;
+        server.shutdown().await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn keys_cmd(cmd: KeysCmd) -> anyhow::Result<()> {
+    match cmd {
+        KeysCmd::Create {
+            common,
+            org,
+            name,
+            scopes,
+        } => {
+            let scopes = match scopes {
+                Some(s) => Scope::parse_list(&s).map_err(|e| anyhow!("--scopes: {e}"))?,
+                None => Scope::ALL.to_vec(),
+            };
+            let store = open_store(&base_config(&common)?)?;
+            let raw = keys::generate_raw_key();
+            let info = store.write_sync(|tx| keys::insert(tx, &org, &name, &scopes, &raw))?;
+            eprintln!(
+                "created key {} for org {} with scopes {}",
+                info.id,
+                org,
+                Scope::join(&scopes)
+            );
+            println!("{raw}");
+            Ok(())
+        }
+        KeysCmd::Revoke { common, key_id } => {
+            let store = open_store(&base_config(&common)?)?;
+            let id = store.write_sync(|tx| keys::revoke(tx, &key_id))?;
+            eprintln!("revoked key {id}");
+            Ok(())
+        }
+        KeysCmd::List { common, org } => {
+            let store = open_store(&base_config(&common)?)?;
+            let list = store.read_sync(|c| keys::list(c, org.as_deref()))?;
+            println!(
+                "{:<36}  {:<16}  {:<14}  {:<12}  {:<8}  SCOPES",
+                "ID", "ORG", "PREFIX", "NAME", "STATE"
+            );
+            for k in list {
+                println!(
+                    "{:<36}  {:<16}  {:<14}  {:<12}  {:<8}  {}",
+                    k.id,
+                    k.org_id,
+                    format!("{}…", k.prefix),
+                    k.name,
+                    if k.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    },
+                    Scope::join(&k.scopes)
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn org_cmd(cmd: OrgCmd) -> anyhow::Result<()> {
+    match cmd {
+        OrgCmd::Create {
+            common,
+            org,
+            settings,
+        } => {
+            let store = open_store(&base_config(&common)?)?;
+            let new = orgs::NewOrg {
+                id: org,
+                plan: settings.plan.unwrap_or(Plan::Pro),
+                rate_limit: settings.rate_limit,
+                pilot_mode: settings.pilot_mode.unwrap_or(PilotMode::Review),
+            };
+            let created = store.write_sync(|tx| orgs::create(tx, &new))?;
+            println!("{}", serde_json::to_string_pretty(&created)?);
+            Ok(())
+        }
+        OrgCmd::Set {
+            common,
+            org,
+            settings,
+        } => {
+            let store = open_store(&base_config(&common)?)?;
+            let changes = orgs::OrgChanges {
+                plan: settings.plan,
+                rate_limit: settings.rate_limit,
+                pilot_mode: settings.pilot_mode,
+            };
+            let updated = store.write_sync(|tx| orgs::update(tx, &org, &changes))?;
+            println!("{}", serde_json::to_string_pretty(&updated)?);
+            Ok(())
+        }
+        OrgCmd::Show { common, org } => {
+            let store = open_store(&base_config(&common)?)?;
+            let found = store
+                .read_sync(|c| orgs::get(c, &org))?
+                .ok_or_else(|| anyhow!("org '{org}' does not exist"))?;
+            println!("{}", serde_json::to_string_pretty(&found)?);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_shape_is_valid() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_documented_invocations() {
+        let c = Cli::try_parse_from([
+            "pilot-bridge",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            "/tmp/x",
+            "--demo",
+        ])
+        .unwrap();
+        assert!(matches!(
+            c.command,
+            Command::Serve(ServeArgs { demo: true, .. })
+        ));
+        let c = Cli::try_parse_from([
+            "pilot-bridge",
+            "keys",
+            "create",
+            "--org",
+            "acme",
+            "--scopes",
+            "contacts,native",
+        ])
+        .unwrap();
+        assert!(matches!(
+            c.command,
+            Command::Keys {
+                cmd: KeysCmd::Create { .. }
+            }
+        ));
+        let c = Cli::try_parse_from([
+            "pilot-bridge",
+            "org",
+            "set",
+            "acme",
+            "--plan",
+            "scale",
+            "--rate-limit",
+            "0",
+            "--pilot-mode",
+            "auto",
+        ])
+        .unwrap();
+        match c.command {
+            Command::Org {
+                cmd: OrgCmd::Set { settings, .. },
+            } => {
+                assert_eq!(settings.plan, Some(Plan::Scale));
+                assert_eq!(settings.rate_limit, Some(0));
+                assert_eq!(settings.pilot_mode, Some(PilotMode::Auto));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            Cli::try_parse_from(["pilot-bridge", "org", "set", "acme", "--plan", "gold"]).is_err()
+        );
+    }
+}

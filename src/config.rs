@@ -1,0 +1,230 @@
+//! Service configuration: built-in defaults, overridden by an optional TOML file, overridden by
+//! `PILOT_BRIDGE_*` environment variables and command-line flags (the CLI layer applies those two,
+//! clap giving flags precedence over env). Validated once at start-up.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Durability, StoreOptions};
+
+/// The commented default configuration shipped with the project; a test keeps it equal to
+/// [`Config::default`].
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../deploy/pilot-bridge.toml");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP/WebSocket listener binds.
+    pub listen: SocketAddr,
+    /// Directory holding the SQLite database.
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub limits: LimitsConfig,
+    pub storage: StorageConfig,
+    pub auth: AuthConfig,
+    pub native: NativeConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Requests per minute per org when the org sets none; 0 turns rate limiting off.
+    pub default_rate_limit: u32,
+    /// Largest accepted request body in bytes.
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `normal`: survives a killed process; `full`: fsync per commit, survives power loss.
+    pub durability: Durability,
+    /// Reader connections in the pool.
+    pub readers: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// How long a valid key's verdict is cached; bounds how late a revocation takes effect.
+    pub key_cache_ttl_secs: u64,
+    /// How long an unknown key's verdict is cached; bounds how late a new key starts working.
+    pub negative_cache_ttl_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NativeConfig {
+    /// Server-time target per turn, reported as `performance.target_ms`.
+    pub target_ms: f64,
+    /// Lifetime of a pending (unconfirmed) dangerous action.
+    pub pending_ttl_secs: u64,
+    /// How far back `undo_last` looks.
+    pub undo_window_secs: u64,
+    /// How long a request waits for an in-flight twin with the same idempotency key.
+    pub idempotency_wait_ms: u64,
+    /// How long completed idempotent replies are kept.
+    pub idempotency_ttl_secs: u64,
+    /// Upper bound on the idempotency cache, in bytes of stored replies.
+    pub idempotency_max_bytes: u64,
+    /// Identical keyless writes inside this window are answered as duplicates.
+    pub dedupe_window_secs: u64,
+    /// Hold before a queued message is delivered, so `undo_last` can still cancel it.
+    pub outbox_hold_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            log_format: LogFormat::Text,
+            limits: LimitsConfig::default(),
+            storage: StorageConfig::default(),
+            auth: AuthConfig::default(),
+            native: NativeConfig::default(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            default_rate_limit: 60,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            durability: Durability::Normal,
+            readers: 4,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            key_cache_ttl_secs: 10,
+            negative_cache_ttl_ms: 500,
+        }
+    }
+}
+
+impl Default for NativeConfig {
+    fn default() -> Self {
+        NativeConfig {
+            target_ms: 750.0,
+            pending_ttl_secs: 300,
+            undo_window_secs: 600,
+            idempotency_wait_ms: 5_000,
+            idempotency_ttl_secs: 24 * 3600,
+            idempotency_max_bytes: 64 * 1024 * 1024,
+            dedupe_window_secs: 10,
+            outbox_hold_secs: 30,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, overridden by `path` when given.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Config::from_toml(&text).with_context(|| format!("in config file {}", path.display()))
+    }
+
+    pub fn from_toml(text: &str) -> anyhow::Result<Config> {
+        let cfg: Config = toml::from_str(text)?;
+        Ok(cfg)
+    }
+
+    /// Rejects values that cannot work, with a message naming the setting.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.limits.max_body_bytes < 1024 {
+            bail!("limits.max_body_bytes must be at least 1024");
+        }
+        if self.storage.readers == 0 || self.storage.readers > 64 {
+            bail!("storage.readers must be between 1 and 64");
+        }
+        if self.auth.key_cache_ttl_secs > 60 {
+            bail!(
+                "auth.key_cache_ttl_secs must be at most 60 so revoked keys stop within a minute"
+            );
+        }
+        if self.auth.negative_cache_ttl_ms > 1000 {
+            bail!(
+                "auth.negative_cache_ttl_ms must be at most 1000 so new keys work within a second"
+            );
+        }
+        if !(self.native.target_ms > 0.0) {
+            bail!("native.target_ms must be positive");
+        }
+        if self.native.pending_ttl_secs == 0 {
+            bail!("native.pending_ttl_secs must be positive");
+        }
+        Ok(())
+    }
+
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            durability: self.storage.durability,
+            readers: self.storage.readers,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_default_file_matches_defaults() {
+        let parsed = Config::from_toml(DEFAULT_CONFIG_TOML).unwrap();
+        assert_eq!(parsed, Config::default());
+        parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn partial_files_keep_other_defaults() {
+        let c = Config::from_toml("listen = \"0.0.0.0:9000\"\n[limits]\ndefault_rate_limit = 0\n")
+            .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.limits.default_rate_limit, 0);
+        assert_eq!(c.limits.max_body_bytes, 65536);
+        assert_eq!(c.native, NativeConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(Config::from_toml("listn = \"x\"").is_err());
+        assert!(Config::from_toml("[limits]\nrate = 3").is_err());
+    }
+
+    #[test]
+    fn validation_names_the_setting() {
+        let mut c = Config::default();
+        c.auth.key_cache_ttl_secs = 3600;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("key_cache_ttl_secs"));
+    }
+}

@@ -1,0 +1,197 @@
+//! Small closed vocabularies of the CRM: plans, scopes, pilot modes and record statuses, each
+//! with one wire spelling used by the API, the CLI and the database.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Declares a string enum with `as_str`, `FromStr`, `Display`, serde and a list of all values.
+macro_rules! string_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident => $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $s),+ }
+            }
+
+            /// All wire spellings joined with ", " for error messages.
+            pub fn list() -> String {
+                Self::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ")
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($s => Ok($name::$variant),)+
+                    other => Err(format!("'{}' is not one of: {}", other, Self::list())),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl rusqlite::types::FromSql for $name {
+            fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+                v.as_str()?.parse().map_err(|e: String| rusqlite::types::FromSqlError::Other(e.into()))
+            }
+        }
+
+        impl rusqlite::types::ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(rusqlite::types::ToSqlOutput::from(self.as_str()))
+            }
+        }
+    };
+}
+
+string_enum! {
+    /// Billing plan of an organisation. API access needs `pro` or `scale`.
+    Plan { Free => "free", Pro => "pro", Scale => "scale" }
+}
+
+impl Plan {
+    pub fn has_api_access(self) -> bool {
+        matches!(self, Plan::Pro | Plan::Scale)
+    }
+
+    pub fn monthly_credits(self) -> i64 {
+        match self {
+            Plan::Free => 100,
+            Plan::Pro => 5_000,
+            Plan::Scale => 50_000,
+        }
+    }
+}
+
+string_enum! {
+    /// What an API key may touch.
+    Scope {
+        Contacts => "contacts",
+        Campaigns => "campaigns",
+        Chat => "chat",
+        Native => "native",
+        Credits => "credits",
+        Settings => "settings",
+    }
+}
+
+impl Scope {
+    /// Parses a comma-separated scope list ("contacts,native").
+    pub fn parse_list(s: &str) -> Result<Vec<Scope>, String> {
+        let mut out = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let scope: Scope = part.parse()?;
+            if !out.contains(&scope) {
+                out.push(scope);
+            }
+        }
+        if out.is_empty() {
+            return Err("at least one scope is required".into());
+        }
+        Ok(out)
+    }
+
+    pub fn join(scopes: &[Scope]) -> String {
+        scopes
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+string_enum! {
+    /// How `send_message` behaves for an org (DESIGN §7).
+    PilotMode { Off => "off", Review => "review", Auto => "auto" }
+}
+
+string_enum! {
+    ContactStatus {
+        New => "new",
+        Contacted => "contacted",
+        Replied => "replied",
+        Interested => "interested",
+        Qualified => "qualified",
+        MeetingBooked => "meeting_booked",
+        NotInterested => "not_interested",
+        Disqualified => "disqualified",
+    }
+}
+
+impl ContactStatus {
+    /// Words for speech: "meeting_booked" → "meeting booked".
+    pub fn spoken(self) -> String {
+        self.as_str().replace('_', " ")
+    }
+}
+
+string_enum! {
+    CampaignStatus { Draft => "draft", Active => "active", Paused => "paused", Completed => "completed" }
+}
+
+string_enum! {
+    /// State of one contact inside one campaign.
+    AudienceStatus {
+        Active => "active",
+        Completed => "completed",
+        Paused => "paused",
+        Bounced => "bounced",
+        Failed => "failed",
+        Removed => "removed",
+    }
+}
+
+string_enum! {
+    Channel { Email => "email", Linkedin => "linkedin" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints() {
+        assert_eq!("pro".parse::<Plan>().unwrap(), Plan::Pro);
+        assert!("gold"
+            .parse::<Plan>()
+            .unwrap_err()
+            .contains("free, pro, scale"));
+        assert_eq!(ContactStatus::MeetingBooked.spoken(), "meeting booked");
+        let v: PilotMode = serde_json::from_str("\"auto\"").unwrap();
+        assert_eq!(v, PilotMode::Auto);
+        assert!(serde_json::from_str::<PilotMode>("\"on\"").is_err());
+    }
+
+    #[test]
+    fn scope_lists() {
+        assert_eq!(
+            Scope::parse_list("contacts, native,contacts").unwrap(),
+            vec![Scope::Contacts, Scope::Native]
+        );
+        assert!(Scope::parse_list("").is_err());
+        assert!(Scope::parse_list("admin").is_err());
+    }
+}

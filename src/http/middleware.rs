@@ -1,0 +1,122 @@
+//! Cross-cutting request handling: the request context and envelope safety net (outermost), and
+//! authentication + rate limiting for `/api/v1` routes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::envelope::{error_body, json_response, RequestContext, REQUEST};
+use crate::app::AppState;
+use crate::auth::rate_limit::RateDecision;
+use crate::auth::Principal;
+use crate::error::{ApiError, ErrorCode};
+use crate::ids::new_request_id;
+
+/// Gives every request an id, sets `X-Request-Id`, and rewrites any error response that is not
+/// already our JSON envelope (axum's 404/405, a caught panic, …) into one.
+pub async fn request_context(req: Request, next: Next) -> Response {
+    let ctx = RequestContext {
+        request_id: new_request_id(),
+        started: Instant::now(),
+    };
+    let id = ctx.request_id.clone();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let mut resp = REQUEST.scope(ctx.clone(), next.run(req)).await;
+    if resp.status().as_u16() >= 400 && !is_json(resp.headers()) {
+        resp = REQUEST
+            .scope(ctx, async { envelope_for(resp, &method, &path) })
+            .await;
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+fn is_json(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
+fn envelope_for(resp: Response, method: &axum::http::Method, path: &str) -> Response {
+    let status = resp.status();
+    let err = match status {
+        StatusCode::NOT_FOUND => ApiError::new(ErrorCode::ResourceNotFound, "No such route")
+            .with_details(format!("{method} {path} does not exist")),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            ApiError::new(ErrorCode::MethodNotAllowed, "Method not allowed")
+                .with_details(format!("{method} is not supported on {path}"))
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => super::extract::payload_too_large(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ApiError::new(ErrorCode::UnsupportedMediaType, "Request body must be JSON")
+        }
+        s if s.is_server_error() => {
+            tracing::error!(status = s.as_u16(), "non-envelope server error");
+            ApiError::new(ErrorCode::InternalError, "Unexpected server error")
+        }
+        StatusCode::UNAUTHORIZED => ApiError::new(ErrorCode::MissingAuth, "Unauthorized"),
+        _ => ApiError::new(ErrorCode::ValidationError, "Invalid request").with_details(format!(
+            "{} {}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        )),
+    };
+    let (mut parts, _) = resp.into_parts();
+    let fresh = json_response(status, &error_body(&err));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let (_, body) = fresh.into_parts();
+    Response::from_parts(parts, body)
+}
+
+/// Authenticates the caller and counts the request against the org's quota. Bad keys are
+/// rejected before the limiter, so they never spend an org's quota.
+pub async fn api_auth(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
+    let header_value = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or("\u{0}invalid"));
+    let principal = match app.auth.authenticate_header(header_value).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let decision = app.limiter.check(&principal.org_id, principal.rate_limit);
+    if !decision.allowed {
+        let mut resp = rate_limited(&decision).into_response();
+        apply_rate_headers(resp.headers_mut(), &decision);
+        return resp;
+    }
+    req.extensions_mut().insert::<Arc<Principal>>(principal);
+    let mut resp = next.run(req).await;
+    apply_rate_headers(resp.headers_mut(), &decision);
+    resp
+}
+
+pub fn rate_limited(d: &RateDecision) -> ApiError {
+    ApiError::new(ErrorCode::RateLimited, "Rate limit exceeded")
+        .with_details(format!(
+            "limit is {} requests per minute; retry in {} s",
+            d.limit, d.reset_secs
+        ))
+        .with_retry_after(d.reset_secs)
+}
+
+/// Adds `X-RateLimit-Limit/Remaining/Reset` (nothing when the org is unlimited).
+pub fn apply_rate_headers(h: &mut HeaderMap, d: &RateDecision) {
+    if d.limit == 0 {
+        return;
+    }
+    h.insert("x-ratelimit-limit", HeaderValue::from(d.limit));
+    h.insert("x-ratelimit-remaining", HeaderValue::from(d.remaining));
+    h.insert("x-ratelimit-reset", HeaderValue::from(d.reset_secs));
+}

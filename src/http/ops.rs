@@ -1,0 +1,44 @@
+//! Operator endpoints outside `/api/v1`: liveness, readiness and Prometheus metrics.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::envelope::{json_response, meta};
+use crate::app::AppState;
+use crate::error::{ApiError, ErrorCode};
+
+/// Alive as long as the process answers.
+pub async fn healthz() -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({ "ok": true, "data": { "status": "ok" }, "meta": meta() }),
+    )
+}
+
+/// Ready once migrations ran and the listener is up, and while the database answers; not ready
+/// again as soon as shutdown begins.
+pub async fn readyz(State(app): State<AppState>) -> Response {
+    if app.is_ready() && app.store.ping().await {
+        json_response(
+            StatusCode::OK,
+            &json!({ "ok": true, "data": { "status": "ready" }, "meta": meta() }),
+        )
+    } else {
+        ApiError::new(ErrorCode::ServiceUnavailable, "Not ready").into_response()
+    }
+}
+
+pub async fn metrics(State(app): State<AppState>) -> Response {
+    let body = app.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}

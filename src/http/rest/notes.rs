@@ -1,0 +1,98 @@
+//! `/notes`: read contact notes and create one from a debrief, idempotently by
+//! `idempotency_key` (kept in the database, so a retry after a restart is still recognised).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use serde_json::{json, Value};
+
+use super::FEED_PAGE_CAP;
+use crate::app::AppState;
+use crate::auth::Principal;
+use crate::domain::Scope;
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::http::envelope::{Created, Data, Paged};
+use crate::http::extract::{ApiJson, QueryParams};
+use crate::input::Fields;
+use crate::store::interactions::{self, ActivityFilter, NewInteraction, Note};
+use crate::store::{contacts, Page};
+
+/// Longest note accepted (DESIGN §5).
+pub const MAX_NOTE_CHARS: usize = 10_000;
+
+pub async fn list(
+    State(app): State<AppState>,
+    Extension(p): Extension<Arc<Principal>>,
+    q: QueryParams,
+) -> ApiResult<Paged<Note>> {
+    p.require_any(&[Scope::Contacts, Scope::Native])?;
+    let page = q.page(FEED_PAGE_CAP)?;
+    let filter = ActivityFilter {
+        contact_id: q.string("contact_id"),
+        channel: Some("note".into()),
+        ..Default::default()
+    };
+    let org = p.org_id.clone();
+    let page = app
+        .store
+        .read(move |c| interactions::list(c, &org, &filter, page))
+        .await?;
+    Ok(Paged(Page {
+        items: page.items.into_iter().map(Note::from).collect(),
+        total: page.total,
+        limit: page.limit,
+        offset: page.offset,
+    }))
+}
+
+pub async fn create(
+    State(app): State<AppState>,
+    Extension(p): Extension<Arc<Principal>>,
+    ApiJson(body): ApiJson<Value>,
+) -> ApiResult<Response> {
+    p.require_any(&[Scope::Contacts, Scope::Native])?;
+    let mut f = Fields::new("", &body)?;
+    let contact_id = f.required_string("contact_id", 64)?;
+    let note = f.required_string("note", MAX_NOTE_CHARS)?;
+    let key = f
+        .string("idempotency_key", 255)?
+        .and_then(|p| p.into_option());
+    let org = p.org_id.clone();
+    let (note, replayed) = app
+        .store
+        .write(move |tx| {
+            if let Some(k) = &key {
+                if let Some(existing) = interactions::find_by_idempotency_key(tx, &org, k)? {
+                    if existing.channel == "note"
+                        && existing.contact_id.as_deref() == Some(contact_id.as_str())
+                        && existing.content == note
+                    {
+                        return Ok((Note::from(existing), true));
+                    }
+                    return Err(ApiError::new(
+                        ErrorCode::IdempotencyKeyReused,
+                        "idempotency_key was already used for a different request",
+                    )
+                    .with_details(format!("idempotency_key: '{k}' belongs to another note")));
+                }
+            }
+            if !crate::ids::is_uuid(&contact_id) || contacts::get(tx, &org, &contact_id)?.is_none()
+            {
+                return Err(ApiError::not_found("Contact"));
+            }
+            let mut new = NewInteraction::note(&contact_id, &note, json!({ "source": "api" }));
+            new.idempotency_key = key.as_deref();
+            Ok((Note::from(interactions::insert(tx, &org, &new)?), false))
+        })
+        .await?;
+    if replayed {
+        let mut resp = Data(note).into_response();
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        return Ok(resp);
+    }
+    Ok(Created(note).into_response())
+}

@@ -1,0 +1,118 @@
+//! `/webhooks`: list active subscriptions with the available events, register, deactivate.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::Extension;
+use serde_json::{json, Value};
+
+use crate::app::AppState;
+use crate::auth::Principal;
+use crate::domain::Scope;
+use crate::error::{ApiError, ApiResult};
+use crate::http::envelope::{Created, Data};
+use crate::http::extract::{ApiJson, QueryParams};
+use crate::input::Fields;
+use crate::store::webhooks::{self, Webhook, AVAILABLE_EVENTS};
+
+pub async fn list(
+    State(app): State<AppState>,
+    Extension(p): Extension<Arc<Principal>>,
+) -> ApiResult<Data<Value>> {
+    p.require_any(&[Scope::Campaigns])?;
+    let org = p.org_id.clone();
+    let hooks = app
+        .store
+        .read(move |c| webhooks::list_active(c, &org))
+        .await?;
+    Ok(Data(
+        json!({ "webhooks": hooks, "available_events": AVAILABLE_EVENTS }),
+    ))
+}
+
+fn valid_url(u: &str) -> bool {
+    let rest = u
+        .strip_prefix("https://")
+        .or_else(|| u.strip_prefix("http://"));
+    match rest {
+        Some(r) => {
+            let host = r.split(['/', '?', '#']).next().unwrap_or("");
+            !host.is_empty() && !u.chars().any(char::is_whitespace)
+        }
+        None => false,
+    }
+}
+
+pub async fn create(
+    State(app): State<AppState>,
+    Extension(p): Extension<Arc<Principal>>,
+    ApiJson(body): ApiJson<Value>,
+) -> ApiResult<Created<Webhook>> {
+    p.require_any(&[Scope::Campaigns])?;
+    let mut f = Fields::new("", &body)?;
+    let url = f.required_string("url", 2048)?;
+    if !valid_url(&url) {
+        return Err(ApiError::validation(
+            "url",
+            "must be an http:// or https:// URL",
+        ));
+    }
+    let events = match f.raw("events") {
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .enumerate()
+            .map(|(i, e)| match e.as_str() {
+                Some(s) if AVAILABLE_EVENTS.contains(&s) => Ok(s.to_string()),
+                Some(s) => Err(ApiError::validation(
+                    &format!("events[{i}]"),
+                    format!(
+                        "unknown event '{s}'; available: {}",
+                        AVAILABLE_EVENTS.join(", ")
+                    ),
+                )),
+                None => Err(ApiError::validation(
+                    &format!("events[{i}]"),
+                    "expected a string",
+                )),
+            })
+            .collect::<ApiResult<Vec<_>>>()?,
+        Some(Value::Array(_)) => return Err(ApiError::validation("events", "must not be empty")),
+        Some(_) => {
+            return Err(ApiError::validation(
+                "events",
+                "expected an array of event names",
+            ))
+        }
+        None => return Err(ApiError::validation("events", "missing")),
+    };
+    let mut events = events;
+    events.dedup();
+    let secret = f.string("secret", 256)?.and_then(|p| p.into_option());
+    let org = p.org_id.clone();
+    let hook = app
+        .store
+        .write(move |tx| webhooks::insert(tx, &org, &url, &events, secret.as_deref()))
+        .await?;
+    Ok(Created(hook))
+}
+
+pub async fn delete(
+    State(app): State<AppState>,
+    Extension(p): Extension<Arc<Principal>>,
+    q: QueryParams,
+) -> ApiResult<Data<Value>> {
+    p.require_any(&[Scope::Campaigns])?;
+    let id = q
+        .string("id")
+        .ok_or_else(|| ApiError::validation("id", "missing query parameter"))?;
+    let org = p.org_id.clone();
+    let id2 = id.clone();
+    if !app
+        .store
+        .write(move |tx| webhooks::deactivate(tx, &org, &id2))
+        .await?
+    {
+        return Err(ApiError::not_found("Webhook"));
+    }
+    Ok(Data(json!({ "deleted": true, "id": id })))
+}

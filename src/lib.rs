@@ -1,0 +1,42 @@
+//! pilot-bridge: a low-latency gateway that lets voice assistants, wearables and agent frameworks
+//! drive an OutreachPilot-compatible sales CRM with structured actions.
+//!
+//! # Layout
+//!
+//! ```text
+//! main.rs         thin binary: hands the process arguments to `cli`
+//! cli.rs          serve | keys create/revoke/list | org create/set/show
+//! config.rs       defaults + TOML file + PILOT_BRIDGE_* env + flags, validated once
+//! server.rs       bind, serve, graceful shutdown (also used by the integration tests)
+//! app.rs          AppState shared by every transport
+//! error.rs        ApiError: stable code, HTTP status, details, spoken summary
+//! domain.rs       closed vocabularies: plans, scopes, pilot modes, statuses
+//! ids.rs text.rs  ids/timestamps; name normalisation for matching
+//! input.rs        field-by-field JSON reading with field-path errors
+//! auth/           API keys (SHA-256 lookup, cached verdicts), scopes, plans, rate limiting
+//! store/          embedded SQLite (WAL): schema migrations and one module per table family
+//! http/           axum transport: router, envelope, extractors, middleware, REST v1 handlers
+//! demo.rs         the demo workspace seeded by `serve --demo`
+//! telemetry.rs    tracing subscriber and Prometheus recorder
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod ids;
+pub mod input;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+pub mod text;
+
+pub use app::{App, AppState};
+pub use config::Config;
+pub use http::build_router;

@@ -1,0 +1,103 @@
+//! Starting and stopping the service: open the store, bind the listener, serve until a shutdown
+//! signal, then drain. Used by `main` and by the integration tests (port 0).
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::app::{App, AppState};
+use crate::config::Config;
+use crate::store::Store;
+
+/// A running server: its address and a handle to stop it.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub app: AppState,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets in-flight requests finish, and waits for the server to end.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Opens the store in `config.data_dir`, binds `config.listen` and serves in a background task.
+pub async fn start(config: Config, store: Option<Store>) -> anyhow::Result<RunningServer> {
+    config.validate()?;
+    let store = match store {
+        Some(s) => s,
+        None => {
+            let dir = config.data_dir.clone();
+            let opts = config.store_options();
+            tokio::task::spawn_blocking(move || Store::open(&dir, &opts)).await??
+        }
+    };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let app = App::new(config, store, crate::telemetry::install_metrics());
+    let (tx, rx) = watch::channel(false);
+    let task = tokio::spawn(serve(app.clone(), listener, wait_for(rx)));
+    Ok(RunningServer {
+        addr,
+        app,
+        shutdown: tx,
+        task,
+    })
+}
+
+async fn wait_for(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Serves `app` on `listener` until `shutdown` completes. Readiness turns false as soon as
+/// shutdown starts, so load balancers stop sending new work while in-flight requests drain.
+pub async fn serve(
+    app: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = crate::http::build_router(app.clone());
+    app.set_ready(true);
+    let app2 = app.clone();
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        app2.set_ready(false);
+        tracing::info!("shutting down: draining in-flight requests");
+    })
+    .await
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,1 @@
+//! Audit records of native actions (DESIGN §9).

@@ -1,0 +1,277 @@
+//! Schema migrations, applied in order on open and recorded in `PRAGMA user_version`.
+//!
+//! Append new migrations; never edit one that has shipped.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the whole initial schema.
+    r#"
+CREATE TABLE orgs (
+    id                TEXT PRIMARY KEY,
+    name              TEXT NOT NULL,
+    plan              TEXT NOT NULL,
+    rate_limit        INTEGER,
+    pilot_mode        TEXT NOT NULL DEFAULT 'review',
+    credits_monthly   INTEGER NOT NULL DEFAULT 5000,
+    credits_remaining INTEGER NOT NULL DEFAULT 5000,
+    credits_reset_at  TEXT NOT NULL,
+    created_at        TEXT NOT NULL,
+    updated_at        TEXT NOT NULL
+);
+
+CREATE TABLE api_keys (
+    id           TEXT PRIMARY KEY,
+    org_id       TEXT NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    name         TEXT NOT NULL,
+    key_hash     BLOB NOT NULL UNIQUE,
+    prefix       TEXT NOT NULL,
+    scopes       TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    revoked_at   TEXT
+);
+CREATE INDEX api_keys_org ON api_keys(org_id);
+
+CREATE TABLE companies (
+    id          TEXT PRIMARY KEY,
+    org_id      TEXT NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    name        TEXT,
+    name_norm   TEXT NOT NULL DEFAULT '',
+    domain      TEXT,
+    industry    TEXT,
+    size        TEXT,
+    context     TEXT NOT NULL DEFAULT '{}',
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+CREATE UNIQUE INDEX companies_org_domain ON companies(org_id, domain) WHERE domain IS NOT NULL;
+CREATE INDEX companies_org_name ON companies(org_id, name_norm);
+CREATE INDEX companies_org_created ON companies(org_id, created_at, id);
+
+CREATE TABLE contacts (
+    id            TEXT PRIMARY KEY,
+    org_id        TEXT NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    email         TEXT,
+    email_lower   TEXT,
+    email_domain  TEXT,
+    first_name    TEXT,
+    last_name     TEXT,
+    name_norm     TEXT NOT NULL DEFAULT '',
+    company       TEXT,
+    company_norm  TEXT NOT NULL DEFAULT '',
+    title         TEXT,
+    linkedin_url  TEXT,
+    phone         TEXT,
+    status        TEXT NOT NULL DEFAULT 'new',
+    folder_id     TEXT,
+    account_id    TEXT REFERENCES companies(id) ON DELETE SET NULL,
+    custom_fields TEXT NOT NULL DEFAULT '{}',
+    created_at    TEXT NOT NULL,
+    updated_at    TEXT NOT NULL
+);
+CREATE UNIQUE INDEX contacts_org_email ON contacts(org_id, email_lower) WHERE email_lower IS NOT NULL;
+CREATE INDEX contacts_org_domain ON contacts(org_id, email_domain);
+CREATE INDEX contacts_org_name ON contacts(org_id, name_norm);
+CREATE INDEX contacts_org_created ON contacts(org_id, created_at, id);
+CREATE INDEX contacts_account ON contacts(account_id);
+
+-- One row per distinct name token, so exact, prefix and fuzzy lookups never scan contacts.
+CREATE TABLE contact_name_tokens (
+    org_id      TEXT NOT NULL,
+    token       TEXT NOT NULL,
+    contact_id  TEXT NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
+    PRIMARY KEY (org_id, token, contact_id)
+) WITHOUT ROWID;
+CREATE INDEX contact_name_tokens_contact ON contact_name_tokens(contact_id);
+
+CREATE TABLE campaigns (
+    id             TEXT PRIMARY KEY,
+    org_id         TEXT NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    name           TEXT NOT NULL,
+    name_norm      TEXT NOT NULL,
+    status         TEXT NOT NULL DEFAULT 'draft',
+    type           TEXT NOT NULL DEFAULT 'email',
+    campaign_mode  TEXT NOT NULL DEFAULT 'manual',
+    config         TEXT NOT NULL DEFAULT '{}',
+    steps          TEXT NOT NULL DEFAULT '[]',
+    created_at     TEXT NOT NULL,
+    updated_at     TEXT NOT NULL
+);
+CREATE INDEX campaigns_org_name ON campaigns(org_id, name_norm);
+CREATE INDEX campaigns_org_created ON campaigns(org_id, created_at, id);
+
+CREATE TABLE campaign_audiences (
+    id           TEXT PRIMARY KEY,
+    org_id       TEXT NOT NULL,
+    campaign_id  TEXT NOT NULL REFERENCES campaigns(id) ON DELETE CASCADE,
+    contact_id   TEXT NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
+    status       TEXT NOT NULL DEFAULT 'active',
+    added_at     TEXT NOT NULL,
+    updated_at   TEXT NOT NULL,
+    UNIQUE (campaign_id, contact_id)
+);
+CREATE INDEX campaign_audiences_contact ON campaign_audiences(contact_id);
+
+CREATE TABLE signals (
+    id            TEXT PRIMARY KEY,
+    org_id        TEXT NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    contact_id    TEXT REFERENCES contacts(id) ON DELETE SET NULL,
+    company       TEXT,
+    company_norm  TEXT NOT NULL DEFAULT '',
+    platform      TEXT NOT NULL,
+    signal_type   TEXT NOT NULL,
+    title         TEXT NOT NULL,
+    content       TEXT,
+    url           TEXT,
+    intent_score  INTEGER NOT NULL DEFAULT 0,
+    status        TEXT NOT NULL DEFAULT 'new',
+    detected_at   TEXT NOT NULL
+);
+CREATE INDEX signals_org_detected ON signals(org_id, detected_at);
+CREATE INDEX signals_org_company ON signals(org_id, company_norm, detected_at);
+CREATE INDEX signals_contact ON signals(contact_id, detected_at);
+
+-- Every touch with a contact: emails, LinkedIn messages, meetings, calls and notes (channel 'note').
+CREATE TABLE interactions (
+    id               TEXT PRIMARY KEY,
+    org_id           TEXT NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    contact_id       TEXT REFERENCES contacts(id) ON DELETE CASCADE,
+    campaign_id      TEXT REFERENCES campaigns(id) ON DELETE SET NULL,
+    direction        TEXT NOT NULL,
+    channel          TEXT NOT NULL,
+    subject          TEXT,
+    content          TEXT NOT NULL DEFAULT '',
+    metadata         TEXT NOT NULL DEFAULT '{}',
+    is_read          INTEGER NOT NULL DEFAULT 1,
+    idempotency_key  TEXT,
+    created_at       TEXT NOT NULL
+);
+CREATE INDEX interactions_org_created ON interactions(org_id, created_at);
+CREATE INDEX interactions_contact_created ON interactions(contact_id, created_at);
+CREATE INDEX interactions_org_channel_created ON interactions(org_id, channel, created_at);
+CREATE INDEX interactions_campaign ON interactions(campaign_id);
+CREATE UNIQUE INDEX interactions_org_idem ON interactions(org_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+
+CREATE TABLE drafts (
+    id            TEXT PRIMARY KEY,
+    org_id        TEXT NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    contact_id    TEXT REFERENCES contacts(id) ON DELETE CASCADE,
+    channel       TEXT NOT NULL,
+    subject       TEXT,
+    body          TEXT NOT NULL,
+    instructions  TEXT,
+    status        TEXT NOT NULL DEFAULT 'draft',
+    created_at    TEXT NOT NULL,
+    updated_at    TEXT NOT NULL
+);
+CREATE INDEX drafts_org_contact ON drafts(org_id, contact_id);
+
+-- Messages accepted for sending; delivered after `deliver_after` unless cancelled first.
+CREATE TABLE outbox (
+    id             TEXT PRIMARY KEY,
+    org_id         TEXT NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    contact_id     TEXT REFERENCES contacts(id) ON DELETE CASCADE,
+    draft_id       TEXT,
+    channel        TEXT NOT NULL,
+    subject        TEXT,
+    body           TEXT NOT NULL,
+    status         TEXT NOT NULL DEFAULT 'queued',
+    deliver_after  TEXT NOT NULL,
+    created_at     TEXT NOT NULL,
+    sent_at        TEXT
+);
+CREATE INDEX outbox_status_due ON outbox(status, deliver_after);
+
+CREATE TABLE meetings (
+    id                TEXT PRIMARY KEY,
+    org_id            TEXT NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    contact_id        TEXT REFERENCES contacts(id) ON DELETE CASCADE,
+    title             TEXT NOT NULL,
+    start_time        TEXT NOT NULL,
+    duration_minutes  INTEGER NOT NULL,
+    status            TEXT NOT NULL DEFAULT 'scheduled',
+    created_at        TEXT NOT NULL
+);
+CREATE INDEX meetings_org_contact ON meetings(org_id, contact_id);
+
+-- Research and enrichment jobs.
+CREATE TABLE jobs (
+    id           TEXT PRIMARY KEY,
+    org_id       TEXT NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    kind         TEXT NOT NULL,
+    contact_id   TEXT REFERENCES contacts(id) ON DELETE CASCADE,
+    company      TEXT,
+    topic        TEXT,
+    status       TEXT NOT NULL DEFAULT 'queued',
+    result       TEXT,
+    previous     TEXT,
+    created_at   TEXT NOT NULL,
+    started_at   TEXT,
+    finished_at  TEXT
+);
+CREATE INDEX jobs_status ON jobs(status, created_at);
+CREATE INDEX jobs_org ON jobs(org_id, created_at);
+
+CREATE TABLE audit_log (
+    id              TEXT PRIMARY KEY,
+    org_id          TEXT NOT NULL,
+    key_id          TEXT,
+    action_type     TEXT NOT NULL,
+    action          TEXT NOT NULL,
+    transcript      TEXT,
+    execution_mode  TEXT NOT NULL,
+    outcome         TEXT NOT NULL,
+    ids             TEXT NOT NULL DEFAULT '{}',
+    elapsed_ms      REAL NOT NULL,
+    created_at      TEXT NOT NULL
+);
+CREATE INDEX audit_log_org_created ON audit_log(org_id, created_at);
+
+-- What `undo_last` can reverse, newest first per key.
+CREATE TABLE undo_entries (
+    id           TEXT PRIMARY KEY,
+    org_id       TEXT NOT NULL,
+    key_id       TEXT NOT NULL,
+    action_type  TEXT NOT NULL,
+    summary      TEXT NOT NULL,
+    undo         TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    undone_at    TEXT
+);
+CREATE INDEX undo_entries_key_created ON undo_entries(org_id, key_id, created_at);
+
+CREATE TABLE webhooks (
+    id          TEXT PRIMARY KEY,
+    org_id      TEXT NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    url         TEXT NOT NULL,
+    events      TEXT NOT NULL,
+    secret      TEXT,
+    active      INTEGER NOT NULL DEFAULT 1,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+CREATE INDEX webhooks_org ON webhooks(org_id, active);
+"#,
+];
+
+/// Brings the database up to the newest schema. Safe to call on every open, from several
+/// processes: each step runs in an immediate transaction that re-checks the version.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    for (i, sql) in MIGRATIONS.iter().enumerate() {
+        let target = i as i64 + 1;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if current < target {
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", target)?;
+        }
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// The version a fully migrated database reports.
+pub fn latest_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
