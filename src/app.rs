@@ -4,9 +4,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::auth::rate_limit::RateLimiter;
-use crate::auth::Authenticator;
+use crate::auth::rate_limit::{RateDecision, RateLimiter};
+use crate::auth::{Authenticator, Principal};
 use crate::config::Config;
+use crate::error::ApiError;
+use crate::native::Bridge;
 use crate::store::Store;
 
 pub struct App {
@@ -14,6 +16,7 @@ pub struct App {
     pub store: Store,
     pub auth: Authenticator,
     pub limiter: RateLimiter,
+    pub bridge: Arc<Bridge>,
     /// Renders `/metrics`; `None` when no recorder is installed (some tests).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ready: AtomicBool,
@@ -30,11 +33,33 @@ impl App {
         Arc::new(App {
             auth: Authenticator::new(store.clone(), &config.auth),
             limiter: RateLimiter::new(config.limits.default_rate_limit),
+            bridge: Bridge::new(store.clone(), config.native.clone()),
             config,
             store,
             metrics,
             ready: AtomicBool::new(false),
         })
+    }
+
+    /// Authenticates a caller and counts the request against its org's quota. Bad credentials
+    /// are rejected before the limiter, so they never spend an org's quota.
+    pub async fn admit(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<(Arc<Principal>, RateDecision), (ApiError, Option<RateDecision>)> {
+        let principal = self
+            .auth
+            .authenticate_header(authorization)
+            .await
+            .map_err(|e| (e, None))?;
+        let decision = self.limiter.check(&principal.org_id, principal.rate_limit);
+        if !decision.allowed {
+            return Err((
+                crate::auth::rate_limit::rate_limited(&decision),
+                Some(decision),
+            ));
+        }
+        Ok((principal, decision))
     }
 
     pub fn is_ready(&self) -> bool {

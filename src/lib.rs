@@ -14,6 +14,7 @@
 //! ids.rs text.rs  ids/timestamps; name normalisation for matching
 //! input.rs        field-by-field JSON reading with field-path errors
 //! auth/           API keys (SHA-256 lookup, cached verdicts), scopes, plans, rate limiting
+//! native/         the bridge core: 17 actions, resolution, confirmation, idempotency, undo
 //! store/          embedded SQLite (WAL): schema migrations and one module per table family
 //! http/           axum transport: router, envelope, extractors, middleware, REST v1 handlers
 //! demo.rs         the demo workspace seeded by `serve --demo`
@@ -32,6 +33,7 @@ pub mod error;
 pub mod http;
 pub mod ids;
 pub mod input;
+pub mod native;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -45,6 +45,7 @@ pub async fn start(config: Config, store: Option<Store>) -> anyhow::Result<Runni
     let addr = listener.local_addr()?;
     let app = App::new(config, store, crate::telemetry::install_metrics());
     let (tx, rx) = watch::channel(false);
+    crate::native::workers::spawn(app.store.clone(), rx.clone());
     let task = tokio::spawn(serve(app.clone(), listener, wait_for(rx)));
     Ok(RunningServer {
         addr,

@@ -20,6 +20,16 @@ pub struct RateDecision {
     pub reset_secs: u64,
 }
 
+/// The 429 for a rejected request.
+pub fn rate_limited(d: &RateDecision) -> crate::error::ApiError {
+    crate::error::ApiError::new(crate::error::ErrorCode::RateLimited, "Rate limit exceeded")
+        .with_details(format!(
+            "limit is {} requests per minute; retry in {} s",
+            d.limit, d.reset_secs
+        ))
+        .with_retry_after(d.reset_secs)
+}
+
 struct Window {
     started: Instant,
     used: u32,

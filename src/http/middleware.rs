@@ -63,10 +63,17 @@ fn envelope_for(resp: Response, method: &axum::http::Method, path: &str) -> Resp
         }
         StatusCode::UNAUTHORIZED => ApiError::new(ErrorCode::MissingAuth, "Unauthorized"),
         _ => ApiError::new(ErrorCode::ValidationError, "Invalid request").with_details(format!(
-            "{} {}",
+            "{method} {path}: {} {}",
             status.as_u16(),
             status.canonical_reason().unwrap_or("")
         )),
+    };
+    // Any other client error (e.g. an undecodable path segment) is reported as
+    // VALIDATION_ERROR, so it carries that code's status, as everywhere else.
+    let status = if err.code == ErrorCode::ValidationError {
+        StatusCode::from_u16(err.status()).unwrap_or(status)
+    } else {
+        status
     };
     let (mut parts, _) = resp.into_parts();
     let fresh = json_response(status, &error_body(&err));
@@ -79,36 +86,27 @@ fn envelope_for(resp: Response, method: &axum::http::Method, path: &str) -> Resp
     Response::from_parts(parts, body)
 }
 
-/// Authenticates the caller and counts the request against the org's quota. Bad keys are
-/// rejected before the limiter, so they never spend an org's quota.
+/// Authenticates the caller and counts the request against the org's quota (see `App::admit`),
+/// then adds the rate-limit headers to whatever the handler answers.
 pub async fn api_auth(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
     let header_value = req
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or("\u{0}invalid"));
-    let principal = match app.auth.authenticate_header(header_value).await {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
+    let (principal, decision) = match app.admit(header_value).await {
+        Ok(x) => x,
+        Err((e, decision)) => {
+            let mut resp = e.into_response();
+            if let Some(d) = decision {
+                apply_rate_headers(resp.headers_mut(), &d);
+            }
+            return resp;
+        }
     };
-    let decision = app.limiter.check(&principal.org_id, principal.rate_limit);
-    if !decision.allowed {
-        let mut resp = rate_limited(&decision).into_response();
-        apply_rate_headers(resp.headers_mut(), &decision);
-        return resp;
-    }
     req.extensions_mut().insert::<Arc<Principal>>(principal);
     let mut resp = next.run(req).await;
     apply_rate_headers(resp.headers_mut(), &decision);
     resp
-}
-
-pub fn rate_limited(d: &RateDecision) -> ApiError {
-    ApiError::new(ErrorCode::RateLimited, "Rate limit exceeded")
-        .with_details(format!(
-            "limit is {} requests per minute; retry in {} s",
-            d.limit, d.reset_secs
-        ))
-        .with_retry_after(d.reset_secs)
 }
 
 /// Adds `X-RateLimit-Limit/Remaining/Reset` (nothing when the org is unlimited).

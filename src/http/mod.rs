@@ -4,6 +4,7 @@
 pub mod envelope;
 pub mod extract;
 pub mod middleware;
+pub mod native;
 pub mod ops;
 pub mod rest;
 
@@ -25,11 +26,13 @@ pub fn build_router(app: AppState) -> Router {
         app.clone(),
         middleware::api_auth,
     ));
+    // The native endpoint authenticates inside its handler so auth time shows in Server-Timing.
+    let api = rest.route("/native/outreachpilot", axum::routing::post(native::handle));
     Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
-        .nest("/api/v1", rest)
+        .nest("/api/v1", api)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(CatchPanicLayer::custom(panic_response))

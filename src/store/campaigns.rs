@@ -391,6 +391,30 @@ pub fn restore_member(
     Ok(())
 }
 
+/// The campaigns a contact is in (removed memberships excluded).
+pub fn memberships(
+    conn: &Connection,
+    org: &str,
+    contact_id: &str,
+) -> ApiResult<Vec<serde_json::Value>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT c.id, c.name, c.status, a.status, a.added_at FROM campaign_audiences a
+           JOIN campaigns c ON c.id = a.campaign_id
+          WHERE a.contact_id = ?1 AND a.org_id = ?2 AND a.status != 'removed'
+          ORDER BY a.added_at DESC",
+    )?;
+    let rows = stmt.query_map([contact_id, org], |r| {
+        Ok(serde_json::json!({
+            "campaign_id": r.get::<_, String>(0)?,
+            "name": r.get::<_, String>(1)?,
+            "status": r.get::<_, String>(2)?,
+            "audience_status": r.get::<_, String>(3)?,
+            "added_at": r.get::<_, String>(4)?,
+        }))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 /// Adding people is only possible while a campaign runs (DESIGN §5).
 pub fn ensure_active(c: &Campaign) -> ApiResult<()> {
     if c.status == CampaignStatus::Active {
@@ -403,7 +427,11 @@ pub fn ensure_active(c: &Campaign) -> ApiResult<()> {
     .with_details(format!("campaign {} has status {}", c.id, c.status))
     .with_spoken(format!(
         "{} is {}, so I can't add anyone to it.",
-        c.name, c.status
+        c.name,
+        match c.status {
+            CampaignStatus::Draft => "still a draft",
+            other => other.as_str(),
+        }
     )))
 }
 

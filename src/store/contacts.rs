@@ -535,6 +535,22 @@ pub fn link_domain(
     Ok(n)
 }
 
+/// How many contacts are linked to a company, and the first `cap` of them.
+pub fn by_account(
+    conn: &Connection,
+    org: &str,
+    account_id: &str,
+    cap: usize,
+) -> ApiResult<(u64, Vec<Contact>)> {
+    let total: i64 = conn
+        .prepare_cached("SELECT count(*) FROM contacts WHERE account_id = ?1 AND org_id = ?2")?
+        .query_row([account_id, org], |r| r.get(0))?;
+    let sql = format!("SELECT {COLUMNS} FROM contacts WHERE account_id = ?1 AND org_id = ?2 ORDER BY created_at, id LIMIT ?3");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![account_id, org, cap as i64], from_row)?;
+    Ok((total as u64, rows.collect::<rusqlite::Result<_>>()?))
+}
+
 /// Ids of contacts whose normalised full name is exactly `name_norm`.
 pub fn ids_by_exact_name(
     conn: &Connection,

@@ -1,0 +1,79 @@
+//! `POST /api/v1/native/outreachpilot`: adapts HTTP to the bridge core — authenticate, read the
+//! JSON body, hand it to `native::Bridge`, render the outcome with `Server-Timing`.
+
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use serde_json::Value;
+
+use super::envelope::{json_response, REQUEST};
+use super::extract::{json_bytes, parse_json};
+use super::middleware::apply_rate_headers;
+use crate::app::AppState;
+use crate::auth::rate_limit::RateDecision;
+use crate::domain::Scope;
+use crate::native::reply::TurnOutcome;
+use crate::native::timing::ServerTiming;
+
+pub async fn handle(State(app): State<AppState>, req: Request) -> Response {
+    let started = REQUEST
+        .try_with(|c| c.started)
+        .unwrap_or_else(|_| Instant::now());
+    let mut timing = ServerTiming::starting_at(started);
+    let t = Instant::now();
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or("\u{0}invalid"));
+    let admitted = app.admit(authorization).await;
+    let admitted = admitted.and_then(
+        |(p, d)| match p.require_any(&[Scope::Native, Scope::Chat]) {
+            Ok(()) => Ok((p, d)),
+            Err(e) => Err((e, Some(d))),
+        },
+    );
+    timing.record("auth", t.elapsed());
+    let (principal, decision) = match admitted {
+        Ok(x) => x,
+        Err((e, decision)) => return render(&app.bridge.reject(e, timing), decision.as_ref()),
+    };
+    let t = Instant::now();
+    let body = match json_bytes(req, &())
+        .await
+        .and_then(|b| parse_json::<Value>(&b))
+    {
+        Ok(v) => v,
+        Err(e) => {
+            timing.record("parse", t.elapsed());
+            return render(&app.bridge.reject(e, timing), Some(&decision));
+        }
+    };
+    timing.record("parse", t.elapsed());
+    let outcome = app.bridge.handle(principal, body, timing).await;
+    render(&outcome, Some(&decision))
+}
+
+fn render(outcome: &TurnOutcome, decision: Option<&RateDecision>) -> Response {
+    let request_id = super::envelope::request_id();
+    let status =
+        StatusCode::from_u16(outcome.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = json_response(status, &outcome.envelope(&request_id));
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&outcome.server_timing) {
+        h.insert("server-timing", v);
+    }
+    if outcome.replayed {
+        h.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    if let Err(e) = &outcome.result {
+        if let Some(secs) = e.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+    }
+    if let Some(d) = decision {
+        apply_rate_headers(h, d);
+    }
+    resp
+}

@@ -1,0 +1,328 @@
+//! Campaign actions: `campaign_stats` (read) and the four dangerous writes `add_to_campaign`,
+//! `remove_from_campaign`, `pause_campaign`, `resume_campaign`.
+
+use rusqlite::Connection;
+use serde_json::json;
+
+use super::{campaign_or_clarify, contact_or_clarify, reply, ExecCtx, Executed};
+use crate::domain::{AudienceStatus, CampaignStatus};
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::native::action::{CampaignOnly, ContactCampaign};
+use crate::native::plan::{Plan, Step};
+use crate::native::reply::NativeReply;
+use crate::native::undo::UndoOp;
+use crate::store::campaigns::{self, Added, Campaign};
+use crate::store::contacts::{self, Contact};
+
+pub fn stats(conn: &Connection, org: &str, a: &CampaignOnly) -> ApiResult<Step> {
+    let campaign = match campaign_or_clarify(conn, org, a.campaign.as_deref())? {
+        Ok(c) => c,
+        Err(r) => return reply(r),
+    };
+    let s = campaigns::audience_stats(conn, &campaign.id)?;
+    let spoken = format!(
+        "{} is {} with {}: {} active, {} completed, {} bounced.",
+        campaign.name,
+        campaign.status,
+        crate::native::speech::count(s.total, "person", "people"),
+        s.active,
+        s.completed,
+        s.bounced
+    );
+    let id = campaign.id.clone();
+    Ok(Step::Reply(
+        NativeReply::result(spoken, json!({ "campaign": campaign, "audience_stats": s }))
+            .with_id("campaign_id", id),
+    ))
+}
+
+/// Both references of a membership action, or the clarification to send.
+fn contact_and_campaign(
+    conn: &Connection,
+    org: &str,
+    a: &ContactCampaign,
+) -> ApiResult<Result<(Contact, Campaign), NativeReply>> {
+    let contact = match contact_or_clarify(conn, org, a.contact.as_deref(), a.company.as_deref())? {
+        Ok(c) => c,
+        Err(r) => return Ok(Err(r)),
+    };
+    let campaign = match campaign_or_clarify(conn, org, a.campaign.as_deref())? {
+        Ok(c) => c,
+        Err(r) => return Ok(Err(r)),
+    };
+    Ok(Ok((contact, campaign)))
+}
+
+fn membership_ids(contact: &Contact, campaign: &Campaign, r: NativeReply) -> NativeReply {
+    r.with_id("contact_id", contact.id.clone())
+        .with_id("campaign_id", campaign.id.clone())
+}
+
+pub fn plan_add(conn: &Connection, org: &str, a: &ContactCampaign) -> ApiResult<Step> {
+    let (contact, campaign) = match contact_and_campaign(conn, org, a)? {
+        Ok(x) => x,
+        Err(r) => return reply(r),
+    };
+    // Checked before asking for confirmation, so the user is never asked a pointless question.
+    campaigns::ensure_active(&campaign)?;
+    if let Some(m) = campaigns::audience_member(conn, &campaign.id, &contact.id)? {
+        if m.status != AudienceStatus::Removed {
+            let r = NativeReply::result(
+                format!(
+                    "{} is already in {}.",
+                    contact.display_name(),
+                    campaign.name
+                ),
+                json!({ "already_in_campaign": true, "audience_status": m.status }),
+            );
+            return reply(membership_ids(&contact, &campaign, r).with_id("audience_id", m.id));
+        }
+    }
+    Ok(Step::Execute(Plan::AddToCampaign { contact, campaign }))
+}
+
+pub fn plan_remove(conn: &Connection, org: &str, a: &ContactCampaign) -> ApiResult<Step> {
+    let (contact, campaign) = match contact_and_campaign(conn, org, a)? {
+        Ok(x) => x,
+        Err(r) => return reply(r),
+    };
+    match campaigns::audience_member(conn, &campaign.id, &contact.id)? {
+        Some(m) if m.status != AudienceStatus::Removed => {
+            Ok(Step::Execute(Plan::RemoveFromCampaign {
+                contact,
+                campaign,
+            }))
+        }
+        _ => {
+            let r = NativeReply::result(
+                format!("{} isn't in {}.", contact.display_name(), campaign.name),
+                json!({ "in_campaign": false }),
+            );
+            reply(membership_ids(&contact, &campaign, r))
+        }
+    }
+}
+
+fn not_running(c: &Campaign, verb: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::CampaignNotActive,
+        format!("Campaign is {}", c.status),
+    )
+    .with_details(format!("a {} campaign cannot be {verb}", c.status))
+    .with_spoken(format!(
+        "{} is {}, so I can't {} it.",
+        c.name,
+        status_phrase(c.status),
+        verb.trim_end_matches('d')
+    ))
+}
+
+/// "a draft", "completed", "paused", "active".
+pub fn status_phrase(s: CampaignStatus) -> &'static str {
+    match s {
+        CampaignStatus::Draft => "still a draft",
+        CampaignStatus::Active => "active",
+        CampaignStatus::Paused => "paused",
+        CampaignStatus::Completed => "completed",
+    }
+}
+
+pub fn plan_pause(conn: &Connection, org: &str, a: &CampaignOnly) -> ApiResult<Step> {
+    let campaign = match campaign_or_clarify(conn, org, a.campaign.as_deref())? {
+        Ok(c) => c,
+        Err(r) => return reply(r),
+    };
+    match campaign.status {
+        CampaignStatus::Active => Ok(Step::Execute(Plan::SetCampaignStatus {
+            campaign,
+            to: CampaignStatus::Paused,
+        })),
+        CampaignStatus::Paused => {
+            let id = campaign.id.clone();
+            reply(
+                NativeReply::result(
+                    format!("{} is already paused.", campaign.name),
+                    json!({ "campaign": campaign }),
+                )
+                .with_id("campaign_id", id),
+            )
+        }
+        _ => Err(not_running(&campaign, "paused")),
+    }
+}
+
+pub fn plan_resume(conn: &Connection, org: &str, a: &CampaignOnly) -> ApiResult<Step> {
+    let campaign = match campaign_or_clarify(conn, org, a.campaign.as_deref())? {
+        Ok(c) => c,
+        Err(r) => return reply(r),
+    };
+    match campaign.status {
+        CampaignStatus::Paused => Ok(Step::Execute(Plan::SetCampaignStatus {
+            campaign,
+            to: CampaignStatus::Active,
+        })),
+        CampaignStatus::Active => {
+            let id = campaign.id.clone();
+            reply(
+                NativeReply::result(
+                    format!("{} is already running.", campaign.name),
+                    json!({ "campaign": campaign }),
+                )
+                .with_id("campaign_id", id),
+            )
+        }
+        _ => Err(not_running(&campaign, "resumed")),
+    }
+}
+
+/// Re-reads both records inside the write transaction: they may have changed since the plan.
+fn fresh(
+    conn: &Connection,
+    org: &str,
+    contact: &Contact,
+    campaign: &Campaign,
+) -> ApiResult<(Contact, Campaign)> {
+    Ok((
+        contacts::require(conn, org, &contact.id)?,
+        campaigns::require(conn, org, &campaign.id)?,
+    ))
+}
+
+pub fn execute_add(
+    conn: &Connection,
+    ctx: &ExecCtx<'_>,
+    contact: Contact,
+    campaign: Campaign,
+) -> ApiResult<Executed> {
+    let (contact, campaign) = fresh(conn, ctx.org, &contact, &campaign)?;
+    let (member, added) = campaigns::add_to_audience(conn, ctx.org, &campaign, &contact.id)?;
+    let name = contact.display_name().to_string();
+    let spoken = match added {
+        Added::New => format!("{name} is now in {}.", campaign.name),
+        Added::AlreadyIn => format!("{name} is already in {}.", campaign.name),
+    };
+    let stats = campaigns::audience_stats(conn, &campaign.id)?;
+    let r = membership_ids(
+        &contact,
+        &campaign,
+        NativeReply::result(
+            spoken,
+            json!({ "audience_member": member, "audience_stats": stats }),
+        ),
+    )
+    .with_id("audience_id", member.id.clone());
+    let undo = (added == Added::New).then(|| {
+        (
+            format!("{name} is out of {} again.", campaign.name),
+            UndoOp::RemoveFromCampaign {
+                campaign_id: campaign.id.clone(),
+                contact_id: contact.id.clone(),
+            },
+        )
+    });
+    Ok(Executed { reply: r, undo })
+}
+
+pub fn execute_remove(
+    conn: &Connection,
+    ctx: &ExecCtx<'_>,
+    contact: Contact,
+    campaign: Campaign,
+) -> ApiResult<Executed> {
+    let (contact, campaign) = fresh(conn, ctx.org, &contact, &campaign)?;
+    let previous = campaigns::remove_from_audience(conn, &campaign.id, &contact.id)?;
+    let name = contact.display_name().to_string();
+    let spoken = match previous {
+        Some(_) => format!("I removed {name} from {}.", campaign.name),
+        None => format!("{name} isn't in {}.", campaign.name),
+    };
+    let stats = campaigns::audience_stats(conn, &campaign.id)?;
+    let r = membership_ids(
+        &contact,
+        &campaign,
+        NativeReply::result(
+            spoken,
+            json!({ "removed": previous.is_some(), "audience_stats": stats }),
+        ),
+    );
+    let undo = previous.map(|status| {
+        (
+            format!("{name} is back in {}.", campaign.name),
+            UndoOp::RestoreAudience {
+                campaign_id: campaign.id.clone(),
+                contact_id: contact.id.clone(),
+                status: status.to_string(),
+            },
+        )
+    });
+    Ok(Executed { reply: r, undo })
+}
+
+pub fn execute_set_status(
+    conn: &Connection,
+    ctx: &ExecCtx<'_>,
+    campaign: Campaign,
+    to: CampaignStatus,
+) -> ApiResult<Executed> {
+    let campaign = campaigns::require(conn, ctx.org, &campaign.id)?;
+    let from = campaign.status;
+    let expected_from = if to == CampaignStatus::Paused {
+        CampaignStatus::Active
+    } else {
+        CampaignStatus::Paused
+    };
+    if from == to {
+        let word = if to == CampaignStatus::Paused {
+            "paused"
+        } else {
+            "running"
+        };
+        let r = NativeReply::result(
+            format!("{} is already {word}.", campaign.name),
+            json!({ "campaign": campaign }),
+        )
+        .with_id("campaign_id", campaign.id.clone());
+        return Ok(Executed {
+            reply: r,
+            undo: None,
+        });
+    }
+    if from != expected_from {
+        return Err(not_running(
+            &campaign,
+            if to == CampaignStatus::Paused {
+                "paused"
+            } else {
+                "resumed"
+            },
+        ));
+    }
+    campaigns::set_status(conn, ctx.org, &campaign.id, to)?;
+    let updated = campaigns::require(conn, ctx.org, &campaign.id)?;
+    let verb = if to == CampaignStatus::Paused {
+        "paused"
+    } else {
+        "resumed"
+    };
+    let r = NativeReply::result(
+        format!("I {verb} {}.", updated.name),
+        json!({ "campaign": updated }),
+    )
+    .with_id("campaign_id", updated.id.clone());
+    let undo = Some((
+        format!(
+            "{} is {} again.",
+            updated.name,
+            if to == CampaignStatus::Paused {
+                "running"
+            } else {
+                "paused"
+            }
+        ),
+        UndoOp::SetCampaignStatus {
+            campaign_id: updated.id.clone(),
+            status: from.to_string(),
+        },
+    ));
+    Ok(Executed { reply: r, undo })
+}

@@ -1,0 +1,177 @@
+//! Contact writes: `book_meeting`, `mark_status` and `note_on_contact`.
+
+use rusqlite::Connection;
+use serde_json::json;
+
+use super::{contact_or_clarify, reply, ExecCtx, Executed};
+use crate::domain::ContactStatus;
+use crate::error::{ApiError, ApiResult};
+use crate::ids::{parse_rfc3339, to_rfc3339};
+use crate::native::action::{BookMeeting, MarkStatus, NoteOnContact};
+use crate::native::plan::{spoken_time, Plan, Step};
+use crate::native::reply::NativeReply;
+use crate::native::undo::UndoOp;
+use crate::store::interactions::{self, NewInteraction};
+use crate::store::{contacts, native as rows};
+
+pub fn plan_meeting(conn: &Connection, org: &str, a: &BookMeeting) -> ApiResult<Step> {
+    let contact = match contact_or_clarify(conn, org, a.contact.as_deref(), a.company.as_deref())? {
+        Ok(c) => c,
+        Err(r) => return reply(r),
+    };
+    let start = a
+        .start_time
+        .as_deref()
+        .and_then(parse_rfc3339)
+        .ok_or_else(|| {
+            ApiError::validation("action.startTime", "expected an RFC 3339 timestamp")
+        })?;
+    let title = a
+        .title
+        .clone()
+        .unwrap_or_else(|| format!("Meeting with {}", contact.display_name()));
+    Ok(Step::Execute(Plan::BookMeeting {
+        contact,
+        start_time: to_rfc3339(start),
+        duration_minutes: a.duration_minutes.unwrap_or(30),
+        title,
+    }))
+}
+
+pub fn plan_status(conn: &Connection, org: &str, a: &MarkStatus) -> ApiResult<Step> {
+    let contact = match contact_or_clarify(conn, org, a.contact.as_deref(), a.company.as_deref())? {
+        Ok(c) => c,
+        Err(r) => return reply(r),
+    };
+    let status = a
+        .status
+        .ok_or_else(|| ApiError::validation("action.status", "missing"))?;
+    if contact.status == status {
+        let id = contact.id.clone();
+        return reply(
+            NativeReply::result(
+                format!("{} is already {}.", contact.display_name(), status.spoken()),
+                json!({ "contact": contact }),
+            )
+            .with_id("contact_id", id),
+        );
+    }
+    Ok(Step::Execute(Plan::MarkStatus { contact, status }))
+}
+
+pub fn plan_note(conn: &Connection, org: &str, a: &NoteOnContact) -> ApiResult<Step> {
+    let contact = match contact_or_clarify(conn, org, a.contact.as_deref(), a.company.as_deref())? {
+        Ok(c) => c,
+        Err(r) => return reply(r),
+    };
+    let note = a.note.clone().unwrap_or_default().trim().to_string();
+    Ok(Step::Execute(Plan::NoteOnContact { contact, note }))
+}
+
+pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>, plan: Plan) -> ApiResult<Executed> {
+    match plan {
+        Plan::BookMeeting {
+            contact,
+            start_time,
+            duration_minutes,
+            title,
+        } => {
+            let contact = contacts::require(conn, ctx.org, &contact.id)?;
+            let meeting = rows::insert_meeting(
+                conn,
+                ctx.org,
+                &contact.id,
+                &title,
+                &start_time,
+                duration_minutes,
+            )?;
+            let when = spoken_time(&start_time);
+            let content = format!("{title}, {duration_minutes} minutes, {when}");
+            let interaction = interactions::insert(
+                conn,
+                ctx.org,
+                &NewInteraction {
+                    contact_id: Some(&contact.id),
+                    campaign_id: None,
+                    direction: "outbound",
+                    channel: "meeting",
+                    subject: Some(&title),
+                    content: &content,
+                    metadata: json!({ "meeting_id": meeting.id, "start_time": start_time, "duration_minutes": duration_minutes }),
+                    is_read: true,
+                    idempotency_key: None,
+                    created_at: None,
+                },
+            )?;
+            let moved = !matches!(
+                contact.status,
+                ContactStatus::MeetingBooked | ContactStatus::Disqualified
+            );
+            if moved {
+                contacts::set_status(conn, ctx.org, &contact.id, ContactStatus::MeetingBooked)?;
+            }
+            let r = NativeReply::result(
+                format!(
+                    "Booked a {duration_minutes} minute meeting with {} on {when}.",
+                    contact.display_name()
+                ),
+                json!({ "meeting": meeting }),
+            )
+            .with_id("meeting_id", meeting.id.clone())
+            .with_id("contact_id", contact.id.clone())
+            .with_id("interaction_id", interaction.id);
+            // Booked meetings involve another person's calendar: not undoable (DESIGN §5).
+            Ok(Executed {
+                reply: r,
+                undo: None,
+            })
+        }
+        Plan::MarkStatus { contact, status } => {
+            let contact = contacts::require(conn, ctx.org, &contact.id)?;
+            let previous = contact.status;
+            contacts::set_status(conn, ctx.org, &contact.id, status)?;
+            let name = contact.display_name().to_string();
+            let r = NativeReply::result(
+                format!("{name} is now marked {}.", status.spoken()),
+                json!({ "contact_id": contact.id, "previous_status": previous, "status": status }),
+            )
+            .with_id("contact_id", contact.id.clone());
+            let undo = (previous != status).then(|| {
+                (
+                    format!("{name} is back to {}.", previous.spoken()),
+                    UndoOp::RestoreStatus {
+                        contact_id: contact.id.clone(),
+                        status: previous.to_string(),
+                    },
+                )
+            });
+            Ok(Executed { reply: r, undo })
+        }
+        Plan::NoteOnContact { contact, note } => {
+            let contact = contacts::require(conn, ctx.org, &contact.id)?;
+            let row = interactions::insert(
+                conn,
+                ctx.org,
+                &NewInteraction::note(&contact.id, &note, json!({ "source": "native" })),
+            )?;
+            let name = contact.display_name().to_string();
+            let r = NativeReply::result(
+                format!("Noted on {name}."),
+                json!({ "note": interactions::Note::from(row.clone()) }),
+            )
+            .with_id("note_id", row.id.clone())
+            .with_id("contact_id", contact.id.clone());
+            Ok(Executed {
+                reply: r,
+                undo: Some((
+                    format!("I deleted the note on {name}."),
+                    UndoOp::DeleteNote { note_id: row.id },
+                )),
+            })
+        }
+        other => Err(ApiError::internal(format!(
+            "contacts::execute got {}",
+            other.action_type()
+        ))),
+    }
+}

@@ -1,0 +1,219 @@
+//! Read actions about people and activity: `lookup_person`, `lookup_company`, `recent_signals`
+//! and `reply_inbox`.
+
+use rusqlite::Connection;
+use serde_json::json;
+
+use super::{contact_or_clarify, reply};
+use crate::error::ApiResult;
+use crate::ids::{parse_rfc3339, to_rfc3339};
+use crate::native::action::{LookupCompany, LookupPerson, RecentSignals, ReplyInbox};
+use crate::native::plan::Step;
+use crate::native::reply::NativeReply;
+use crate::native::resolve::{self, Resolved};
+use crate::native::speech::{article, count, snippet};
+use crate::store::interactions::{self, ActivityFilter};
+use crate::store::signals::{self, SignalFilter};
+use crate::store::{campaigns, companies, contacts, PageRequest};
+
+pub fn lookup_person(conn: &Connection, org: &str, a: &LookupPerson) -> ApiResult<Step> {
+    let contact = match contact_or_clarify(conn, org, a.contact.as_deref(), a.company.as_deref())? {
+        Ok(c) => c,
+        Err(clarification) => return reply(clarification),
+    };
+    let account = match &contact.account_id {
+        Some(id) => companies::get(conn, org, id)?,
+        None => None,
+    };
+    let memberships = campaigns::memberships(conn, org, &contact.id)?;
+    let recent = interactions::list(
+        conn,
+        org,
+        &ActivityFilter {
+            contact_id: Some(contact.id.clone()),
+            ..Default::default()
+        },
+        PageRequest {
+            limit: 3,
+            offset: 0,
+        },
+    )?
+    .items;
+    let name = contact.display_name();
+    let company = contact
+        .company
+        .clone()
+        .or_else(|| account.as_ref().and_then(|c| c.name.clone()));
+    let who = match (&contact.title, &company) {
+        (Some(t), Some(c)) => format!("{name} is {t} at {c}."),
+        (Some(t), None) => format!("{name} is {t}."),
+        (None, Some(c)) => format!("{name} works at {c}."),
+        (None, None) => format!("{name} is in your CRM."),
+    };
+    let spoken = format!("{who} Status is {}.", contact.status.spoken());
+    let contact_id = contact.id.clone();
+    Ok(Step::Reply(
+        NativeReply::result(
+            spoken,
+            json!({ "contact": contact, "company": account, "campaigns": memberships, "recent_activity": recent }),
+        )
+        .with_id("contact_id", contact_id),
+    ))
+}
+
+pub fn lookup_company(conn: &Connection, org: &str, a: &LookupCompany) -> ApiResult<Step> {
+    let reference = a
+        .company_id
+        .as_deref()
+        .or(a.company.as_deref())
+        .unwrap_or("");
+    let company = match resolve::company(conn, org, reference)? {
+        Resolved::One(c) => c,
+        Resolved::Ambiguous(c) => return reply(super::clarify("company", reference, c)),
+    };
+    let (total, people) = contacts::by_account(conn, org, &company.id, 5)?;
+    let recent_signals = match &company.name {
+        Some(n) => {
+            signals::list(
+                conn,
+                org,
+                &SignalFilter {
+                    company: Some(n.clone()),
+                    ..Default::default()
+                },
+                PageRequest {
+                    limit: 3,
+                    offset: 0,
+                },
+            )?
+            .items
+        }
+        None => vec![],
+    };
+    let name = company.display_name().to_string();
+    let what = match &company.industry {
+        Some(i) => format!("{name} is {} {} company.", article(i), i.to_lowercase()),
+        None => format!("{name} is in your CRM."),
+    };
+    let spoken = format!(
+        "{what} You have {} there{}",
+        count(total, "contact", "contacts"),
+        match recent_signals.first() {
+            Some(s) => format!(", and the latest signal is: {}.", snippet(&s.title, 80)),
+            None => ".".into(),
+        }
+    );
+    let company_id = company.id.clone();
+    Ok(Step::Reply(
+        NativeReply::result(
+            spoken,
+            json!({ "company": company, "contacts_total": total, "contacts": people, "recent_signals": recent_signals }),
+        )
+        .with_id("company_id", company_id),
+    ))
+}
+
+pub fn recent_signals(conn: &Connection, org: &str, a: &RecentSignals) -> ApiResult<Step> {
+    let mut filter = SignalFilter {
+        since: a.since.as_deref().and_then(parse_rfc3339).map(to_rfc3339),
+        company: a.company.clone(),
+        min_intent_score: a.min_intent_score,
+        ..Default::default()
+    };
+    let mut reply_ids = serde_json::Map::new();
+    if let Some(reference) = a.contact.as_deref().filter(|r| !r.trim().is_empty()) {
+        let contact = match contact_or_clarify(conn, org, Some(reference), None)? {
+            Ok(c) => c,
+            Err(clarification) => return reply(clarification),
+        };
+        reply_ids.insert("contact_id".into(), contact.id.clone().into());
+        filter.contact_id = Some(contact.id);
+    }
+    let page = signals::list(
+        conn,
+        org,
+        &filter,
+        PageRequest {
+            limit: a.limit.unwrap_or(5),
+            offset: 0,
+        },
+    )?;
+    let scope = a
+        .company
+        .as_deref()
+        .map(|c| format!(" for {}", snippet(c, 40)))
+        .unwrap_or_default();
+    let spoken = match page.items.first() {
+        None => format!("No new signals{scope}."),
+        Some(first) => format!(
+            "{}{scope}. Latest: {}.",
+            count(page.total, "signal", "signals"),
+            snippet(first.title.trim_end_matches('.'), 110)
+        ),
+    };
+    let mut r = NativeReply::result(
+        spoken,
+        json!({ "signals": page.items, "total": page.total }),
+    );
+    r.ids = reply_ids;
+    Ok(Step::Reply(r))
+}
+
+pub fn reply_inbox(conn: &Connection, org: &str, a: &ReplyInbox) -> ApiResult<Step> {
+    let mut filter = ActivityFilter {
+        direction: Some("inbound".into()),
+        include_notes: false,
+        unread_only: a.unread_only.unwrap_or(false),
+        ..Default::default()
+    };
+    let mut ids = serde_json::Map::new();
+    if let Some(reference) = a.contact.as_deref().filter(|r| !r.trim().is_empty()) {
+        let contact = match contact_or_clarify(conn, org, Some(reference), a.company.as_deref())? {
+            Ok(c) => c,
+            Err(clarification) => return reply(clarification),
+        };
+        ids.insert("contact_id".into(), contact.id.clone().into());
+        filter.contact_id = Some(contact.id);
+    }
+    let page = interactions::list(
+        conn,
+        org,
+        &filter,
+        PageRequest {
+            limit: a.limit.unwrap_or(5),
+            offset: 0,
+        },
+    )?;
+    let mut items = Vec::with_capacity(page.items.len());
+    let mut latest_from = None;
+    for i in &page.items {
+        let who = match &i.contact_id {
+            Some(id) => contacts::get(conn, org, id)?,
+            None => None,
+        };
+        if latest_from.is_none() {
+            latest_from = who.as_ref().map(|c| c.display_name().to_string());
+        }
+        items.push(json!({
+            "interaction": i,
+            "contact": who.map(|c| json!({ "id": c.id, "name": c.display_name(), "company": c.company })),
+        }));
+    }
+    let noun = if filter.unread_only {
+        ("unread reply", "unread replies")
+    } else {
+        ("reply", "replies")
+    };
+    let spoken = match page.items.first() {
+        None => format!("No {} right now.", noun.1),
+        Some(first) => format!(
+            "You have {}. Latest from {}: {}",
+            count(page.total, noun.0, noun.1),
+            latest_from.as_deref().unwrap_or("an unknown sender"),
+            snippet(&first.content, 100)
+        ),
+    };
+    let mut r = NativeReply::result(spoken, json!({ "replies": items, "total": page.total }));
+    r.ids = ids;
+    Ok(Step::Reply(r))
+}

@@ -1,0 +1,633 @@
+//! The Native Voice Bridge core: one transport-independent pipeline (DESIGN §2) that turns a
+//! [`NativeRequest`] from an authenticated caller into a [`NativeReply`] — parse, idempotency,
+//! resolve, confirmation gate / pilot mode, execute, audit, reply with timing. HTTP and WebSocket
+//! adapters only translate their input and render the [`TurnOutcome`].
+
+pub mod action;
+pub mod actions;
+pub mod idempotency;
+pub mod pending;
+pub mod plan;
+pub mod reply;
+pub mod request;
+pub mod resolve;
+pub mod speech;
+pub mod timing;
+pub mod undo;
+pub mod workers;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use self::action::Action;
+use self::actions::ExecCtx;
+use self::idempotency::{Claim, IdempotencyStore, StoredOutcome};
+use self::pending::{Lookup, PendingStore};
+use self::plan::{Plan, Step};
+use self::reply::{NativeReply, Performance, ReplyMode, TurnOutcome};
+use self::request::{ExecutionMode, NativeRequest};
+use self::timing::{round_ms, ServerTiming};
+use crate::auth::Principal;
+use crate::config::NativeConfig;
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::store::{audit, native as rows, Store};
+
+/// The bridge core. Cheap to share behind an `Arc`.
+pub struct Bridge {
+    store: Store,
+    cfg: NativeConfig,
+    idempotency: IdempotencyStore,
+    dedupe: IdempotencyStore,
+    pending: PendingStore,
+}
+
+/// Whether an outcome may be stored for replay (DESIGN §8): everything once execution began,
+/// except validation, auth, rate-limit and server/upstream failures, which the client may retry.
+fn storable(result: &Result<NativeReply, ApiError>) -> bool {
+    match result {
+        Ok(_) => true,
+        Err(e) => matches!(
+            e.code,
+            ErrorCode::ResourceNotFound
+                | ErrorCode::CampaignNotActive
+                | ErrorCode::DuplicateResource
+                | ErrorCode::PendingActionExpired
+        ),
+    }
+}
+
+fn replay(o: &StoredOutcome) -> Result<NativeReply, ApiError> {
+    match &o.result {
+        Ok(r) => {
+            let mut r = r.clone();
+            r.mode = ReplyMode::Duplicate;
+            r.audit_id = None;
+            r.performance = None;
+            Ok(r)
+        }
+        Err(e) => Err(e.clone()),
+    }
+}
+
+impl Bridge {
+    pub fn new(store: Store, cfg: NativeConfig) -> Arc<Self> {
+        Arc::new(Bridge {
+            idempotency: IdempotencyStore::new(
+                Duration::from_secs(cfg.idempotency_ttl_secs),
+                cfg.idempotency_max_bytes,
+            ),
+            dedupe: IdempotencyStore::new(
+                Duration::from_secs(cfg.dedupe_window_secs.max(1)),
+                cfg.idempotency_max_bytes / 4,
+            ),
+            pending: PendingStore::new(Duration::from_secs(cfg.pending_ttl_secs)),
+            store,
+            cfg,
+        })
+    }
+
+    pub fn pending(&self) -> &PendingStore {
+        &self.pending
+    }
+
+    pub fn config(&self) -> &NativeConfig {
+        &self.cfg
+    }
+
+    /// Runs one turn. The turn runs in its own task, so a client that disconnects mid-request
+    /// cannot cancel a write halfway: the effect and its idempotency record always complete
+    /// together, and a retry with the same key replays instead of repeating the effect.
+    pub async fn handle(
+        self: &Arc<Self>,
+        principal: Arc<Principal>,
+        body: Value,
+        timing: ServerTiming,
+    ) -> TurnOutcome {
+        let this = self.clone();
+        let started = Instant::now();
+        match tokio::spawn(async move { this.run(&principal, body, timing).await }).await {
+            Ok(outcome) => outcome,
+            Err(join_error) => {
+                let e = ApiError::internal(format!("native turn failed: {join_error}"));
+                self.finish(
+                    Err(e),
+                    false,
+                    ServerTiming::starting_at(started),
+                    ExecutionMode::Fast,
+                )
+            }
+        }
+    }
+
+    /// An outcome for a request rejected before the core ran (auth, rate limit, bad JSON), with
+    /// the same timing fields as any other native reply.
+    pub fn reject(&self, error: ApiError, timing: ServerTiming) -> TurnOutcome {
+        self.finish(Err(error), false, timing, ExecutionMode::Fast)
+    }
+
+    async fn run(
+        &self,
+        principal: &Principal,
+        body: Value,
+        mut timing: ServerTiming,
+    ) -> TurnOutcome {
+        let parsed = timing.measure("parse", || NativeRequest::parse(&body));
+        let req = match parsed {
+            Ok(r) => r,
+            Err(e) => return self.finish(Err(e), false, timing, ExecutionMode::Fast),
+        };
+        let (result, replayed) = self.dispatch(principal, &req, &mut timing).await;
+        self.finish(result, replayed, timing, req.execution_mode)
+    }
+
+    fn finish(
+        &self,
+        mut result: Result<NativeReply, ApiError>,
+        replayed: bool,
+        timing: ServerTiming,
+        mode: ExecutionMode,
+    ) -> TurnOutcome {
+        let total_ms = round_ms(timing.total());
+        let performance = Performance {
+            execution_mode: mode.as_str(),
+            server_elapsed_ms: total_ms,
+            target_ms: self.cfg.target_ms,
+            within_target: total_ms <= self.cfg.target_ms,
+        };
+        if let Ok(r) = &mut result {
+            r.performance = Some(performance.clone());
+        }
+        TurnOutcome {
+            server_timing: timing.header_value(total_ms),
+            result,
+            replayed,
+            timing,
+            performance,
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        p: &Principal,
+        req: &NativeRequest,
+        timing: &mut ServerTiming,
+    ) -> (Result<NativeReply, ApiError>, bool) {
+        let is_read =
+            req.pending_action_id.is_none() && req.action.as_ref().is_some_and(Action::is_read);
+        if is_read {
+            let mut r = self.run_action(p, req, timing).await;
+            if let Ok(reply) = &mut r {
+                reply.idempotency_key = req.idempotency_key.clone();
+            }
+            return (r, false);
+        }
+        let wait = Duration::from_millis(self.cfg.idempotency_wait_ms);
+        let t = Instant::now();
+        let claim = match (&req.idempotency_key, &req.action) {
+            (Some(key), _) => Some(
+                self.idempotency
+                    .claim(&p.org_id, key, req.fingerprint, wait)
+                    .await,
+            ),
+            // "undo, undo" means two undos: undo_last is exempt from the keyless dedupe window.
+            (None, Some(Action::UndoLast(_))) => None,
+            (None, _) => Some(
+                self.dedupe
+                    .claim(
+                        &p.org_id,
+                        &hex::encode(req.fingerprint),
+                        req.fingerprint,
+                        wait,
+                    )
+                    .await,
+            ),
+        };
+        timing.record("idem", t.elapsed());
+        let guard = match claim {
+            None => None,
+            Some(Claim::Owner(g)) => Some(g),
+            Some(Claim::Replay(stored)) => return (replay(&stored), true),
+            Some(Claim::Reused) => return (
+                Err(ApiError::new(
+                    ErrorCode::IdempotencyKeyReused,
+                    "Idempotency key was already used for a different request",
+                )
+                .with_details(
+                    "idempotencyKey: reused with a different action, pendingActionId or confirmed",
+                )
+                .with_spoken("That request ID was already used for something else.")),
+                false,
+            ),
+            Some(Claim::InUse) => {
+                return (
+                    Err(ApiError::new(
+                        ErrorCode::IdempotencyKeyInUse,
+                        "A request with this idempotency key is still running",
+                    )
+                    .with_details("idempotencyKey: in flight; retry shortly")
+                    .with_retry_after(1)),
+                    false,
+                )
+            }
+        };
+        let (mut result, replayed) = if let Some(pid) = &req.pending_action_id {
+            self.confirm(p, req, pid, timing).await
+        } else {
+            (self.run_action(p, req, timing).await, false)
+        };
+        if let Ok(reply) = &mut result {
+            if reply.idempotency_key.is_none() {
+                reply.idempotency_key = req.idempotency_key.clone();
+            }
+        }
+        if let Some(g) = guard {
+            if storable(&result) {
+                g.complete(StoredOutcome {
+                    result: result.clone(),
+                });
+            } else {
+                g.abandon();
+            }
+        }
+        (result, replayed)
+    }
+
+    /// An action request: resolve, then answer, ask, or execute.
+    async fn run_action(
+        &self,
+        p: &Principal,
+        req: &NativeRequest,
+        timing: &mut ServerTiming,
+    ) -> ApiResult<NativeReply> {
+        let Some(action) = req.action.clone() else {
+            return Err(ApiError::validation("action", "missing"));
+        };
+        let is_write = !action.is_read();
+        let org = p.org_id.clone();
+        let t = Instant::now();
+        let step = self
+            .store
+            .read(move |conn| actions::plan(conn, &org, &action))
+            .await;
+        timing.record("resolve", t.elapsed());
+        let step = match step {
+            Ok(s) => s,
+            Err(e) => {
+                if is_write && storable(&Err(e.clone())) {
+                    self.audit_separately(p, req, e.code.as_str(), &json!({}), timing)
+                        .await;
+                }
+                return Err(e);
+            }
+        };
+        match step {
+            Step::Reply(mut reply) => {
+                let audit_reads =
+                    req.execution_mode == ExecutionMode::Standard || req.audit_read_actions;
+                if is_write || audit_reads {
+                    reply.audit_id = self
+                        .audit_separately(
+                            p,
+                            req,
+                            reply.mode.as_str(),
+                            &Value::Object(reply.ids.clone()),
+                            timing,
+                        )
+                        .await;
+                }
+                Ok(reply)
+            }
+            Step::Execute(plan) if plan.is_dangerous() && req.confirmed != Some(true) => {
+                Ok(self.ask(p, req, plan, timing).await)
+            }
+            Step::Execute(plan) => {
+                let action_json = req.action_json.clone().unwrap_or(Value::Null);
+                self.execute(
+                    p,
+                    plan,
+                    action_json,
+                    req.transcript.clone(),
+                    req.execution_mode,
+                    timing,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Parks a dangerous plan and asks the user to confirm it.
+    async fn ask(
+        &self,
+        p: &Principal,
+        req: &NativeRequest,
+        plan: Plan,
+        timing: &mut ServerTiming,
+    ) -> NativeReply {
+        let question = plan.question();
+        let ids = plan.ids();
+        let mut data = plan.describe();
+        let pending = self.pending.insert(
+            &p.org_id,
+            &p.key_id,
+            plan,
+            req.action_json.clone().unwrap_or(Value::Null),
+            req.transcript.clone(),
+        );
+        if let Value::Object(m) = &mut data {
+            m.insert(
+                "expires_in_seconds".into(),
+                json!(self.pending.ttl().as_secs()),
+            );
+        }
+        let mut reply = NativeReply::new(ReplyMode::ConfirmationRequired, question, data);
+        reply.ids = ids;
+        reply.pending_action_id = Some(pending.id.clone());
+        reply.expires_at = Some(pending.expires_at_wall.clone());
+        let mut audit_ids = reply.ids.clone();
+        audit_ids.insert("pending_action_id".into(), json!(pending.id));
+        reply.audit_id = self
+            .audit_separately(
+                p,
+                req,
+                reply.mode.as_str(),
+                &Value::Object(audit_ids),
+                timing,
+            )
+            .await;
+        reply
+    }
+
+    /// Executes a plan in one write transaction together with its undo entry and audit record,
+    /// so either all three are durable or none is.
+    async fn execute(
+        &self,
+        p: &Principal,
+        plan: Plan,
+        action_json: Value,
+        transcript: Option<String>,
+        mode: ExecutionMode,
+        timing: &mut ServerTiming,
+    ) -> ApiResult<NativeReply> {
+        let principal = p.clone();
+        let cfg = self.cfg.clone();
+        let elapsed_so_far = timing.total();
+        let t = Instant::now();
+        let result = self
+            .store
+            .write(move |tx| {
+                let ctx = ExecCtx {
+                    org: &principal.org_id,
+                    key_id: &principal.key_id,
+                    outbox_hold_secs: cfg.outbox_hold_secs,
+                    undo_window_secs: cfg.undo_window_secs,
+                };
+                let action_type = plan.action_type();
+                let executed = actions::execute(tx, &ctx, plan)?;
+                let audit_started = Instant::now();
+                if let Some((summary, op)) = &executed.undo {
+                    rows::insert_undo(
+                        tx,
+                        ctx.org,
+                        ctx.key_id,
+                        action_type,
+                        summary,
+                        &undo::to_json(op),
+                    )?;
+                }
+                let mut reply = executed.reply;
+                let audit_id = audit::insert(
+                    tx,
+                    &audit::AuditRecord {
+                        org_id: ctx.org,
+                        key_id: ctx.key_id,
+                        action_type,
+                        action: &action_json,
+                        transcript: transcript.as_deref(),
+                        execution_mode: mode.as_str(),
+                        outcome: reply.mode.as_str(),
+                        ids: &Value::Object(reply.ids.clone()),
+                        elapsed_ms: round_ms(elapsed_so_far + audit_started.elapsed()),
+                    },
+                )?;
+                reply.audit_id = Some(audit_id);
+                Ok((reply, audit_started.elapsed()))
+            })
+            .await;
+        let total = t.elapsed();
+        match result {
+            Ok((reply, audit_time)) => {
+                timing.record("exec", total.saturating_sub(audit_time));
+                timing.record("audit", audit_time);
+                Ok(reply)
+            }
+            Err(e) => {
+                timing.record("exec", total);
+                Err(e)
+            }
+        }
+    }
+
+    /// A confirmation (`pendingActionId` + `confirmed`).
+    async fn confirm(
+        &self,
+        p: &Principal,
+        req: &NativeRequest,
+        pid: &str,
+        timing: &mut ServerTiming,
+    ) -> (ApiResult<NativeReply>, bool) {
+        match self.confirm_inner(p, req, pid, timing).await {
+            Ok((reply, replayed)) => (Ok(reply), replayed),
+            Err(e) => (Err(e), false),
+        }
+    }
+
+    /// The confirmation flow; `Ok((reply, true))` when the pending action had already run.
+    async fn confirm_inner(
+        &self,
+        p: &Principal,
+        req: &NativeRequest,
+        pid: &str,
+        timing: &mut ServerTiming,
+    ) -> ApiResult<(NativeReply, bool)> {
+        let not_found = || {
+            ApiError::not_found("Pending action")
+                .with_details(format!(
+                    "pendingActionId: no pending action '{}'",
+                    speech::snippet(pid, 64)
+                ))
+                .with_spoken("I couldn't find that request to confirm. Please ask again.")
+        };
+        let pending = match self.pending.get(&p.org_id, pid) {
+            Lookup::NotFound => return Err(not_found()),
+            Lookup::Cancelled(_) => {
+                return Err(ApiError::not_found("Pending action")
+                    .with_details("pendingActionId: that action was cancelled")
+                    .with_spoken("That request was cancelled, so there's nothing to confirm."))
+            }
+            Lookup::Expired(pending) | Lookup::Open(pending) => pending,
+        };
+        if let Some(action) = &req.action {
+            if action.type_name() != pending.action_type() {
+                return Err(ApiError::validation(
+                    "action.type",
+                    format!(
+                        "'{}' does not match the pending action '{}'",
+                        action.type_name(),
+                        pending.action_type()
+                    ),
+                )
+                .with_spoken("That doesn't match what I asked you to confirm."));
+            }
+        }
+        let derived = format!("native:{}:{}", pending.action_type(), pending.id);
+        // One fingerprint per pending action: every confirmation of it is the same request.
+        let fingerprint = request::fingerprint(None, Some(&pending.id), Some(true));
+        let t = Instant::now();
+        let wait = Duration::from_millis(self.cfg.idempotency_wait_ms);
+        let claim = self
+            .idempotency
+            .claim(&p.org_id, &derived, fingerprint, wait)
+            .await;
+        timing.record("idem", t.elapsed());
+        let guard = match claim {
+            Claim::Replay(stored) => {
+                if req.confirmed == Some(false) {
+                    return Ok((
+                        NativeReply::result(
+                            "That was already done, so there's nothing to cancel.",
+                            json!({ "cancelled": false }),
+                        )
+                        .with_id("pending_action_id", pending.id.clone()),
+                        false,
+                    ));
+                }
+                let mut r = replay(&stored)?;
+                r.idempotency_key = Some(derived);
+                return Ok((r, true));
+            }
+            Claim::Owner(g) => g,
+            Claim::Reused | Claim::InUse => {
+                return Err(ApiError::new(
+                    ErrorCode::IdempotencyKeyInUse,
+                    "This action is being confirmed right now",
+                )
+                .with_retry_after(1))
+            }
+        };
+        if tokio::time::Instant::now() >= pending.expires_at {
+            guard.abandon();
+            return Err(
+                ApiError::new(ErrorCode::PendingActionExpired, "Pending action expired")
+                    .with_details(format!(
+                        "pendingActionId: expired at {}",
+                        pending.expires_at_wall
+                    ))
+                    .with_spoken("That confirmation expired. Please ask me again."),
+            );
+        }
+        if req.confirmed == Some(false) {
+            guard.abandon();
+            self.pending.cancel(&pending);
+            let question = pending.plan.question();
+            let what = question.trim_end_matches('?');
+            let mut r = NativeReply::result(
+                format!("Okay, cancelled. I won't {}.", lower_first(what)),
+                json!({ "cancelled": true, "action": pending.action_type() }),
+            );
+            r.ids = pending.plan.ids();
+            r.ids.insert("pending_action_id".into(), json!(pending.id));
+            return Ok((r, false));
+        }
+        let transcript = req
+            .transcript
+            .clone()
+            .or_else(|| pending.transcript.clone());
+        let mut result = self
+            .execute(
+                p,
+                pending.plan.clone(),
+                pending.action_json.clone(),
+                transcript,
+                req.execution_mode,
+                timing,
+            )
+            .await;
+        if let Ok(r) = &mut result {
+            r.idempotency_key = Some(derived);
+            r.ids.insert("pending_action_id".into(), json!(pending.id));
+        }
+        if storable(&result) {
+            guard.complete(StoredOutcome {
+                result: result.clone(),
+            });
+        } else {
+            guard.abandon();
+        }
+        result.map(|r| (r, false))
+    }
+
+    /// Writes an audit record outside an execution transaction (reads that ask for one,
+    /// confirmation prompts, clarifications, no-op writes, failed writes). Best effort: a failed
+    /// audit write is logged, not shown to the caller.
+    async fn audit_separately(
+        &self,
+        p: &Principal,
+        req: &NativeRequest,
+        outcome: &str,
+        ids: &Value,
+        timing: &mut ServerTiming,
+    ) -> Option<String> {
+        let org = p.org_id.clone();
+        let key = p.key_id.clone();
+        let action_type = req
+            .action
+            .as_ref()
+            .map(Action::type_name)
+            .unwrap_or("confirmation")
+            .to_string();
+        let action = req.action_json.clone().unwrap_or(Value::Null);
+        let transcript = req.transcript.clone();
+        let mode = req.execution_mode;
+        let outcome = outcome.to_string();
+        let ids = ids.clone();
+        let elapsed = round_ms(timing.total());
+        let t = Instant::now();
+        let r = self
+            .store
+            .write(move |tx| {
+                audit::insert(
+                    tx,
+                    &audit::AuditRecord {
+                        org_id: &org,
+                        key_id: &key,
+                        action_type: &action_type,
+                        action: &action,
+                        transcript: transcript.as_deref(),
+                        execution_mode: mode.as_str(),
+                        outcome: &outcome,
+                        ids: &ids,
+                        elapsed_ms: elapsed,
+                    },
+                )
+            })
+            .await;
+        timing.record("audit", t.elapsed());
+        match r {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::warn!(error = %e, "audit write failed");
+                None
+            }
+        }
+    }
+}
+
+fn lower_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
+}

@@ -1,0 +1,270 @@
+//! The native request (DESIGN §3): the same object arrives as an HTTP body or a WebSocket frame.
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::action::{parse_action, Action};
+use crate::error::{ApiError, ApiResult};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutionMode {
+    Fast,
+    Standard,
+}
+
+impl ExecutionMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionMode::Fast => "fast",
+            ExecutionMode::Standard => "standard",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NativeRequest {
+    pub action: Option<Action>,
+    /// The action as sent, for fingerprints and audit records.
+    pub action_json: Option<Value>,
+    pub transcript: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub execution_mode: ExecutionMode,
+    pub audit_read_actions: bool,
+    pub pending_action_id: Option<String>,
+    pub confirmed: Option<bool>,
+    /// SHA-256 of the canonical JSON of `action`, `pendingActionId` and `confirmed`.
+    pub fingerprint: [u8; 32],
+}
+
+const MAX_TRANSCRIPT: usize = 10_000;
+
+fn string_field(obj: &Map<String, Value>, key: &str) -> ApiResult<Option<String>> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::validation(key, "expected a string")),
+    }
+}
+
+fn bool_field(obj: &Map<String, Value>, key: &str) -> ApiResult<Option<bool>> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(ApiError::validation(key, "expected true or false")),
+    }
+}
+
+/// 1–255 visible ASCII characters (DESIGN §3).
+pub fn validate_idempotency_key(k: &str) -> ApiResult<()> {
+    if k.is_empty() || k.len() > 255 || !k.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(ApiError::validation(
+            "idempotencyKey",
+            "must be 1 to 255 visible ASCII characters",
+        ));
+    }
+    Ok(())
+}
+
+impl NativeRequest {
+    /// Validates a request body. Unknown top-level fields are ignored; unknown fields inside
+    /// `action` are errors.
+    pub fn parse(body: &Value) -> ApiResult<NativeRequest> {
+        let Value::Object(obj) = body else {
+            return Err(ApiError::validation("body", "expected a JSON object"));
+        };
+        let transcript = string_field(obj, "transcript")?;
+        if transcript
+            .as_ref()
+            .is_some_and(|t| t.chars().count() > MAX_TRANSCRIPT)
+        {
+            return Err(ApiError::validation(
+                "transcript",
+                format!("longer than {MAX_TRANSCRIPT} characters"),
+            ));
+        }
+        let idempotency_key = string_field(obj, "idempotencyKey")?;
+        if let Some(k) = &idempotency_key {
+            validate_idempotency_key(k)?;
+        }
+        let execution_mode = match string_field(obj, "executionMode")?.as_deref() {
+            None | Some("fast") => ExecutionMode::Fast,
+            Some("standard") => ExecutionMode::Standard,
+            Some(other) => {
+                return Err(ApiError::validation(
+                    "executionMode",
+                    format!(
+                        "'{}' is not one of: fast, standard",
+                        super::speech::snippet(other, 32)
+                    ),
+                ))
+            }
+        };
+        let audit_read_actions = bool_field(obj, "auditReadActions")?.unwrap_or(false);
+        let pending_action_id =
+            string_field(obj, "pendingActionId")?.filter(|s| !s.trim().is_empty());
+        if pending_action_id.as_ref().is_some_and(|p| p.len() > 128) {
+            return Err(ApiError::validation(
+                "pendingActionId",
+                "longer than 128 characters",
+            ));
+        }
+        let confirmed = bool_field(obj, "confirmed")?;
+        let action_json = match obj.get("action") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.clone()),
+        };
+        let action = action_json.as_ref().map(parse_action).transpose()?;
+        if action.is_none() && pending_action_id.is_none() {
+            return Err(ApiError::validation("action", "missing")
+                .with_spoken("I didn't get an action to run."));
+        }
+        if pending_action_id.is_some() && confirmed.is_none() {
+            return Err(ApiError::validation(
+                "confirmed",
+                "missing: send true to execute or false to cancel",
+            )
+            .with_spoken("Should I go ahead or cancel?"));
+        }
+        let fingerprint = fingerprint(
+            action_json.as_ref(),
+            pending_action_id.as_deref(),
+            confirmed,
+        );
+        Ok(NativeRequest {
+            action,
+            action_json,
+            transcript,
+            idempotency_key,
+            execution_mode,
+            audit_read_actions,
+            pending_action_id,
+            confirmed,
+            fingerprint,
+        })
+    }
+}
+
+/// SHA-256 over the canonical JSON (sorted keys, no whitespace) of the fields that define what
+/// the request does; `transcript` and `executionMode` do not count.
+pub fn fingerprint(
+    action: Option<&Value>,
+    pending: Option<&str>,
+    confirmed: Option<bool>,
+) -> [u8; 32] {
+    let mut buf = String::with_capacity(256);
+    buf.push_str("{\"action\":");
+    match action {
+        Some(a) => write_canonical(a, &mut buf),
+        None => buf.push_str("null"),
+    }
+    buf.push_str(",\"confirmed\":");
+    buf.push_str(match confirmed {
+        Some(true) => "true",
+        Some(false) => "false",
+        None => "null",
+    });
+    buf.push_str(",\"pendingActionId\":");
+    match pending {
+        Some(p) => write_canonical(&Value::String(p.to_string()), &mut buf),
+        None => buf.push_str("null"),
+    }
+    buf.push('}');
+    Sha256::digest(buf.as_bytes()).into()
+}
+
+fn write_canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String((*k).clone()).to_string());
+                out.push(':');
+                write_canonical(&m[k.as_str()], out);
+            }
+            out.push('}');
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(x, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_defaults_and_ignores_unknown_top_level_fields() {
+        let r = NativeRequest::parse(&json!({"action":{"type":"undo_last"},"client":"glasses"}))
+            .unwrap();
+        assert_eq!(r.execution_mode, ExecutionMode::Fast);
+        assert!(!r.audit_read_actions);
+        assert!(r.idempotency_key.is_none());
+    }
+
+    #[test]
+    fn fingerprint_ignores_key_order_transcript_and_mode() {
+        let a = NativeRequest::parse(&json!({"action":{"type":"lookup_person","personName":"x","company":"y"},"transcript":"a"})).unwrap();
+        let b = NativeRequest::parse(&json!({"action":{"company":"y","personName":"x","type":"lookup_person"},"transcript":"b","executionMode":"standard"})).unwrap();
+        assert_eq!(a.fingerprint, b.fingerprint);
+        let c = NativeRequest::parse(&json!({"action":{"type":"lookup_person","personName":"z"}}))
+            .unwrap();
+        assert_ne!(a.fingerprint, c.fingerprint);
+    }
+
+    #[test]
+    fn rejects_bad_top_level_fields() {
+        let e = |v: Value| {
+            NativeRequest::parse(&v)
+                .unwrap_err()
+                .details
+                .unwrap_or_default()
+        };
+        assert_eq!(e(json!({})), "action: missing");
+        assert_eq!(
+            e(json!({"action":{"type":"undo_last"},"idempotencyKey":""})),
+            "idempotencyKey: must be 1 to 255 visible ASCII characters"
+        );
+        assert_eq!(
+            e(json!({"action":{"type":"undo_last"},"idempotencyKey":"a b"})),
+            "idempotencyKey: must be 1 to 255 visible ASCII characters"
+        );
+        assert!(
+            e(json!({"action":{"type":"undo_last"},"idempotencyKey":"k".repeat(256)}))
+                .starts_with("idempotencyKey")
+        );
+        assert!(
+            e(json!({"action":{"type":"undo_last"},"executionMode":"turbo"}))
+                .starts_with("executionMode")
+        );
+        assert_eq!(
+            e(json!({"pendingActionId":"p"})),
+            "confirmed: missing: send true to execute or false to cancel"
+        );
+        assert_eq!(
+            e(json!({"action":{"type":"undo_last"},"confirmed":"yes"})),
+            "confirmed: expected true or false"
+        );
+        assert_eq!(e(json!([1])), "body: expected a JSON object");
+    }
+
+    #[test]
+    fn key_accepts_visible_ascii() {
+        assert!(validate_idempotency_key("voice-turn-01:~!").is_ok());
+        assert!(validate_idempotency_key("naïve").is_err());
+    }
+}

@@ -1,0 +1,442 @@
+//! Reference resolution (DESIGN §5): turns what the user said into records. A UUID is an id, a
+//! string with `@` is an email, anything else is a name matched case- and accent-insensitively —
+//! exactly, then by token prefix, then fuzzily (Jaro–Winkler ≥ 0.9) — narrowed by company.
+//! Every step is an index lookup; nothing scans a table.
+
+use std::collections::HashSet;
+
+use rusqlite::Connection;
+use serde_json::Value;
+
+use super::reply::Candidate;
+use crate::error::{ApiError, ApiResult};
+use crate::ids::is_uuid;
+use crate::store::campaigns::{self, Campaign};
+use crate::store::companies::{self, Company};
+use crate::store::contacts::{self, Contact};
+use crate::text::{looks_like_domain, normalize, tokens};
+
+/// Most candidates offered back for clarification.
+pub const MAX_CANDIDATES: usize = 5;
+/// Similarity needed for a fuzzy match.
+pub const FUZZY_THRESHOLD: f64 = 0.9;
+/// Upper bound of rows read per index probe, so a very common name cannot make a lookup slow.
+const PROBE_CAP: usize = 1_000;
+
+/// One record, or several that fit equally well.
+#[derive(Debug)]
+pub enum Resolved<T> {
+    One(T),
+    Ambiguous(Vec<Candidate>),
+}
+
+fn contact_candidate(c: &Contact) -> Candidate {
+    Candidate {
+        id: c.id.clone(),
+        name: c.display_name().to_string(),
+        company: c.company.clone(),
+        title: c.title.clone(),
+    }
+}
+
+/// Resolves a contact reference, narrowed by `company` when given.
+pub fn contact(
+    conn: &Connection,
+    org: &str,
+    reference: &str,
+    company: Option<&str>,
+) -> ApiResult<Resolved<Contact>> {
+    let reference = reference.trim();
+    let not_found = || {
+        let at = company.map(|c| format!(" at {c}")).unwrap_or_default();
+        ApiError::not_found("Contact")
+            .with_details(format!("no contact matches '{reference}'{at}"))
+            .with_spoken(format!("I couldn't find {}{at}.", spoken_ref(reference)))
+    };
+    if is_uuid(reference) {
+        return contacts::get(conn, org, &reference.to_ascii_lowercase())?
+            .map(Resolved::One)
+            .ok_or_else(not_found);
+    }
+    if reference.contains('@') {
+        return contacts::find_by_email(conn, org, reference)?
+            .map(Resolved::One)
+            .ok_or_else(not_found);
+    }
+    let query = normalize(reference);
+    if query.is_empty() {
+        return Err(
+            ApiError::validation("action.contactRef", "needs letters or digits")
+                .with_spoken("I need to know which contact you mean."),
+        );
+    }
+    let company_norm = company.map(normalize).filter(|c| !c.is_empty());
+    let fits_company = |c: &Contact| match &company_norm {
+        None => true,
+        Some(q) => {
+            let name = c.company.as_deref().map(normalize).unwrap_or_default();
+            let domain = c
+                .email
+                .as_deref()
+                .and_then(crate::text::email_domain)
+                .unwrap_or_default();
+            (!name.is_empty()
+                && (name == *q || name.starts_with(q.as_str()) || q.starts_with(name.as_str())))
+                || (!domain.is_empty()
+                    && (domain == *q || domain.starts_with(&format!("{}.", q.replace(' ', "")))))
+        }
+    };
+    for step in [Step::Exact, Step::Prefix, Step::Fuzzy] {
+        let ids = match step {
+            Step::Exact => contacts::ids_by_exact_name(conn, org, &query, PROBE_CAP)?,
+            Step::Prefix => prefix_matches(conn, org, &query)?,
+            Step::Fuzzy => fuzzy_matches(conn, org, &query)?,
+        };
+        if ids.is_empty() {
+            continue;
+        }
+        let found: Vec<Contact> = contacts::get_many(conn, org, &ids)?
+            .into_iter()
+            .filter(|c| fits_company(c))
+            .collect();
+        match found.len() {
+            0 => continue,
+            1 => {
+                return Ok(Resolved::One(
+                    found.into_iter().next().ok_or_else(not_found)?,
+                ))
+            }
+            _ => {
+                return Ok(Resolved::Ambiguous(
+                    found
+                        .iter()
+                        .take(MAX_CANDIDATES)
+                        .map(contact_candidate)
+                        .collect(),
+                ))
+            }
+        }
+    }
+    Err(not_found())
+}
+
+#[derive(Clone, Copy)]
+enum Step {
+    Exact,
+    Prefix,
+    Fuzzy,
+}
+
+/// Contacts where every query token is a prefix of one of the name's tokens ("sara ch" →
+/// "Sarah Chen"). Probes the index with the longest query token.
+fn prefix_matches(conn: &Connection, org: &str, query: &str) -> ApiResult<Vec<String>> {
+    let q_tokens = tokens(query);
+    let Some(longest) = q_tokens.iter().max_by_key(|t| t.len()) else {
+        return Ok(vec![]);
+    };
+    let hits = contacts::ids_by_token_prefix(conn, org, longest, PROBE_CAP)?;
+    let mut seen = HashSet::new();
+    let ids: Vec<String> = hits
+        .into_iter()
+        .map(|(id, _)| id)
+        .filter(|id| seen.insert(id.clone()))
+        .collect();
+    if q_tokens.len() == 1 {
+        return Ok(ids);
+    }
+    let names = contacts::name_norms(conn, org, &ids)?;
+    Ok(names
+        .into_iter()
+        .filter(|(_, name, _)| {
+            let n_tokens = tokens(name);
+            q_tokens
+                .iter()
+                .all(|q| n_tokens.iter().any(|n| n.starts_with(q)))
+        })
+        .map(|(id, _, _)| id)
+        .collect())
+}
+
+/// Contacts whose name is within Jaro–Winkler [`FUZZY_THRESHOLD`] of the query. Candidates come
+/// from names sharing the first two letters of a query token (an index range), best first.
+fn fuzzy_matches(conn: &Connection, org: &str, query: &str) -> ApiResult<Vec<String>> {
+    let q_tokens = tokens(query);
+    let mut candidate_ids: Vec<String> = Vec::new();
+    let mut seen = HashSet::new();
+    for t in &q_tokens {
+        let stem: String = t.chars().take(2).collect();
+        if stem.is_empty() {
+            continue;
+        }
+        for (id, _) in contacts::ids_by_token_prefix(conn, org, &stem, PROBE_CAP)? {
+            if seen.insert(id.clone()) {
+                candidate_ids.push(id);
+            }
+        }
+    }
+    let mut scored: Vec<(f64, String)> = contacts::name_norms(conn, org, &candidate_ids)?
+        .into_iter()
+        .map(|(id, name, _)| (similarity(query, &name), id))
+        .filter(|(s, _)| *s >= FUZZY_THRESHOLD)
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    // Keep only the best-scoring tier, so one clearly better match is not reported as ambiguous.
+    let best = scored.first().map(|s| s.0).unwrap_or(0.0);
+    Ok(scored
+        .into_iter()
+        .filter(|(s, _)| best - *s < 0.02)
+        .map(|(_, id)| id)
+        .collect())
+}
+
+/// The better of whole-string and token-wise Jaro–Winkler similarity.
+pub fn similarity(query: &str, name: &str) -> f64 {
+    let whole = strsim::jaro_winkler(query, name);
+    let q = tokens(query);
+    let n = tokens(name);
+    if q.is_empty() || n.is_empty() || q.len() > n.len() {
+        return whole;
+    }
+    let tokenwise = q
+        .iter()
+        .map(|qt| {
+            n.iter()
+                .map(|nt| strsim::jaro_winkler(qt, nt))
+                .fold(0.0, f64::max)
+        })
+        .sum::<f64>()
+        / q.len() as f64;
+    // A one-word query must not fuzzily match a two-word name better than the exact name would.
+    let coverage = q.len() as f64 / n.len() as f64;
+    whole.max(tokenwise * (0.9 + 0.1 * coverage))
+}
+
+/// Resolves a campaign by id or name.
+pub fn campaign(conn: &Connection, org: &str, reference: &str) -> ApiResult<Resolved<Campaign>> {
+    let reference = reference.trim();
+    let not_found = || {
+        ApiError::not_found("Campaign")
+            .with_details(format!("no campaign matches '{reference}'"))
+            .with_spoken(format!(
+                "I couldn't find a campaign called {}.",
+                spoken_ref(reference)
+            ))
+    };
+    if is_uuid(reference) {
+        return campaigns::get(conn, org, &reference.to_ascii_lowercase())?
+            .map(Resolved::One)
+            .ok_or_else(not_found);
+    }
+    let q = normalize(reference);
+    if q.is_empty() {
+        return Err(not_found());
+    }
+    let pick = |found: Vec<Campaign>| -> Option<Resolved<Campaign>> {
+        match found.len() {
+            0 => None,
+            1 => found.into_iter().next().map(Resolved::One),
+            _ => Some(Resolved::Ambiguous(
+                found
+                    .iter()
+                    .take(MAX_CANDIDATES)
+                    .map(|c| Candidate {
+                        id: c.id.clone(),
+                        name: c.name.clone(),
+                        company: None,
+                        title: Some(c.status.to_string()),
+                    })
+                    .collect(),
+            )),
+        }
+    };
+    if let Some(r) = pick(campaigns::find_by_name(conn, org, &q, false, PROBE_CAP)?) {
+        return Ok(r);
+    }
+    if let Some(r) = pick(campaigns::find_by_name(conn, org, &q, true, PROBE_CAP)?) {
+        return Ok(r);
+    }
+    // Campaign lists are short; fuzzy-match over all names (e.g. "seed founder", "q4 enterprize").
+    let mut scored: Vec<(f64, String)> = campaigns::all_names(conn, org, PROBE_CAP)?
+        .into_iter()
+        .map(|(id, name)| (similarity(&q, &name), id))
+        .filter(|(s, _)| *s >= FUZZY_THRESHOLD)
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let best = scored.first().map(|s| s.0).unwrap_or(0.0);
+    let mut found = Vec::new();
+    for (_, id) in scored.into_iter().filter(|(s, _)| best - *s < 0.02) {
+        if let Some(c) = campaigns::get(conn, org, &id)? {
+            found.push(c);
+        }
+    }
+    pick(found).ok_or_else(not_found)
+}
+
+/// Resolves a company by id, domain or name.
+pub fn company(conn: &Connection, org: &str, reference: &str) -> ApiResult<Resolved<Company>> {
+    let reference = reference.trim();
+    let not_found = || {
+        ApiError::not_found("Company")
+            .with_details(format!("no company matches '{reference}'"))
+            .with_spoken(format!(
+                "I couldn't find {} in your CRM.",
+                spoken_ref(reference)
+            ))
+    };
+    if is_uuid(reference) {
+        return companies::get(conn, org, &reference.to_ascii_lowercase())?
+            .map(Resolved::One)
+            .ok_or_else(not_found);
+    }
+    if looks_like_domain(reference) {
+        if let Some(c) = companies::find_by_domain(conn, org, reference)? {
+            return Ok(Resolved::One(c));
+        }
+    }
+    let q = normalize(reference);
+    if q.is_empty() {
+        return Err(not_found());
+    }
+    let pick = |found: Vec<Company>| -> Option<Resolved<Company>> {
+        match found.len() {
+            0 => None,
+            1 => found.into_iter().next().map(Resolved::One),
+            _ => Some(Resolved::Ambiguous(
+                found
+                    .iter()
+                    .take(MAX_CANDIDATES)
+                    .map(|c| Candidate {
+                        id: c.id.clone(),
+                        name: c.display_name().to_string(),
+                        company: c.domain.clone(),
+                        title: c.industry.clone(),
+                    })
+                    .collect(),
+            )),
+        }
+    };
+    if let Some(r) = pick(companies::find_by_name(conn, org, &q, false, PROBE_CAP)?) {
+        return Ok(r);
+    }
+    if let Some(r) = pick(companies::find_by_name(conn, org, &q, true, PROBE_CAP)?) {
+        return Ok(r);
+    }
+    let stem: String = q.chars().take(2).collect();
+    let mut scored: Vec<(f64, Company)> =
+        companies::find_by_name(conn, org, &stem, true, PROBE_CAP)?
+            .into_iter()
+            .map(|c| (similarity(&q, &normalize(c.display_name())), c))
+            .filter(|(s, _)| *s >= FUZZY_THRESHOLD)
+            .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let best = scored.first().map(|s| s.0).unwrap_or(0.0);
+    pick(
+        scored
+            .into_iter()
+            .filter(|(s, _)| best - *s < 0.02)
+            .map(|(_, c)| c)
+            .collect(),
+    )
+    .ok_or_else(not_found)
+}
+
+/// How a reference is said back: names as given, ids as "that contact".
+fn spoken_ref(reference: &str) -> String {
+    if is_uuid(reference) {
+        "that record".to_string()
+    } else if reference.contains('@') {
+        reference.to_string()
+    } else {
+        crate::native::speech::snippet(reference, 60)
+    }
+}
+
+/// The clarification reply data for candidates.
+pub fn candidates_data(kind: &str, candidates: &[Candidate]) -> Value {
+    serde_json::json!({ "kind": kind, "count": candidates.len() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_store;
+
+    fn demo() -> (tempfile::TempDir, crate::store::Store) {
+        let (d, s) = test_store();
+        s.write_sync(|tx| crate::demo::seed(tx)).unwrap();
+        (d, s)
+    }
+
+    fn name(r: Resolved<Contact>) -> String {
+        match r {
+            Resolved::One(c) => c.full_name,
+            Resolved::Ambiguous(c) => format!("ambiguous:{}", c.len()),
+        }
+    }
+
+    #[test]
+    fn contacts_by_every_kind_of_reference() {
+        let (_d, s) = demo();
+        s.read_sync(|c| {
+            assert_eq!(name(contact(c, "demo", "Sarah Chen", None)?), "Sarah Chen");
+            assert_eq!(
+                name(contact(c, "demo", "sarah chen", Some("Notion"))?),
+                "Sarah Chen"
+            );
+            assert_eq!(name(contact(c, "demo", "sara chen", None)?), "Sarah Chen");
+            assert_eq!(name(contact(c, "demo", "Sarah Chem", None)?), "Sarah Chen");
+            assert_eq!(name(contact(c, "demo", "Sarah", None)?), "ambiguous:2");
+            assert_eq!(
+                name(contact(c, "demo", "Sarah", Some("Figma"))?),
+                "Sarah Kim"
+            );
+            assert_eq!(
+                name(contact(c, "demo", "JOHN@ACME.COM", None)?),
+                "John Smith"
+            );
+            assert_eq!(name(contact(c, "demo", "Jöhn Smith", None)?), "John Smith");
+            let id = contacts::find_by_email(c, "demo", "john@acme.com")?
+                .unwrap()
+                .id;
+            assert_eq!(name(contact(c, "demo", &id, None)?), "John Smith");
+            let e = contact(c, "demo", "Nobody Anywhere", None).unwrap_err();
+            assert_eq!(e.code, crate::error::ErrorCode::ResourceNotFound);
+            assert_eq!(e.spoken_summary, "I couldn't find Nobody Anywhere.");
+            assert!(contact(c, "demo", "Sarah Chen", Some("Acme")).is_err());
+            assert!(contact(c, "other-org", "Sarah Chen", None).is_err());
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn campaigns_and_companies() {
+        let (_d, s) = demo();
+        s.read_sync(|c| {
+            let one = |r: Resolved<Campaign>| match r {
+                Resolved::One(c) => c.name,
+                Resolved::Ambiguous(_) => "ambiguous".into(),
+            };
+            assert_eq!(one(campaign(c, "demo", "Seed founders")?), "Seed founders");
+            assert_eq!(one(campaign(c, "demo", "seed")?), "Seed founders");
+            assert_eq!(one(campaign(c, "demo", "q4 enterprize")?), "Q4 Enterprise");
+            assert!(campaign(c, "demo", "Winter sale").is_err());
+            let co = |r: Resolved<Company>| match r {
+                Resolved::One(c) => c.display_name().to_string(),
+                Resolved::Ambiguous(_) => "ambiguous".into(),
+            };
+            assert_eq!(co(company(c, "demo", "notion.so")?), "Notion");
+            assert_eq!(co(company(c, "demo", "ACME")?), "Acme");
+            assert_eq!(co(company(c, "demo", "Figmaa")?), "Figma");
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn similarity_prefers_full_names() {
+        assert!(similarity("sara chen", "sarah chen") > 0.95);
+        assert!(similarity("sarah", "sarah kim") < similarity("sarah kim", "sarah kim"));
+        assert!(similarity("john smith", "jon smyth") >= 0.85);
+    }
+}

@@ -1,0 +1,85 @@
+//! Per-turn phase timing, rendered as a W3C `Server-Timing` header value and as
+//! `performance.server_elapsed_ms`.
+
+use std::fmt::Write;
+use std::time::{Duration, Instant};
+
+/// Phases recorded for one turn, in the order they ran.
+#[derive(Debug, Clone)]
+pub struct ServerTiming {
+    started: Instant,
+    phases: Vec<(&'static str, Duration)>,
+}
+
+impl ServerTiming {
+    /// Starts the clock; `started` is when the request reached the server.
+    pub fn starting_at(started: Instant) -> Self {
+        ServerTiming {
+            started,
+            phases: Vec::with_capacity(8),
+        }
+    }
+
+    pub fn start() -> Self {
+        Self::starting_at(Instant::now())
+    }
+
+    /// Adds `d` to phase `name` (phases that run twice are summed).
+    pub fn record(&mut self, name: &'static str, d: Duration) {
+        if let Some(p) = self.phases.iter_mut().find(|(n, _)| *n == name) {
+            p.1 += d;
+        } else {
+            self.phases.push((name, d));
+        }
+    }
+
+    /// Times `f` as phase `name`.
+    pub fn measure<T>(&mut self, name: &'static str, f: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        let out = f();
+        self.record(name, t.elapsed());
+        out
+    }
+
+    pub fn total(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// `auth;dur=0.012, parse;dur=0.004, ..., total;dur=0.121` with `total` as given, so the header
+    /// and `performance.server_elapsed_ms` carry the very same number.
+    pub fn header_value(&self, total_ms: f64) -> String {
+        let mut s = String::with_capacity(24 * (self.phases.len() + 1));
+        for (name, d) in &self.phases {
+            let _ = write!(s, "{name};dur={:.3}, ", d.as_secs_f64() * 1000.0);
+        }
+        let _ = write!(s, "total;dur={total_ms:.3}");
+        s
+    }
+
+    pub fn phase_names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.phases.iter().map(|(n, _)| *n)
+    }
+}
+
+/// Milliseconds rounded to 3 decimals, as reported to clients.
+pub fn round_ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_lists_phases_then_total() {
+        let mut t = ServerTiming::start();
+        t.record("auth", Duration::from_micros(12));
+        t.record("exec", Duration::from_micros(81));
+        t.record("exec", Duration::from_micros(19));
+        assert_eq!(
+            t.header_value(0.121),
+            "auth;dur=0.012, exec;dur=0.100, total;dur=0.121"
+        );
+        assert_eq!(round_ms(Duration::from_nanos(1_234_567)), 1.235);
+    }
+}

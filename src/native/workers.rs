@@ -1,0 +1,236 @@
+//! Background work of the embedded backend: delivering queued messages once their hold expires,
+//! and running research and enrichment jobs. Both poll the database, so work queued before a
+//! restart is picked up after it.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::domain::ContactStatus;
+use crate::error::ApiResult;
+use crate::ids::{now_rfc3339, to_rfc3339};
+use crate::store::interactions::{self, ActivityFilter, NewInteraction};
+use crate::store::signals::{self, SignalFilter};
+use crate::store::{companies, contacts, native as rows, PageRequest, Store};
+
+/// How often the workers look for due work.
+const TICK: Duration = Duration::from_millis(250);
+/// Jobs wait this long before they start, so `undo_last` can still cancel them.
+pub const JOB_HOLD: Duration = Duration::from_secs(3);
+
+/// Spawns the worker loop; it ends when `shutdown` fires.
+pub fn spawn(
+    store: Store,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            if let Err(e) = store.write(|tx| deliver_due_messages(tx)).await {
+                tracing::warn!(error = %e, "outbox delivery failed");
+            }
+            if let Err(e) = run_due_jobs(&store).await {
+                tracing::warn!(error = %e, "job run failed");
+            }
+        }
+    })
+}
+
+/// Marks due messages sent and records them as outbound interactions.
+pub fn deliver_due_messages(conn: &rusqlite::Connection) -> ApiResult<usize> {
+    let due = rows::due_outbox(conn, &now_rfc3339(), 100)?;
+    let mut n = 0;
+    for (org, m) in due {
+        if !rows::mark_sent(conn, &m.id)? {
+            continue;
+        }
+        interactions::insert(
+            conn,
+            &org,
+            &NewInteraction {
+                contact_id: m.contact_id.as_deref(),
+                campaign_id: None,
+                direction: "outbound",
+                channel: &m.channel,
+                subject: m.subject.as_deref(),
+                content: &m.body,
+                metadata: json!({ "message_id": m.id, "source": "native" }),
+                is_read: true,
+                idempotency_key: None,
+                created_at: None,
+            },
+        )?;
+        if let Some(cid) = &m.contact_id {
+            if let Some(c) = contacts::get(conn, &org, cid)? {
+                if c.status == ContactStatus::New {
+                    contacts::set_status(conn, &org, cid, ContactStatus::Contacted)?;
+                }
+            }
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+async fn run_due_jobs(store: &Store) -> ApiResult<()> {
+    let cutoff =
+        to_rfc3339(chrono::Utc::now() - chrono::Duration::from_std(JOB_HOLD).unwrap_or_default());
+    let due = store.read(move |c| rows::due_jobs(c, &cutoff, 20)).await?;
+    for (org, job) in due {
+        store.write(move |tx| run_job(tx, &org, &job)).await?;
+    }
+    Ok(())
+}
+
+/// Runs one job to completion inside one transaction (claiming it first, so a job cancelled by
+/// `undo_last` in the meantime is skipped).
+pub fn run_job(conn: &rusqlite::Connection, org: &str, job: &rows::Job) -> ApiResult<()> {
+    if !rows::transition_job(conn, &job.id, "queued", "running")? {
+        return Ok(());
+    }
+    let (result, previous) = match job.kind.as_str() {
+        "enrichment" => enrich(conn, org, job)?,
+        _ => (research(conn, org, job)?, None),
+    };
+    rows::finish_job(conn, &job.id, "completed", &result, previous.as_ref())
+}
+
+/// Fills what can be derived locally: the company from the email domain and the account link.
+fn enrich(
+    conn: &rusqlite::Connection,
+    org: &str,
+    job: &rows::Job,
+) -> ApiResult<(Value, Option<Value>)> {
+    let Some(contact) = job
+        .contact_id
+        .as_deref()
+        .map(|id| contacts::get(conn, org, id))
+        .transpose()?
+        .flatten()
+    else {
+        return Ok((
+            json!({ "updated_fields": [], "reason": "contact no longer exists" }),
+            None,
+        ));
+    };
+    let previous = json!({ "company": contact.company, "account_id": contact.account_id });
+    let domain = contact.email.as_deref().and_then(crate::text::email_domain);
+    let account = match &domain {
+        Some(d) => companies::find_by_domain(conn, org, d)?,
+        None => None,
+    };
+    let company = contact
+        .company
+        .clone()
+        .or_else(|| account.as_ref().and_then(|a| a.name.clone()))
+        .or_else(|| {
+            domain
+                .as_deref()
+                .and_then(|d| d.split('.').next())
+                .filter(|s| !s.is_empty())
+                .map(|stem| {
+                    let mut c = stem.chars();
+                    c.next()
+                        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+                        .unwrap_or_default()
+                })
+        });
+    let account_id = contact
+        .account_id
+        .clone()
+        .or_else(|| account.as_ref().map(|a| a.id.clone()));
+    let mut updated = Vec::new();
+    if company != contact.company {
+        updated.push("company");
+    }
+    if account_id != contact.account_id {
+        updated.push("account_id");
+    }
+    if !updated.is_empty() {
+        conn.execute(
+            "UPDATE contacts SET company = ?3, company_norm = ?4, account_id = ?5, updated_at = ?6 WHERE id = ?1 AND org_id = ?2",
+            rusqlite::params![contact.id, org, company, company.as_deref().map(crate::text::normalize).unwrap_or_default(), account_id, now_rfc3339()],
+        )?;
+    }
+    Ok((
+        json!({ "updated_fields": updated, "company": company, "account_id": account_id, "email_domain": domain }),
+        Some(previous),
+    ))
+}
+
+/// A briefing assembled from what the CRM already knows.
+fn research(conn: &rusqlite::Connection, org: &str, job: &rows::Job) -> ApiResult<Value> {
+    let contact = job
+        .contact_id
+        .as_deref()
+        .map(|id| contacts::get(conn, org, id))
+        .transpose()?
+        .flatten();
+    let company_name = job
+        .company
+        .clone()
+        .or_else(|| contact.as_ref().and_then(|c| c.company.clone()));
+    let company = match &company_name {
+        Some(n) => match crate::native::resolve::company(conn, org, n) {
+            Ok(crate::native::resolve::Resolved::One(c)) => Some(c),
+            _ => None,
+        },
+        None => None,
+    };
+    let page = PageRequest {
+        limit: 5,
+        offset: 0,
+    };
+    let sigs = signals::list(
+        conn,
+        org,
+        &SignalFilter {
+            contact_id: contact
+                .as_ref()
+                .filter(|_| company_name.is_none())
+                .map(|c| c.id.clone()),
+            company: company_name.clone(),
+            ..Default::default()
+        },
+        page,
+    )?
+    .items;
+    let activity = match &contact {
+        Some(c) => {
+            interactions::list(
+                conn,
+                org,
+                &ActivityFilter {
+                    contact_id: Some(c.id.clone()),
+                    ..Default::default()
+                },
+                page,
+            )?
+            .items
+        }
+        None => vec![],
+    };
+    let subject = contact
+        .as_ref()
+        .map(|c| c.display_name().to_string())
+        .or(company_name.clone())
+        .unwrap_or_else(|| "the account".into());
+    let summary = format!(
+        "{subject}: {} recent signals and {} recent interactions on record.",
+        sigs.len(),
+        activity.len()
+    );
+    Ok(json!({
+        "summary": summary,
+        "topic": job.topic,
+        "contact": contact,
+        "company": company,
+        "signals": sigs,
+        "recent_activity": activity,
+    }))
+}
