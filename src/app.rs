@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::auth::connections::ConnectionLimiter;
 use crate::auth::rate_limit::{RateDecision, RateLimiter};
 use crate::auth::{Authenticator, Principal};
 use crate::config::Config;
@@ -17,6 +18,9 @@ pub struct App {
     pub auth: Authenticator,
     pub limiter: RateLimiter,
     pub bridge: Arc<Bridge>,
+    pub ws_connections: Arc<ConnectionLimiter>,
+    /// Flips to true when shutdown begins; long-lived connections watch it to close cleanly.
+    shutdown: tokio::sync::watch::Sender<bool>,
     /// Renders `/metrics`; `None` when no recorder is installed (some tests).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ready: AtomicBool,
@@ -34,6 +38,11 @@ impl App {
             auth: Authenticator::new(store.clone(), &config.auth),
             limiter: RateLimiter::new(config.limits.default_rate_limit),
             bridge: Bridge::new(store.clone(), config.native.clone()),
+            ws_connections: ConnectionLimiter::new(
+                config.websocket.max_connections_per_org,
+                config.websocket.max_connections,
+            ),
+            shutdown: tokio::sync::watch::channel(false).0,
             config,
             store,
             metrics,
@@ -68,5 +77,16 @@ impl App {
 
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Starts shutting down: not ready any more, and long-lived connections are told to close.
+    pub fn begin_shutdown(&self) {
+        self.set_ready(false);
+        self.shutdown.send_replace(true);
+    }
+
+    /// Resolves once shutdown has begun.
+    pub fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shutdown.subscribe()
     }
 }

@@ -33,6 +33,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub auth: AuthConfig,
     pub native: NativeConfig,
+    pub websocket: WebSocketConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,6 +84,39 @@ pub struct NativeConfig {
     pub outbox_hold_secs: u64,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// Interval of server protocol pings; a peer silent for two intervals is disconnected.
+    pub ping_interval_secs: u64,
+    /// Largest accepted frame/message; larger ones close the connection with 1009.
+    pub max_message_bytes: usize,
+    /// Requests one connection may have in flight; further frames wait (backpressure).
+    pub max_in_flight: usize,
+    /// Replies queued for a client that is not reading before it is disconnected.
+    pub outbound_queue: usize,
+    /// Time a client without an `Authorization` header has to send its auth frame.
+    pub auth_timeout_secs: u64,
+    /// Open connections allowed per org.
+    pub max_connections_per_org: usize,
+    /// Open connections allowed in total.
+    pub max_connections: usize,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            ping_interval_secs: 20,
+            max_message_bytes: 64 * 1024,
+            max_in_flight: 32,
+            outbound_queue: 64,
+            auth_timeout_secs: 5,
+            max_connections_per_org: 1_000,
+            max_connections: 20_000,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -93,6 +127,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             auth: AuthConfig::default(),
             native: NativeConfig::default(),
+            websocket: WebSocketConfig::default(),
         }
     }
 }
@@ -173,8 +208,19 @@ impl Config {
                 "auth.negative_cache_ttl_ms must be at most 1000 so new keys work within a second"
             );
         }
-        if !(self.native.target_ms > 0.0) {
+        if self.native.target_ms.is_nan() || self.native.target_ms <= 0.0 {
             bail!("native.target_ms must be positive");
+        }
+        if self.websocket.ping_interval_secs == 0
+            || self.websocket.max_in_flight == 0
+            || self.websocket.outbound_queue == 0
+        {
+            bail!(
+                "websocket.ping_interval_secs, max_in_flight and outbound_queue must be positive"
+            );
+        }
+        if self.websocket.max_message_bytes < 1024 {
+            bail!("websocket.max_message_bytes must be at least 1024");
         }
         if self.native.pending_ttl_secs == 0 {
             bail!("native.pending_ttl_secs must be positive");

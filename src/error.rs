@@ -184,12 +184,13 @@ impl ApiError {
         format!("/docs#{}", self.code.as_str().to_ascii_lowercase())
     }
 
-    /// The `error` object of the envelope.
+    /// The `error` object of the envelope. `details` is always a string (DESIGN §4), empty when
+    /// there is nothing to add to the message.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "code": self.code.as_str(),
             "message": self.message,
-            "details": self.details,
+            "details": self.details.as_deref().unwrap_or(""),
             "docs_url": self.docs_url(),
             "spoken_summary": self.spoken_summary,
         })
@@ -224,6 +225,7 @@ mod tests {
         assert_eq!(e.status(), 422);
         assert_eq!(e.details.as_deref(), Some("action.campaignRef: missing"));
         assert_eq!(e.to_json()["docs_url"], "/docs#validation_error");
+        assert_eq!(ApiError::not_found("Contact").to_json()["details"], "");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -16,14 +17,21 @@ use crate::store::Store;
 pub struct RunningServer {
     pub addr: SocketAddr,
     pub app: AppState,
-    shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
+/// How long shutdown waits for WebSocket sessions to finish their in-flight work and close.
+const WS_DRAIN: Duration = Duration::from_secs(10);
+
 impl RunningServer {
-    /// Stops accepting, lets in-flight requests finish, and waits for the server to end.
+    /// Stops accepting, lets in-flight requests finish, closes WebSockets with 1001, and waits
+    /// for the server to end.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
+        self.app.begin_shutdown();
+        let deadline = tokio::time::Instant::now() + WS_DRAIN;
+        while self.app.ws_connections.open() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let _ = self.task.await;
     }
 }
@@ -44,15 +52,13 @@ pub async fn start(config: Config, store: Option<Store>) -> anyhow::Result<Runni
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let app = App::new(config, store, crate::telemetry::install_metrics());
-    let (tx, rx) = watch::channel(false);
-    crate::native::workers::spawn(app.store.clone(), rx.clone());
-    let task = tokio::spawn(serve(app.clone(), listener, wait_for(rx)));
-    Ok(RunningServer {
-        addr,
-        app,
-        shutdown: tx,
-        task,
-    })
+    crate::native::workers::spawn(app.store.clone(), app.shutdown_signal());
+    let task = tokio::spawn(serve(
+        app.clone(),
+        listener,
+        wait_for(app.shutdown_signal()),
+    ));
+    Ok(RunningServer { addr, app, task })
 }
 
 async fn wait_for(mut rx: watch::Receiver<bool>) {
@@ -75,7 +81,7 @@ pub async fn serve(
     )
     .with_graceful_shutdown(async move {
         shutdown.await;
-        app2.set_ready(false);
+        app2.begin_shutdown();
         tracing::info!("shutting down: draining in-flight requests");
     })
     .await

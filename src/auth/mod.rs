@@ -4,6 +4,7 @@
 //! Transport-neutral: adapters hand over the raw `Authorization` value (or a WebSocket auth
 //! frame's token) and get a [`Principal`] or an [`ApiError`] back.
 
+pub mod connections;
 pub mod rate_limit;
 
 use std::sync::Arc;

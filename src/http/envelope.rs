@@ -67,15 +67,15 @@ fn success(status: StatusCode, data: Value, extra_meta: Option<Value>) -> Respon
     json_response(status, &json!({ "ok": true, "data": data, "meta": m }))
 }
 
-fn to_value<T: Serialize>(v: &T) -> Result<Value, Response> {
-    serde_json::to_value(v).map_err(|e| ApiError::internal(e).into_response())
+fn to_value<T: Serialize>(v: &T) -> Result<Value, ApiError> {
+    serde_json::to_value(v).map_err(ApiError::internal)
 }
 
 impl<T: Serialize> IntoResponse for Data<T> {
     fn into_response(self) -> Response {
         match to_value(&self.0) {
             Ok(v) => success(StatusCode::OK, v, None),
-            Err(r) => r,
+            Err(e) => e.into_response(),
         }
     }
 }
@@ -84,7 +84,7 @@ impl<T: Serialize> IntoResponse for Created<T> {
     fn into_response(self) -> Response {
         match to_value(&self.0) {
             Ok(v) => success(StatusCode::CREATED, v, None),
-            Err(r) => r,
+            Err(e) => e.into_response(),
         }
     }
 }
@@ -101,7 +101,7 @@ impl<T: Serialize> IntoResponse for Paged<T> {
                     json!({ "total": p.total, "has_more": has_more, "limit": p.limit, "offset": p.offset }),
                 ),
             ),
-            Err(r) => r,
+            Err(e) => e.into_response(),
         }
     }
 }

@@ -53,7 +53,7 @@ pub fn payload_too_large() -> ApiError {
 /// Deserialises JSON bytes, reporting the failing field path.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
@@ -67,7 +67,13 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             };
             ApiError::validation(&path, strip_position(&inner.to_string()))
         }
-    })
+    })?;
+    // Anything after the value (`{...}}`, `{...} x`) makes the body malformed, not ignorable.
+    de.end().map_err(|e| {
+        ApiError::validation("body", format!("malformed JSON: {e}"))
+            .with_spoken("That request wasn't valid JSON.")
+    })?;
+    Ok(value)
 }
 
 /// serde_json appends " at line 1 column 42" to data errors; the field path says more.
@@ -119,6 +125,18 @@ impl QueryParams {
         self.str(name).map(str::to_string)
     }
 
+    /// An integer for paging. Digits beyond `i64` saturate instead of failing, so a huge
+    /// `limit` is clamped like any other limit above the cap.
+    fn count(&self, name: &str) -> Result<Option<i64>, ApiError> {
+        if let Some(v) = self.str(name) {
+            let digits = v.strip_prefix('+').unwrap_or(v);
+            if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Ok(Some(digits.parse::<i64>().unwrap_or(i64::MAX)));
+            }
+        }
+        self.i64(name)
+    }
+
     pub fn i64(&self, name: &str) -> Result<Option<i64>, ApiError> {
         self.str(name)
             .map(|v| {
@@ -164,12 +182,12 @@ impl QueryParams {
     /// `limit` and `offset`. A limit above `cap` is clamped to `cap` (and `meta.limit` says so);
     /// a limit below 1, a negative offset or a non-number is a 422.
     pub fn page(&self, cap: u32) -> Result<PageRequest, ApiError> {
-        let limit = match self.i64("limit")? {
+        let limit = match self.count("limit")? {
             None => DEFAULT_PAGE_SIZE.min(cap),
             Some(l) if l < 1 => return Err(ApiError::validation("limit", "must be at least 1")),
             Some(l) => l.min(cap as i64) as u32,
         };
-        let offset = match self.i64("offset")? {
+        let offset = match self.count("offset")? {
             None => 0,
             Some(o) if o < 0 => return Err(ApiError::validation("offset", "must not be negative")),
             Some(o) => o as u64,
@@ -201,6 +219,12 @@ mod tests {
         assert_eq!(e.details.as_deref(), Some("limit: must be at least 1"));
         assert!(QueryParams::parse("limit=abc").unwrap().page(100).is_err());
         assert!(QueryParams::parse("offset=-1").unwrap().page(100).is_err());
+        assert!(QueryParams::parse("limit=%2B").unwrap().page(100).is_err());
+        let p = QueryParams::parse("limit=99999999999999999999&offset=99999999999999999999")
+            .unwrap()
+            .page(100)
+            .unwrap();
+        assert_eq!((p.limit, p.offset), (100, i64::MAX as u64));
     }
 
     #[test]
@@ -242,6 +266,12 @@ mod tests {
             .as_deref()
             .unwrap()
             .starts_with("inner.n: invalid type"));
+        let e = parse_json::<Outer>(br#"{"inner":{"n":1}}}"#).unwrap_err();
+        assert!(e
+            .details
+            .as_deref()
+            .unwrap()
+            .starts_with("body: malformed JSON"));
         let e = parse_json::<Outer>(b"{nope").unwrap_err();
         assert!(e
             .details

@@ -76,6 +76,7 @@ fn envelope_for(resp: Response, method: &axum::http::Method, path: &str) -> Resp
         status
     };
     let (mut parts, _) = resp.into_parts();
+    parts.status = status;
     let fresh = json_response(status, &error_body(&err));
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(

@@ -7,6 +7,7 @@ pub mod middleware;
 pub mod native;
 pub mod ops;
 pub mod rest;
+pub mod ws;
 
 use std::any::Any;
 
@@ -27,7 +28,9 @@ pub fn build_router(app: AppState) -> Router {
         middleware::api_auth,
     ));
     // The native endpoint authenticates inside its handler so auth time shows in Server-Timing.
-    let api = rest.route("/native/outreachpilot", axum::routing::post(native::handle));
+    let api = rest
+        .route("/native/outreachpilot", axum::routing::post(native::handle))
+        .route("/native/outreachpilot/ws", get(ws::upgrade));
     Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

@@ -437,20 +437,20 @@ impl Bridge {
         pid: &str,
         timing: &mut ServerTiming,
     ) -> (ApiResult<NativeReply>, bool) {
-        match self.confirm_inner(p, req, pid, timing).await {
-            Ok((reply, replayed)) => (Ok(reply), replayed),
-            Err(e) => (Err(e), false),
-        }
+        self.confirm_inner(p, req, pid, timing)
+            .await
+            .unwrap_or_else(|e| (Err(e), false))
     }
 
-    /// The confirmation flow; `Ok((reply, true))` when the pending action had already run.
+    /// The confirmation flow; `Ok((outcome, true))` when the pending action had already run and
+    /// its outcome (a reply or a stored business error) is replayed.
     async fn confirm_inner(
         &self,
         p: &Principal,
         req: &NativeRequest,
         pid: &str,
         timing: &mut ServerTiming,
-    ) -> ApiResult<(NativeReply, bool)> {
+    ) -> ApiResult<(ApiResult<NativeReply>, bool)> {
         let not_found = || {
             ApiError::not_found("Pending action")
                 .with_details(format!(
@@ -495,16 +495,18 @@ impl Bridge {
             Claim::Replay(stored) => {
                 if req.confirmed == Some(false) {
                     return Ok((
-                        NativeReply::result(
+                        Ok(NativeReply::result(
                             "That was already done, so there's nothing to cancel.",
                             json!({ "cancelled": false }),
                         )
-                        .with_id("pending_action_id", pending.id.clone()),
+                        .with_id("pending_action_id", pending.id.clone())),
                         false,
                     ));
                 }
-                let mut r = replay(&stored)?;
-                r.idempotency_key = Some(derived);
+                let mut r = replay(&stored);
+                if let Ok(r) = &mut r {
+                    r.idempotency_key = Some(derived);
+                }
                 return Ok((r, true));
             }
             Claim::Owner(g) => g,
@@ -538,7 +540,7 @@ impl Bridge {
             );
             r.ids = pending.plan.ids();
             r.ids.insert("pending_action_id".into(), json!(pending.id));
-            return Ok((r, false));
+            return Ok((Ok(r), false));
         }
         let transcript = req
             .transcript
@@ -565,7 +567,7 @@ impl Bridge {
         } else {
             guard.abandon();
         }
-        result.map(|r| (r, false))
+        Ok((result, false))
     }
 
     /// Writes an audit record outside an execution transaction (reads that ask for one,

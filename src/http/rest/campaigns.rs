@@ -96,7 +96,7 @@ pub async fn update(
 /// `{ contact_id }` or `{ email, first_name?, last_name?, company? }`.
 enum TriggerTarget {
     Existing(String),
-    ByEmail(ContactFields),
+    ByEmail(Box<ContactFields>),
 }
 
 fn parse_trigger(body: &Value) -> ApiResult<TriggerTarget> {
@@ -108,7 +108,7 @@ fn parse_trigger(body: &Value) -> ApiResult<TriggerTarget> {
     let _ = f.string("contact_id", 64)?;
     let fields = ContactFields::from_json(&mut f)?;
     match fields.email {
-        Some(Patch::Set(_)) => Ok(TriggerTarget::ByEmail(fields)),
+        Some(Patch::Set(_)) => Ok(TriggerTarget::ByEmail(Box::new(fields))),
         _ => Err(ApiError::validation(
             "contact_id",
             "send contact_id, or email to create the contact",

@@ -85,8 +85,10 @@ pub async fn create(
         }
         None => return Err(ApiError::validation("events", "missing")),
     };
+    // Drop repeated events, keeping the order in which they were first given.
     let mut events = events;
-    events.dedup();
+    let mut seen = std::collections::HashSet::new();
+    events.retain(|e| seen.insert(e.clone()));
     let secret = f.string("secret", 256)?.and_then(|p| p.into_option());
     let org = p.org_id.clone();
     let hook = app

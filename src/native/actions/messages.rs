@@ -250,9 +250,9 @@ pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>, plan: Plan) -> ApiResult<Ex
             let mut r = NativeReply::new(
                 ReplyMode::Queued,
                 format!(
-                    "Your {} to {name} is queued and goes out in {} seconds.",
+                    "Your {} to {name} is queued and goes out in {}.",
                     channel_word(channel),
-                    ctx.outbox_hold_secs
+                    crate::native::speech::count(ctx.outbox_hold_secs, "second", "seconds")
                 ),
                 json!({ "message": msg }),
             )

@@ -1,0 +1,433 @@
+//! `GET /api/v1/native/outreachpilot/ws`: the streaming twin of the native endpoint. A thin
+//! adapter over the same `native::Bridge`: frames in, envelopes out, matched by the client's `id`.
+//!
+//! Protocol (see README "WebSocket"):
+//! - auth: `Authorization: Bearer` on the upgrade, or a first frame `{"type":"auth","token":…}`
+//!   within `auth_timeout_secs` (answered `{"type":"auth_ok"}`); failures close with 1008;
+//! - request frame: the HTTP body plus `"id"`; reply frame: the HTTP envelope plus the same `id`
+//!   and `meta.server_timing`; up to `max_in_flight` requests run concurrently, replies may come
+//!   out of order;
+//! - `{"type":"ping"}` → `{"type":"pong"}`; protocol pings every `ping_interval_secs`, and a peer
+//!   silent for two intervals is closed;
+//! - binary frames get an error frame (the connection stays open); oversized messages close with
+//!   1009; a client that stops reading is disconnected once `outbound_queue` replies are waiting;
+//! - server shutdown finishes in-flight requests, then closes with 1001.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Semaphore};
+
+use super::envelope::error_body;
+use crate::app::AppState;
+use crate::auth::connections::ConnectionSlot;
+use crate::auth::Principal;
+use crate::domain::Scope;
+use crate::error::{ApiError, ErrorCode};
+use crate::ids::new_request_id;
+use crate::native::timing::ServerTiming;
+
+/// Small read buffer so idle connections stay cheap (tungstenite's default is 128 KiB).
+const READ_BUFFER: usize = 4 * 1024;
+/// Longest client-chosen request id.
+const MAX_ID_LEN: usize = 128;
+/// A write that cannot complete in this time means the peer stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+mod close {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+pub async fn upgrade(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            return ApiError::validation("upgrade", rejection.body_text())
+                .with_spoken("This endpoint needs a WebSocket connection.")
+                .into_response()
+        }
+    };
+    let mut slot = match app.ws_connections.acquire_total() {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    // Credentials on the upgrade request are checked before upgrading, so failures get the
+    // plain HTTP 401/403 envelope.
+    let principal = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(value) => {
+            let value = value.to_str().unwrap_or("\u{0}invalid");
+            match authorize(&app, Some(value), None).await {
+                Ok(p) => {
+                    if let Err(e) = app.ws_connections.assign(&mut slot, &p.org_id) {
+                        return e.into_response();
+                    }
+                    Some(p)
+                }
+                Err(e) => return e.into_response(),
+            }
+        }
+    };
+    let cfg = &app.config.websocket;
+    ws.read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(cfg.max_message_bytes * 4)
+        .max_message_size(cfg.max_message_bytes)
+        .max_frame_size(cfg.max_message_bytes)
+        .on_upgrade(move |socket| session(app, socket, principal, slot))
+}
+
+/// Authenticates a header value or an auth frame's token, and checks the native scope.
+async fn authorize(
+    app: &AppState,
+    header: Option<&str>,
+    token: Option<&str>,
+) -> Result<Arc<Principal>, ApiError> {
+    let p = match token {
+        Some(t) => app.auth.authenticate_token(t).await?,
+        None => app.auth.authenticate_header(header).await?,
+    };
+    p.require_any(&[Scope::Native, Scope::Chat])?;
+    Ok(p)
+}
+
+fn text(v: &Value) -> Message {
+    Message::Text(v.to_string().into())
+}
+
+fn close_frame(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
+/// An error frame: the error envelope plus the request's `id` when one could be read.
+fn error_frame(e: &ApiError, id: Option<&str>, request_id: &str) -> Message {
+    let mut v = crate::http::envelope::REQUEST.sync_scope(
+        crate::http::envelope::RequestContext {
+            request_id: request_id.to_string(),
+            started: Instant::now(),
+        },
+        || error_body(e),
+    );
+    if let (Some(id), Value::Object(m)) = (id, &mut v) {
+        m.insert("id".into(), Value::String(id.to_string()));
+    }
+    text(&v)
+}
+
+async fn session(
+    app: AppState,
+    socket: WebSocket,
+    principal: Option<Arc<Principal>>,
+    mut slot: ConnectionSlot,
+) {
+    let cfg = app.config.websocket.clone();
+    let (mut sink, mut stream) = socket.split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Message>(cfg.outbound_queue);
+    // The writer owns the sink; it ends after a close frame, a failed or stuck write, or when
+    // every sender is gone.
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = out_rx.recv().await {
+            let closing = matches!(msg, Message::Close(_));
+            match tokio::time::timeout(WRITE_TIMEOUT, sink.send(msg)).await {
+                Ok(Ok(())) if !closing => {}
+                _ => break,
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+    });
+
+    let principal = match principal {
+        Some(p) => p,
+        None => match wait_for_auth(&app, &mut stream, &out_tx, &mut slot).await {
+            Some(p) => p,
+            None => {
+                drop(out_tx);
+                let _ = writer.await;
+                return;
+            }
+        },
+    };
+
+    let in_flight = Arc::new(Semaphore::new(cfg.max_in_flight));
+    // Set when a reply could not be queued: the client stopped reading.
+    let stalled = Arc::new(tokio::sync::Notify::new());
+    let ping_every = Duration::from_secs(cfg.ping_interval_secs);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    let mut last_seen = Instant::now();
+    let mut shutdown_rx = app.shutdown_signal();
+    let shutdown = async move {
+        let _ = shutdown_rx.wait_for(|s| *s).await;
+    };
+    tokio::pin!(shutdown);
+    let close_reason: Option<(u16, &str)> = loop {
+        tokio::select! {
+            frame = stream.next() => {
+                last_seen = Instant::now();
+                match frame {
+                    None => break None,
+                    Some(Err(e)) => break Some(read_error_close(&e)),
+                    Some(Ok(Message::Close(_))) => break None,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Binary(_))) => {
+                        let e = ApiError::new(ErrorCode::UnsupportedMediaType, "Binary frames are not supported")
+                            .with_details("send JSON in text frames");
+                        if out_tx.try_send(error_frame(&e, None, &new_request_id())).is_err() {
+                            break Some((close::POLICY, "client is not reading"));
+                        }
+                    }
+                    Some(Ok(Message::Text(t))) => {
+                        let received = Instant::now();
+                        let permit = match in_flight.clone().acquire_owned().await {
+                            Ok(p) => p,
+                            Err(_) => break Some((close::GOING_AWAY, "closing")),
+                        };
+                        let app = app.clone();
+                        let principal = principal.clone();
+                        let out = out_tx.clone();
+                        let stalled = stalled.clone();
+                        tokio::spawn(async move {
+                            let reply = handle_frame(&app, &principal, t.as_str(), received).await;
+                            if let Some(reply) = reply {
+                                if out.try_send(reply).is_err() {
+                                    stalled.notify_one();
+                                }
+                            }
+                            drop(permit);
+                        });
+                    }
+                }
+            }
+            _ = stalled.notified() => break Some((close::POLICY, "client is not reading replies")),
+            _ = ping.tick() => {
+                if last_seen.elapsed() > ping_every * 2 {
+                    break Some((close::GOING_AWAY, "no activity"));
+                }
+                if out_tx.try_send(Message::Ping(Vec::new().into())).is_err() {
+                    break Some((close::POLICY, "client is not reading"));
+                }
+            }
+            () = &mut shutdown => {
+                // Let requests already running finish and send their replies first.
+                let max = u32::try_from(cfg.max_in_flight).unwrap_or(u32::MAX);
+                let _ = tokio::time::timeout(Duration::from_secs(10), in_flight.acquire_many(max)).await;
+                break Some((close::GOING_AWAY, "server shutting down"));
+            }
+        }
+    };
+    let stalled_peer = matches!(close_reason, Some((close::POLICY, _)));
+    if let Some((code, reason)) = close_reason {
+        // Queue the close behind pending replies. A peer that stopped reading would never take
+        // it, so its socket is simply dropped.
+        if !stalled_peer {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                out_tx.send(close_frame(code, reason)),
+            )
+            .await;
+        }
+    }
+    drop(out_tx);
+    let mut writer = writer;
+    if stalled_peer
+        || tokio::time::timeout(Duration::from_secs(5), &mut writer)
+            .await
+            .is_err()
+    {
+        writer.abort();
+    }
+    drop(slot);
+}
+
+/// Maps a read error to a close code: oversized messages get 1009.
+fn read_error_close(e: &axum::Error) -> (u16, &'static str) {
+    let too_big = std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|t| matches!(t, tungstenite::Error::Capacity(_)))
+        || e.to_string().contains("Space limit exceeded");
+    if too_big {
+        (close::TOO_BIG, "message too big")
+    } else {
+        (close::POLICY, "protocol error")
+    }
+}
+
+/// Reads the first frame, which must be `{"type":"auth","token":"…"}`, within the auth timeout.
+async fn wait_for_auth(
+    app: &AppState,
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    out: &mpsc::Sender<Message>,
+    slot: &mut ConnectionSlot,
+) -> Option<Arc<Principal>> {
+    let deadline = Duration::from_secs(app.config.websocket.auth_timeout_secs);
+    let rid = new_request_id();
+    let fail = |e: ApiError, id: Option<&str>| {
+        let _ = out.try_send(error_frame(&e, id, &rid));
+        let _ = out.try_send(close_frame(close::POLICY, "authentication required"));
+    };
+    let first = loop {
+        match tokio::time::timeout(deadline, stream.next()).await {
+            Err(_) => {
+                fail(
+                    ApiError::new(ErrorCode::MissingAuth, "No credentials received").with_details(
+                        format!(
+                            "send {{\"type\":\"auth\",\"token\":\"op_live_...\"}} within {} s",
+                            deadline.as_secs()
+                        ),
+                    ),
+                    None,
+                );
+                return None;
+            }
+            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return None,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(Some(Ok(Message::Binary(_)))) => {
+                fail(
+                    ApiError::new(ErrorCode::MissingAuth, "Expected an auth frame"),
+                    None,
+                );
+                return None;
+            }
+            Ok(Some(Ok(Message::Text(t)))) => break t,
+        }
+    };
+    let v: Value = serde_json::from_str(first.as_str()).unwrap_or(Value::Null);
+    let id = v.get("id").and_then(Value::as_str).map(str::to_string);
+    let token = match (
+        v.get("type").and_then(Value::as_str),
+        v.get("token").and_then(Value::as_str),
+    ) {
+        (Some("auth"), Some(t)) => t.to_string(),
+        _ => {
+            fail(
+                ApiError::new(ErrorCode::MissingAuth, "Authenticate first").with_details(
+                    "the first frame must be {\"type\":\"auth\",\"token\":\"op_live_...\"}",
+                ),
+                id.as_deref(),
+            );
+            return None;
+        }
+    };
+    let principal = match authorize(app, None, Some(&token)).await {
+        Ok(p) => p,
+        Err(e) => {
+            fail(e, id.as_deref());
+            return None;
+        }
+    };
+    if let Err(e) = app.ws_connections.assign(slot, &principal.org_id) {
+        let _ = out.try_send(error_frame(&e, id.as_deref(), &rid));
+        let _ = out.try_send(close_frame(close::TRY_AGAIN_LATER, "too many connections"));
+        return None;
+    }
+    let mut ack = json!({ "type": "auth_ok", "org_id": principal.org_id });
+    if let Some(id) = id {
+        ack["id"] = Value::String(id);
+    }
+    let _ = out.try_send(text(&ack));
+    Some(principal)
+}
+
+/// One text frame in, at most one frame out.
+async fn handle_frame(
+    app: &AppState,
+    principal: &Arc<Principal>,
+    raw: &str,
+    received: Instant,
+) -> Option<Message> {
+    let request_id = new_request_id();
+    let mut timing = ServerTiming::starting_at(received);
+    let t = Instant::now();
+    let parsed: Result<Value, ApiError> = crate::http::extract::parse_json(raw.as_bytes());
+    let body = match parsed {
+        Ok(Value::Object(m)) => m,
+        Ok(_) => {
+            return Some(error_frame(
+                &ApiError::validation("frame", "expected a JSON object"),
+                None,
+                &request_id,
+            ))
+        }
+        Err(e) => return Some(error_frame(&e, None, &request_id)),
+    };
+    match body.get("type").and_then(Value::as_str) {
+        Some("ping") => {
+            let mut pong = json!({ "type": "pong" });
+            if let Some(id) = body.get("id") {
+                pong["id"] = id.clone();
+            }
+            return Some(text(&pong));
+        }
+        Some("auth") => {
+            let mut ack = json!({ "type": "auth_ok", "org_id": principal.org_id });
+            if let Some(id) = body.get("id") {
+                ack["id"] = id.clone();
+            }
+            return Some(text(&ack));
+        }
+        _ => {}
+    }
+    let id = match body.get("id") {
+        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_ID_LEN => s.clone(),
+        Some(Value::String(_)) => {
+            return Some(error_frame(
+                &ApiError::validation("id", format!("must be 1 to {MAX_ID_LEN} characters")),
+                None,
+                &request_id,
+            ))
+        }
+        Some(_) => {
+            return Some(error_frame(
+                &ApiError::validation("id", "expected a string"),
+                None,
+                &request_id,
+            ))
+        }
+        None => {
+            return Some(error_frame(
+                &ApiError::validation("id", "missing: every request frame needs a client id"),
+                None,
+                &request_id,
+            ))
+        }
+    };
+    timing.record("parse", t.elapsed());
+    let decision = app.limiter.check(&principal.org_id, principal.rate_limit);
+    let outcome = if decision.allowed {
+        app.bridge
+            .handle(principal.clone(), Value::Object(body), timing)
+            .await
+    } else {
+        app.bridge
+            .reject(crate::auth::rate_limit::rate_limited(&decision), timing)
+    };
+    let mut env = outcome.envelope(&request_id);
+    if let Value::Object(m) = &mut env {
+        m.insert("id".into(), Value::String(id));
+        if let Some(Value::Object(meta)) = m.get_mut("meta") {
+            meta.insert(
+                "server_timing".into(),
+                Value::String(outcome.server_timing.clone()),
+            );
+            if outcome.replayed {
+                meta.insert("idempotent_replayed".into(), Value::Bool(true));
+            }
+        }
+    }
+    Some(text(&env))
+}

@@ -1,0 +1,434 @@
+//! The Native Voice Bridge over WebSocket: auth at the door and in the first frame, request and
+//! reply frames matched by id, pipelining, malformed/binary/oversized frames, app pings, rate
+//! limiting per frame, reconnect without double effects, and graceful shutdown with 1001.
+
+mod common;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use pilot_bridge::config::Config;
+use pilot_bridge::demo;
+use pilot_bridge::domain::{Plan, Scope};
+use pilot_bridge::store::orgs;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+const KEY: &str = "op_live_WsTestKeyWsTestKeyWsTestKeyWsTest01";
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn demo_server(adjust: impl FnOnce(&mut Config), rate_limit: u32) -> common::TestServer {
+    let server = common::start_with(adjust).await;
+    server
+        .store()
+        .write(move |tx| {
+            demo::seed(tx)?;
+            orgs::update(
+                tx,
+                demo::DEMO_ORG,
+                &orgs::OrgChanges {
+                    rate_limit: Some(rate_limit),
+                    ..Default::default()
+                },
+            )?;
+            demo::ensure_key(tx, Some(KEY))
+        })
+        .await
+        .expect("seed demo");
+    server
+}
+
+fn ws_url(s: &common::TestServer) -> String {
+    format!("ws://{}/api/v1/native/outreachpilot/ws", s.server.addr)
+}
+
+async fn connect(s: &common::TestServer, key: Option<&str>) -> Ws {
+    let mut req = ws_url(s).into_client_request().expect("request");
+    if let Some(k) = key {
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {k}").parse().expect("header"),
+        );
+    }
+    let (ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgrade");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into()))
+        .await
+        .expect("send");
+}
+
+/// The next text frame as JSON (protocol pings are skipped).
+async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("frame in time")
+            .expect("open")
+            .expect("frame");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("json frame"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+/// Reads until a close frame and returns its code.
+async fn close_code(ws: &mut Ws) -> (u16, Vec<Value>) {
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("close in time")
+        {
+            Some(Ok(Message::Close(Some(f)))) => return (u16::from(f.code), seen),
+            Some(Ok(Message::Close(None))) | None => return (0, seen),
+            Some(Ok(Message::Text(t))) => {
+                seen.push(serde_json::from_str(t.as_str()).unwrap_or(Value::Null))
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(_)) => return (0, seen),
+        }
+    }
+}
+
+fn lookup(id: &str) -> Value {
+    json!({ "id": id, "action": { "type": "lookup_person", "personName": "Sarah Chen" } })
+}
+
+#[tokio::test]
+async fn header_auth_request_and_reply_frames() {
+    let s = demo_server(|_| {}, 0).await;
+    let mut ws = connect(&s, Some(KEY)).await;
+    send(&mut ws, lookup("r1")).await;
+    let reply = next_json(&mut ws).await;
+    assert_eq!(reply["id"], "r1");
+    assert_eq!(reply["ok"], true);
+    assert_eq!(reply["data"]["mode"], "result");
+    assert!(reply["data"]["spoken_summary"]
+        .as_str()
+        .unwrap()
+        .starts_with("Sarah Chen is VP of Engineering"));
+    let timing = reply["meta"]["server_timing"]
+        .as_str()
+        .expect("server_timing");
+    assert!(timing.contains("resolve;dur="), "{timing}");
+    let total = reply["data"]["performance"]["server_elapsed_ms"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        timing.ends_with(&format!("total;dur={total:.3}")),
+        "{timing} vs {total}"
+    );
+    assert!(reply["meta"]["request_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("req_"));
+}
+
+#[tokio::test]
+async fn first_frame_auth_then_requests() {
+    let s = demo_server(|_| {}, 0).await;
+    let mut ws = connect(&s, None).await;
+    send(&mut ws, json!({ "type": "auth", "token": KEY })).await;
+    let ack = next_json(&mut ws).await;
+    assert_eq!(ack["type"], "auth_ok");
+    send(&mut ws, lookup("a")).await;
+    assert_eq!(next_json(&mut ws).await["data"]["mode"], "result");
+}
+
+#[tokio::test]
+async fn bad_credentials_are_refused_before_or_after_upgrade() {
+    let s = demo_server(|_| {}, 0).await;
+    // Before the upgrade: plain 401 envelope.
+    let mut req = ws_url(&s).into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", "Bearer op_live_nope".parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 401);
+            let body: Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap_or(b"{}")).unwrap();
+            assert_eq!(body["error"]["code"], "INVALID_API_KEY");
+        }
+        other => panic!("expected 401, got {other:?}"),
+    }
+    // After the upgrade: error frame, then close 1008.
+    let mut ws = connect(&s, None).await;
+    send(&mut ws, json!({ "type": "auth", "token": "op_live_nope" })).await;
+    let (code, frames) = close_code(&mut ws).await;
+    assert_eq!(code, 1008);
+    assert_eq!(frames[0]["error"]["code"], "INVALID_API_KEY");
+    // A request before authenticating.
+    let mut ws = connect(&s, None).await;
+    send(&mut ws, lookup("x")).await;
+    let (code, frames) = close_code(&mut ws).await;
+    assert_eq!(code, 1008);
+    assert_eq!(frames[0]["error"]["code"], "MISSING_AUTH");
+    assert_eq!(frames[0]["id"], "x");
+}
+
+#[tokio::test]
+async fn silent_unauthenticated_clients_are_closed_after_the_auth_timeout() {
+    let s = demo_server(|c| c.websocket.auth_timeout_secs = 1, 0).await;
+    let mut ws = connect(&s, None).await;
+    let (code, frames) = close_code(&mut ws).await;
+    assert_eq!(code, 1008);
+    assert_eq!(frames[0]["error"]["code"], "MISSING_AUTH");
+}
+
+#[tokio::test]
+async fn pipelined_requests_all_get_their_own_reply() {
+    let s = demo_server(|_| {}, 0).await;
+    let mut ws = connect(&s, Some(KEY)).await;
+    let n = 200;
+    for i in 0..n {
+        send(&mut ws, lookup(&format!("p{i}"))).await;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..n {
+        let r = next_json(&mut ws).await;
+        assert_eq!(r["ok"], true, "{r}");
+        assert!(seen.insert(r["id"].as_str().unwrap().to_string()));
+    }
+    assert_eq!(seen.len(), n);
+}
+
+#[tokio::test]
+async fn bad_frames_get_error_frames_and_the_connection_stays_open() {
+    let s = demo_server(|_| {}, 0).await;
+    let mut ws = connect(&s, Some(KEY)).await;
+    ws.send(Message::Text("{not json".into())).await.unwrap();
+    let e = next_json(&mut ws).await;
+    assert_eq!(e["ok"], false);
+    assert_eq!(e["error"]["code"], "VALIDATION_ERROR");
+
+    send(&mut ws, json!({ "action": { "type": "undo_last" } })).await;
+    let e = next_json(&mut ws).await;
+    assert_eq!(e["error"]["code"], "VALIDATION_ERROR");
+    assert!(e["error"]["details"].as_str().unwrap().starts_with("id:"));
+
+    send(
+        &mut ws,
+        json!({ "id": "v1", "action": { "type": "add_to_campaign", "contactRef": "Sarah Chen" } }),
+    )
+    .await;
+    let e = next_json(&mut ws).await;
+    assert_eq!(e["id"], "v1");
+    assert_eq!(e["error"]["details"], "action.campaignRef: missing");
+    assert!(e["meta"]["server_timing"]
+        .as_str()
+        .unwrap()
+        .contains("total;dur="));
+
+    ws.send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
+    let e = next_json(&mut ws).await;
+    assert_eq!(e["error"]["code"], "UNSUPPORTED_MEDIA_TYPE");
+
+    send(&mut ws, json!({ "type": "ping", "id": "hb" })).await;
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({ "type": "pong", "id": "hb" })
+    );
+
+    send(&mut ws, lookup("still-open")).await;
+    assert_eq!(next_json(&mut ws).await["id"], "still-open");
+}
+
+#[tokio::test]
+async fn oversized_messages_close_with_1009() {
+    let s = demo_server(|_| {}, 0).await;
+    let mut ws = connect(&s, Some(KEY)).await;
+    let big = json!({ "id": "big", "action": { "type": "note_on_contact", "contactRef": "Sarah Chen", "note": "x".repeat(70 * 1024) } });
+    let _ = ws.send(Message::Text(big.to_string().into())).await;
+    let (code, _) = close_code(&mut ws).await;
+    assert_eq!(code, 1009);
+}
+
+#[tokio::test]
+async fn each_frame_counts_against_the_rate_limit() {
+    let s = demo_server(|_| {}, 3).await;
+    let mut ws = connect(&s, Some(KEY)).await;
+    for i in 0..4 {
+        send(&mut ws, lookup(&format!("r{i}"))).await;
+    }
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        let r = next_json(&mut ws).await;
+        codes.push(r["error"]["code"].as_str().unwrap_or("OK").to_string());
+    }
+    assert_eq!(codes.iter().filter(|c| *c == "OK").count(), 3, "{codes:?}");
+    assert_eq!(
+        codes.iter().filter(|c| *c == "RATE_LIMITED").count(),
+        1,
+        "{codes:?}"
+    );
+    // The connection is not dropped.
+    send(&mut ws, json!({ "type": "ping" })).await;
+    assert_eq!(next_json(&mut ws).await["type"], "pong");
+}
+
+#[tokio::test]
+async fn resending_after_reconnect_is_a_duplicate_not_a_second_effect() {
+    let s = demo_server(|_| {}, 0).await;
+    let note = json!({ "id": "n1", "idempotencyKey": "ws-note-1",
+        "action": { "type": "note_on_contact", "contactRef": "John Smith", "note": "Call back Monday" } });
+    let mut ws = connect(&s, Some(KEY)).await;
+    send(&mut ws, note.clone()).await;
+    // Drop the connection without reading the reply, as a client that lost its network would.
+    drop(ws);
+    let mut ws = connect(&s, Some(KEY)).await;
+    send(&mut ws, note.clone()).await;
+    let r = next_json(&mut ws).await;
+    assert_eq!(r["ok"], true);
+    let first_mode = r["data"]["mode"].as_str().unwrap().to_string();
+    send(&mut ws, json!({ "id": "n2", "idempotencyKey": "ws-note-1",
+        "action": { "type": "note_on_contact", "contactRef": "John Smith", "note": "Call back Monday" } })).await;
+    let r2 = next_json(&mut ws).await;
+    assert_eq!(r2["data"]["mode"], "duplicate");
+    assert!(first_mode == "duplicate" || first_mode == "result");
+    let notes = s.client(KEY).get_query("/notes", &[("limit", "100")]).await;
+    let count = notes
+        .ok(200)
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["content"] == "Call back Monday")
+        .count();
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn connections_per_org_are_capped() {
+    let s = demo_server(|c| c.websocket.max_connections_per_org = 1, 0).await;
+    let _first = connect(&s, Some(KEY)).await;
+    let mut req = ws_url(&s).into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 429),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn key_without_native_scope_is_refused() {
+    let s = demo_server(|_| {}, 0).await;
+    s.create_org("other", Plan::Pro, Some(0)).await;
+    let key = s.create_key("other", &[Scope::Contacts]).await;
+    let mut req = ws_url(&s).into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        other => panic!("expected 403, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn shutdown_closes_sockets_with_1001() {
+    let s = demo_server(|_| {}, 0).await;
+    let mut ws = connect(&s, Some(KEY)).await;
+    send(&mut ws, lookup("before")).await;
+    assert_eq!(next_json(&mut ws).await["id"], "before");
+    let common::TestServer { server, dir, .. } = s;
+    let stopping = tokio::spawn(server.shutdown());
+    let (code, _) = close_code(&mut ws).await;
+    assert_eq!(code, u16::from(CloseCode::Away));
+    tokio::time::timeout(WAIT, stopping)
+        .await
+        .expect("shutdown finishes")
+        .unwrap();
+    drop(dir);
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_disconnected() {
+    let s = demo_server(
+        |c| {
+            c.websocket.outbound_queue = 4;
+            c.websocket.max_in_flight = 4
+        },
+        0,
+    )
+    .await;
+    // A small receive buffer on our side, so the server's writes back up quickly.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(s.server.addr).await.unwrap();
+    let mut req = ws_url(&s).into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    // Every frame replays the same stored 9 KB reply (one note, one key), so replies are big
+    // and cheap; we never read them.
+    let note = "n".repeat(9_000);
+    let mut refused = false;
+    for i in 0..2_000 {
+        let frame = json!({ "id": format!("f{i}"), "idempotencyKey": "big-note",
+            "action": { "type": "note_on_contact", "contactRef": "John Smith", "note": note } });
+        let sent = tokio::time::timeout(
+            Duration::from_secs(2),
+            ws.send(Message::Text(frame.to_string().into())),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            refused = true;
+            break;
+        }
+    }
+    assert!(
+        refused,
+        "the server kept accepting frames from a client that never reads"
+    );
+    assert!(s.server.app.ws_connections.open() <= 1);
+    // The server lets go of the connection.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while s.server.app.ws_connections.open() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connection still counted as open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn silent_peers_are_closed_after_two_ping_intervals() {
+    let s = demo_server(|c| c.websocket.ping_interval_secs = 1, 0).await;
+    let mut ws = connect(&s, Some(KEY)).await;
+    // Not reading means not answering the server's pings either.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let (code, _) = close_code(&mut ws).await;
+    assert_eq!(code, 1001);
+}
+
+#[tokio::test]
+async fn answering_pings_keeps_the_connection_open() {
+    let s = demo_server(|c| c.websocket.ping_interval_secs = 1, 0).await;
+    let mut ws = connect(&s, Some(KEY)).await;
+    // Reading lets the client answer protocol pings automatically.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(3_500);
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(Some(Ok(Message::Close(_)))) =
+            tokio::time::timeout(Duration::from_millis(200), ws.next()).await
+        {
+            panic!("closed although the client answered pings");
+        }
+    }
+    send(&mut ws, lookup("alive")).await;
+    assert_eq!(next_json(&mut ws).await["id"], "alive");
+}
