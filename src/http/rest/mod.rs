@@ -6,6 +6,7 @@ pub mod campaigns;
 pub mod companies;
 pub mod contacts;
 pub mod credits;
+pub mod jobs;
 pub mod notes;
 pub mod settings;
 pub mod signals;
@@ -51,6 +52,7 @@ pub fn router() -> Router<AppState> {
         )
         .route("/campaigns/{id}/status", get(campaigns::status))
         .route("/credits", get(credits::get))
+        .route("/jobs/{id}", get(jobs::get_one))
         .route("/settings", get(settings::get).patch(settings::update))
         .route(
             "/webhooks",
