@@ -63,6 +63,7 @@ impl App {
             .map_err(|e| (e, None))?;
         let decision = self.limiter.check(&principal.org_id, principal.rate_limit);
         if !decision.allowed {
+            crate::telemetry::rate_limited("http");
             return Err((
                 crate::auth::rate_limit::rate_limited(&decision),
                 Some(decision),

@@ -4,10 +4,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
 
 use super::envelope::{error_body, json_response, RequestContext, REQUEST};
 use crate::app::AppState;
@@ -24,9 +25,29 @@ pub async fn request_context(req: Request, next: Next) -> Response {
         started: Instant::now(),
     };
     let id = ctx.request_id.clone();
+    let started = ctx.started;
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let mut resp = REQUEST.scope(ctx.clone(), next.run(req)).await;
+    // The matched route template, never the raw path (ids would explode label cardinality).
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %method,
+        route = %route,
+        org_id = tracing::field::Empty,
+        action = tracing::field::Empty,
+        mode = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        status = tracing::field::Empty,
+    );
+    let mut resp = REQUEST
+        .scope(ctx.clone(), next.run(req).instrument(span.clone()))
+        .await;
     if resp.status().as_u16() >= 400 && !is_json(resp.headers()) {
         resp = REQUEST
             .scope(ctx, async { envelope_for(resp, &method, &path) })
@@ -34,6 +55,17 @@ pub async fn request_context(req: Request, next: Next) -> Response {
     }
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
+    }
+    let status = resp.status().as_u16();
+    let elapsed = started.elapsed();
+    span.record("status", status);
+    crate::telemetry::http_request(&route, method.as_str(), status, elapsed);
+    let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
+    // One line per request at debug level: at info, logging would cost more than the request.
+    if status >= 500 {
+        tracing::warn!(parent: &span, status, elapsed_ms, "request failed");
+    } else {
+        tracing::debug!(parent: &span, status, elapsed_ms, "request finished");
     }
     resp
 }
@@ -104,6 +136,7 @@ pub async fn api_auth(State(app): State<AppState>, mut req: Request, next: Next)
             return resp;
         }
     };
+    tracing::Span::current().record("org_id", principal.org_id.as_str());
     req.extensions_mut().insert::<Arc<Principal>>(principal);
     let mut resp = next.run(req).await;
     apply_rate_headers(resp.headers_mut(), &decision);

@@ -16,6 +16,7 @@ use crate::auth::rate_limit::RateDecision;
 use crate::domain::Scope;
 use crate::native::reply::TurnOutcome;
 use crate::native::timing::ServerTiming;
+use crate::native::Transport;
 
 pub async fn handle(State(app): State<AppState>, req: Request) -> Response {
     let started = REQUEST
@@ -37,7 +38,12 @@ pub async fn handle(State(app): State<AppState>, req: Request) -> Response {
     timing.record("auth", t.elapsed());
     let (principal, decision) = match admitted {
         Ok(x) => x,
-        Err((e, decision)) => return render(&app.bridge.reject(e, timing), decision.as_ref()),
+        Err((e, decision)) => {
+            return render(
+                &app.bridge.reject(e, timing, Transport::Http),
+                decision.as_ref(),
+            )
+        }
     };
     let t = Instant::now();
     let body = match json_bytes(req, &())
@@ -47,11 +53,17 @@ pub async fn handle(State(app): State<AppState>, req: Request) -> Response {
         Ok(v) => v,
         Err(e) => {
             timing.record("parse", t.elapsed());
-            return render(&app.bridge.reject(e, timing), Some(&decision));
+            return render(
+                &app.bridge.reject(e, timing, Transport::Http),
+                Some(&decision),
+            );
         }
     };
     timing.record("parse", t.elapsed());
-    let outcome = app.bridge.handle(principal, body, timing).await;
+    let outcome = app
+        .bridge
+        .handle(principal, body, timing, Transport::Http)
+        .await;
     render(&outcome, Some(&decision))
 }
 

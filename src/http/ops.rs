@@ -31,6 +31,9 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
 }
 
 pub async fn metrics(State(app): State<AppState>) -> Response {
+    // Gauges that are cheap to read at scrape time and costly to keep current per request.
+    crate::telemetry::pending_actions(app.bridge.pending().open_count());
+    crate::telemetry::ws_connections(app.ws_connections.open());
     let body = app.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
     (
         StatusCode::OK,

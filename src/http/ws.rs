@@ -32,6 +32,8 @@ use crate::domain::Scope;
 use crate::error::{ApiError, ErrorCode};
 use crate::ids::new_request_id;
 use crate::native::timing::ServerTiming;
+use crate::native::Transport;
+use crate::telemetry;
 
 /// Small read buffer so idle connections stay cheap (tungstenite's default is 128 KiB).
 const READ_BUFFER: usize = 4 * 1024;
@@ -144,6 +146,7 @@ async fn session(
     let writer = tokio::spawn(async move {
         while let Some(msg) = out_rx.recv().await {
             let closing = matches!(msg, Message::Close(_));
+            telemetry::ws_frame("out", frame_kind(&msg));
             match tokio::time::timeout(WRITE_TIMEOUT, sink.send(msg)).await {
                 Ok(Ok(())) if !closing => {}
                 _ => break,
@@ -179,6 +182,9 @@ async fn session(
         tokio::select! {
             frame = stream.next() => {
                 last_seen = Instant::now();
+                if let Some(Ok(m)) = &frame {
+                    telemetry::ws_frame("in", frame_kind(m));
+                }
                 match frame {
                     None => break None,
                     Some(Err(e)) => break Some(read_error_close(&e)),
@@ -252,6 +258,16 @@ async fn session(
         writer.abort();
     }
     drop(slot);
+}
+
+fn frame_kind(m: &Message) -> &'static str {
+    match m {
+        Message::Text(_) => "text",
+        Message::Binary(_) => "binary",
+        Message::Ping(_) => "ping",
+        Message::Pong(_) => "pong",
+        Message::Close(_) => "close",
+    }
 }
 
 /// Maps a read error to a close code: oversized messages get 1009.
@@ -410,11 +426,20 @@ async fn handle_frame(
     let decision = app.limiter.check(&principal.org_id, principal.rate_limit);
     let outcome = if decision.allowed {
         app.bridge
-            .handle(principal.clone(), Value::Object(body), timing)
+            .handle(
+                principal.clone(),
+                Value::Object(body),
+                timing,
+                Transport::WebSocket,
+            )
             .await
     } else {
-        app.bridge
-            .reject(crate::auth::rate_limit::rate_limited(&decision), timing)
+        telemetry::rate_limited("ws");
+        app.bridge.reject(
+            crate::auth::rate_limit::rate_limited(&decision),
+            timing,
+            Transport::WebSocket,
+        )
     };
     let mut env = outcome.envelope(&request_id);
     if let Value::Object(m) = &mut env {

@@ -33,6 +33,23 @@ use crate::auth::Principal;
 use crate::config::NativeConfig;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::store::{audit, native as rows, Store};
+use crate::telemetry;
+
+/// Which adapter a turn came through (a metrics label; the core behaves the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Http,
+    WebSocket,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Http => "http",
+            Transport::WebSocket => "ws",
+        }
+    }
+}
 
 /// The bridge core. Cheap to share behind an `Arc`.
 pub struct Bridge {
@@ -104,18 +121,25 @@ impl Bridge {
         principal: Arc<Principal>,
         body: Value,
         timing: ServerTiming,
+        transport: Transport,
     ) -> TurnOutcome {
         let this = self.clone();
         let started = Instant::now();
-        match tokio::spawn(async move { this.run(&principal, body, timing).await }).await {
+        let span = tracing::Span::current();
+        span.record("org_id", principal.org_id.as_str());
+        let turn = async move { this.run(&principal, body, timing, transport).await };
+        match tokio::spawn(tracing::Instrument::instrument(turn, span)).await {
             Ok(outcome) => outcome,
             Err(join_error) => {
                 let e = ApiError::internal(format!("native turn failed: {join_error}"));
+                let timing = ServerTiming::starting_at(started);
                 self.finish(
                     Err(e),
                     false,
-                    ServerTiming::starting_at(started),
+                    timing,
                     ExecutionMode::Fast,
+                    "unknown",
+                    transport,
                 )
             }
         }
@@ -123,8 +147,20 @@ impl Bridge {
 
     /// An outcome for a request rejected before the core ran (auth, rate limit, bad JSON), with
     /// the same timing fields as any other native reply.
-    pub fn reject(&self, error: ApiError, timing: ServerTiming) -> TurnOutcome {
-        self.finish(Err(error), false, timing, ExecutionMode::Fast)
+    pub fn reject(
+        &self,
+        error: ApiError,
+        timing: ServerTiming,
+        transport: Transport,
+    ) -> TurnOutcome {
+        self.finish(
+            Err(error),
+            false,
+            timing,
+            ExecutionMode::Fast,
+            "unknown",
+            transport,
+        )
     }
 
     async fn run(
@@ -132,14 +168,39 @@ impl Bridge {
         principal: &Principal,
         body: Value,
         mut timing: ServerTiming,
+        transport: Transport,
     ) -> TurnOutcome {
         let parsed = timing.measure("parse", || NativeRequest::parse(&body));
         let req = match parsed {
             Ok(r) => r,
-            Err(e) => return self.finish(Err(e), false, timing, ExecutionMode::Fast),
+            Err(e) => {
+                return self.finish(
+                    Err(e),
+                    false,
+                    timing,
+                    ExecutionMode::Fast,
+                    "unknown",
+                    transport,
+                )
+            }
         };
+        let action = match (&req.action, &req.pending_action_id) {
+            (_, Some(_)) => "confirmation",
+            (Some(a), None) => a.type_name(),
+            (None, None) => "unknown",
+        };
+        let span = tracing::Span::current();
+        span.record("action", action);
+        span.record("mode", req.execution_mode.as_str());
         let (result, replayed) = self.dispatch(principal, &req, &mut timing).await;
-        self.finish(result, replayed, timing, req.execution_mode)
+        self.finish(
+            result,
+            replayed,
+            timing,
+            req.execution_mode,
+            action,
+            transport,
+        )
     }
 
     fn finish(
@@ -148,7 +209,21 @@ impl Bridge {
         replayed: bool,
         timing: ServerTiming,
         mode: ExecutionMode,
+        action: &'static str,
+        transport: Transport,
     ) -> TurnOutcome {
+        let outcome = match &result {
+            Ok(r) => r.mode.as_str(),
+            Err(e) => e.code.as_str(),
+        };
+        tracing::Span::current().record("outcome", outcome);
+        telemetry::native_turn(
+            action,
+            mode.as_str(),
+            transport.as_str(),
+            outcome,
+            timing.total(),
+        );
         let total_ms = round_ms(timing.total());
         let performance = Performance {
             execution_mode: mode.as_str(),
@@ -156,8 +231,11 @@ impl Bridge {
             target_ms: self.cfg.target_ms,
             within_target: total_ms <= self.cfg.target_ms,
         };
-        if let Ok(r) = &mut result {
-            r.performance = Some(performance.clone());
+        match &mut result {
+            Ok(r) => r.performance = Some(performance.clone()),
+            // Error sentences may quote what the user said (a name, an email): keep them
+            // speakable like every reply — short, no URLs, no ids.
+            Err(e) => e.spoken_summary = speech::speakable(&e.spoken_summary),
         }
         TurnOutcome {
             server_timing: timing.header_value(total_ms),
@@ -208,8 +286,13 @@ impl Bridge {
         let guard = match claim {
             None => None,
             Some(Claim::Owner(g)) => Some(g),
-            Some(Claim::Replay(stored)) => return (replay(&stored), true),
-            Some(Claim::Reused) => return (
+            Some(Claim::Replay(stored)) => {
+                telemetry::idempotency_replay();
+                return (replay(&stored), true);
+            }
+            Some(Claim::Reused) => {
+                telemetry::idempotency_conflict("reused");
+                return (
                 Err(ApiError::new(
                     ErrorCode::IdempotencyKeyReused,
                     "Idempotency key was already used for a different request",
@@ -219,8 +302,10 @@ impl Bridge {
                 )
                 .with_spoken("That request ID was already used for something else.")),
                 false,
-            ),
+            );
+            }
             Some(Claim::InUse) => {
+                telemetry::idempotency_conflict("in_use");
                 return (
                     Err(ApiError::new(
                         ErrorCode::IdempotencyKeyInUse,
@@ -229,7 +314,7 @@ impl Bridge {
                     .with_details("idempotencyKey: in flight; retry shortly")
                     .with_retry_after(1)),
                     false,
-                )
+                );
             }
         };
         let (mut result, replayed) = if let Some(pid) = &req.pending_action_id {
@@ -272,6 +357,7 @@ impl Bridge {
             .read(move |conn| actions::plan(conn, &org, &action))
             .await;
         timing.record("resolve", t.elapsed());
+        telemetry::backend_operation("resolve", "embedded", t.elapsed());
         let step = match step {
             Ok(s) => s,
             Err(e) => {
@@ -416,8 +502,10 @@ impl Bridge {
             })
             .await;
         let total = t.elapsed();
+        telemetry::backend_operation("execute", "embedded", total);
         match result {
             Ok((reply, audit_time)) => {
+                telemetry::audit_write();
                 timing.record("exec", total.saturating_sub(audit_time));
                 timing.record("audit", audit_time);
                 Ok(reply)
@@ -437,9 +525,19 @@ impl Bridge {
         pid: &str,
         timing: &mut ServerTiming,
     ) -> (ApiResult<NativeReply>, bool) {
-        self.confirm_inner(p, req, pid, timing)
+        let (outcome, replayed) = self
+            .confirm_inner(p, req, pid, timing)
             .await
-            .unwrap_or_else(|e| (Err(e), false))
+            .unwrap_or_else(|e| (Err(e), false));
+        telemetry::confirmation(match &outcome {
+            _ if replayed => "duplicate",
+            Ok(r) if r.data.get("cancelled") == Some(&Value::Bool(true)) => "cancelled",
+            Ok(_) => "executed",
+            Err(e) if e.code == ErrorCode::PendingActionExpired => "expired",
+            Err(e) if e.code == ErrorCode::ResourceNotFound => "not_found",
+            Err(_) => "failed",
+        });
+        (outcome, replayed)
     }
 
     /// The confirmation flow; `Ok((outcome, true))` when the pending action had already run and
@@ -616,8 +714,12 @@ impl Bridge {
             })
             .await;
         timing.record("audit", t.elapsed());
+        telemetry::backend_operation("audit", "embedded", t.elapsed());
         match r {
-            Ok(id) => Some(id),
+            Ok(id) => {
+                telemetry::audit_write();
+                Some(id)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "audit write failed");
                 None
