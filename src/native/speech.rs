@@ -7,13 +7,7 @@ pub const MAX_SPOKEN: usize = 200;
 /// Cleans `s` for speech: drops markdown characters and URLs, collapses whitespace, and cuts at a
 /// word boundary before [`MAX_SPOKEN`] characters.
 pub fn speakable(s: &str) -> String {
-    let mut words: Vec<&str> = Vec::new();
-    for w in s.split_whitespace() {
-        if w.starts_with("http://") || w.starts_with("https://") || w.starts_with("www.") {
-            continue;
-        }
-        words.push(w);
-    }
+    let words: Vec<&str> = s.split_whitespace().filter(|w| !unspeakable(w)).collect();
     let joined = words.join(" ");
     let cleaned: String = joined
         .chars()
@@ -34,6 +28,23 @@ pub fn speakable(s: &str) -> String {
     }
     let trimmed = out.trim_end_matches([',', ';', ':', '.', ' ']);
     format!("{trimmed}...")
+}
+
+/// Whether a word would be read out as a link or an id: it holds a URL anywhere (also inside
+/// brackets or quotes), a UUID, or a long run of hex digits.
+fn unspeakable(word: &str) -> bool {
+    let lower = word.to_ascii_lowercase();
+    if lower.contains("http://") || lower.contains("https://") || lower.contains("www.") {
+        return true;
+    }
+    let b = word.as_bytes();
+    let uuid = b.windows(36).any(|w| {
+        w.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+    });
+    uuid || b.windows(32).any(|w| w.iter().all(u8::is_ascii_hexdigit))
 }
 
 /// A quote of user content for speech ("Thanks for reaching out. Can we…"), at most `max` chars.
@@ -88,6 +99,17 @@ mod tests {
     #[test]
     fn strips_urls_markdown_and_length() {
         assert_eq!(speakable("See **this** https://x.io now"), "See this now");
+        assert_eq!(
+            speakable(
+                "Here (https://x.io/p) or www.x.io, ref 123e4567-e89b-12d3-a456-426614174000."
+            ),
+            "Here or ref"
+        );
+        assert_eq!(speakable("Id 0123456789abcdef0123456789ABCDEF ok"), "Id ok");
+        assert_eq!(
+            speakable("Call 555-0100 at 3:00 PM."),
+            "Call 555-0100 at 3:00 PM."
+        );
         let long = "word ".repeat(100);
         let s = speakable(&long);
         assert!(s.chars().count() <= MAX_SPOKEN);
