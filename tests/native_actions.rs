@@ -616,6 +616,36 @@ async fn names_resolve_exactly_fuzzily_and_by_company() {
 }
 
 #[tokio::test]
+async fn a_different_last_name_is_not_a_typo() {
+    let d = demo().await;
+    let created =
+        d.c.post(
+            "/contacts",
+            json!({ "email": "tobias@weber.dev", "first_name": "Tobias", "last_name": "Weber" }),
+        )
+        .await;
+    let tobias = created.ok(201)["contacts"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for typo in ["Tobias Webber", "tobias weber", "Tobais Weber"] {
+        let a = d
+            .act(json!({ "type": "lookup_person", "personName": typo }))
+            .await;
+        assert_eq!(a["ids"]["contact_id"], tobias.as_str(), "{typo}");
+    }
+    // Sharing a first name is not enough: a write must never land on the wrong person.
+    for other in ["Tobias Wagner", "Tobias Becker"] {
+        let r = d
+            .send(json!({ "action": { "type": "note_on_contact", "personName": other, "note": "Hi" } }))
+            .await;
+        let e = check_err(&r, 404, "RESOURCE_NOT_FOUND");
+        assert_eq!(e["spoken_summary"], format!("I couldn't find {other}."));
+    }
+    assert!(d.notes(&tobias).await.is_empty());
+}
+
+#[tokio::test]
 async fn unknown_references_are_not_found_with_a_spoken_summary() {
     let d = demo().await;
     let cases: [(Value, &str); 5] = [

@@ -189,6 +189,9 @@ fn fuzzy_matches(conn: &Connection, org: &str, query: &str) -> ApiResult<Vec<Str
         .collect())
 }
 
+/// Similarity every word of a multi-word query needs with some word of the name.
+pub const TOKEN_FLOOR: f64 = 0.85;
+
 /// The better of whole-string and token-wise Jaro–Winkler similarity.
 pub fn similarity(query: &str, name: &str) -> f64 {
     let whole = strsim::jaro_winkler(query, name);
@@ -197,15 +200,20 @@ pub fn similarity(query: &str, name: &str) -> f64 {
     if q.is_empty() || n.is_empty() || q.len() > n.len() {
         return whole;
     }
-    let tokenwise = q
+    let best: Vec<f64> = q
         .iter()
         .map(|qt| {
             n.iter()
                 .map(|nt| strsim::jaro_winkler(qt, nt))
                 .fold(0.0, f64::max)
         })
-        .sum::<f64>()
-        / q.len() as f64;
+        .collect();
+    let tokenwise = best.iter().sum::<f64>() / q.len() as f64;
+    // A shared first name lifts the whole-string score of "tobias wagner" against "tobias weber"
+    // over the threshold; a word that resembles no word of the name means another person.
+    if q.len() > 1 && best.iter().any(|s| *s < TOKEN_FLOOR) {
+        return whole.min(tokenwise);
+    }
     // A one-word query must not fuzzily match a two-word name better than the exact name would.
     let coverage = q.len() as f64 / n.len() as f64;
     whole.max(tokenwise * (0.9 + 0.1 * coverage))
@@ -438,5 +446,8 @@ mod tests {
         assert!(similarity("sara chen", "sarah chen") > 0.95);
         assert!(similarity("sarah", "sarah kim") < similarity("sarah kim", "sarah kim"));
         assert!(similarity("john smith", "jon smyth") >= 0.85);
+        assert!(similarity("sarah chem", "sarah chen") >= FUZZY_THRESHOLD);
+        assert!(similarity("kofi berg", "kofi weber") < FUZZY_THRESHOLD);
+        assert!(similarity("tobias wagner", "tobias weber") < FUZZY_THRESHOLD);
     }
 }
