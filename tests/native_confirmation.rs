@@ -96,6 +96,7 @@ async fn the_seven_dangerous_writes_ask_then_execute_exactly_once() {
             before,
             "{ty}: no effect before confirmation"
         );
+        assert_eq!(d.s.server.app.bridge.pending().open_count(), 1, "{ty}");
 
         let r = d
             .send(json!({ "pendingActionId": pid, "confirmed": true, "transcript": "Yes." }))
@@ -125,6 +126,11 @@ async fn the_seven_dangerous_writes_ask_then_execute_exactly_once() {
             assert_eq!(again["ids"], done["ids"]);
         }
         assert_eq!(snapshot(&d).await, after, "{ty}: executed exactly once");
+        assert_eq!(
+            d.s.server.app.bridge.pending().open_count(),
+            0,
+            "{ty}: a confirmed action no longer awaits an answer"
+        );
     }
 }
 

@@ -662,6 +662,7 @@ impl Bridge {
             guard.complete(StoredOutcome {
                 result: result.clone(),
             });
+            pending.settle();
         } else {
             guard.abandon();
         }

@@ -24,6 +24,8 @@ pub struct PendingAction {
     /// RFC 3339 form of `expires_at`, as told to the client.
     pub expires_at_wall: String,
     cancelled: AtomicBool,
+    /// Confirmed and its outcome stored: no longer awaiting an answer (it still replays).
+    settled: AtomicBool,
 }
 
 impl PendingAction {
@@ -33,6 +35,11 @@ impl PendingAction {
 
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Marks the action as answered: it ran (or failed for good) and only replays from now on.
+    pub fn settle(&self) {
+        self.settled.store(true, Ordering::Release);
     }
 }
 
@@ -87,6 +94,7 @@ impl PendingStore {
             expires_at: Instant::now() + self.ttl,
             expires_at_wall: crate::ids::to_rfc3339(wall),
             cancelled: AtomicBool::new(false),
+            settled: AtomicBool::new(false),
         });
         self.entries.insert(p.id.clone(), p.clone());
         p
@@ -118,7 +126,9 @@ impl PendingStore {
         let now = Instant::now();
         self.entries
             .iter()
-            .filter(|(_, p)| !p.is_cancelled() && now < p.expires_at)
+            .filter(|(_, p)| {
+                !p.is_cancelled() && !p.settled.load(Ordering::Acquire) && now < p.expires_at
+            })
             .count()
     }
 }
@@ -149,5 +159,18 @@ mod tests {
         assert!(s.cancel(&p));
         assert!(!s.cancel(&p));
         assert!(matches!(s.get("o", &p.id), Lookup::Cancelled(_)));
+    }
+
+    #[tokio::test]
+    async fn settled_actions_are_not_awaiting_an_answer() {
+        let s = PendingStore::new(Duration::from_secs(300));
+        let p = s.insert("o", "k", Plan::UndoLast, serde_json::json!({}), None);
+        assert_eq!(s.open_count(), 1);
+        p.settle();
+        assert_eq!(s.open_count(), 0);
+        assert!(
+            matches!(s.get("o", &p.id), Lookup::Open(_)),
+            "it still replays"
+        );
     }
 }
