@@ -780,3 +780,63 @@ async fn spoken_summaries_never_read_out_urls_or_ids() {
         check_err(&r, 404, "RESOURCE_NOT_FOUND");
     }
 }
+
+#[tokio::test]
+async fn send_message_can_send_a_saved_draft() {
+    let d = demo().await;
+    let draft = d
+        .act(json!({ "type": "draft_message", "contactRef": "John Smith", "instructions": "ask about the Series B" }))
+        .await;
+    let draft_id = draft["ids"]["draft_id"].as_str().unwrap().to_string();
+    let body = draft["data"]["draft"]["body"].as_str().unwrap().to_string();
+
+    let sent = d
+        .ask_and_confirm(
+            json!({ "type": "send_message", "contactRef": "John Smith", "draftId": draft_id }),
+        )
+        .await;
+    assert_eq!(sent["mode"], "queued");
+    assert_eq!(sent["ids"]["draft_id"], draft_id.as_str());
+    assert_eq!(sent["data"]["message"]["body"], body.as_str());
+    assert_eq!(d.rows("drafts", Some("queued")).await, 1);
+    assert_eq!(d.rows("outbox", Some("queued")).await, 1);
+
+    for missing in ["00000000-0000-4000-8000-000000000000", "draft-1"] {
+        let r = d
+            .send(json!({ "action": { "type": "send_message", "contactRef": "John Smith", "draftId": missing } }))
+            .await;
+        let e = check_err(&r, 404, "RESOURCE_NOT_FOUND");
+        assert_eq!(e["spoken_summary"], "I couldn't find that draft.");
+    }
+
+    // A draft written for one person is never sent to another.
+    let for_john = d
+        .act(json!({ "type": "draft_message", "contactRef": "John Smith", "subject": "For John" }))
+        .await;
+    let r = d
+        .send(json!({ "action": { "type": "send_message", "contactRef": "Sarah Chen", "draftId": for_john["ids"]["draft_id"] } }))
+        .await;
+    let e = check_err(&r, 422, "VALIDATION_ERROR");
+    assert_eq!(
+        e["details"],
+        "action.draftId: the draft was written for another contact"
+    );
+    assert_eq!(
+        e["spoken_summary"],
+        "That draft is for John Smith, not Sarah Chen."
+    );
+    assert_eq!(d.rows("outbox", None).await, 1);
+
+    // In review mode a saved draft is handed over for review instead.
+    let second = d
+        .act(json!({ "type": "draft_message", "contactRef": "Sarah Chen" }))
+        .await;
+    d.set_pilot_mode("review").await;
+    let reviewed = d
+        .act(json!({ "type": "send_message", "contactRef": "Sarah Chen", "draftId": second["ids"]["draft_id"] }))
+        .await;
+    assert_eq!(reviewed["mode"], "result");
+    assert_eq!(reviewed["ids"]["draft_id"], second["ids"]["draft_id"]);
+    assert_eq!(d.rows("drafts", Some("pending_review")).await, 1);
+    assert_eq!(d.rows("outbox", None).await, 1);
+}

@@ -365,3 +365,80 @@ async fn undo_last_only_undoes_the_callers_own_writes() {
     assert_eq!(check_ok(&r)["data"]["undone"], true);
     assert_eq!(d.notes(&sarah).await.len(), before);
 }
+
+#[tokio::test]
+async fn a_twin_still_running_after_the_wait_is_409_in_use() {
+    let d = demo_with(|c| c.native.idempotency_wait_ms = 200, Some(0)).await;
+    let john = d.contact_id("john@acme.com").await;
+    let before = d.notes(&john).await.len();
+    // Hold the database writer so the first request stays in flight.
+    let store = d.s.store().clone();
+    let blocker = tokio::spawn(async move {
+        store
+            .write(|_| {
+                std::thread::sleep(Duration::from_millis(2000));
+                Ok(())
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let body = json!({ "action": note("John Smith", "Slow write"), "idempotencyKey": "slow-1" });
+    let (a, b) = tokio::join!(d.send(body.clone()), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        d.send(body.clone()).await
+    });
+    blocker.await.unwrap().unwrap();
+    // Whichever arrived second waited 200 ms for the other, then gave up.
+    let (done, busy) = if a.status == 200 { (a, b) } else { (b, a) };
+    assert_eq!(check_ok(&done)["mode"], "result");
+    let e = check_err(&busy, 409, "IDEMPOTENCY_KEY_IN_USE");
+    assert_eq!(
+        e["spoken_summary"],
+        "I'm still working on that request. Please try again in a moment."
+    );
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    // Retrying after it finished replays it.
+    let r = d.send(body).await;
+    assert_eq!(check_ok(&r)["mode"], "duplicate");
+    assert_eq!(d.notes(&john).await.len(), before + 1);
+}
+
+#[tokio::test]
+async fn undo_last_cancels_queued_research_and_reverts_an_enrichment() {
+    let d = demo().await;
+    let research = d
+        .act(json!({ "type": "start_research", "contactRef": "John Smith" }))
+        .await;
+    assert_eq!(research["mode"], "queued");
+    let u = d.act(json!({ "type": "undo_last" })).await;
+    assert_eq!(
+        u["spoken_summary"],
+        "Undone. I cancelled the research on John Smith."
+    );
+    assert_eq!(d.rows("jobs", Some("cancelled")).await, 1);
+
+    let created =
+        d.c.post(
+            "/contacts",
+            json!({ "email": "dana@newco.io", "first_name": "Dana", "last_name": "Newman" }),
+        )
+        .await;
+    let dana = created.ok(201)["contacts"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let enrich = d
+        .act(json!({ "type": "enrich_contact", "email": "dana@newco.io" }))
+        .await;
+    assert_eq!(enrich["mode"], "queued");
+    eventually(Duration::from_secs(8), "the enrichment to run", || async {
+        (d.contact(&dana).await["company"] == "Newco").then_some(())
+    })
+    .await;
+    let u = d.act(json!({ "type": "undo_last" })).await;
+    assert_eq!(
+        u["spoken_summary"],
+        "Undone. Dana Newman's details are back to what they were."
+    );
+    assert!(d.contact(&dana).await["company"].is_null());
+}

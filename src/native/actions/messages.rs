@@ -90,6 +90,20 @@ pub fn plan_send(conn: &Connection, org: &str, a: &SendMessage) -> ApiResult<Ste
             .ok_or_else(|| {
                 ApiError::not_found("Draft").with_spoken("I couldn't find that draft.")
             })?;
+        // A draft addresses its contact by name; sending it to someone else is never intended.
+        if let Some(owner) = draft.contact_id.as_deref().filter(|o| *o != contact.id) {
+            let owner = contacts::get(conn, org, owner)?
+                .map(|c| c.display_name().to_string())
+                .unwrap_or_else(|| "someone else".to_string());
+            return Err(ApiError::validation(
+                "action.draftId",
+                "the draft was written for another contact",
+            )
+            .with_spoken(format!(
+                "That draft is for {owner}, not {}.",
+                contact.display_name()
+            )));
+        }
         channel = channel.or_else(|| draft.channel.parse().ok());
         subject = subject.or(draft.subject);
         body = body.or(Some(draft.body));
