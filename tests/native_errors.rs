@@ -337,3 +337,52 @@ async fn every_reply_has_a_distinct_request_id() {
         assert!(ids.insert(r.header("x-request-id").unwrap().to_string()));
     }
 }
+
+#[tokio::test]
+async fn top_level_fields_are_lenient_action_fields_are_strict() {
+    let d = demo().await;
+    // Unknown top-level fields are ignored.
+    let r = d
+        .send(json!({
+            "action": { "type": "lookup_person", "personName": "Sarah Chen" },
+            "client": "glasses", "locale": "en-US"
+        }))
+        .await;
+    assert_eq!(check_ok(&r)["mode"], "result");
+
+    // Two aliases of one field are a conflict, not a guess.
+    let r = d
+        .send(json!({ "action": { "type": "lookup_person", "personName": "Sarah Chen", "contactRef": "John Smith" } }))
+        .await;
+    let e = check_err(&r, 422, "VALIDATION_ERROR");
+    assert!(
+        e["details"]
+            .as_str()
+            .unwrap()
+            .starts_with("action.contactRef: given twice"),
+        "{}",
+        r.text
+    );
+
+    let key255 = "k".repeat(255);
+    let r = d
+        .send(json!({ "action": { "type": "undo_last" }, "idempotencyKey": key255 }))
+        .await;
+    assert_eq!(check_ok(&r)["idempotency_key"], key255.as_str());
+    let r = d
+        .send(json!({ "action": { "type": "undo_last" }, "idempotencyKey": "k".repeat(256) }))
+        .await;
+    check_err(&r, 422, "VALIDATION_ERROR");
+
+    let r = d
+        .send(json!({ "action": { "type": "lookup_person", "personName": "Sarah Chen" }, "transcript": "t".repeat(10_001) }))
+        .await;
+    let e = check_err(&r, 422, "VALIDATION_ERROR");
+    assert_eq!(e["details"], "transcript: longer than 10000 characters");
+
+    let r = d
+        .send(json!({ "action": { "type": "note_on_contact", "contactRef": "Sarah Chen", "note": "n".repeat(10_001) } }))
+        .await;
+    let e = check_err(&r, 422, "VALIDATION_ERROR");
+    assert_eq!(e["details"], "action.note: longer than 10000 characters");
+}
