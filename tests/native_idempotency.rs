@@ -373,15 +373,17 @@ async fn a_twin_still_running_after_the_wait_is_409_in_use() {
     let before = d.notes(&john).await.len();
     // Hold the database writer so the first request stays in flight.
     let store = d.s.store().clone();
+    let (held, holding) = tokio::sync::oneshot::channel();
     let blocker = tokio::spawn(async move {
         store
-            .write(|_| {
+            .write(move |_| {
+                let _ = held.send(());
                 std::thread::sleep(Duration::from_millis(2000));
                 Ok(())
             })
             .await
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    holding.await.expect("writer held");
     let body = json!({ "action": note("John Smith", "Slow write"), "idempotencyKey": "slow-1" });
     let (a, b) = tokio::join!(d.send(body.clone()), async {
         tokio::time::sleep(Duration::from_millis(300)).await;
