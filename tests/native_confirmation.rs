@@ -423,3 +423,33 @@ async fn an_expired_pending_action_cannot_be_confirmed() {
     );
     assert_eq!(d.campaign(&seed).await["status"], "active");
 }
+
+#[tokio::test]
+async fn confirming_with_the_key_that_asked_executes_once() {
+    let d = demo().await;
+    let seed = d.campaign_id("Seed founders").await;
+    let before = d.campaign(&seed).await["audience_stats"]["total"]
+        .as_u64()
+        .unwrap();
+    let action = json!({ "type": "add_to_campaign", "contactRef": "Sarah Chen", "campaignRef": "Seed founders" });
+    let asked = d
+        .ok(json!({ "action": action, "idempotencyKey": "voice-turn-01" }))
+        .await;
+    assert_eq!(asked["mode"], "confirmation_required");
+    let pid = asked["pending_action_id"].as_str().unwrap().to_string();
+    // The reference: "Reuse the same idempotency key to prevent duplicate writes."
+    let confirm = json!({ "pendingActionId": pid, "confirmed": true, "idempotencyKey": "voice-turn-01", "action": action });
+    let first = d.ok(confirm.clone()).await;
+    assert_eq!(first["mode"], "result", "{first}");
+    assert_eq!(
+        first["idempotency_key"],
+        format!("native:add_to_campaign:{pid}").as_str()
+    );
+    let again = d.send(confirm).await;
+    assert_eq!(check_ok(&again)["mode"], "duplicate");
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    let after = d.campaign(&seed).await["audience_stats"]["total"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(after, before + 1);
+}

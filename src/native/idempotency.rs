@@ -129,6 +129,16 @@ impl IdempotencyStore {
         }
     }
 
+    /// The stored outcome under `(org, key)`, if the request holding it has finished.
+    pub fn peek(&self, org: &str, key: &str) -> Option<Arc<StoredOutcome>> {
+        let slot = self.slots.get(&(org.to_string(), key.to_string()))?;
+        let state = slot.state.borrow();
+        match &*state {
+            SlotState::Done(o) => Some(o.clone()),
+            _ => None,
+        }
+    }
+
     /// Entries currently held (in flight or done), for diagnostics.
     pub fn len(&self) -> u64 {
         self.slots.run_pending_tasks();

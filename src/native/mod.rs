@@ -290,6 +290,10 @@ impl Bridge {
                 telemetry::idempotency_replay();
                 return (replay(&stored), true);
             }
+            // The reference tells clients to "reuse the same idempotency key" when confirming:
+            // a key whose stored answer is the question about this very pending action is that
+            // case, not a conflict. Exactly-once then rests on the derived confirmation key.
+            Some(Claim::Reused) if self.asked_with_key(p, req) => None,
             Some(Claim::Reused) => {
                 telemetry::idempotency_conflict("reused");
                 return (
@@ -515,6 +519,18 @@ impl Bridge {
                 Err(e)
             }
         }
+    }
+
+    /// True when `req` confirms a pending action and its idempotency key stored the
+    /// `confirmation_required` reply that created that pending action.
+    fn asked_with_key(&self, p: &Principal, req: &NativeRequest) -> bool {
+        let (Some(pid), Some(key)) = (&req.pending_action_id, &req.idempotency_key) else {
+            return false;
+        };
+        self.idempotency.peek(&p.org_id, key).is_some_and(|stored| {
+            matches!(&stored.result, Ok(r) if r.mode == ReplyMode::ConfirmationRequired
+                && r.pending_action_id.as_deref() == Some(pid.as_str()))
+        })
     }
 
     /// A confirmation (`pendingActionId` + `confirmed`).
