@@ -43,6 +43,26 @@ pub enum Command {
         #[command(subcommand)]
         cmd: OrgCmd,
     },
+    /// Synthetic workspaces for load and scale tests.
+    Demo {
+        #[command(subcommand)]
+        cmd: DemoCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DemoCmd {
+    /// Add N synthetic contacts (with companies, a campaign, signals and interactions) to an org.
+    Generate {
+        #[command(flatten)]
+        common: Common,
+        /// How many contacts to add
+        #[arg(long, env = "PILOT_BRIDGE_GENERATE_CONTACTS")]
+        contacts: usize,
+        /// Org to fill (created as a pro org without rate limit if missing)
+        #[arg(long, env = "PILOT_BRIDGE_ORG", default_value = "demo")]
+        org: String,
+    },
 }
 
 /// Where the data lives; shared by every command.
@@ -191,6 +211,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args),
         Command::Keys { cmd } => keys_cmd(cmd),
         Command::Org { cmd } => org_cmd(cmd),
+        Command::Demo {
+            cmd:
+                DemoCmd::Generate {
+                    common,
+                    contacts,
+                    org,
+                },
+        } => {
+            let store = open_store(&base_config(&common)?)?;
+            orgs::validate_id(&org).map_err(|e| anyhow!(e))?;
+            let started = std::time::Instant::now();
+            let n = store.write_sync(|tx| demo::generate(tx, &org, contacts))?;
+            eprintln!(
+                "added {n} contacts to org {org} in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
     }
 }
 

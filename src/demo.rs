@@ -438,6 +438,289 @@ pub fn seed(conn: &Connection) -> ApiResult<bool> {
     Ok(true)
 }
 
+/// Given names and family names for synthetic workspaces (none of them "Sarah", "Chen", "John"
+/// or "Smith", so the demo's named people stay unambiguous at any size).
+const GEN_FIRST: &[&str] = &[
+    "Aaron",
+    "Abigail",
+    "Adrian",
+    "Aisha",
+    "Alba",
+    "Alejandro",
+    "Amelia",
+    "Anders",
+    "Anika",
+    "Arjun",
+    "Astrid",
+    "Aurora",
+    "Basil",
+    "Bianca",
+    "Boris",
+    "Camila",
+    "Cedric",
+    "Celine",
+    "Dario",
+    "Delia",
+    "Dmitri",
+    "Eero",
+    "Elif",
+    "Elliot",
+    "Emil",
+    "Esther",
+    "Fabio",
+    "Farah",
+    "Felix",
+    "Freya",
+    "Gabriel",
+    "Greta",
+    "Hamid",
+    "Hector",
+    "Helga",
+    "Hiro",
+    "Idris",
+    "Ilse",
+    "Imani",
+    "Isak",
+    "Jonas",
+    "Joaquin",
+    "Kai",
+    "Kalinda",
+    "Karim",
+    "Kira",
+    "Lars",
+    "Leila",
+    "Lorenzo",
+    "Lucia",
+    "Magnus",
+    "Malik",
+    "Marta",
+    "Matteo",
+    "Milan",
+    "Mira",
+    "Nadia",
+    "Nico",
+    "Noor",
+    "Oskar",
+];
+
+const GEN_LAST: &[&str] = &[
+    "Acosta",
+    "Adler",
+    "Almeida",
+    "Andersson",
+    "Baptiste",
+    "Barros",
+    "Becker",
+    "Bergstrom",
+    "Blanco",
+    "Brandt",
+    "Carvalho",
+    "Cruz",
+    "Dahl",
+    "Delgado",
+    "Dimitrov",
+    "Engel",
+    "Esposito",
+    "Falk",
+    "Ferreira",
+    "Fontaine",
+    "Garcia",
+    "Gruber",
+    "Haas",
+    "Hakimi",
+    "Hansen",
+    "Herrera",
+    "Horvat",
+    "Ibrahim",
+    "Iglesias",
+    "Jaeger",
+    "Jovanovic",
+    "Kaur",
+    "Keller",
+    "Kovacs",
+    "Kruger",
+    "Lang",
+    "Larsen",
+    "Lehmann",
+    "Lopez",
+    "Lund",
+    "Marino",
+    "Mendes",
+    "Meyer",
+    "Molina",
+    "Mueller",
+    "Navarro",
+    "Nielsen",
+    "Novak",
+    "Ortiz",
+    "Osei",
+    "Park",
+    "Peralta",
+    "Petrov",
+    "Quintero",
+    "Ramos",
+    "Reyes",
+    "Richter",
+    "Romero",
+    "Sandoval",
+    "Santos",
+    "Schmidt",
+    "Silva",
+    "Sorensen",
+    "Suarez",
+    "Tamura",
+    "Torres",
+    "Vargas",
+    "Vasquez",
+    "Vogel",
+    "Wagner",
+    "Walsh",
+    "Weiss",
+    "Wolf",
+    "Yamamoto",
+    "Zamora",
+    "Zeller",
+    "Ziegler",
+    "Zimmermann",
+    "Abe",
+    "Kato",
+];
+
+/// Adds `contacts` synthetic contacts to `org` (created as a pro org if missing), with one
+/// company per 50 contacts, audiences in a few campaigns, and signals and interactions for a
+/// share of them. Inserts go straight through prepared statements in the caller's transaction,
+/// so a million contacts take seconds to minutes, not hours. Returns the number of contacts.
+pub fn generate(conn: &Connection, org: &str, contacts: usize) -> ApiResult<usize> {
+    use crate::text::normalize;
+    if orgs::get(conn, org)?.is_none() {
+        orgs::create(
+            conn,
+            &orgs::NewOrg {
+                id: org.into(),
+                plan: Plan::Pro,
+                rate_limit: Some(0),
+                pilot_mode: PilotMode::Review,
+            },
+        )?;
+    }
+    let now = crate::ids::now_rfc3339();
+    let run = &crate::ids::new_id()[..8];
+    let n_companies = (contacts / 50).max(1);
+    let mut company_ids = Vec::with_capacity(n_companies);
+    {
+        let mut ins = conn.prepare_cached(
+            "INSERT INTO companies (id, org_id, name, name_norm, domain, industry, context, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'Software', '{}', ?6, ?6)",
+        )?;
+        for i in 0..n_companies {
+            let id = crate::ids::new_id();
+            let name = format!("Synth {run} Co {i}");
+            let domain = format!("synth-{run}-{i}.example");
+            ins.execute(rusqlite::params![
+                id,
+                org,
+                name,
+                normalize(&name),
+                domain,
+                now
+            ])?;
+            company_ids.push((id, name, domain));
+        }
+    }
+    let statuses = ContactStatus::ALL;
+    let mut contact_ids = Vec::with_capacity(contacts);
+    {
+        let mut ins = conn.prepare_cached(
+            "INSERT INTO contacts (id, org_id, email, email_lower, email_domain, first_name, last_name, name_norm,
+                                   company, company_norm, title, status, account_id, custom_fields, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, '{}', ?13, ?13)",
+        )?;
+        let mut tok = conn.prepare_cached(
+            "INSERT OR IGNORE INTO contact_name_tokens (org_id, token, contact_id) VALUES (?1, ?2, ?3)",
+        )?;
+        for i in 0..contacts {
+            let first = GEN_FIRST[i % GEN_FIRST.len()];
+            let last = GEN_LAST[(i / GEN_FIRST.len() + i * 7) % GEN_LAST.len()];
+            let (company_id, company, domain) = &company_ids[i % n_companies];
+            let id = crate::ids::new_id();
+            let email = format!(
+                "{}.{}.{i}@{domain}",
+                first.to_lowercase(),
+                last.to_lowercase()
+            );
+            let name_norm = format!("{} {}", first.to_lowercase(), last.to_lowercase());
+            ins.execute(rusqlite::params![
+                id,
+                org,
+                email,
+                domain,
+                first,
+                last,
+                name_norm,
+                company,
+                normalize(company),
+                TITLES[i % TITLES.len()],
+                statuses[i % (statuses.len() - 1)],
+                company_id,
+                now
+            ])?;
+            tok.execute(rusqlite::params![org, first.to_lowercase(), id])?;
+            tok.execute(rusqlite::params![org, last.to_lowercase(), id])?;
+            contact_ids.push(id);
+        }
+    }
+    let campaign = campaigns::create(
+        conn,
+        org,
+        &NewCampaign {
+            name: &format!("Synthetic outreach {run}"),
+            status: CampaignStatus::Active,
+            kind: "email",
+            steps: json!([]),
+        },
+    )?;
+    {
+        let mut aud = conn.prepare_cached(
+            "INSERT INTO campaign_audiences (id, org_id, campaign_id, contact_id, status, added_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, 'active', ?5, ?5)",
+        )?;
+        let mut sig = conn.prepare_cached(
+            "INSERT INTO signals (id, org_id, contact_id, company, company_norm, platform, signal_type, title, intent_score, status, detected_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'website', 'visit', ?6, ?7, 'new', ?8)",
+        )?;
+        let mut int = conn.prepare_cached(
+            "INSERT INTO interactions (id, org_id, contact_id, direction, channel, subject, content, metadata, is_read, created_at)
+             VALUES (?1, ?2, ?3, 'outbound', 'email', 'Quick idea', 'Hi, I had a quick idea for your team.', '{}', 1, ?4)",
+        )?;
+        for (i, id) in contact_ids.iter().enumerate() {
+            if i % 100 == 0 {
+                aud.execute(rusqlite::params![
+                    crate::ids::new_id(),
+                    org,
+                    campaign.id,
+                    id,
+                    now
+                ])?;
+                let (_, company, _) = &company_ids[i % n_companies];
+                sig.execute(rusqlite::params![
+                    crate::ids::new_id(),
+                    org,
+                    id,
+                    company,
+                    normalize(company),
+                    format!("{company} visited the pricing page"),
+                    (i % 100) as i64,
+                    now
+                ])?;
+            }
+            if i % 20 == 0 {
+                int.execute(rusqlite::params![crate::ids::new_id(), org, id, now])?;
+            }
+        }
+    }
+    Ok(contacts)
+}
+
 /// Makes sure a usable demo key exists and returns the raw value: `fixed` when given (created if
 /// missing), else a new key.
 pub fn ensure_key(conn: &Connection, fixed: Option<&str>) -> ApiResult<String> {
@@ -523,6 +806,38 @@ mod tests {
                 for (id, _) in campaigns::all_names(c, DEMO_ORG, 10)? {
                     assert!(campaigns::audience_stats(c, &id)?.total > 0);
                 }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn generated_workspaces_are_searchable_and_keep_demo_names_unique() {
+        let (_d, store) = test_store();
+        store.write_sync(|tx| seed(tx)).unwrap();
+        assert_eq!(
+            store
+                .write_sync(|tx| generate(tx, DEMO_ORG, 3_000))
+                .unwrap(),
+            3_000
+        );
+        store
+            .read_sync(|c| {
+                let all = contacts::list(
+                    c,
+                    DEMO_ORG,
+                    &Default::default(),
+                    PageRequest {
+                        limit: 1,
+                        offset: 0,
+                    },
+                )?;
+                assert_eq!(all.total as usize, NAMED.len() + GENERATED_CONTACTS + 3_000);
+                assert_eq!(
+                    contacts::ids_by_exact_name(c, DEMO_ORG, "sarah chen", 5)?.len(),
+                    1
+                );
+                assert!(!contacts::ids_by_token_prefix(c, DEMO_ORG, "oskar", 5)?.is_empty());
                 Ok(())
             })
             .unwrap();

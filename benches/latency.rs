@@ -1,0 +1,194 @@
+//! Latency check (`harness = false`): a realistic voice-session mix against the real server over
+//! loopback HTTP with 32 concurrent connections. Prints p50/p95/p99/max server time per action
+//! (from `performance.server_elapsed_ms`, i.e. what the server itself measured), compares them
+//! with the 750 ms target and the §14 goals (reads p99 ≤ 1 ms, durable writes p99 ≤ 2 ms), and
+//! exits non-zero if any fast-mode p99 is over the 750 ms target.
+//!
+//! `LATENCY_TURNS` sets the number of turns (default 20000).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+const CONNECTIONS: usize = 32;
+
+/// The mix of one voice session, by weight: mostly reads, a fair share of writes.
+fn turn(i: usize) -> (&'static str, Value) {
+    let people = [
+        "Sarah Chen",
+        "John Smith",
+        "Sarah Kim",
+        "Priya Raman",
+        "Marcus Oyelaran",
+        "Elena Petrova",
+    ];
+    let who = people[i % people.len()];
+    match i % 20 {
+        0..=5 => (
+            "lookup_person",
+            json!({ "action": { "type": "lookup_person", "personName": who } }),
+        ),
+        6 | 7 => (
+            "recent_signals",
+            json!({ "action": { "type": "recent_signals", "limit": 5 } }),
+        ),
+        8 | 9 => (
+            "reply_inbox",
+            json!({ "action": { "type": "reply_inbox", "unreadOnly": true } }),
+        ),
+        10 => (
+            "campaign_stats",
+            json!({ "action": { "type": "campaign_stats", "campaignRef": "Seed founders" } }),
+        ),
+        11 => (
+            "lookup_company",
+            json!({ "action": { "type": "lookup_company", "company": "Notion" } }),
+        ),
+        12..=14 => (
+            "note_on_contact",
+            json!({ "action": { "type": "note_on_contact", "contactRef": who, "note": format!("debrief {i}") }, "idempotencyKey": format!("lat-note-{i}") }),
+        ),
+        15 => (
+            "mark_status",
+            json!({ "action": { "type": "mark_status", "contactRef": who, "status": if i % 40 < 20 { "interested" } else { "replied" } }, "idempotencyKey": format!("lat-status-{i}") }),
+        ),
+        16 => (
+            "draft_message",
+            json!({ "action": { "type": "draft_message", "contactRef": who, "instructions": "follow up on the demo" }, "idempotencyKey": format!("lat-draft-{i}") }),
+        ),
+        17 => (
+            "add_to_campaign",
+            json!({ "action": { "type": "add_to_campaign", "contactRef": who, "campaignRef": "Seed founders" }, "idempotencyKey": format!("lat-add-{i}") }),
+        ),
+        18 => (
+            "start_research",
+            json!({ "action": { "type": "start_research", "contactRef": who, "topic": "hiring" }, "idempotencyKey": format!("lat-research-{i}") }),
+        ),
+        _ => (
+            "note_on_contact",
+            json!({ "action": { "type": "note_on_contact", "contactRef": who, "note": "same note" } , "idempotencyKey": "lat-replay" }),
+        ),
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn main() {
+    let turns: usize = std::env::var("LATENCY_TURNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (dir, store) = common::demo_store();
+    let target_ms = pilot_bridge::config::NativeConfig::default().target_ms;
+    let samples = rt.block_on(async {
+        let server = pilot_bridge::server::start(common::config(&dir), Some(store))
+            .await
+            .expect("server");
+        let url = format!("http://{}/api/v1/native/outreachpilot", server.addr);
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(CONNECTIONS)
+            .build()
+            .expect("client");
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut workers = Vec::new();
+        for _ in 0..CONNECTIONS {
+            let (client, url, next) = (client.clone(), url.clone(), next.clone());
+            workers.push(tokio::spawn(async move {
+                let mut out: Vec<(&'static str, &'static str, f64)> = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= turns {
+                        return out;
+                    }
+                    let (action, body) = turn(i);
+                    let resp: Value = client
+                        .post(&url)
+                        .bearer_auth(common::KEY)
+                        .json(&body)
+                        .send()
+                        .await
+                        .expect("send")
+                        .json()
+                        .await
+                        .expect("json");
+                    let perf = if resp["ok"] == true {
+                        &resp["data"]["performance"]
+                    } else {
+                        &resp["meta"]["performance"]
+                    };
+                    let ms = perf["server_elapsed_ms"]
+                        .as_f64()
+                        .expect("server_elapsed_ms");
+                    let mode = match resp["data"]["mode"].as_str() {
+                        Some("duplicate") => "replay",
+                        Some("confirmation_required") => "ask",
+                        _ => "",
+                    };
+                    out.push((action, mode, ms));
+                }
+            }));
+        }
+        let mut all = Vec::new();
+        for w in workers {
+            all.extend(w.await.expect("worker"));
+        }
+        server.shutdown().await;
+        all
+    });
+
+    let mut by_action: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for (action, mode, ms) in samples {
+        let key = if mode.is_empty() {
+            action.to_string()
+        } else {
+            format!("{action} ({mode})")
+        };
+        by_action.entry(key).or_default().push(ms);
+    }
+    println!("server time per action, fast mode, {CONNECTIONS} connections, {turns} turns (ms):");
+    println!(
+        "{:<32} {:>7} {:>8} {:>8} {:>8} {:>8}  target",
+        "action", "n", "p50", "p95", "p99", "max"
+    );
+    let mut over = Vec::new();
+    for (action, mut v) in by_action {
+        v.sort_by(f64::total_cmp);
+        let (p50, p95, p99, max) = (
+            percentile(&v, 0.5),
+            percentile(&v, 0.95),
+            percentile(&v, 0.99),
+            v[v.len() - 1],
+        );
+        let ok = p99 <= target_ms;
+        println!(
+            "{action:<32} {:>7} {p50:>8.3} {p95:>8.3} {p99:>8.3} {max:>8.3}  {}",
+            v.len(),
+            if ok {
+                format!("ok (p99 ≤ {target_ms} ms)")
+            } else {
+                format!("OVER {target_ms} ms")
+            }
+        );
+        if !ok {
+            over.push(action);
+        }
+    }
+    if !over.is_empty() {
+        eprintln!("fast-mode p99 over the {target_ms} ms target: {over:?}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,77 @@
+//! The bridge core in process (no HTTP): a read, a durable write with an idempotency key, a
+//! replay of that write, and a confirm round of a dangerous action.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use pilot_bridge::native::timing::ServerTiming;
+use pilot_bridge::native::{Bridge, Transport};
+use serde_json::json;
+
+fn pipeline(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (_dir, store) = common::demo_store();
+    let principal = common::principal(&store);
+    let bridge = Bridge::new(store, pilot_bridge::config::NativeConfig::default());
+    let turn = |body: serde_json::Value| {
+        let bridge = bridge.clone();
+        let p = principal.clone();
+        async move {
+            let out = bridge
+                .handle(p, body, ServerTiming::start(), Transport::Http)
+                .await;
+            assert!(out.result.is_ok(), "{:?}", out.result.err());
+            out
+        }
+    };
+
+    let mut g = c.benchmark_group("pipeline");
+    g.bench_function("lookup_person", |b| {
+        b.to_async(&rt).iter(|| turn(common::lookup_body()))
+    });
+
+    let mut n = 0u64;
+    g.bench_function("note_on_contact_with_key", |b| {
+        b.to_async(&rt).iter(|| {
+            n += 1;
+            turn(json!({ "action": { "type": "note_on_contact", "contactRef": "Sarah Chen", "note": "bench note" },
+                         "idempotencyKey": format!("bench-note-{n}") }))
+        })
+    });
+
+    let replay = json!({ "action": { "type": "note_on_contact", "contactRef": "Sarah Chen", "note": "replayed" },
+                         "idempotencyKey": "bench-replay" });
+    rt.block_on(turn(replay.clone()));
+    g.bench_function("replay", |b| b.to_async(&rt).iter(|| turn(replay.clone())));
+
+    // Ask, then confirm; the membership is removed again outside the measured time.
+    g.bench_function("confirm_round_add_to_campaign", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let t = Instant::now();
+                    let asked = turn(json!({ "action": { "type": "add_to_campaign", "contactRef": "Sarah Chen", "campaignRef": "Seed founders" } })).await;
+                    let pid = asked.result.as_ref().ok().and_then(|r| r.pending_action_id.clone()).expect("pending id");
+                    turn(json!({ "pendingActionId": pid, "confirmed": true })).await;
+                    total += t.elapsed();
+                    turn(json!({ "action": { "type": "undo_last" } })).await;
+                }
+                total
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(5));
+    targets = pipeline
+}
+criterion_main!(benches);
