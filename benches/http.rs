@@ -49,6 +49,10 @@ async fn bare_server(reply: Arc<Value>) -> SocketAddr {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
+    // Same socket settings as pilot-bridge itself, so the comparison is fair.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
 }
@@ -76,7 +80,8 @@ async fn ws_connect(url: &str, key: Option<&str>) -> Ws {
             format!("Bearer {k}").parse().expect("header"),
         );
     }
-    tokio_tungstenite::connect_async(req)
+    // No Nagle on the client either: pipelined frames must not wait for delayed ACKs.
+    tokio_tungstenite::connect_async_with_config(req, None, true)
         .await
         .expect("connect")
         .0

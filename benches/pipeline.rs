@@ -17,6 +17,7 @@ fn pipeline(c: &mut Criterion) {
         .expect("runtime");
     let (_dir, store) = common::demo_store();
     let principal = common::principal(&store);
+    let bridge_store = store.clone();
     let bridge = Bridge::new(store, pilot_bridge::config::NativeConfig::default());
     let turn = |body: serde_json::Value| {
         let bridge = bridge.clone();
@@ -30,7 +31,42 @@ fn pipeline(c: &mut Criterion) {
         }
     };
 
+    // The same turn with the read cache off: every lookup resolves in SQLite.
+    let uncached = Bridge::new(
+        bridge_store.clone(),
+        pilot_bridge::config::NativeConfig {
+            read_cache_ms: 0,
+            ..Default::default()
+        },
+    );
     let mut g = c.benchmark_group("pipeline");
+    g.bench_function("lookup_person_uncached", |b| {
+        b.to_async(&rt).iter(|| {
+            let (bridge, p) = (uncached.clone(), principal.clone());
+            async move {
+                let out = bridge
+                    .handle(
+                        p,
+                        common::lookup_body(),
+                        ServerTiming::start(),
+                        Transport::Http,
+                    )
+                    .await;
+                assert!(out.result.is_ok());
+            }
+        })
+    });
+    // The SQLite work of a lookup alone, on the calling thread: what the blocking pool runs.
+    let action = pilot_bridge::native::action::parse_action(&common::lookup_body()["action"])
+        .expect("action");
+    let plan_store = bridge_store.clone();
+    g.bench_function("lookup_person_sql_only", |b| {
+        b.iter(|| {
+            plan_store
+                .read_sync(|c| pilot_bridge::native::actions::plan(c, "demo", &action))
+                .is_ok()
+        })
+    });
     g.bench_function("lookup_person", |b| {
         b.to_async(&rt).iter(|| turn(common::lookup_body()))
     });

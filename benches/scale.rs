@@ -64,7 +64,15 @@ fn main() {
             .expect("generate");
         let gen_s = t.elapsed().as_secs_f64();
         let principal = common::principal(&store);
-        let bridge = Bridge::new(store, pilot_bridge::config::NativeConfig::default());
+        // The read cache would answer repeated lookups without touching SQLite; turn it off to
+        // measure the indexed lookups themselves.
+        let bridge = Bridge::new(
+            store,
+            pilot_bridge::config::NativeConfig {
+                read_cache_ms: 0,
+                ..Default::default()
+            },
+        );
         let run = |body: serde_json::Value| {
             let bridge = bridge.clone();
             let p = principal.clone();

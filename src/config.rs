@@ -82,6 +82,9 @@ pub struct NativeConfig {
     pub dedupe_window_secs: u64,
     /// Hold before a queued message is delivered, so `undo_last` can still cancel it.
     pub outbox_hold_secs: u64,
+    /// How long a read action's answer may be reused while nothing was written through this
+    /// server; also the bound on staleness after writes by other processes. 0 turns it off.
+    pub read_cache_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,6 +173,7 @@ impl Default for NativeConfig {
             idempotency_max_bytes: 64 * 1024 * 1024,
             dedupe_window_secs: 10,
             outbox_hold_secs: 30,
+            read_cache_ms: 1000,
         }
     }
 }

@@ -187,14 +187,30 @@ impl ApiError {
     /// The `error` object of the envelope. `details` is always a string (DESIGN §4), empty when
     /// there is nothing to add to the message.
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "code": self.code.as_str(),
-            "message": self.message,
-            "details": self.details.as_deref().unwrap_or(""),
-            "docs_url": self.docs_url(),
-            "spoken_summary": self.spoken_summary,
-        })
+        serde_json::to_value(self.body()).unwrap_or(serde_json::Value::Null)
     }
+
+    /// The `error` object as a serializable view, for writing replies without building a
+    /// `serde_json::Value` first.
+    pub fn body(&self) -> ErrorBody<'_> {
+        ErrorBody {
+            code: self.code.as_str(),
+            message: &self.message,
+            details: self.details.as_deref().unwrap_or(""),
+            docs_url: self.docs_url(),
+            spoken_summary: &self.spoken_summary,
+        }
+    }
+}
+
+/// The wire form of an error (see [`ApiError::body`]).
+#[derive(Debug, serde::Serialize)]
+pub struct ErrorBody<'a> {
+    pub code: &'static str,
+    pub message: &'a str,
+    pub details: &'a str,
+    pub docs_url: String,
+    pub spoken_summary: &'a str,
 }
 
 impl fmt::Display for ApiError {

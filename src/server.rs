@@ -75,6 +75,13 @@ pub async fn serve(
     let router = crate::http::build_router(app.clone());
     app.set_ready(true);
     let app2 = app.clone();
+    // Voice turns are small request/reply exchanges: Nagle's algorithm would hold pipelined
+    // WebSocket replies back for a delayed ACK (~40 ms).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),

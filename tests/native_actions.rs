@@ -840,3 +840,37 @@ async fn send_message_can_send_a_saved_draft() {
     assert_eq!(d.rows("drafts", Some("pending_review")).await, 1);
     assert_eq!(d.rows("outbox", None).await, 1);
 }
+
+#[tokio::test]
+async fn cached_reads_never_outlive_a_write() {
+    let d = demo().await;
+    let lookup = json!({ "type": "lookup_person", "personName": "John Smith" });
+    let first = d.act(lookup.clone()).await;
+    assert!(
+        first["spoken_summary"]
+            .as_str()
+            .unwrap()
+            .contains("Status is new"),
+        "{first}"
+    );
+    // The same read again is answered from the cache (Server-Timing shows a cache phase).
+    let again = d.send(json!({ "action": lookup.clone() })).await;
+    assert!(
+        again
+            .header("server-timing")
+            .unwrap_or("")
+            .contains("cache;dur="),
+        "{:?}",
+        again.header("server-timing")
+    );
+    d.act(json!({ "type": "mark_status", "contactRef": "John Smith", "status": "interested" }))
+        .await;
+    let after = d.act(lookup).await;
+    assert!(
+        after["spoken_summary"]
+            .as_str()
+            .unwrap()
+            .contains("Status is interested"),
+        "{after}"
+    );
+}

@@ -5,10 +5,10 @@ use std::time::Instant;
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use super::envelope::{json_response, REQUEST};
+use super::envelope::REQUEST;
 use super::extract::{json_bytes, parse_json};
 use super::middleware::apply_rate_headers;
 use crate::app::AppState;
@@ -71,7 +71,15 @@ fn render(outcome: &TurnOutcome, decision: Option<&RateDecision>) -> Response {
     let request_id = super::envelope::request_id();
     let status =
         StatusCode::from_u16(outcome.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut resp = json_response(status, &outcome.envelope(&request_id));
+    let mut resp = (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        outcome.envelope_bytes(&request_id, None),
+    )
+        .into_response();
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&outcome.server_timing) {
         h.insert("server-timing", v);

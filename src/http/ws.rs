@@ -31,6 +31,7 @@ use crate::auth::Principal;
 use crate::domain::Scope;
 use crate::error::{ApiError, ErrorCode};
 use crate::ids::new_request_id;
+use crate::native::reply::FrameInfo;
 use crate::native::timing::ServerTiming;
 use crate::native::Transport;
 use crate::telemetry;
@@ -441,18 +442,9 @@ async fn handle_frame(
             Transport::WebSocket,
         )
     };
-    let mut env = outcome.envelope(&request_id);
-    if let Value::Object(m) = &mut env {
-        m.insert("id".into(), Value::String(id));
-        if let Some(Value::Object(meta)) = m.get_mut("meta") {
-            meta.insert(
-                "server_timing".into(),
-                Value::String(outcome.server_timing.clone()),
-            );
-            if outcome.replayed {
-                meta.insert("idempotent_replayed".into(), Value::Bool(true));
-            }
-        }
-    }
-    Some(text(&env))
+    let bytes = outcome.envelope_bytes(&request_id, Some(FrameInfo { id: Some(&id) }));
+    // serde_json writes UTF-8, so this conversion cannot fail; an empty frame would be a bug.
+    Some(Message::Text(
+        String::from_utf8(bytes).unwrap_or_default().into(),
+    ))
 }

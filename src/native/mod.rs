@@ -58,7 +58,18 @@ pub struct Bridge {
     idempotency: IdempotencyStore,
     dedupe: IdempotencyStore,
     pending: PendingStore,
+    /// Answers of read actions by (org, request fingerprint), valid while the store's write
+    /// generation is unchanged (and for at most `read_cache_ms`). `None` when turned off.
+    read_cache: Option<moka::sync::Cache<(String, [u8; 32]), Arc<CachedRead>>>,
 }
+
+struct CachedRead {
+    generation: u64,
+    reply: NativeReply,
+}
+
+/// Most cached read answers kept at once.
+const READ_CACHE_ENTRIES: u64 = 10_000;
 
 /// Whether an outcome may be stored for replay (DESIGN §8): everything once execution began,
 /// except validation, auth, rate-limit and server/upstream failures, which the client may retry.
@@ -100,6 +111,12 @@ impl Bridge {
                 cfg.idempotency_max_bytes / 4,
             ),
             pending: PendingStore::new(Duration::from_secs(cfg.pending_ttl_secs)),
+            read_cache: (cfg.read_cache_ms > 0).then(|| {
+                moka::sync::Cache::builder()
+                    .max_capacity(READ_CACHE_ENTRIES)
+                    .time_to_live(Duration::from_millis(cfg.read_cache_ms))
+                    .build()
+            }),
             store,
             cfg,
         })
@@ -113,27 +130,24 @@ impl Bridge {
         &self.cfg
     }
 
-    /// Runs one turn. The turn runs in its own task, so a client that disconnects mid-request
+    /// Runs one turn. Writes run in their own task, so a client that disconnects mid-request
     /// cannot cancel a write halfway: the effect and its idempotency record always complete
-    /// together, and a retry with the same key replays instead of repeating the effect.
+    /// together, and a retry with the same key replays instead of repeating the effect. Reads
+    /// have nothing to protect and run inline, saving a task hand-off on the fast path.
     pub async fn handle(
         self: &Arc<Self>,
         principal: Arc<Principal>,
         body: Value,
-        timing: ServerTiming,
+        mut timing: ServerTiming,
         transport: Transport,
     ) -> TurnOutcome {
-        let this = self.clone();
-        let started = Instant::now();
         let span = tracing::Span::current();
         span.record("org_id", principal.org_id.as_str());
-        let turn = async move { this.run(&principal, body, timing, transport).await };
-        match tokio::spawn(tracing::Instrument::instrument(turn, span)).await {
-            Ok(outcome) => outcome,
-            Err(join_error) => {
-                let e = ApiError::internal(format!("native turn failed: {join_error}"));
-                let timing = ServerTiming::starting_at(started);
-                self.finish(
+        let parsed = timing.measure("parse", || NativeRequest::parse(&body));
+        let req = match parsed {
+            Ok(r) => r,
+            Err(e) => {
+                return self.finish(
                     Err(e),
                     false,
                     timing,
@@ -141,6 +155,23 @@ impl Bridge {
                     "unknown",
                     transport,
                 )
+            }
+        };
+        let is_read =
+            req.pending_action_id.is_none() && req.action.as_ref().is_some_and(Action::is_read);
+        if is_read {
+            return self.run(&principal, req, timing, transport).await;
+        }
+        let this = self.clone();
+        let started = Instant::now();
+        let mode = req.execution_mode;
+        let turn = async move { this.run(&principal, req, timing, transport).await };
+        match tokio::spawn(tracing::Instrument::instrument(turn, span)).await {
+            Ok(outcome) => outcome,
+            Err(join_error) => {
+                let e = ApiError::internal(format!("native turn failed: {join_error}"));
+                let timing = ServerTiming::starting_at(started);
+                self.finish(Err(e), false, timing, mode, "unknown", transport)
             }
         }
     }
@@ -166,24 +197,10 @@ impl Bridge {
     async fn run(
         &self,
         principal: &Principal,
-        body: Value,
+        req: NativeRequest,
         mut timing: ServerTiming,
         transport: Transport,
     ) -> TurnOutcome {
-        let parsed = timing.measure("parse", || NativeRequest::parse(&body));
-        let req = match parsed {
-            Ok(r) => r,
-            Err(e) => {
-                return self.finish(
-                    Err(e),
-                    false,
-                    timing,
-                    ExecutionMode::Fast,
-                    "unknown",
-                    transport,
-                )
-            }
-        };
         let action = match (&req.action, &req.pending_action_id) {
             (_, Some(_)) => "confirmation",
             (Some(a), None) => a.type_name(),
@@ -354,6 +371,13 @@ impl Bridge {
             return Err(ApiError::validation("action", "missing"));
         };
         let is_write = !action.is_read();
+        let cache_key = (p.org_id.clone(), req.fingerprint);
+        if !is_write {
+            if let Some(reply) = self.cached_read(&cache_key, timing) {
+                return self.finish_read(p, req, reply, timing).await;
+            }
+        }
+        let generation = self.store.generation();
         let org = p.org_id.clone();
         let t = Instant::now();
         let step = self
@@ -362,6 +386,15 @@ impl Bridge {
             .await;
         timing.record("resolve", t.elapsed());
         telemetry::backend_operation("resolve", "embedded", t.elapsed());
+        if let (false, Ok(Step::Reply(reply)), Some(cache)) = (is_write, &step, &self.read_cache) {
+            cache.insert(
+                cache_key,
+                Arc::new(CachedRead {
+                    generation,
+                    reply: reply.clone(),
+                }),
+            );
+        }
         let step = match step {
             Ok(s) => s,
             Err(e) => {
@@ -405,6 +438,46 @@ impl Bridge {
                 .await
             }
         }
+    }
+
+    /// A cached answer to the same read, if nothing was written through this server since.
+    fn cached_read(
+        &self,
+        key: &(String, [u8; 32]),
+        timing: &mut ServerTiming,
+    ) -> Option<NativeReply> {
+        let cache = self.read_cache.as_ref()?;
+        let t = Instant::now();
+        let hit = cache
+            .get(key)
+            .filter(|c| c.generation == self.store.generation())
+            .map(|c| c.reply.clone());
+        if hit.is_some() {
+            timing.record("cache", t.elapsed());
+        }
+        hit
+    }
+
+    /// Completes a read answered from the cache: audit when asked, as for any read.
+    async fn finish_read(
+        &self,
+        p: &Principal,
+        req: &NativeRequest,
+        mut reply: NativeReply,
+        timing: &mut ServerTiming,
+    ) -> ApiResult<NativeReply> {
+        if req.execution_mode == ExecutionMode::Standard || req.audit_read_actions {
+            reply.audit_id = self
+                .audit_separately(
+                    p,
+                    req,
+                    reply.mode.as_str(),
+                    &Value::Object(reply.ids.clone()),
+                    timing,
+                )
+                .await;
+        }
+        Ok(reply)
     }
 
     /// Parks a dangerous plan and asks the user to confirm it.

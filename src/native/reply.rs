@@ -109,29 +109,58 @@ impl TurnOutcome {
         }
     }
 
-    /// The response envelope: `{ ok, data | error, meta }`. `meta` carries the request id,
-    /// timestamp and server time; errors also carry `meta.performance`.
-    pub fn envelope(&self, request_id: &str) -> Value {
-        let mut meta = Map::new();
-        meta.insert("request_id".into(), Value::String(request_id.to_string()));
-        meta.insert("timestamp".into(), Value::String(crate::ids::now_rfc3339()));
-        meta.insert(
-            "server_elapsed_ms".into(),
-            serde_json::json!(self.performance.server_elapsed_ms),
-        );
-        match &self.result {
-            Ok(reply) => serde_json::json!({
-                "ok": true,
-                "data": serde_json::to_value(reply).unwrap_or(Value::Null),
-                "meta": meta,
-            }),
-            Err(e) => {
-                meta.insert(
-                    "performance".into(),
-                    serde_json::to_value(&self.performance).unwrap_or(Value::Null),
-                );
-                serde_json::json!({ "ok": false, "error": e.to_json(), "meta": meta })
-            }
-        }
+    /// The response envelope `{ ok, data | error, meta }` as JSON bytes. `meta` carries the
+    /// request id, timestamp and server time; errors also carry `meta.performance`. For
+    /// WebSocket frames, `frame` adds the client's `id` and `meta.server_timing`.
+    pub fn envelope_bytes(&self, request_id: &str, frame: Option<FrameInfo<'_>>) -> Vec<u8> {
+        let env = Envelope {
+            id: frame.as_ref().and_then(|f| f.id),
+            ok: self.result.is_ok(),
+            data: self.result.as_ref().ok(),
+            error: self.result.as_ref().err().map(ApiError::body),
+            meta: Meta {
+                request_id,
+                timestamp: crate::ids::now_rfc3339(),
+                server_elapsed_ms: self.performance.server_elapsed_ms,
+                performance: self.result.is_err().then_some(&self.performance),
+                server_timing: frame.as_ref().map(|_| self.server_timing.as_str()),
+                idempotent_replayed: (frame.is_some() && self.replayed).then_some(true),
+            },
+        };
+        serde_json::to_vec(&env).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot serialize a native reply");
+            br#"{"ok":false,"error":{"code":"INTERNAL_ERROR","message":"Unexpected server error","details":"","docs_url":"/docs#internal_error","spoken_summary":"Something went wrong on my side. Please try again."}}"#.to_vec()
+        })
     }
+}
+
+/// What a WebSocket reply frame adds to the envelope.
+pub struct FrameInfo<'a> {
+    /// The client's request id (absent when it could not be read).
+    pub id: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a NativeReply>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<crate::error::ErrorBody<'a>>,
+    meta: Meta<'a>,
+}
+
+#[derive(Serialize)]
+struct Meta<'a> {
+    request_id: &'a str,
+    timestamp: String,
+    server_elapsed_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    performance: Option<&'a Performance>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_timing: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotent_replayed: Option<bool>,
 }

@@ -227,11 +227,9 @@ pub fn list(
         }
     }
     let where_sql = f.where_sql();
-    let total: i64 = conn.query_row(
-        &format!("SELECT count(*) FROM contacts {where_sql}"),
-        params_from_iter(f.params.iter()),
-        |r| r.get(0),
-    )?;
+    let total: i64 = conn
+        .prepare_cached(&format!("SELECT count(*) FROM contacts {where_sql}"))?
+        .query_row(params_from_iter(f.params.iter()), |r| r.get(0))?;
     let sql = format!(
         "SELECT {COLUMNS} FROM contacts {where_sql} ORDER BY created_at DESC, id DESC LIMIT {} OFFSET {}",
         page.limit, page.offset

@@ -119,11 +119,9 @@ pub fn list(
         f.push_raw("is_read = 0");
     }
     let where_sql = f.where_sql();
-    let total: i64 = conn.query_row(
-        &format!("SELECT count(*) FROM interactions {where_sql}"),
-        params_from_iter(f.params.iter()),
-        |r| r.get(0),
-    )?;
+    let total: i64 = conn
+        .prepare_cached(&format!("SELECT count(*) FROM interactions {where_sql}"))?
+        .query_row(params_from_iter(f.params.iter()), |r| r.get(0))?;
     let sql = format!(
         "SELECT {COLUMNS} FROM interactions {where_sql} ORDER BY created_at DESC, id DESC LIMIT {} OFFSET {}",
         page.limit, page.offset

@@ -64,6 +64,9 @@ struct Inner {
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+    /// Bumped after every committed write through this store; caches of read results compare
+    /// it to know whether anything may have changed since they were filled.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// Cheap to clone; all clones share the same connections.
@@ -93,6 +96,13 @@ fn configure(conn: &Connection, durability: Durability) -> rusqlite::Result<()> 
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.pragma_update(None, "cache_size", -16_000)?; // 16 MB page cache per connection
     conn.set_prepared_statement_cache_capacity(128);
+    // The bundled SQLite is built with STAT4, which re-compiles every statement whose bound
+    // values could change the plan — i.e. nearly every cached statement on every call. A fixed
+    // plan per statement (the query planner stability guarantee) keeps cached statements cached.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     Ok(())
 }
 
@@ -121,6 +131,7 @@ impl Store {
                 writer: Mutex::new(writer),
                 readers,
                 next_reader: AtomicUsize::new(0),
+                generation: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -166,9 +177,19 @@ impl Store {
             .map_err(ApiError::internal)?
     }
 
+    /// Runs `f` on a reader inside one read transaction: every query of `f` sees the same
+    /// snapshot, and the shared lock is taken once rather than once per statement.
     pub fn read_sync<T>(&self, f: impl FnOnce(&Connection) -> ApiResult<T>) -> ApiResult<T> {
         let conn = self.reader();
-        f(&conn)
+        if !conn.is_autocommit() {
+            // Left open by a closure that panicked; start from a clean state.
+            conn.prepare_cached("ROLLBACK")?.execute([])?;
+        }
+        conn.prepare_cached("BEGIN")?.execute([])?;
+        let out = f(&conn);
+        // A read transaction has nothing to commit; ending it releases the snapshot.
+        conn.prepare_cached("ROLLBACK")?.execute([])?;
+        out
     }
 
     pub fn write_sync<T>(&self, f: impl FnOnce(&Transaction<'_>) -> ApiResult<T>) -> ApiResult<T> {
@@ -176,7 +197,14 @@ impl Store {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
         tx.commit()?;
+        self.inner.generation.fetch_add(1, Ordering::Release);
         Ok(out)
+    }
+
+    /// The number of writes committed through this store so far (see `generation`). Writes by
+    /// other processes on the same file (the CLI) are not counted.
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
     }
 
     /// True when the database answers a trivial query (used by `/readyz`).

@@ -25,7 +25,9 @@ pub const KEY: &str = "op_live_NativeBridgeTests0123456789abcdefghijKLMN";
 pub const PATH: &str = "/native/outreachpilot";
 
 /// Phase names the pipeline may report in `Server-Timing`.
-const PHASES: &[&str] = &["auth", "parse", "idem", "resolve", "exec", "audit", "total"];
+const PHASES: &[&str] = &[
+    "cache", "auth", "parse", "idem", "resolve", "exec", "audit", "total",
+];
 
 /// A running server with the demo workspace seeded and a client holding [`KEY`].
 pub struct Demo {
