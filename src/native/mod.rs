@@ -60,8 +60,11 @@ pub struct Bridge {
     pending: PendingStore,
     /// Answers of read actions by (org, request fingerprint), valid while the store's write
     /// generation is unchanged (and for at most `read_cache_ms`). `None` when turned off.
-    read_cache: Option<moka::sync::Cache<(String, [u8; 32]), Arc<CachedRead>>>,
+    read_cache: Option<ReadCache>,
 }
+
+/// (org, request fingerprint) → the answer and the write generation it was read at.
+type ReadCache = moka::sync::Cache<(String, [u8; 32]), Arc<CachedRead>>;
 
 struct CachedRead {
     generation: u64,
