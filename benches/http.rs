@@ -117,6 +117,15 @@ fn http(c: &mut Criterion) {
         ))
         .expect("server");
     let native_url = format!("http://{}/api/v1/native/outreachpilot", server.addr);
+    // A second server on the same data with the read cache off: every lookup runs the SQLite
+    // resolution, the worst case for a read.
+    let (dir2, store2) = common::demo_store();
+    let mut uncached_cfg = common::config(&dir2);
+    uncached_cfg.native.read_cache_ms = 0;
+    let uncached = rt
+        .block_on(pilot_bridge::server::start(uncached_cfg, Some(store2)))
+        .expect("uncached server");
+    let uncached_url = format!("http://{}/api/v1/native/outreachpilot", uncached.addr);
     let body = serde_json::to_vec(&common::lookup_body()).expect("json");
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
@@ -163,6 +172,7 @@ fn http(c: &mut Criterion) {
         for (name, url, auth) in [
             ("bare", bare_url.clone(), false),
             ("native", native_url.clone(), true),
+            ("native_uncached", uncached_url.clone(), true),
         ] {
             g.bench_function(format!("{name}/{conns}_conn"), |b| {
                 b.to_async(&rt).iter(|| {
@@ -210,6 +220,7 @@ fn http(c: &mut Criterion) {
     }
     g.finish();
     rt.block_on(server.shutdown());
+    rt.block_on(uncached.shutdown());
 }
 
 criterion_group! {

@@ -62,6 +62,7 @@ fn main() {
         store
             .write_sync(|tx| pilot_bridge::demo::generate(tx, "demo", extra))
             .expect("generate");
+        store.checkpoint_sync().expect("checkpoint");
         let gen_s = t.elapsed().as_secs_f64();
         let principal = common::principal(&store);
         // The read cache would answer repeated lookups without touching SQLite; turn it off to

@@ -223,6 +223,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             orgs::validate_id(&org).map_err(|e| anyhow!(e))?;
             let started = std::time::Instant::now();
             let n = store.write_sync(|tx| demo::generate(tx, &org, contacts))?;
+            store.checkpoint_sync()?;
             eprintln!(
                 "added {n} contacts to org {org} in {:.1} s",
                 started.elapsed().as_secs_f64()

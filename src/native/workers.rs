@@ -15,6 +15,8 @@ use crate::store::{companies, contacts, native as rows, PageRequest, Store};
 
 /// How often the workers look for due work.
 const TICK: Duration = Duration::from_millis(250);
+/// WAL checkpoints run every this many ticks (one second).
+const CHECKPOINT_EVERY_TICKS: u64 = 4;
 /// Jobs wait this long before they start, so `undo_last` can still cancel them.
 pub const JOB_HOLD: Duration = Duration::from_secs(3);
 
@@ -26,10 +28,20 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks: u64 = 0;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
+            }
+            ticks += 1;
+            if ticks % CHECKPOINT_EVERY_TICKS == 0 {
+                let store = store.clone();
+                match tokio::task::spawn_blocking(move || store.checkpoint_sync()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "WAL checkpoint failed"),
+                    Err(e) => tracing::warn!(error = %e, "WAL checkpoint task failed"),
+                }
             }
             if let Err(e) = store.write(|tx| deliver_due_messages(tx)).await {
                 tracing::warn!(error = %e, "outbox delivery failed");
