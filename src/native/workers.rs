@@ -35,7 +35,7 @@ pub fn spawn(
                 _ = shutdown.changed() => return,
             }
             ticks += 1;
-            if ticks % CHECKPOINT_EVERY_TICKS == 0 {
+            if ticks.is_multiple_of(CHECKPOINT_EVERY_TICKS) {
                 let store = store.clone();
                 match tokio::task::spawn_blocking(move || store.checkpoint_sync()).await {
                     Ok(Ok(())) => {}
