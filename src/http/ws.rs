@@ -36,8 +36,9 @@ use crate::native::timing::ServerTiming;
 use crate::native::Transport;
 use crate::telemetry;
 
-/// Small read buffer so idle connections stay cheap (tungstenite's default is 128 KiB).
-const READ_BUFFER: usize = 4 * 1024;
+/// Small read buffer so idle connections stay cheap (tungstenite's default is 128 KiB); voice
+/// frames are small, and larger ones are simply read in more steps.
+const READ_BUFFER: usize = 2 * 1024;
 /// Longest client-chosen request id.
 const MAX_ID_LEN: usize = 128;
 /// A write that cannot complete in this time means the peer stopped reading.
