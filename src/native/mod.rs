@@ -649,13 +649,14 @@ impl Bridge {
                 ))
                 .with_spoken("I couldn't find that request to confirm. Please ask again.")
         };
+        let cancelled = || {
+            ApiError::not_found("Pending action")
+                .with_details("pendingActionId: that action was cancelled")
+                .with_spoken("That request was cancelled, so there's nothing to confirm.")
+        };
         let pending = match self.pending.get(&p.org_id, pid) {
             Lookup::NotFound => return Err(not_found()),
-            Lookup::Cancelled(_) => {
-                return Err(ApiError::not_found("Pending action")
-                    .with_details("pendingActionId: that action was cancelled")
-                    .with_spoken("That request was cancelled, so there's nothing to confirm."))
-            }
+            Lookup::Cancelled(_) => return Err(cancelled()),
             Lookup::Expired(pending) | Lookup::Open(pending) => pending,
         };
         if let Some(action) = &req.action {
@@ -699,6 +700,11 @@ impl Bridge {
                 }
                 return Ok((r, true));
             }
+            // A cancellation may have run while this confirmation waited for the claim.
+            Claim::Owner(g) if pending.is_cancelled() => {
+                g.abandon();
+                return Err(cancelled());
+            }
             Claim::Owner(g) => g,
             Claim::Reused | Claim::InUse => {
                 return Err(ApiError::new(
@@ -720,8 +726,10 @@ impl Bridge {
             );
         }
         if req.confirmed == Some(false) {
-            guard.abandon();
+            // Cancel before releasing the claim, so a confirmation waiting for it sees the
+            // cancellation once it gets the claim.
             self.pending.cancel(&pending);
+            guard.abandon();
             let question = pending.plan.question();
             let what = question.trim_end_matches('?');
             let mut r = NativeReply::result(
