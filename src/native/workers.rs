@@ -43,7 +43,7 @@ pub fn spawn(
                     Err(e) => tracing::warn!(error = %e, "WAL checkpoint task failed"),
                 }
             }
-            if let Err(e) = store.write(|tx| deliver_due_messages(tx)).await {
+            if let Err(e) = deliver_if_due(&store).await {
                 tracing::warn!(error = %e, "outbox delivery failed");
             }
             if let Err(e) = run_due_jobs(&store).await {
@@ -51,6 +51,19 @@ pub fn spawn(
             }
         }
     })
+}
+
+/// Delivers due messages, opening a write transaction only when there are some: every commit
+/// bumps the store's write generation and so empties the native read cache.
+async fn deliver_if_due(store: &Store) -> ApiResult<()> {
+    let now = now_rfc3339();
+    let any_due = store
+        .read(move |c| Ok(!rows::due_outbox(c, &now, 1)?.is_empty()))
+        .await?;
+    if any_due {
+        store.write(|tx| deliver_due_messages(tx)).await?;
+    }
+    Ok(())
 }
 
 /// Marks due messages sent and records them as outbound interactions.
