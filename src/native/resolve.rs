@@ -6,7 +6,6 @@
 use std::collections::HashSet;
 
 use rusqlite::Connection;
-use serde_json::Value;
 
 use super::reply::Candidate;
 use crate::error::{ApiError, ApiResult};
@@ -30,12 +29,42 @@ pub enum Resolved<T> {
     Ambiguous(Vec<Candidate>),
 }
 
+/// `None` when nothing was found, the record when exactly one was, else up to
+/// [`MAX_CANDIDATES`] candidates to offer back.
+fn pick<T>(found: Vec<T>, candidate: impl Fn(&T) -> Candidate) -> Option<Resolved<T>> {
+    match found.len() {
+        0 => None,
+        1 => found.into_iter().next().map(Resolved::One),
+        _ => Some(Resolved::Ambiguous(
+            found.iter().take(MAX_CANDIDATES).map(candidate).collect(),
+        )),
+    }
+}
+
 fn contact_candidate(c: &Contact) -> Candidate {
     Candidate {
         id: c.id.clone(),
         name: c.display_name().to_string(),
         company: c.company.clone(),
         title: c.title.clone(),
+    }
+}
+
+fn campaign_candidate(c: &Campaign) -> Candidate {
+    Candidate {
+        id: c.id.clone(),
+        name: c.name.clone(),
+        company: None,
+        title: Some(c.status.to_string()),
+    }
+}
+
+fn company_candidate(c: &Company) -> Candidate {
+    Candidate {
+        id: c.id.clone(),
+        name: c.display_name().to_string(),
+        company: c.domain.clone(),
+        title: c.industry.clone(),
     }
 }
 
@@ -99,22 +128,8 @@ pub fn contact(
             .into_iter()
             .filter(|c| fits_company(c))
             .collect();
-        match found.len() {
-            0 => continue,
-            1 => {
-                return Ok(Resolved::One(
-                    found.into_iter().next().ok_or_else(not_found)?,
-                ))
-            }
-            _ => {
-                return Ok(Resolved::Ambiguous(
-                    found
-                        .iter()
-                        .take(MAX_CANDIDATES)
-                        .map(contact_candidate)
-                        .collect(),
-                ))
-            }
+        if let Some(r) = pick(found, contact_candidate) {
+            return Ok(r);
         }
     }
     Err(not_found())
@@ -174,19 +189,25 @@ fn fuzzy_matches(conn: &Connection, org: &str, query: &str) -> ApiResult<Vec<Str
             }
         }
     }
-    let mut scored: Vec<(f64, String)> = contacts::name_norms(conn, org, &candidate_ids)?
-        .into_iter()
-        .map(|(id, name, _)| (similarity(query, &name), id))
-        .filter(|(s, _)| *s >= FUZZY_THRESHOLD)
-        .collect();
+    let names = contacts::name_norms(conn, org, &candidate_ids)?;
+    Ok(best_fuzzy(
+        names
+            .into_iter()
+            .map(|(id, name, _)| (similarity(query, &name), id)),
+    ))
+}
+
+/// The items scoring at least [`FUZZY_THRESHOLD`], best first, keeping only the best-scoring
+/// tier so that one clearly better match is not reported as ambiguous.
+fn best_fuzzy<T>(scored: impl Iterator<Item = (f64, T)>) -> Vec<T> {
+    let mut scored: Vec<(f64, T)> = scored.filter(|(s, _)| *s >= FUZZY_THRESHOLD).collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-    // Keep only the best-scoring tier, so one clearly better match is not reported as ambiguous.
     let best = scored.first().map(|s| s.0).unwrap_or(0.0);
-    Ok(scored
+    scored
         .into_iter()
         .filter(|(s, _)| best - *s < 0.02)
-        .map(|(_, id)| id)
-        .collect())
+        .map(|(_, item)| item)
+        .collect()
 }
 
 /// Similarity every word of a multi-word query needs with some word of the name.
@@ -239,45 +260,27 @@ pub fn campaign(conn: &Connection, org: &str, reference: &str) -> ApiResult<Reso
     if q.is_empty() {
         return Err(not_found());
     }
-    let pick = |found: Vec<Campaign>| -> Option<Resolved<Campaign>> {
-        match found.len() {
-            0 => None,
-            1 => found.into_iter().next().map(Resolved::One),
-            _ => Some(Resolved::Ambiguous(
-                found
-                    .iter()
-                    .take(MAX_CANDIDATES)
-                    .map(|c| Candidate {
-                        id: c.id.clone(),
-                        name: c.name.clone(),
-                        company: None,
-                        title: Some(c.status.to_string()),
-                    })
-                    .collect(),
-            )),
+    // Exact name first, then name prefix.
+    for prefix in [false, true] {
+        let found = campaigns::find_by_name(conn, org, &q, prefix, PROBE_CAP)?;
+        if let Some(r) = pick(found, campaign_candidate) {
+            return Ok(r);
         }
-    };
-    if let Some(r) = pick(campaigns::find_by_name(conn, org, &q, false, PROBE_CAP)?) {
-        return Ok(r);
-    }
-    if let Some(r) = pick(campaigns::find_by_name(conn, org, &q, true, PROBE_CAP)?) {
-        return Ok(r);
     }
     // Campaign lists are short; fuzzy-match over all names (e.g. "seed founder", "q4 enterprize").
-    let mut scored: Vec<(f64, String)> = campaigns::all_names(conn, org, PROBE_CAP)?
-        .into_iter()
-        .map(|(id, name)| (similarity(&q, &name), id))
-        .filter(|(s, _)| *s >= FUZZY_THRESHOLD)
-        .collect();
-    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let best = scored.first().map(|s| s.0).unwrap_or(0.0);
+    let names = campaigns::all_names(conn, org, PROBE_CAP)?;
+    let ids = best_fuzzy(
+        names
+            .into_iter()
+            .map(|(id, name)| (similarity(&q, &name), id)),
+    );
     let mut found = Vec::new();
-    for (_, id) in scored.into_iter().filter(|(s, _)| best - *s < 0.02) {
+    for id in ids {
         if let Some(c) = campaigns::get(conn, org, &id)? {
             found.push(c);
         }
     }
-    pick(found).ok_or_else(not_found)
+    pick(found, campaign_candidate).ok_or_else(not_found)
 }
 
 /// Resolves a company by id, domain or name.
@@ -305,47 +308,20 @@ pub fn company(conn: &Connection, org: &str, reference: &str) -> ApiResult<Resol
     if q.is_empty() {
         return Err(not_found());
     }
-    let pick = |found: Vec<Company>| -> Option<Resolved<Company>> {
-        match found.len() {
-            0 => None,
-            1 => found.into_iter().next().map(Resolved::One),
-            _ => Some(Resolved::Ambiguous(
-                found
-                    .iter()
-                    .take(MAX_CANDIDATES)
-                    .map(|c| Candidate {
-                        id: c.id.clone(),
-                        name: c.display_name().to_string(),
-                        company: c.domain.clone(),
-                        title: c.industry.clone(),
-                    })
-                    .collect(),
-            )),
+    // Exact name first, then name prefix.
+    for prefix in [false, true] {
+        let found = companies::find_by_name(conn, org, &q, prefix, PROBE_CAP)?;
+        if let Some(r) = pick(found, company_candidate) {
+            return Ok(r);
         }
-    };
-    if let Some(r) = pick(companies::find_by_name(conn, org, &q, false, PROBE_CAP)?) {
-        return Ok(r);
-    }
-    if let Some(r) = pick(companies::find_by_name(conn, org, &q, true, PROBE_CAP)?) {
-        return Ok(r);
     }
     let stem: String = q.chars().take(2).collect();
-    let mut scored: Vec<(f64, Company)> =
-        companies::find_by_name(conn, org, &stem, true, PROBE_CAP)?
-            .into_iter()
-            .map(|c| (similarity(&q, &normalize(c.display_name())), c))
-            .filter(|(s, _)| *s >= FUZZY_THRESHOLD)
-            .collect();
-    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let best = scored.first().map(|s| s.0).unwrap_or(0.0);
-    pick(
-        scored
-            .into_iter()
-            .filter(|(s, _)| best - *s < 0.02)
-            .map(|(_, c)| c)
-            .collect(),
-    )
-    .ok_or_else(not_found)
+    let near = companies::find_by_name(conn, org, &stem, true, PROBE_CAP)?;
+    let found = best_fuzzy(
+        near.into_iter()
+            .map(|c| (similarity(&q, &normalize(c.display_name())), c)),
+    );
+    pick(found, company_candidate).ok_or_else(not_found)
 }
 
 /// How a reference is said back: names as given, ids as "that contact".
@@ -357,11 +333,6 @@ fn spoken_ref(reference: &str) -> String {
     } else {
         crate::native::speech::snippet(reference, 60)
     }
-}
-
-/// The clarification reply data for candidates.
-pub fn candidates_data(kind: &str, candidates: &[Candidate]) -> Value {
-    serde_json::json!({ "kind": kind, "count": candidates.len() })
 }
 
 #[cfg(test)]
