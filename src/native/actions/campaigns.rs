@@ -128,50 +128,75 @@ pub fn status_phrase(s: CampaignStatus) -> &'static str {
 }
 
 pub fn plan_pause(conn: &Connection, org: &str, a: &CampaignOnly) -> ApiResult<Step> {
-    let campaign = match campaign_or_clarify(conn, org, a.campaign.as_deref())? {
-        Ok(c) => c,
-        Err(r) => return reply(r),
-    };
-    match campaign.status {
-        CampaignStatus::Active => Ok(Step::Execute(Plan::SetCampaignStatus {
-            campaign,
-            to: CampaignStatus::Paused,
-        })),
-        CampaignStatus::Paused => {
-            let id = campaign.id.clone();
-            reply(
-                NativeReply::result(
-                    format!("{} is already paused.", campaign.name),
-                    json!({ "campaign": campaign }),
-                )
-                .with_id("campaign_id", id),
-            )
-        }
-        _ => Err(not_running(&campaign, "paused")),
-    }
+    plan_switch(conn, org, a, CampaignStatus::Paused)
 }
 
 pub fn plan_resume(conn: &Connection, org: &str, a: &CampaignOnly) -> ApiResult<Step> {
+    plan_switch(conn, org, a, CampaignStatus::Active)
+}
+
+/// How pausing (`to` = paused) or resuming (`to` = active) is checked and said.
+struct Switch {
+    /// The status a campaign must have to be switched.
+    from: CampaignStatus,
+    /// "paused" / "resumed".
+    verb: &'static str,
+}
+
+fn switch(to: CampaignStatus) -> Switch {
+    if to == CampaignStatus::Paused {
+        Switch {
+            from: CampaignStatus::Active,
+            verb: "paused",
+        }
+    } else {
+        Switch {
+            from: CampaignStatus::Paused,
+            verb: "resumed",
+        }
+    }
+}
+
+/// "paused" for a paused campaign, "running" for an active one.
+fn running_or_paused(s: CampaignStatus) -> &'static str {
+    if s == CampaignStatus::Paused {
+        "paused"
+    } else {
+        "running"
+    }
+}
+
+/// The no-op answer when the campaign already has the status asked for.
+fn already(campaign: Campaign) -> NativeReply {
+    let id = campaign.id.clone();
+    NativeReply::result(
+        format!(
+            "{} is already {}.",
+            campaign.name,
+            running_or_paused(campaign.status)
+        ),
+        json!({ "campaign": campaign }),
+    )
+    .with_id("campaign_id", id)
+}
+
+fn plan_switch(
+    conn: &Connection,
+    org: &str,
+    a: &CampaignOnly,
+    to: CampaignStatus,
+) -> ApiResult<Step> {
     let campaign = match campaign_or_clarify(conn, org, a.campaign.as_deref())? {
         Ok(c) => c,
         Err(r) => return reply(r),
     };
-    match campaign.status {
-        CampaignStatus::Paused => Ok(Step::Execute(Plan::SetCampaignStatus {
-            campaign,
-            to: CampaignStatus::Active,
-        })),
-        CampaignStatus::Active => {
-            let id = campaign.id.clone();
-            reply(
-                NativeReply::result(
-                    format!("{} is already running.", campaign.name),
-                    json!({ "campaign": campaign }),
-                )
-                .with_id("campaign_id", id),
-            )
-        }
-        _ => Err(not_running(&campaign, "resumed")),
+    let s = switch(to);
+    if campaign.status == s.from {
+        Ok(Step::Execute(Plan::SetCampaignStatus { campaign, to }))
+    } else if campaign.status == to {
+        reply(already(campaign))
+    } else {
+        Err(not_running(&campaign, s.verb))
     }
 }
 
@@ -266,59 +291,25 @@ pub fn execute_set_status(
 ) -> ApiResult<Executed> {
     let campaign = campaigns::require(conn, ctx.org, &campaign.id)?;
     let from = campaign.status;
-    let expected_from = if to == CampaignStatus::Paused {
-        CampaignStatus::Active
-    } else {
-        CampaignStatus::Paused
-    };
+    let s = switch(to);
     if from == to {
-        let word = if to == CampaignStatus::Paused {
-            "paused"
-        } else {
-            "running"
-        };
-        let r = NativeReply::result(
-            format!("{} is already {word}.", campaign.name),
-            json!({ "campaign": campaign }),
-        )
-        .with_id("campaign_id", campaign.id.clone());
         return Ok(Executed {
-            reply: r,
+            reply: already(campaign),
             undo: None,
         });
     }
-    if from != expected_from {
-        return Err(not_running(
-            &campaign,
-            if to == CampaignStatus::Paused {
-                "paused"
-            } else {
-                "resumed"
-            },
-        ));
+    if from != s.from {
+        return Err(not_running(&campaign, s.verb));
     }
     campaigns::set_status(conn, ctx.org, &campaign.id, to)?;
     let updated = campaigns::require(conn, ctx.org, &campaign.id)?;
-    let verb = if to == CampaignStatus::Paused {
-        "paused"
-    } else {
-        "resumed"
-    };
     let r = NativeReply::result(
-        format!("I {verb} {}.", updated.name),
+        format!("I {} {}.", s.verb, updated.name),
         json!({ "campaign": updated }),
     )
     .with_id("campaign_id", updated.id.clone());
     let undo = Some((
-        format!(
-            "{} is {} again.",
-            updated.name,
-            if to == CampaignStatus::Paused {
-                "running"
-            } else {
-                "paused"
-            }
-        ),
+        format!("{} is {} again.", updated.name, running_or_paused(from)),
         UndoOp::SetCampaignStatus {
             campaign_id: updated.id.clone(),
             status: from.to_string(),
