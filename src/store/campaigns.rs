@@ -1,6 +1,6 @@
 //! Campaigns and their audiences (which contacts are in which campaign, in what state).
 
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -196,24 +196,7 @@ pub fn list(
     if let Some(t) = &filter.kind {
         f.push("type = ?", t.clone());
     }
-    let where_sql = f.where_sql();
-    let total: i64 = conn
-        .prepare_cached(&format!("SELECT count(*) FROM campaigns {where_sql}"))?
-        .query_row(params_from_iter(f.params.iter()), |r| r.get(0))?;
-    let sql = format!(
-        "SELECT {COLUMNS} FROM campaigns {where_sql} ORDER BY created_at DESC, id DESC LIMIT {} OFFSET {}",
-        page.limit, page.offset
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let items = stmt
-        .query_map(params_from_iter(f.params.iter()), from_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(Page {
-        items,
-        total: total as u64,
-        limit: page.limit,
-        offset: page.offset,
-    })
+    f.page(conn, "campaigns", COLUMNS, "created_at", page, from_row)
 }
 
 pub struct NewCampaign<'a> {

@@ -1,7 +1,7 @@
 //! Contacts: people in the CRM, unique per org by email, linked to a company by email domain, and
 //! indexed by name tokens so that voice lookups by name never scan the table.
 
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -226,24 +226,7 @@ pub fn list(
             f.params.push(raw.into());
         }
     }
-    let where_sql = f.where_sql();
-    let total: i64 = conn
-        .prepare_cached(&format!("SELECT count(*) FROM contacts {where_sql}"))?
-        .query_row(params_from_iter(f.params.iter()), |r| r.get(0))?;
-    let sql = format!(
-        "SELECT {COLUMNS} FROM contacts {where_sql} ORDER BY created_at DESC, id DESC LIMIT {} OFFSET {}",
-        page.limit, page.offset
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let items = stmt
-        .query_map(params_from_iter(f.params.iter()), from_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(Page {
-        items,
-        total: total as u64,
-        limit: page.limit,
-        offset: page.offset,
-    })
+    f.page(conn, "contacts", COLUMNS, "created_at", page, from_row)
 }
 
 /// The company (account) whose domain matches the email's domain, with its name.

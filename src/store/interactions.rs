@@ -1,7 +1,7 @@
 //! Interactions: the activity history of contacts (emails, LinkedIn messages, meetings, calls) and
 //! notes, which are interactions with channel `note`.
 
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -118,24 +118,7 @@ pub fn list(
     if filter.unread_only {
         f.push_raw("is_read = 0");
     }
-    let where_sql = f.where_sql();
-    let total: i64 = conn
-        .prepare_cached(&format!("SELECT count(*) FROM interactions {where_sql}"))?
-        .query_row(params_from_iter(f.params.iter()), |r| r.get(0))?;
-    let sql = format!(
-        "SELECT {COLUMNS} FROM interactions {where_sql} ORDER BY created_at DESC, id DESC LIMIT {} OFFSET {}",
-        page.limit, page.offset
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let items = stmt
-        .query_map(params_from_iter(f.params.iter()), from_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(Page {
-        items,
-        total: total as u64,
-        limit: page.limit,
-        offset: page.offset,
-    })
+    f.page(conn, "interactions", COLUMNS, "created_at", page, from_row)
 }
 
 pub fn get(conn: &Connection, org: &str, id: &str) -> ApiResult<Option<Interaction>> {

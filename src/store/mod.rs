@@ -236,6 +236,9 @@ impl Store {
 pub(crate) mod sql {
     use rusqlite::types::Value;
 
+    use super::{Page, PageRequest};
+    use crate::error::ApiResult;
+
     /// A WHERE clause assembled from optional filters, with positional parameters.
     #[derive(Default)]
     pub struct Filter {
@@ -266,6 +269,38 @@ pub(crate) mod sql {
             } else {
                 format!("WHERE {}", self.clauses.join(" AND "))
             }
+        }
+
+        /// Counts the rows of `table` that match, and reads one page of them (`columns`, read
+        /// with `from_row`), newest first by `order_col`, then by id.
+        pub fn page<T>(
+            &self,
+            conn: &rusqlite::Connection,
+            table: &str,
+            columns: &str,
+            order_col: &str,
+            page: PageRequest,
+            from_row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+        ) -> ApiResult<Page<T>> {
+            let where_sql = self.where_sql();
+            let params = || rusqlite::params_from_iter(self.params.iter());
+            let total: i64 = conn
+                .prepare_cached(&format!("SELECT count(*) FROM {table} {where_sql}"))?
+                .query_row(params(), |r| r.get(0))?;
+            let sql = format!(
+                "SELECT {columns} FROM {table} {where_sql} ORDER BY {order_col} DESC, id DESC LIMIT {} OFFSET {}",
+                page.limit, page.offset
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let items = stmt
+                .query_map(params(), from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Page {
+                items,
+                total: total as u64,
+                limit: page.limit,
+                offset: page.offset,
+            })
         }
     }
 

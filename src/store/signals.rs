@@ -1,6 +1,6 @@
 //! Buying signals (job changes, funding news, website visits, …) for briefing cards.
 
-use rusqlite::{params, params_from_iter, Connection, Row};
+use rusqlite::{params, Connection, Row};
 use serde::Serialize;
 
 use super::sql::Filter;
@@ -81,24 +81,7 @@ pub fn list(
     if let Some(m) = filter.min_intent_score {
         f.push("intent_score >= ?", m);
     }
-    let where_sql = f.where_sql();
-    let total: i64 = conn
-        .prepare_cached(&format!("SELECT count(*) FROM signals {where_sql}"))?
-        .query_row(params_from_iter(f.params.iter()), |r| r.get(0))?;
-    let sql = format!(
-        "SELECT {COLUMNS} FROM signals {where_sql} ORDER BY detected_at DESC, id DESC LIMIT {} OFFSET {}",
-        page.limit, page.offset
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let items = stmt
-        .query_map(params_from_iter(f.params.iter()), from_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(Page {
-        items,
-        total: total as u64,
-        limit: page.limit,
-        offset: page.offset,
-    })
+    f.page(conn, "signals", COLUMNS, "detected_at", page, from_row)
 }
 
 pub struct NewSignal<'a> {
