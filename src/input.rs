@@ -25,6 +25,28 @@ impl<T> Patch<T> {
     }
 }
 
+/// `current` after an optional patch: unchanged when the field was not given.
+pub fn patched<T: Clone>(current: &Option<T>, patch: &Option<Patch<T>>) -> Option<T> {
+    match patch {
+        None => current.clone(),
+        Some(Patch::Set(v)) => Some(v.clone()),
+        Some(Patch::Clear) => None,
+    }
+}
+
+/// `base` (a JSON object, or nothing) with `changes` merged in; a `null` change removes the key.
+pub fn merge_object(base: &Value, changes: &Map<String, Value>) -> Value {
+    let mut m = base.as_object().cloned().unwrap_or_default();
+    for (k, v) in changes {
+        if v.is_null() {
+            m.remove(k);
+        } else {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    Value::Object(m)
+}
+
 /// A JSON object being read; remembers which keys were consumed.
 pub struct Fields<'a> {
     path: String,

@@ -9,7 +9,7 @@ use super::sql::{json_col, like_escape, Filter};
 use super::{contacts, Page, PageRequest};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::ids::{new_id, now_rfc3339};
-use crate::input::{Fields, Patch};
+use crate::input::{merge_object, patched, Fields, Patch};
 use crate::text::{normalize, normalize_domain};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -206,28 +206,13 @@ pub fn list(
 }
 
 fn apply(base: &Company, f: &CompanyFields) -> Company {
-    fn set(cur: &Option<String>, p: &Option<Patch<String>>) -> Option<String> {
-        match p {
-            None => cur.clone(),
-            Some(Patch::Set(v)) => Some(v.clone()),
-            Some(Patch::Clear) => None,
-        }
-    }
     let mut c = base.clone();
-    c.name = set(&base.name, &f.name);
-    c.domain = set(&base.domain, &f.domain);
-    c.industry = set(&base.industry, &f.industry);
-    c.size = set(&base.size, &f.size);
+    c.name = patched(&base.name, &f.name);
+    c.domain = patched(&base.domain, &f.domain);
+    c.industry = patched(&base.industry, &f.industry);
+    c.size = patched(&base.size, &f.size);
     if !f.context.is_empty() {
-        let mut m = c.context.as_object().cloned().unwrap_or_default();
-        for (k, v) in &f.context {
-            if v.is_null() {
-                m.remove(k);
-            } else {
-                m.insert(k.clone(), v.clone());
-            }
-        }
-        c.context = Value::Object(m);
+        c.context = merge_object(&c.context, &f.context);
     }
     c.updated_at = now_rfc3339();
     c

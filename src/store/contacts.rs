@@ -10,7 +10,7 @@ use super::{Page, PageRequest};
 use crate::domain::ContactStatus;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::ids::{new_id, now_rfc3339};
-use crate::input::{Fields, Patch};
+use crate::input::{merge_object, patched, Fields, Patch};
 use crate::text::{email_domain, is_plausible_email, normalize, tokens};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -256,14 +256,6 @@ fn reindex_name(conn: &Connection, org: &str, id: &str, name_norm: &str) -> ApiR
     Ok(())
 }
 
-fn set<T: Clone>(current: &Option<T>, patch: &Option<Patch<T>>) -> Option<T> {
-    match patch {
-        None => current.clone(),
-        Some(Patch::Set(v)) => Some(v.clone()),
-        Some(Patch::Clear) => None,
-    }
-}
-
 /// Writes `c` (already merged) and keeps derived columns and the name index in step.
 fn save(conn: &Connection, org: &str, c: &Contact, insert: bool) -> ApiResult<()> {
     let name_norm = normalize(&c.full_name);
@@ -365,27 +357,19 @@ fn merge(
         }
     };
     let mut c = base.clone();
-    c.email = set(&base.email, &fields.email);
-    c.first_name = set(&base.first_name, &fields.first_name);
-    c.last_name = set(&base.last_name, &fields.last_name);
-    c.company = set(&base.company, &fields.company);
-    c.title = set(&base.title, &fields.title);
-    c.linkedin_url = set(&base.linkedin_url, &fields.linkedin_url);
-    c.phone = set(&base.phone, &fields.phone);
-    c.folder_id = set(&base.folder_id, &fields.folder_id);
+    c.email = patched(&base.email, &fields.email);
+    c.first_name = patched(&base.first_name, &fields.first_name);
+    c.last_name = patched(&base.last_name, &fields.last_name);
+    c.company = patched(&base.company, &fields.company);
+    c.title = patched(&base.title, &fields.title);
+    c.linkedin_url = patched(&base.linkedin_url, &fields.linkedin_url);
+    c.phone = patched(&base.phone, &fields.phone);
+    c.folder_id = patched(&base.folder_id, &fields.folder_id);
     if let Some(s) = fields.status {
         c.status = s;
     }
     if !fields.custom_fields.is_empty() {
-        let mut m = c.custom_fields.as_object().cloned().unwrap_or_default();
-        for (k, v) in &fields.custom_fields {
-            if v.is_null() {
-                m.remove(k);
-            } else {
-                m.insert(k.clone(), v.clone());
-            }
-        }
-        c.custom_fields = Value::Object(m);
+        c.custom_fields = merge_object(&c.custom_fields, &fields.custom_fields);
     }
     c.full_name = full_name(c.first_name.as_deref(), c.last_name.as_deref());
     if c.email != base.email || base.account_id.is_none() || fields.email.is_some() {
