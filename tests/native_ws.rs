@@ -432,3 +432,36 @@ async fn answering_pings_keeps_the_connection_open() {
     send(&mut ws, lookup("alive")).await;
     assert_eq!(next_json(&mut ws).await["id"], "alive");
 }
+
+#[tokio::test]
+async fn a_revoked_key_stops_working_on_an_open_connection() {
+    let s = demo_server(|c| c.auth.key_cache_ttl_secs = 1, 0).await;
+    let key = s.create_key(demo::DEMO_ORG, Scope::ALL).await;
+    let mut ws = connect(&s, Some(&key)).await;
+    send(&mut ws, lookup("before")).await;
+    assert_eq!(next_json(&mut ws).await["ok"], true);
+    s.revoke_key(&key).await;
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    send(&mut ws, lookup("after")).await;
+    let (code, frames) = close_code(&mut ws).await;
+    assert_eq!(code, 1008);
+    assert_eq!(frames[0]["error"]["code"], "INVALID_API_KEY");
+}
+
+#[tokio::test]
+async fn a_second_auth_frame_is_checked_too() {
+    let s = demo_server(|_| {}, 0).await;
+    let mut ws = connect(&s, Some(KEY)).await;
+    send(
+        &mut ws,
+        json!({ "type": "auth", "token": "op_live_forged", "id": "a2" }),
+    )
+    .await;
+    let e = next_json(&mut ws).await;
+    assert_eq!(e["id"], "a2");
+    assert_eq!(e["error"]["code"], "INVALID_API_KEY");
+    send(&mut ws, json!({ "type": "auth", "token": KEY, "id": "a3" })).await;
+    assert_eq!(next_json(&mut ws).await["type"], "auth_ok");
+    send(&mut ws, lookup("still-works")).await;
+    assert_eq!(next_json(&mut ws).await["ok"], true);
+}

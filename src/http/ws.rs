@@ -70,7 +70,7 @@ pub async fn upgrade(
     };
     // Credentials on the upgrade request are checked before upgrading, so failures get the
     // plain HTTP 401/403 envelope.
-    let principal = match headers.get(header::AUTHORIZATION) {
+    let credential = match headers.get(header::AUTHORIZATION) {
         None => None,
         Some(value) => {
             let value = value.to_str().unwrap_or("\u{0}invalid");
@@ -79,7 +79,11 @@ pub async fn upgrade(
                     if let Err(e) = app.ws_connections.assign(&mut slot, &p.org_id) {
                         return e.into_response();
                     }
-                    Some(p)
+                    // Kept to re-check the key on every frame (a revoked key must stop working).
+                    let token = crate::auth::parse_bearer(value)
+                        .unwrap_or_default()
+                        .to_string();
+                    Some((p, token))
                 }
                 Err(e) => return e.into_response(),
             }
@@ -91,7 +95,7 @@ pub async fn upgrade(
         .max_write_buffer_size(cfg.max_message_bytes * 4)
         .max_message_size(cfg.max_message_bytes)
         .max_frame_size(cfg.max_message_bytes)
-        .on_upgrade(move |socket| session(app, socket, principal, slot))
+        .on_upgrade(move |socket| session(app, socket, credential, slot))
 }
 
 /// Authenticates a header value or an auth frame's token, and checks the native scope.
@@ -137,7 +141,7 @@ fn error_frame(e: &ApiError, id: Option<&str>, request_id: &str) -> Message {
 async fn session(
     app: AppState,
     socket: WebSocket,
-    principal: Option<Arc<Principal>>,
+    credential: Option<(Arc<Principal>, String)>,
     mut slot: ConnectionSlot,
 ) {
     let cfg = app.config.websocket.clone();
@@ -157,10 +161,11 @@ async fn session(
         let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
     });
 
-    let principal = match principal {
-        Some(p) => p,
+    // The principal is looked up again per frame; the connection keeps only the key.
+    let token = match credential {
+        Some((_, token)) => token,
         None => match wait_for_auth(&app, &mut stream, &out_tx, &mut slot).await {
-            Some(p) => p,
+            Some((_, token)) => token,
             None => {
                 drop(out_tx);
                 let _ = writer.await;
@@ -180,7 +185,7 @@ async fn session(
         let _ = shutdown_rx.wait_for(|s| *s).await;
     };
     tokio::pin!(shutdown);
-    let close_reason: Option<(u16, &str)> = loop {
+    let ending: Ending = loop {
         tokio::select! {
             frame = stream.next() => {
                 last_seen = Instant::now();
@@ -188,25 +193,37 @@ async fn session(
                     telemetry::ws_frame("in", frame_kind(m));
                 }
                 match frame {
-                    None => break None,
-                    Some(Err(e)) => break Some(read_error_close(&e)),
-                    Some(Ok(Message::Close(_))) => break None,
+                    None => break Ending::PeerClosed,
+                    Some(Err(e)) => {
+                        let (code, reason) = read_error_close(&e);
+                        break Ending::Close(code, reason);
+                    }
+                    Some(Ok(Message::Close(_))) => break Ending::PeerClosed,
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     Some(Ok(Message::Binary(_))) => {
                         let e = ApiError::new(ErrorCode::UnsupportedMediaType, "Binary frames are not supported")
                             .with_details("send JSON in text frames");
                         if out_tx.try_send(error_frame(&e, None, &new_request_id())).is_err() {
-                            break Some((close::POLICY, "client is not reading"));
+                            break Ending::Stalled;
                         }
                     }
                     Some(Ok(Message::Text(t))) => {
                         let received = Instant::now();
+                        // The key is checked again on every frame through the auth cache (no
+                        // database work while the verdict is cached), so a revoked key stops
+                        // working on open connections as it does over HTTP.
+                        let principal = match authorize(&app, None, Some(&token)).await {
+                            Ok(p) => p,
+                            Err(e) => {
+                                let _ = out_tx.try_send(error_frame(&e, None, &new_request_id()));
+                                break Ending::Close(close::POLICY, "credentials no longer valid");
+                            }
+                        };
                         let permit = match in_flight.clone().acquire_owned().await {
                             Ok(p) => p,
-                            Err(_) => break Some((close::GOING_AWAY, "closing")),
+                            Err(_) => break Ending::Close(close::GOING_AWAY, "closing"),
                         };
                         let app = app.clone();
-                        let principal = principal.clone();
                         let out = out_tx.clone();
                         let stalled = stalled.clone();
                         tokio::spawn(async move {
@@ -221,34 +238,31 @@ async fn session(
                     }
                 }
             }
-            _ = stalled.notified() => break Some((close::POLICY, "client is not reading replies")),
+            _ = stalled.notified() => break Ending::Stalled,
             _ = ping.tick() => {
                 if last_seen.elapsed() > ping_every * 2 {
-                    break Some((close::GOING_AWAY, "no activity"));
+                    break Ending::Close(close::GOING_AWAY, "no activity");
                 }
                 if out_tx.try_send(Message::Ping(Vec::new().into())).is_err() {
-                    break Some((close::POLICY, "client is not reading"));
+                    break Ending::Stalled;
                 }
             }
             () = &mut shutdown => {
                 // Let requests already running finish and send their replies first.
                 let max = u32::try_from(cfg.max_in_flight).unwrap_or(u32::MAX);
                 let _ = tokio::time::timeout(Duration::from_secs(10), in_flight.acquire_many(max)).await;
-                break Some((close::GOING_AWAY, "server shutting down"));
+                break Ending::Close(close::GOING_AWAY, "server shutting down");
             }
         }
     };
-    let stalled_peer = matches!(close_reason, Some((close::POLICY, _)));
-    if let Some((code, reason)) = close_reason {
-        // Queue the close behind pending replies. A peer that stopped reading would never take
-        // it, so its socket is simply dropped.
-        if !stalled_peer {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                out_tx.send(close_frame(code, reason)),
-            )
-            .await;
-        }
+    let stalled_peer = matches!(ending, Ending::Stalled);
+    if let Ending::Close(code, reason) = ending {
+        // Queued behind pending replies, so they go out first.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            out_tx.send(close_frame(code, reason)),
+        )
+        .await;
     }
     drop(out_tx);
     let mut writer = writer;
@@ -272,6 +286,17 @@ fn frame_kind(m: &Message) -> &'static str {
     }
 }
 
+/// How a session ended.
+enum Ending {
+    /// The client closed (or the TCP connection went away).
+    PeerClosed,
+    /// We close with this code and reason.
+    Close(u16, &'static str),
+    /// The client stopped reading: there is no point queueing a close frame it will not read,
+    /// so the socket is simply dropped.
+    Stalled,
+}
+
 /// Maps a read error to a close code: oversized messages get 1009.
 fn read_error_close(e: &axum::Error) -> (u16, &'static str) {
     let too_big = std::error::Error::source(e)
@@ -291,7 +316,7 @@ async fn wait_for_auth(
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     out: &mpsc::Sender<Message>,
     slot: &mut ConnectionSlot,
-) -> Option<Arc<Principal>> {
+) -> Option<(Arc<Principal>, String)> {
     let deadline = Duration::from_secs(app.config.websocket.auth_timeout_secs);
     let rid = new_request_id();
     let fail = |e: ApiError, id: Option<&str>| {
@@ -358,7 +383,7 @@ async fn wait_for_auth(
         ack["id"] = Value::String(id);
     }
     let _ = out.try_send(text(&ack));
-    Some(principal)
+    Some((principal, token))
 }
 
 /// One text frame in, at most one frame out.
@@ -392,11 +417,28 @@ async fn handle_frame(
             return Some(text(&pong));
         }
         Some("auth") => {
-            let mut ack = json!({ "type": "auth_ok", "org_id": principal.org_id });
-            if let Some(id) = body.get("id") {
-                ack["id"] = id.clone();
-            }
-            return Some(text(&ack));
+            // A repeated auth frame is checked like the first one; it cannot move the
+            // connection to another organisation.
+            let id = body.get("id").and_then(Value::as_str);
+            let token = body.get("token").and_then(Value::as_str).unwrap_or("");
+            return Some(match authorize(app, None, Some(token)).await {
+                Ok(p) if p.org_id == principal.org_id => {
+                    let mut ack = json!({ "type": "auth_ok", "org_id": principal.org_id });
+                    if let Some(id) = id {
+                        ack["id"] = Value::String(id.to_string());
+                    }
+                    text(&ack)
+                }
+                Ok(_) => error_frame(
+                    &ApiError::validation(
+                        "token",
+                        "belongs to another organization than this connection",
+                    ),
+                    id,
+                    &request_id,
+                ),
+                Err(e) => error_frame(&e, id, &request_id),
+            });
         }
         _ => {}
     }

@@ -1,14 +1,20 @@
-//! Idempotency (DESIGN §8): one slot per (org, key) holding either "in flight" or the stored
-//! outcome. Claiming is atomic, so of 100 concurrent requests with one key exactly one executes;
-//! the rest wait for it and replay its answer. Memory is bounded by moka (TTL and total bytes).
+//! Idempotency (DESIGN §8): per (org, key), either a request in flight or its stored outcome.
+//! Claiming is atomic, so of 100 concurrent requests with one key exactly one executes; the rest
+//! wait for it and replay its answer.
+//!
+//! In-flight claims live in a map of their own that nothing evicts (it holds at most one entry
+//! per running request); only finished outcomes go to the moka cache, bounded by TTL and total
+//! bytes. So memory pressure can forget a finished answer early, but can never let a retry run a
+//! write that is still executing a second time.
 //!
 //! The same structure, with a short TTL and the request fingerprint as key, is the dedupe window
 //! for writes sent without a key.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
 use tokio::sync::watch;
 
 use super::reply::NativeReply;
@@ -30,20 +36,28 @@ impl StoredOutcome {
     }
 }
 
+/// A finished request: its fingerprint and outcome.
+#[derive(Debug)]
+struct Done {
+    fingerprint: [u8; 32],
+    outcome: Arc<StoredOutcome>,
+    weight: u32,
+}
+
 #[derive(Debug, Clone)]
-enum SlotState {
-    InFlight,
-    Done(Arc<StoredOutcome>),
+enum Progress {
+    Running,
+    Finished(Arc<StoredOutcome>),
     /// The owner gave up without a storable outcome (validation error, 5xx, crash): waiters
     /// retry the claim themselves.
     Abandoned,
 }
 
+/// A request in flight; waiters watch `progress`.
 #[derive(Debug)]
-pub struct Slot {
+struct Running {
     fingerprint: [u8; 32],
-    state: watch::Sender<SlotState>,
-    weight: AtomicU32,
+    progress: watch::Sender<Progress>,
 }
 
 type SlotKey = (String, String);
@@ -62,21 +76,32 @@ pub enum Claim {
 
 #[derive(Clone)]
 pub struct IdempotencyStore {
-    slots: moka::sync::Cache<SlotKey, Arc<Slot>>,
+    running: Arc<DashMap<SlotKey, Arc<Running>>>,
+    done: moka::sync::Cache<SlotKey, Arc<Done>>,
 }
 
 impl IdempotencyStore {
     pub fn new(ttl: Duration, max_bytes: u64) -> Self {
         IdempotencyStore {
-            slots: moka::sync::Cache::builder()
+            running: Arc::new(DashMap::new()),
+            done: moka::sync::Cache::builder()
                 .time_to_live(ttl)
                 .max_capacity(max_bytes)
-                .weigher(|k: &SlotKey, v: &Arc<Slot>| {
-                    let key = (k.0.len() + k.1.len()) as u32;
-                    key.saturating_add(v.weight.load(Ordering::Relaxed))
+                .weigher(|k: &SlotKey, v: &Arc<Done>| {
+                    let key = u32::try_from(k.0.len() + k.1.len()).unwrap_or(u32::MAX);
+                    key.saturating_add(v.weight)
                 })
                 .build(),
         }
+    }
+
+    fn finished(&self, key: &SlotKey, fingerprint: &[u8; 32]) -> Option<Claim> {
+        let done = self.done.get(key)?;
+        Some(if done.fingerprint == *fingerprint {
+            Claim::Replay(done.outcome.clone())
+        } else {
+            Claim::Reused
+        })
     }
 
     /// Claims `(org, key)` for a request with `fingerprint`, waiting up to `wait` for an
@@ -91,36 +116,40 @@ impl IdempotencyStore {
         let deadline = tokio::time::Instant::now() + wait;
         let slot_key: SlotKey = (org.to_string(), key.to_string());
         loop {
-            let fresh = Arc::new(Slot {
-                fingerprint,
-                state: watch::channel(SlotState::InFlight).0,
-                weight: AtomicU32::new(256),
-            });
-            let entry = self
-                .slots
-                .entry(slot_key.clone())
-                .or_insert_with(|| fresh.clone());
-            if entry.is_fresh() {
-                return Claim::Owner(ClaimGuard {
-                    slots: self.slots.clone(),
-                    key: slot_key,
-                    slot: fresh,
-                    finished: false,
-                });
+            if let Some(claim) = self.finished(&slot_key, &fingerprint) {
+                return claim;
             }
-            let existing = entry.into_value();
-            if existing.fingerprint != fingerprint {
+            let running = match self.running.entry(slot_key.clone()) {
+                Entry::Occupied(e) => e.get().clone(),
+                Entry::Vacant(e) => {
+                    // Checked again under the entry lock: an owner stores its outcome before it
+                    // leaves the running map, so a finish in between is seen here.
+                    if let Some(claim) = self.finished(&slot_key, &fingerprint) {
+                        return claim;
+                    }
+                    let running = Arc::new(Running {
+                        fingerprint,
+                        progress: watch::channel(Progress::Running).0,
+                    });
+                    e.insert(running.clone());
+                    return Claim::Owner(ClaimGuard {
+                        store: self.clone(),
+                        key: slot_key,
+                        running,
+                        finished: false,
+                    });
+                }
+            };
+            if running.fingerprint != fingerprint {
                 return Claim::Reused;
             }
-            let mut rx = existing.state.subscribe();
-            let waited = tokio::time::timeout_at(
-                deadline,
-                rx.wait_for(|s| !matches!(s, SlotState::InFlight)),
-            )
-            .await;
+            let mut rx = running.progress.subscribe();
+            let waited =
+                tokio::time::timeout_at(deadline, rx.wait_for(|p| !matches!(p, Progress::Running)))
+                    .await;
             match waited {
-                Ok(Ok(state)) => match &*state {
-                    SlotState::Done(outcome) => return Claim::Replay(outcome.clone()),
+                Ok(Ok(p)) => match &*p {
+                    Progress::Finished(outcome) => return Claim::Replay(outcome.clone()),
                     _ => continue,
                 },
                 Ok(Err(_)) => continue,
@@ -131,31 +160,28 @@ impl IdempotencyStore {
 
     /// The stored outcome under `(org, key)`, if the request holding it has finished.
     pub fn peek(&self, org: &str, key: &str) -> Option<Arc<StoredOutcome>> {
-        let slot = self.slots.get(&(org.to_string(), key.to_string()))?;
-        let state = slot.state.borrow();
-        match &*state {
-            SlotState::Done(o) => Some(o.clone()),
-            _ => None,
-        }
+        self.done
+            .get(&(org.to_string(), key.to_string()))
+            .map(|d| d.outcome.clone())
     }
 
-    /// Entries currently held (in flight or done), for diagnostics.
+    /// Finished entries currently held, for diagnostics.
     pub fn len(&self) -> u64 {
-        self.slots.run_pending_tasks();
-        self.slots.entry_count()
+        self.done.run_pending_tasks();
+        self.done.entry_count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len() == 0 && self.running.is_empty()
     }
 }
 
 /// Ownership of a claimed key. Dropping it without `complete` releases the key (waiters retry),
 /// so a failure or a panic never leaves a key stuck "in flight".
 pub struct ClaimGuard {
-    slots: moka::sync::Cache<SlotKey, Arc<Slot>>,
+    store: IdempotencyStore,
     key: SlotKey,
-    slot: Arc<Slot>,
+    running: Arc<Running>,
     finished: bool,
 }
 
@@ -163,10 +189,17 @@ impl ClaimGuard {
     /// Stores the outcome for replay and wakes waiters.
     pub fn complete(mut self, outcome: StoredOutcome) {
         let outcome = Arc::new(outcome);
-        self.slot.weight.store(outcome.weight(), Ordering::Relaxed);
-        self.slot.state.send_replace(SlotState::Done(outcome));
-        // Re-inserting the same slot makes moka re-weigh it with the stored size.
-        self.slots.insert(self.key.clone(), self.slot.clone());
+        let done = Arc::new(Done {
+            fingerprint: self.running.fingerprint,
+            weight: outcome.weight(),
+            outcome: outcome.clone(),
+        });
+        // Stored before leaving the running map, so no claimer can find neither.
+        self.store.done.insert(self.key.clone(), done);
+        self.leave_running();
+        self.running
+            .progress
+            .send_replace(Progress::Finished(outcome));
         self.finished = true;
     }
 
@@ -175,18 +208,20 @@ impl ClaimGuard {
         self.release();
     }
 
+    fn leave_running(&self) {
+        let ours = &self.running;
+        self.store
+            .running
+            .remove_if(&self.key, |_, current| Arc::ptr_eq(current, ours));
+    }
+
     fn release(&mut self) {
         if self.finished {
             return;
         }
         self.finished = true;
-        // Only remove our own slot: after expiry somebody else may hold the key already.
-        if let Some(current) = self.slots.get(&self.key) {
-            if Arc::ptr_eq(&current, &self.slot) {
-                self.slots.invalidate(&self.key);
-            }
-        }
-        self.slot.state.send_replace(SlotState::Abandoned);
+        self.leave_running();
+        self.running.progress.send_replace(Progress::Abandoned);
     }
 }
 
@@ -273,6 +308,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_running_claim_survives_cache_pressure() {
+        // A cache too small to hold anything: finished answers are forgotten at once, but a
+        // request still running must keep its key.
+        let s = IdempotencyStore::new(Duration::from_secs(60), 1);
+        let Claim::Owner(g) = s.claim("o", "k", [1; 32], Duration::ZERO).await else {
+            panic!()
+        };
+        for i in 0..100 {
+            if let Claim::Owner(other) = s
+                .claim("o", &format!("x{i}"), [2; 32], Duration::ZERO)
+                .await
+            {
+                other.complete(reply("filler"));
+            }
+        }
+        assert!(matches!(
+            s.claim("o", "k", [1; 32], Duration::ZERO).await,
+            Claim::InUse
+        ));
+        drop(g);
+    }
+
+    #[tokio::test]
     async fn one_owner_among_many_concurrent_claims() {
         let s = store();
         let owners = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -283,7 +341,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 match s.claim("o", "k", [7; 32], Duration::from_secs(5)).await {
                     Claim::Owner(g) => {
-                        owners.fetch_add(1, Ordering::SeqCst);
+                        owners.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         tokio::task::yield_now().await;
                         g.complete(reply("once"));
                         true
@@ -296,7 +354,7 @@ mod tests {
         for t in tasks {
             assert!(t.await.unwrap());
         }
-        assert_eq!(owners.load(Ordering::SeqCst), 1);
+        assert_eq!(owners.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]
@@ -316,8 +374,9 @@ mod tests {
                 }
             }
         });
-        s.slots.run_pending_tasks();
-        assert!(s.slots.weighted_size() <= 64 * 1024);
+        s.done.run_pending_tasks();
+        assert!(s.done.weighted_size() <= 64 * 1024);
         assert!(s.len() < 2000);
+        assert!(s.running.is_empty());
     }
 }
