@@ -287,13 +287,17 @@ pub(crate) mod sql {
             let total: i64 = conn
                 .prepare_cached(&format!("SELECT count(*) FROM {table} {where_sql}"))?
                 .query_row(params(), |r| r.get(0))?;
+            // LIMIT and OFFSET are bound, not formatted in: every page of a listing then reuses
+            // one cached statement instead of pushing the fast path's statements out of the cache.
             let sql = format!(
-                "SELECT {columns} FROM {table} {where_sql} ORDER BY {order_col} DESC, id DESC LIMIT {} OFFSET {}",
-                page.limit, page.offset
+                "SELECT {columns} FROM {table} {where_sql} ORDER BY {order_col} DESC, id DESC LIMIT ? OFFSET ?"
             );
+            let mut bound: Vec<rusqlite::types::Value> = self.params.clone();
+            bound.push(i64::from(page.limit).into());
+            bound.push(i64::try_from(page.offset).unwrap_or(i64::MAX).into());
             let mut stmt = conn.prepare_cached(&sql)?;
             let items = stmt
-                .query_map(params(), from_row)?
+                .query_map(rusqlite::params_from_iter(bound.iter()), from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(Page {
                 items,
