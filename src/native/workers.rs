@@ -107,30 +107,78 @@ async fn run_due_jobs(store: &Store) -> ApiResult<()> {
         to_rfc3339(chrono::Utc::now() - chrono::Duration::from_std(JOB_HOLD).unwrap_or_default());
     let due = store.read(move |c| rows::due_jobs(c, &cutoff, 20)).await?;
     for (org, job) in due {
-        store.write(move |tx| run_job(tx, &org, &job)).await?;
+        // The work (several queries) runs on a reader; only the short update holds the writer,
+        // so a job never makes a voice turn's write wait.
+        let (o, j) = (org.clone(), job.clone());
+        let prepared = store.read(move |c| prepare_job(c, &o, &j)).await?;
+        store
+            .write(move |tx| apply_job(tx, &org, &job, prepared))
+            .await?;
     }
     Ok(())
 }
 
-/// Runs one job to completion inside one transaction (claiming it first, so a job cancelled by
-/// `undo_last` in the meantime is skipped).
-pub fn run_job(conn: &rusqlite::Connection, org: &str, job: &rows::Job) -> ApiResult<()> {
-    if !rows::transition_job(conn, &job.id, "queued", "running")? {
-        return Ok(());
-    }
-    let (result, previous) = match job.kind.as_str() {
-        "enrichment" => enrich(conn, org, job)?,
-        _ => (research(conn, org, job)?, None),
-    };
-    rows::finish_job(conn, &job.id, "completed", &result, previous.as_ref())
+/// What a job produced, computed without writing anything.
+pub struct PreparedJob {
+    result: Value,
+    /// The contact fields an enrichment overwrites, kept so `undo_last` can restore them.
+    previous: Option<Value>,
+    /// (contact id, company, account id) to write, for an enrichment that found something.
+    contact_update: Option<(String, Option<String>, Option<String>)>,
 }
 
-/// Fills what can be derived locally: the company from the email domain and the account link.
-fn enrich(
+/// Computes a job's result on a read connection.
+pub fn prepare_job(
     conn: &rusqlite::Connection,
     org: &str,
     job: &rows::Job,
-) -> ApiResult<(Value, Option<Value>)> {
+) -> ApiResult<PreparedJob> {
+    match job.kind.as_str() {
+        "enrichment" => enrich(conn, org, job),
+        _ => Ok(PreparedJob {
+            result: research(conn, org, job)?,
+            previous: None,
+            contact_update: None,
+        }),
+    }
+}
+
+/// Claims the job and stores its result in one short transaction; a job cancelled by
+/// `undo_last` in the meantime is left alone.
+pub fn apply_job(
+    conn: &rusqlite::Connection,
+    org: &str,
+    job: &rows::Job,
+    prepared: PreparedJob,
+) -> ApiResult<()> {
+    if !rows::transition_job(conn, &job.id, "queued", "running")? {
+        return Ok(());
+    }
+    if let Some((contact_id, company, account_id)) = &prepared.contact_update {
+        conn.execute(
+            "UPDATE contacts SET company = ?3, company_norm = ?4, account_id = ?5, updated_at = ?6 WHERE id = ?1 AND org_id = ?2",
+            rusqlite::params![
+                contact_id,
+                org,
+                company,
+                company.as_deref().map(crate::text::normalize).unwrap_or_default(),
+                account_id,
+                now_rfc3339()
+            ],
+        )?;
+    }
+    rows::finish_job(
+        conn,
+        &job.id,
+        "completed",
+        &prepared.result,
+        prepared.previous.as_ref(),
+    )
+}
+
+/// Works out what can be derived locally: the company from the email domain and the account
+/// link.
+fn enrich(conn: &rusqlite::Connection, org: &str, job: &rows::Job) -> ApiResult<PreparedJob> {
     let Some(contact) = job
         .contact_id
         .as_deref()
@@ -138,10 +186,11 @@ fn enrich(
         .transpose()?
         .flatten()
     else {
-        return Ok((
-            json!({ "updated_fields": [], "reason": "contact no longer exists" }),
-            None,
-        ));
+        return Ok(PreparedJob {
+            result: json!({ "updated_fields": [], "reason": "contact no longer exists" }),
+            previous: None,
+            contact_update: None,
+        });
     };
     let previous = json!({ "company": contact.company, "account_id": contact.account_id });
     let domain = contact.email.as_deref().and_then(crate::text::email_domain);
@@ -176,16 +225,13 @@ fn enrich(
     if account_id != contact.account_id {
         updated.push("account_id");
     }
-    if !updated.is_empty() {
-        conn.execute(
-            "UPDATE contacts SET company = ?3, company_norm = ?4, account_id = ?5, updated_at = ?6 WHERE id = ?1 AND org_id = ?2",
-            rusqlite::params![contact.id, org, company, company.as_deref().map(crate::text::normalize).unwrap_or_default(), account_id, now_rfc3339()],
-        )?;
-    }
-    Ok((
-        json!({ "updated_fields": updated, "company": company, "account_id": account_id, "email_domain": domain }),
-        Some(previous),
-    ))
+    let contact_update =
+        (!updated.is_empty()).then(|| (contact.id.clone(), company.clone(), account_id.clone()));
+    Ok(PreparedJob {
+        result: json!({ "updated_fields": updated, "company": company, "account_id": account_id, "email_domain": domain }),
+        previous: Some(previous),
+        contact_update,
+    })
 }
 
 /// A briefing assembled from what the CRM already knows.
