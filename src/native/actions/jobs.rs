@@ -4,7 +4,7 @@
 use rusqlite::Connection;
 use serde_json::json;
 
-use super::{contact_or_clarify, reply, ExecCtx, Executed};
+use super::{contact_or_clarify, optional_contact, reply, ExecCtx, Executed};
 use crate::error::{ApiError, ApiResult};
 use crate::native::action::{ContactOnly, StartResearch};
 use crate::native::plan::{Plan, Step};
@@ -13,12 +13,9 @@ use crate::native::undo::UndoOp;
 use crate::store::{contacts, native as rows};
 
 pub fn plan_research(conn: &Connection, org: &str, a: &StartResearch) -> ApiResult<Step> {
-    let contact = match a.contact.as_deref().filter(|c| !c.trim().is_empty()) {
-        Some(r) => match contact_or_clarify(conn, org, Some(r), a.company.as_deref())? {
-            Ok(c) => Some(c),
-            Err(clarification) => return reply(clarification),
-        },
-        None => None,
+    let contact = match optional_contact(conn, org, a.contact.as_deref(), a.company.as_deref())? {
+        Ok(c) => c,
+        Err(clarification) => return reply(clarification),
     };
     let company = a
         .company

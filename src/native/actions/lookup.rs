@@ -4,7 +4,7 @@
 use rusqlite::Connection;
 use serde_json::json;
 
-use super::{contact_or_clarify, reply};
+use super::{contact_or_clarify, optional_contact, reply};
 use crate::error::ApiResult;
 use crate::ids::{parse_rfc3339, to_rfc3339};
 use crate::native::action::{LookupCompany, LookupPerson, RecentSignals, ReplyInbox};
@@ -121,13 +121,13 @@ pub fn recent_signals(conn: &Connection, org: &str, a: &RecentSignals) -> ApiRes
         ..Default::default()
     };
     let mut reply_ids = serde_json::Map::new();
-    if let Some(reference) = a.contact.as_deref().filter(|r| !r.trim().is_empty()) {
-        let contact = match contact_or_clarify(conn, org, Some(reference), None)? {
-            Ok(c) => c,
-            Err(clarification) => return reply(clarification),
-        };
-        reply_ids.insert("contact_id".into(), contact.id.clone().into());
-        filter.contact_id = Some(contact.id);
+    match optional_contact(conn, org, a.contact.as_deref(), None)? {
+        Err(clarification) => return reply(clarification),
+        Ok(None) => {}
+        Ok(Some(contact)) => {
+            reply_ids.insert("contact_id".into(), contact.id.clone().into());
+            filter.contact_id = Some(contact.id);
+        }
     }
     let page = signals::list(
         conn,
@@ -167,13 +167,13 @@ pub fn reply_inbox(conn: &Connection, org: &str, a: &ReplyInbox) -> ApiResult<St
         ..Default::default()
     };
     let mut ids = serde_json::Map::new();
-    if let Some(reference) = a.contact.as_deref().filter(|r| !r.trim().is_empty()) {
-        let contact = match contact_or_clarify(conn, org, Some(reference), a.company.as_deref())? {
-            Ok(c) => c,
-            Err(clarification) => return reply(clarification),
-        };
-        ids.insert("contact_id".into(), contact.id.clone().into());
-        filter.contact_id = Some(contact.id);
+    match optional_contact(conn, org, a.contact.as_deref(), a.company.as_deref())? {
+        Err(clarification) => return reply(clarification),
+        Ok(None) => {}
+        Ok(Some(contact)) => {
+            ids.insert("contact_id".into(), contact.id.clone().into());
+            filter.contact_id = Some(contact.id);
+        }
     }
     let page = interactions::list(
         conn,

@@ -95,6 +95,20 @@ pub(crate) fn contact_or_clarify(
     }
 }
 
+/// Like [`contact_or_clarify`] for actions where the contact is optional: `Ok(None)` when no
+/// reference was given.
+pub(crate) fn optional_contact(
+    conn: &Connection,
+    org: &str,
+    reference: Option<&str>,
+    company: Option<&str>,
+) -> ApiResult<Result<Option<Contact>, NativeReply>> {
+    match reference.filter(|r| !r.trim().is_empty()) {
+        None => Ok(Ok(None)),
+        Some(r) => Ok(contact_or_clarify(conn, org, Some(r), company)?.map(Some)),
+    }
+}
+
 pub(crate) fn campaign_or_clarify(
     conn: &Connection,
     org: &str,
