@@ -61,15 +61,25 @@ impl App {
             .authenticate_header(authorization)
             .await
             .map_err(|e| (e, None))?;
-        let decision = self.limiter.check(&principal.org_id, principal.rate_limit);
-        if !decision.allowed {
-            crate::telemetry::rate_limited("http");
-            return Err((
-                crate::auth::rate_limit::rate_limited(&decision),
-                Some(decision),
-            ));
-        }
+        let decision = self
+            .charge(&principal, "http")
+            .map_err(|(e, d)| (e, Some(d)))?;
         Ok((principal, decision))
+    }
+
+    /// Counts one request of an authenticated caller against its org's quota, over any
+    /// transport (`transport` labels the metric). Over quota: the 429 error and the decision.
+    pub fn charge(
+        &self,
+        principal: &Principal,
+        transport: &'static str,
+    ) -> Result<RateDecision, (ApiError, RateDecision)> {
+        let decision = self.limiter.check(&principal.org_id, principal.rate_limit);
+        if decision.allowed {
+            return Ok(decision);
+        }
+        crate::telemetry::rate_limited(transport);
+        Err((crate::auth::rate_limit::rate_limited(&decision), decision))
     }
 
     pub fn is_ready(&self) -> bool {

@@ -31,8 +31,13 @@ pub fn request_id() -> String {
 }
 
 pub fn meta() -> serde_json::Map<String, Value> {
+    meta_for(request_id())
+}
+
+/// `meta` for an explicit request id (WebSocket frames have one each, outside any HTTP request).
+pub fn meta_for(request_id: String) -> serde_json::Map<String, Value> {
     let mut m = serde_json::Map::new();
-    m.insert("request_id".into(), Value::String(request_id()));
+    m.insert("request_id".into(), Value::String(request_id));
     m.insert("timestamp".into(), Value::String(now_rfc3339()));
     m
 }
@@ -108,7 +113,11 @@ impl<T: Serialize> IntoResponse for Paged<T> {
 
 /// The error envelope body for `e`.
 pub fn error_body(e: &ApiError) -> Value {
-    json!({ "ok": false, "error": e.to_json(), "meta": meta() })
+    error_body_for(e, request_id())
+}
+
+pub fn error_body_for(e: &ApiError, request_id: String) -> Value {
+    json!({ "ok": false, "error": e.to_json(), "meta": meta_for(request_id) })
 }
 
 impl IntoResponse for ApiError {

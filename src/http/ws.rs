@@ -24,7 +24,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Semaphore};
 
-use super::envelope::error_body;
+use super::envelope::error_body_for;
 use crate::app::AppState;
 use crate::auth::connections::ConnectionSlot;
 use crate::auth::Principal;
@@ -125,13 +125,7 @@ fn close_frame(code: u16, reason: &str) -> Message {
 
 /// An error frame: the error envelope plus the request's `id` when one could be read.
 fn error_frame(e: &ApiError, id: Option<&str>, request_id: &str) -> Message {
-    let mut v = crate::http::envelope::REQUEST.sync_scope(
-        crate::http::envelope::RequestContext {
-            request_id: request_id.to_string(),
-            started: Instant::now(),
-        },
-        || error_body(e),
-    );
+    let mut v = error_body_for(e, request_id.to_string());
     if let (Some(id), Value::Object(m)) = (id, &mut v) {
         m.insert("id".into(), Value::String(id.to_string()));
     }
@@ -467,23 +461,18 @@ async fn handle_frame(
         }
     };
     timing.record("parse", t.elapsed());
-    let decision = app.limiter.check(&principal.org_id, principal.rate_limit);
-    let outcome = if decision.allowed {
-        app.bridge
-            .handle(
-                principal.clone(),
-                Value::Object(body),
-                timing,
-                Transport::WebSocket,
-            )
-            .await
-    } else {
-        telemetry::rate_limited("ws");
-        app.bridge.reject(
-            crate::auth::rate_limit::rate_limited(&decision),
-            timing,
-            Transport::WebSocket,
-        )
+    let outcome = match app.charge(principal, "ws") {
+        Ok(_) => {
+            app.bridge
+                .handle(
+                    principal.clone(),
+                    Value::Object(body),
+                    timing,
+                    Transport::WebSocket,
+                )
+                .await
+        }
+        Err((e, _)) => app.bridge.reject(e, timing, Transport::WebSocket),
     };
     let bytes = outcome.envelope_bytes(&request_id, Some(FrameInfo { id: Some(&id) }));
     // serde_json writes UTF-8, so this conversion cannot fail; an empty frame would be a bug.
