@@ -4,12 +4,13 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// Declares a string enum with `as_str`, `FromStr`, `Display`, serde and a list of all values.
+/// Declares a string enum with `as_str`, `FromStr`, `Display`, serde, its JSON Schema and a list of
+/// all values.
 macro_rules! string_enum {
     ($(#[$m:meta])* $name:ident { $($variant:ident => $s:literal),+ $(,)? }) => {
         $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name { $($variant),+ }
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, utoipa::ToSchema)]
+        pub enum $name { $(#[schema(rename = $s)] $variant),+ }
 
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$variant),+];

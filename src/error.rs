@@ -33,6 +33,31 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for documentation (the OpenAPI error schemas) and tests.
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::MissingAuth,
+        ErrorCode::InvalidApiKey,
+        ErrorCode::PlanRequired,
+        ErrorCode::ScopeDenied,
+        ErrorCode::OrgNotFound,
+        ErrorCode::ResourceNotFound,
+        ErrorCode::ValidationError,
+        ErrorCode::DuplicateResource,
+        ErrorCode::InsufficientCredits,
+        ErrorCode::CampaignNotActive,
+        ErrorCode::InternalError,
+        ErrorCode::RateLimited,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::IdempotencyKeyReused,
+        ErrorCode::IdempotencyKeyInUse,
+        ErrorCode::PendingActionExpired,
+        ErrorCode::UpstreamUnavailable,
+        ErrorCode::UpstreamTimeout,
+        ErrorCode::ServiceUnavailable,
+    ];
+
     /// The wire spelling, e.g. `VALIDATION_ERROR`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -242,6 +267,41 @@ mod tests {
         assert_eq!(e.details.as_deref(), Some("action.campaignRef: missing"));
         assert_eq!(e.to_json()["docs_url"], "/docs#validation_error");
         assert_eq!(ApiError::not_found("Contact").to_json()["details"], "");
+    }
+
+    #[test]
+    fn all_lists_every_code() {
+        // Exhaustive: a new variant does not compile until it gets the next number here, and
+        // then this test fails until it is in `ALL` too.
+        fn number(c: ErrorCode) -> usize {
+            use ErrorCode::*;
+            match c {
+                MissingAuth => 0,
+                InvalidApiKey => 1,
+                PlanRequired => 2,
+                ScopeDenied => 3,
+                OrgNotFound => 4,
+                ResourceNotFound => 5,
+                ValidationError => 6,
+                DuplicateResource => 7,
+                InsufficientCredits => 8,
+                CampaignNotActive => 9,
+                InternalError => 10,
+                RateLimited => 11,
+                PayloadTooLarge => 12,
+                UnsupportedMediaType => 13,
+                MethodNotAllowed => 14,
+                IdempotencyKeyReused => 15,
+                IdempotencyKeyInUse => 16,
+                PendingActionExpired => 17,
+                UpstreamUnavailable => 18,
+                UpstreamTimeout => 19,
+                ServiceUnavailable => 20,
+            }
+        }
+        let mut seen: Vec<usize> = ErrorCode::ALL.iter().map(|c| number(*c)).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..=20).collect::<Vec<_>>());
     }
 
     #[test]

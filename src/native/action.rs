@@ -36,9 +36,12 @@ pub const MAX_NOTE_CHARS: usize = 10_000;
 const MAX_TEXT: usize = 500;
 const MAX_BODY: usize = 10_000;
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LookupPerson {
+    /// The contact: a UUID, an email, or a name. Also accepted as `personName`, `contactId` or
+    /// `email` (send one of them).
+    #[schema(max_length = 320)]
     #[serde(
         rename = "contactRef",
         alias = "personName",
@@ -46,22 +49,33 @@ pub struct LookupPerson {
         alias = "email"
     )]
     pub contact: Option<String>,
+    /// Company name, to narrow a contact name.
+    #[schema(max_length = 200)]
     pub company: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LookupCompany {
+    /// Company name or domain (or send `companyId`).
+    #[schema(max_length = 200)]
     pub company: Option<String>,
+    /// Company id.
     #[serde(rename = "companyId")]
     pub company_id: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecentSignals {
+    /// Only signals detected at or after this time (RFC 3339).
+    #[schema(format = DateTime)]
     pub since: Option<String>,
+    /// Only signals for this company.
+    #[schema(max_length = 200)]
     pub company: Option<String>,
+    /// The contact: a UUID, an email, or a name. Also accepted as `personName`, `contactId` or
+    /// `email` (send one of them).
     #[serde(
         rename = "contactRef",
         alias = "personName",
@@ -69,14 +83,20 @@ pub struct RecentSignals {
         alias = "email"
     )]
     pub contact: Option<String>,
+    /// Lowest intent score, 0-100.
+    #[schema(minimum = 0, maximum = 100)]
     #[serde(rename = "minIntentScore")]
     pub min_intent_score: Option<i64>,
+    /// At most this many signals (default 5).
+    #[schema(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartResearch {
+    /// The contact: a UUID, an email, or a name. Also accepted as `personName`, `contactId` or
+    /// `email` (send one of them).
     #[serde(
         rename = "contactRef",
         alias = "personName",
@@ -84,14 +104,20 @@ pub struct StartResearch {
         alias = "email"
     )]
     pub contact: Option<String>,
+    /// Company to research (when no contact is given).
     pub company: Option<String>,
+    /// What to research.
+    #[schema(max_length = 500)]
     pub topic: Option<String>,
 }
 
 /// Actions whose only input is a contact (plus an optional company to narrow a name).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContactOnly {
+    /// The contact: a UUID, an email, or a name. Also accepted as `personName`, `contactId` or
+    /// `email` (send one of them).
+    #[schema(max_length = 320)]
     #[serde(
         rename = "contactRef",
         alias = "personName",
@@ -99,12 +125,16 @@ pub struct ContactOnly {
         alias = "email"
     )]
     pub contact: Option<String>,
+    /// Company name, to narrow a contact name.
     pub company: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContactCampaign {
+    /// The contact: a UUID, an email, or a name. Also accepted as `personName`, `contactId` or
+    /// `email` (send one of them).
+    #[schema(max_length = 320)]
     #[serde(
         rename = "contactRef",
         alias = "personName",
@@ -112,21 +142,29 @@ pub struct ContactCampaign {
         alias = "email"
     )]
     pub contact: Option<String>,
+    /// Company name, to narrow a contact name.
     pub company: Option<String>,
+    /// The campaign: a UUID or a name. Also accepted as `campaignId`.
+    #[schema(max_length = 320)]
     #[serde(rename = "campaignRef", alias = "campaignId")]
     pub campaign: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CampaignOnly {
+    /// The campaign: a UUID or a name. Also accepted as `campaignId`.
+    #[schema(max_length = 320)]
     #[serde(rename = "campaignRef", alias = "campaignId")]
     pub campaign: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DraftMessage {
+    /// The contact: a UUID, an email, or a name. Also accepted as `personName`, `contactId` or
+    /// `email` (send one of them).
+    #[schema(max_length = 320)]
     #[serde(
         rename = "contactRef",
         alias = "personName",
@@ -134,15 +172,24 @@ pub struct DraftMessage {
         alias = "email"
     )]
     pub contact: Option<String>,
+    /// Company name, to narrow a contact name.
     pub company: Option<String>,
+    /// Channel (default email).
     pub channel: Option<Channel>,
+    /// What the draft should say.
+    #[schema(max_length = 2000)]
     pub instructions: Option<String>,
+    /// Email subject.
+    #[schema(max_length = 300)]
     pub subject: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendMessage {
+    /// The contact: a UUID, an email, or a name. Also accepted as `personName`, `contactId` or
+    /// `email` (send one of them).
+    #[schema(max_length = 320)]
     #[serde(
         rename = "contactRef",
         alias = "personName",
@@ -150,17 +197,27 @@ pub struct SendMessage {
         alias = "email"
     )]
     pub contact: Option<String>,
+    /// Company name, to narrow a contact name.
     pub company: Option<String>,
+    /// Send this draft (or give `body`).
     #[serde(rename = "draftId")]
     pub draft_id: Option<String>,
+    /// Message text (or give `draftId`).
+    #[schema(max_length = 10000)]
     pub body: Option<String>,
+    /// Channel (default email).
     pub channel: Option<Channel>,
+    /// Email subject.
+    #[schema(max_length = 300)]
     pub subject: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplyInbox {
+    /// The contact: a UUID, an email, or a name. Also accepted as `personName`, `contactId` or
+    /// `email` (send one of them).
+    #[schema(max_length = 320)]
     #[serde(
         rename = "contactRef",
         alias = "personName",
@@ -168,15 +225,22 @@ pub struct ReplyInbox {
         alias = "email"
     )]
     pub contact: Option<String>,
+    /// Company name, to narrow a contact name.
     pub company: Option<String>,
+    /// Only unread replies.
     #[serde(rename = "unreadOnly")]
     pub unread_only: Option<bool>,
+    /// At most this many replies (default 5).
+    #[schema(minimum = 1, maximum = 50)]
     pub limit: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BookMeeting {
+    /// The contact: a UUID, an email, or a name. Also accepted as `personName`, `contactId` or
+    /// `email` (send one of them).
+    #[schema(max_length = 320)]
     #[serde(
         rename = "contactRef",
         alias = "personName",
@@ -184,17 +248,27 @@ pub struct BookMeeting {
         alias = "email"
     )]
     pub contact: Option<String>,
+    /// Company name, to narrow a contact name.
     pub company: Option<String>,
+    /// Start (RFC 3339).
+    #[schema(format = DateTime)]
     #[serde(rename = "startTime")]
     pub start_time: Option<String>,
+    /// Length in minutes (default 30).
+    #[schema(minimum = 5, maximum = 480)]
     #[serde(rename = "durationMinutes")]
     pub duration_minutes: Option<u32>,
+    /// Meeting title.
+    #[schema(max_length = 200)]
     pub title: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MarkStatus {
+    /// The contact: a UUID, an email, or a name. Also accepted as `personName`, `contactId` or
+    /// `email` (send one of them).
+    #[schema(max_length = 320)]
     #[serde(
         rename = "contactRef",
         alias = "personName",
@@ -202,13 +276,18 @@ pub struct MarkStatus {
         alias = "email"
     )]
     pub contact: Option<String>,
+    /// Company name, to narrow a contact name.
     pub company: Option<String>,
+    /// The new status (`disqualified` asks for confirmation).
     pub status: Option<ContactStatus>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NoteOnContact {
+    /// The contact: a UUID, an email, or a name. Also accepted as `personName`, `contactId` or
+    /// `email` (send one of them).
+    #[schema(max_length = 320)]
     #[serde(
         rename = "contactRef",
         alias = "personName",
@@ -216,11 +295,14 @@ pub struct NoteOnContact {
         alias = "email"
     )]
     pub contact: Option<String>,
+    /// Company name, to narrow a contact name.
     pub company: Option<String>,
+    /// The note (up to 10,000 characters).
+    #[schema(max_length = 10000)]
     pub note: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UndoLast {}
 

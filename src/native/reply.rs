@@ -6,7 +6,8 @@ use serde_json::{Map, Value};
 use super::timing::ServerTiming;
 use crate::error::ApiError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// What kind of answer this is (DESIGN §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReplyMode {
     Result,
@@ -29,7 +30,7 @@ impl ReplyMode {
 }
 
 /// One possible match offered when a reference is ambiguous.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Candidate {
     pub id: String,
     pub name: String,
@@ -37,28 +38,45 @@ pub struct Candidate {
     pub title: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Server time of the turn against the latency target.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Performance {
+    /// `fast` or `standard`.
+    #[schema(value_type = String, examples("fast"))]
     pub execution_mode: &'static str,
     pub server_elapsed_ms: f64,
     pub target_ms: f64,
     pub within_target: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The `data` of a successful native reply.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NativeReply {
     pub mode: ReplyMode,
+    /// One or two plain sentences for a TTS engine (no ids, URLs or markdown).
     pub spoken_summary: String,
+    /// Structured result; its fields depend on the action.
+    #[schema(value_type = Object)]
     pub data: Value,
+    /// Ids of the records involved, e.g. `contact_id`, `campaign_id`, `draft_id`.
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
     pub ids: Map<String, Value>,
+    /// Only with `confirmation_required`: send it back with `confirmed`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending_action_id: Option<String>,
+    /// Only with `confirmation_required`: when the pending action expires (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+    /// With `clarification_required`: up to 5 matches to choose from.
     pub candidates: Vec<Candidate>,
+    /// The effective idempotency key, if any.
+    #[schema(required = true)]
     pub idempotency_key: Option<String>,
+    /// The audit record written for this turn, or null when none was written.
+    #[schema(required = true)]
     pub audit_id: Option<String>,
     /// Filled in last, when the total time is known.
+    #[schema(required = true)]
     pub performance: Option<Performance>,
 }
 
