@@ -88,20 +88,21 @@ impl<'a> Fields<'a> {
         self.map.contains_key(key)
     }
 
-    /// A string field, trimmed; empty strings count as null. `max` is in characters.
+    /// A string field, trimmed; empty strings count as null. `max` is in characters, counted
+    /// as sent (so the limit is the one a schema's `maxLength` states).
     pub fn string(&mut self, key: &'a str, max: usize) -> ApiResult<Option<Patch<String>>> {
         match self.take(key) {
             None => Ok(None),
             Some(Value::Null) => Ok(Some(Patch::Clear)),
             Some(Value::String(s)) => {
                 let t = s.trim();
-                if t.is_empty() {
-                    Ok(Some(Patch::Clear))
-                } else if t.chars().count() > max {
+                if s.chars().count() > max {
                     Err(ApiError::validation(
                         &self.field_path(key),
                         format!("longer than {max} characters"),
                     ))
+                } else if t.is_empty() {
+                    Ok(Some(Patch::Clear))
                 } else {
                     Ok(Some(Patch::Set(t.to_string())))
                 }

@@ -102,7 +102,10 @@ impl NativeRequest {
         let audit_read_actions = bool_field(obj, "auditReadActions")?.unwrap_or(false);
         let pending_action_id =
             string_field(obj, "pendingActionId")?.filter(|s| !s.trim().is_empty());
-        if pending_action_id.as_ref().is_some_and(|p| p.len() > 128) {
+        if pending_action_id
+            .as_ref()
+            .is_some_and(|p| p.chars().count() > 128)
+        {
             return Err(ApiError::validation(
                 "pendingActionId",
                 "longer than 128 characters",
