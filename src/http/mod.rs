@@ -5,37 +5,50 @@ pub mod envelope;
 pub mod extract;
 pub mod middleware;
 pub mod native;
+pub mod openapi;
 pub mod ops;
 pub mod rest;
+pub mod schemas;
 pub mod ws;
 
 use std::any::Any;
 
 use axum::extract::DefaultBodyLimit;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorCode};
 
-/// The whole service: operator endpoints, REST v1 behind auth, the envelope safety net.
+/// Every route of the service with its OpenAPI operation: operator endpoints, REST v1 (passed
+/// through `guard_rest`, which adds authentication when serving), the native endpoint and its
+/// WebSocket twin. Routes are only ever registered here, through `routes!`, which reads method
+/// and path from each handler's `#[utoipa::path]`: a route cannot exist without its spec entry
+/// (`tests/openapi.rs` checks that nothing bypasses this).
+pub fn routes(
+    guard_rest: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>,
+) -> OpenApiRouter<AppState> {
+    // The native endpoint authenticates inside its handler so auth time shows in Server-Timing.
+    let api = guard_rest(rest::router())
+        .routes(routes!(native::handle))
+        .routes(routes!(ws::upgrade));
+    OpenApiRouter::new()
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(openapi::serve))
+        .nest("/api/v1", api)
+}
+
+/// The whole service: the routes above, REST v1 behind auth, the envelope safety net.
 pub fn build_router(app: AppState) -> Router {
     let max_body = app.config.limits.max_body_bytes;
-    let rest = rest::router().route_layer(axum::middleware::from_fn_with_state(
-        app.clone(),
-        middleware::api_auth,
-    ));
-    // The native endpoint authenticates inside its handler so auth time shows in Server-Timing.
-    let api = rest
-        .route("/native/outreachpilot", axum::routing::post(native::handle))
-        .route("/native/outreachpilot/ws", get(ws::upgrade));
-    Router::new()
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .nest("/api/v1", api)
+    let auth = axum::middleware::from_fn_with_state(app.clone(), middleware::api_auth);
+    let (router, _spec) = routes(|rest| rest.route_layer(auth)).split_for_parts();
+    router
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(CatchPanicLayer::custom(panic_response))

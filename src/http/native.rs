@@ -18,6 +18,19 @@ use crate::native::reply::TurnOutcome;
 use crate::native::timing::ServerTiming;
 use crate::native::Transport;
 
+/// Run one native action (or confirm or cancel a pending one). Every response carries
+/// `Server-Timing`; a replay from the idempotency store carries `Idempotent-Replayed: true`.
+#[utoipa::path(post, path = "/native/outreachpilot", tag = "native", operation_id = "nativeOutreachpilot",
+    request_body = crate::http::schemas::NativeRequestBody,
+    responses(
+        (status = 200, description = "A reply: `result`, `confirmation_required`, `clarification_required`, `queued` or `duplicate`", body = crate::http::schemas::NativeEnvelope),
+        (status = 400, description = "`CAMPAIGN_NOT_ACTIVE`"),
+        (status = 402, description = "`INSUFFICIENT_CREDITS`"),
+        (status = 404, description = "`RESOURCE_NOT_FOUND`: a reference or pending action that does not exist (or `ORG_NOT_FOUND`)"),
+        (status = 409, description = "`IDEMPOTENCY_KEY_IN_USE` (with `Retry-After`) or `DUPLICATE_RESOURCE`"),
+        (status = 410, description = "`PENDING_ACTION_EXPIRED`"),
+        (status = 503, description = "`SERVICE_UNAVAILABLE`: shutting down"),
+    ))]
 pub async fn handle(State(app): State<AppState>, req: Request) -> Response {
     let started = REQUEST
         .try_with(|c| c.started)

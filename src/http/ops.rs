@@ -1,4 +1,5 @@
-//! Operator endpoints outside `/api/v1`: liveness, readiness and Prometheus metrics.
+//! Operator endpoints outside `/api/v1`: liveness, readiness and Prometheus metrics (and, in
+//! `http::openapi`, the OpenAPI document). None needs an API key.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -10,6 +11,8 @@ use crate::app::AppState;
 use crate::error::{ApiError, ErrorCode};
 
 /// Alive as long as the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", operation_id = "healthz", security(()),
+    responses((status = 200, description = "`{ status: \"ok\" }`", body = crate::http::schemas::Envelope<crate::http::schemas::Status>)))]
 pub async fn healthz() -> Response {
     json_response(
         StatusCode::OK,
@@ -19,6 +22,11 @@ pub async fn healthz() -> Response {
 
 /// Ready once migrations ran and the listener is up, and while the database answers; not ready
 /// again as soon as shutdown begins.
+#[utoipa::path(get, path = "/readyz", tag = "operations", operation_id = "readyz", security(()),
+    responses(
+        (status = 200, description = "`{ status: \"ready\" }`", body = crate::http::schemas::Envelope<crate::http::schemas::Status>),
+        (status = 503, description = "`SERVICE_UNAVAILABLE`: starting, shutting down, or the database does not answer"),
+    ))]
 pub async fn readyz(State(app): State<AppState>) -> Response {
     if app.is_ready() && app.store.ping().await {
         json_response(
@@ -30,6 +38,9 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     }
 }
 
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics", security(()),
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String)))]
 pub async fn metrics(State(app): State<AppState>) -> Response {
     // Gauges that are cheap to read at scrape time and costly to keep current per request.
     crate::telemetry::pending_actions(app.bridge.pending().open_count());

@@ -51,6 +51,21 @@ mod close {
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
+/// Open the WebSocket twin of the native endpoint (protocol and frames: `docs/websocket.md`).
+///
+/// A standard RFC 6455 handshake (`Upgrade: websocket`, `Connection: Upgrade`,
+/// `Sec-WebSocket-Key`, `Sec-WebSocket-Version: 13`). Credentials may come with the upgrade
+/// (`Authorization: Bearer`, checked before upgrading) or in a first frame
+/// `{"type":"auth","token":"op_live_..."}`. Request frames are the native request body plus a
+/// client-chosen `id`; reply frames are the HTTP envelope plus that `id` and
+/// `meta.server_timing`.
+#[utoipa::path(get, path = "/native/outreachpilot/ws", tag = "native", operation_id = "nativeOutreachpilotWebSocket",
+    responses(
+        (status = 101, description = "Switching protocols: the connection speaks the frame protocol in docs/websocket.md"),
+        (status = 422, description = "`VALIDATION_ERROR`: not a WebSocket upgrade request"),
+        (status = 429, description = "`RATE_LIMITED`: the org has too many open WebSocket connections"),
+        (status = 503, description = "`SERVICE_UNAVAILABLE`: the server has too many open WebSocket connections (with `Retry-After`)"),
+    ))]
 pub async fn upgrade(
     State(app): State<AppState>,
     headers: HeaderMap,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::Extension;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{record_id, CRM_PAGE_CAP};
 use crate::app::AppState;
@@ -19,13 +19,23 @@ use crate::input::{Fields, Patch};
 use crate::store::campaigns::{self, AudienceStats, Campaign, CampaignChanges, CampaignFilter};
 use crate::store::contacts::{self, ContactFields};
 
-#[derive(Serialize)]
+/// A campaign with its audience counts.
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct CampaignWithStats {
     #[serde(flatten)]
     pub campaign: Campaign,
     pub audience_stats: AudienceStats,
 }
 
+/// List campaigns.
+#[utoipa::path(get, path = "/campaigns", tag = "campaigns", operation_id = "listCampaigns",
+    params(
+        ("status" = Option<CampaignStatus>, Query, description = "Only campaigns with this status"),
+        ("type" = Option<String>, Query, description = "Only campaigns of this type (email, linkedin, multichannel, call)"),
+        ("limit" = Option<u32>, Query, minimum = 1, description = "Page size (default 50, larger values are clamped to 200)"),
+        ("offset" = Option<u64>, Query, minimum = 0, description = "Records to skip"),
+    ),
+    responses((status = 200, description = "A page of campaigns", body = crate::http::schemas::PageEnvelope<Campaign>)))]
 pub async fn list(
     State(app): State<AppState>,
     Extension(p): Extension<Arc<Principal>>,
@@ -52,6 +62,13 @@ pub async fn list(
     ))
 }
 
+/// One campaign with `audience_stats`.
+#[utoipa::path(get, path = "/campaigns/{id}", tag = "campaigns", operation_id = "getCampaign",
+    params(("id" = String, Path, format = "uuid", description = "Campaign id")),
+    responses(
+        (status = 200, description = "The campaign", body = crate::http::schemas::Envelope<CampaignWithStats>),
+        (status = 404, description = "`RESOURCE_NOT_FOUND`"),
+    ))]
 pub async fn get_one(
     State(app): State<AppState>,
     Extension(p): Extension<Arc<Principal>>,
@@ -75,6 +92,14 @@ pub async fn get_one(
     Ok(Data(out))
 }
 
+/// Change a campaign's name, status, type, mode, config or steps.
+#[utoipa::path(patch, path = "/campaigns/{id}", tag = "campaigns", operation_id = "updateCampaign",
+    params(("id" = String, Path, format = "uuid", description = "Campaign id")),
+    request_body = crate::http::schemas::CampaignPatch,
+    responses(
+        (status = 200, description = "The updated campaign", body = crate::http::schemas::Envelope<Campaign>),
+        (status = 404, description = "`RESOURCE_NOT_FOUND`"),
+    ))]
 pub async fn update(
     State(app): State<AppState>,
     Extension(p): Extension<Arc<Principal>>,
@@ -91,6 +116,37 @@ pub async fn update(
             .write(move |tx| campaigns::update(tx, &org, &id, &changes))
             .await?,
     ))
+}
+
+/// `POST /campaigns/{id}/trigger` answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Triggered {
+    /// Always true.
+    pub triggered: bool,
+    pub campaign_id: String,
+    pub contact_id: String,
+    /// True when the contact was already in the audience (nothing changed).
+    pub already_in_campaign: bool,
+}
+
+/// `GET /campaigns/{id}/status` answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CampaignReport {
+    pub campaign_id: String,
+    pub name: String,
+    pub status: CampaignStatus,
+    pub audience: AudienceBreakdown,
+}
+
+/// Audience members by state.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AudienceBreakdown {
+    pub total: u64,
+    pub active: u64,
+    pub completed: u64,
+    pub paused: u64,
+    pub bounced: u64,
+    pub failed: u64,
 }
 
 /// `{ contact_id }` or `{ email, first_name?, last_name?, company? }`.
@@ -116,12 +172,22 @@ fn parse_trigger(body: &Value) -> ApiResult<TriggerTarget> {
     }
 }
 
+/// Add a contact to the campaign's audience (creating the contact by email when new).
+#[utoipa::path(post, path = "/campaigns/{id}/trigger", tag = "campaigns", operation_id = "triggerCampaign",
+    params(("id" = String, Path, format = "uuid", description = "Campaign id")),
+    request_body = crate::http::schemas::TriggerInput,
+    responses(
+        (status = 200, description = "The contact is in the audience", body = crate::http::schemas::Envelope<Triggered>),
+        (status = 400, description = "`CAMPAIGN_NOT_ACTIVE`: the campaign is draft, paused or completed"),
+        (status = 404, description = "`RESOURCE_NOT_FOUND`: no such campaign or contact"),
+        (status = 409, description = "`DUPLICATE_RESOURCE`"),
+    ))]
 pub async fn trigger(
     State(app): State<AppState>,
     Extension(p): Extension<Arc<Principal>>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<Value>,
-) -> ApiResult<Data<Value>> {
+) -> ApiResult<Data<Triggered>> {
     p.require_any(&[Scope::Campaigns])?;
     let id = record_id(&id, "Campaign")?;
     let target = parse_trigger(&body)?;
@@ -156,19 +222,26 @@ pub async fn trigger(
             ))
         })
         .await?;
-    Ok(Data(json!({
-        "triggered": true,
-        "campaign_id": campaign_id,
-        "contact_id": contact_id,
-        "already_in_campaign": already,
-    })))
+    Ok(Data(Triggered {
+        triggered: true,
+        campaign_id,
+        contact_id,
+        already_in_campaign: already,
+    }))
 }
 
+/// The campaign's status and audience breakdown.
+#[utoipa::path(get, path = "/campaigns/{id}/status", tag = "campaigns", operation_id = "getCampaignStatus",
+    params(("id" = String, Path, format = "uuid", description = "Campaign id")),
+    responses(
+        (status = 200, description = "Status and audience", body = crate::http::schemas::Envelope<CampaignReport>),
+        (status = 404, description = "`RESOURCE_NOT_FOUND`"),
+    ))]
 pub async fn status(
     State(app): State<AppState>,
     Extension(p): Extension<Arc<Principal>>,
     Path(id): Path<String>,
-) -> ApiResult<Data<Value>> {
+) -> ApiResult<Data<CampaignReport>> {
     p.require_any(&[Scope::Campaigns])?;
     let id = record_id(&id, "Campaign")?;
     let org = p.org_id.clone();
@@ -180,17 +253,17 @@ pub async fn status(
             Ok((c, stats))
         })
         .await?;
-    Ok(Data(json!({
-        "campaign_id": c.id,
-        "name": c.name,
-        "status": c.status,
-        "audience": {
-            "total": stats.total,
-            "active": stats.active,
-            "completed": stats.completed,
-            "paused": stats.paused,
-            "bounced": stats.bounced,
-            "failed": stats.failed.unwrap_or(0),
+    Ok(Data(CampaignReport {
+        campaign_id: c.id,
+        name: c.name,
+        status: c.status,
+        audience: AudienceBreakdown {
+            total: stats.total,
+            active: stats.active,
+            completed: stats.completed,
+            paused: stats.paused,
+            bounced: stats.bounced,
+            failed: stats.failed.unwrap_or(0),
         },
-    })))
+    }))
 }

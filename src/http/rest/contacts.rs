@@ -4,12 +4,13 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::Extension;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
-use super::{record_id, CRM_PAGE_CAP};
+use super::{record_id, Deleted, CRM_PAGE_CAP};
 use crate::app::AppState;
 use crate::auth::Principal;
-use crate::domain::Scope;
+use crate::domain::{ContactStatus, Scope};
 use crate::error::{ApiError, ApiResult};
 use crate::http::envelope::{Created, Data, Paged};
 use crate::http::extract::{ApiJson, QueryParams};
@@ -19,6 +20,23 @@ use crate::store::contacts::{self, ContactFields, ContactFilter};
 /// Most contacts accepted in one create call.
 pub const MAX_BATCH: usize = 500;
 
+/// `POST /contacts` answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ContactsCreated {
+    pub contacts: Vec<contacts::Contact>,
+    pub count: usize,
+}
+
+/// List contacts, newest first.
+#[utoipa::path(get, path = "/contacts", tag = "contacts", operation_id = "listContacts",
+    params(
+        ("status" = Option<ContactStatus>, Query, description = "Only contacts with this status"),
+        ("folder_id" = Option<String>, Query, description = "Only contacts in this folder"),
+        ("search" = Option<String>, Query, description = "Name, email or company contains this text"),
+        ("limit" = Option<u32>, Query, minimum = 1, description = "Page size (default 50, larger values are clamped to 200)"),
+        ("offset" = Option<u64>, Query, minimum = 0, description = "Records to skip"),
+    ),
+    responses((status = 200, description = "A page of contacts", body = crate::http::schemas::PageEnvelope<contacts::Contact>)))]
 pub async fn list(
     State(app): State<AppState>,
     Extension(p): Extension<Arc<Principal>>,
@@ -82,11 +100,18 @@ pub fn parse_create(body: &Value) -> ApiResult<(Vec<ContactFields>, bool)> {
     Ok((vec![c], upsert))
 }
 
+/// Create one contact or a batch.
+#[utoipa::path(post, path = "/contacts", tag = "contacts", operation_id = "createContacts",
+    request_body = crate::http::schemas::ContactsCreate,
+    responses(
+        (status = 201, description = "Created (or upserted)", body = crate::http::schemas::Envelope<ContactsCreated>),
+        (status = 409, description = "`DUPLICATE_RESOURCE`: a contact with this email exists (without `upsert`)"),
+    ))]
 pub async fn create(
     State(app): State<AppState>,
     Extension(p): Extension<Arc<Principal>>,
     ApiJson(body): ApiJson<Value>,
-) -> ApiResult<Created<Value>> {
+) -> ApiResult<Created<ContactsCreated>> {
     p.require_any(&[Scope::Contacts])?;
     let (items, upsert) = parse_create(&body)?;
     let org = p.org_id.clone();
@@ -95,9 +120,19 @@ pub async fn create(
         .write(move |tx| contacts::create_many(tx, &org, &items, upsert))
         .await?;
     let count = created.len();
-    Ok(Created(json!({ "contacts": created, "count": count })))
+    Ok(Created(ContactsCreated {
+        contacts: created,
+        count,
+    }))
 }
 
+/// One contact.
+#[utoipa::path(get, path = "/contacts/{id}", tag = "contacts", operation_id = "getContact",
+    params(("id" = String, Path, format = "uuid", description = "Contact id")),
+    responses(
+        (status = 200, description = "The contact", body = crate::http::schemas::Envelope<contacts::Contact>),
+        (status = 404, description = "`RESOURCE_NOT_FOUND`"),
+    ))]
 pub async fn get_one(
     State(app): State<AppState>,
     Extension(p): Extension<Arc<Principal>>,
@@ -113,6 +148,15 @@ pub async fn get_one(
     Ok(Data(c))
 }
 
+/// Update a contact: given fields change, a null or empty string clears a field.
+#[utoipa::path(put, path = "/contacts/{id}", tag = "contacts", operation_id = "updateContact",
+    params(("id" = String, Path, format = "uuid", description = "Contact id")),
+    request_body = crate::http::schemas::ContactInput,
+    responses(
+        (status = 200, description = "The updated contact", body = crate::http::schemas::Envelope<contacts::Contact>),
+        (status = 404, description = "`RESOURCE_NOT_FOUND`"),
+        (status = 409, description = "`DUPLICATE_RESOURCE`: another contact has this email"),
+    ))]
 pub async fn update(
     State(app): State<AppState>,
     Extension(p): Extension<Arc<Principal>>,
@@ -131,11 +175,18 @@ pub async fn update(
     Ok(Data(c))
 }
 
+/// Delete a contact.
+#[utoipa::path(delete, path = "/contacts/{id}", tag = "contacts", operation_id = "deleteContact",
+    params(("id" = String, Path, format = "uuid", description = "Contact id")),
+    responses(
+        (status = 200, description = "Deleted", body = crate::http::schemas::Envelope<Deleted>),
+        (status = 404, description = "`RESOURCE_NOT_FOUND`"),
+    ))]
 pub async fn delete(
     State(app): State<AppState>,
     Extension(p): Extension<Arc<Principal>>,
     Path(id): Path<String>,
-) -> ApiResult<Data<Value>> {
+) -> ApiResult<Data<Deleted>> {
     p.require_any(&[Scope::Contacts])?;
     let id = record_id(&id, "Contact")?;
     let org = p.org_id.clone();
@@ -147,5 +198,5 @@ pub async fn delete(
     if !deleted {
         return Err(ApiError::not_found("Contact"));
     }
-    Ok(Data(json!({ "deleted": true, "id": id })))
+    Ok(Data(Deleted { deleted: true, id }))
 }

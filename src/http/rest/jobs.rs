@@ -14,6 +14,13 @@ use crate::error::{ApiError, ApiResult};
 use crate::http::envelope::Data;
 use crate::store::native::{self as rows, Job};
 
+/// A research or enrichment job started by a native action.
+#[utoipa::path(get, path = "/jobs/{id}", tag = "native", operation_id = "getJob",
+    params(("id" = String, Path, format = "uuid", description = "Job id (`ids.job_id` of the native reply)")),
+    responses(
+        (status = 200, description = "The job", body = crate::http::schemas::Envelope<Job>),
+        (status = 404, description = "`RESOURCE_NOT_FOUND`"),
+    ))]
 pub async fn get_one(
     State(app): State<AppState>,
     Extension(p): Extension<Arc<Principal>>,

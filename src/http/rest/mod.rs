@@ -12,8 +12,9 @@ pub mod settings;
 pub mod signals;
 pub mod webhooks;
 
-use axum::routing::get;
-use axum::Router;
+use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -22,44 +23,41 @@ use crate::error::{ApiError, ApiResult};
 pub const CRM_PAGE_CAP: u32 = 200;
 pub const FEED_PAGE_CAP: u32 = 100;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/contacts", get(contacts::list).post(contacts::create))
-        .route(
-            "/contacts/{id}",
-            get(contacts::get_one)
-                .put(contacts::update)
-                .delete(contacts::delete),
-        )
-        .route("/companies", get(companies::list).post(companies::create))
-        .route(
-            "/companies/{id}",
-            get(companies::get_one)
-                .put(companies::update)
-                .delete(companies::delete),
-        )
-        .route("/signals", get(signals::list))
-        .route("/activity", get(activity::list))
-        .route("/notes", get(notes::list).post(notes::create))
-        .route("/campaigns", get(campaigns::list))
-        .route(
-            "/campaigns/{id}",
-            get(campaigns::get_one).patch(campaigns::update),
-        )
-        .route(
-            "/campaigns/{id}/trigger",
-            axum::routing::post(campaigns::trigger),
-        )
-        .route("/campaigns/{id}/status", get(campaigns::status))
-        .route("/credits", get(credits::get))
-        .route("/jobs/{id}", get(jobs::get_one))
-        .route("/settings", get(settings::get).patch(settings::update))
-        .route(
-            "/webhooks",
-            get(webhooks::list)
-                .post(webhooks::create)
-                .delete(webhooks::delete),
-        )
+/// The REST v1 routes (relative to `/api/v1`). Each handler's `#[utoipa::path]` gives both its
+/// route and its OpenAPI operation, so the two cannot disagree.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(contacts::list, contacts::create))
+        .routes(routes!(
+            contacts::get_one,
+            contacts::update,
+            contacts::delete
+        ))
+        .routes(routes!(companies::list, companies::create))
+        .routes(routes!(
+            companies::get_one,
+            companies::update,
+            companies::delete
+        ))
+        .routes(routes!(signals::list))
+        .routes(routes!(activity::list))
+        .routes(routes!(notes::list, notes::create))
+        .routes(routes!(campaigns::list))
+        .routes(routes!(campaigns::get_one, campaigns::update))
+        .routes(routes!(campaigns::trigger))
+        .routes(routes!(campaigns::status))
+        .routes(routes!(credits::get))
+        .routes(routes!(jobs::get_one))
+        .routes(routes!(settings::get, settings::update))
+        .routes(routes!(webhooks::list, webhooks::create, webhooks::delete))
+}
+
+/// `{ deleted: true, id }`, the answer of every delete.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Deleted {
+    /// Always true.
+    pub deleted: bool,
+    pub id: String,
 }
 
 /// Record ids are UUIDs; anything else cannot exist, so answer 404 without a query.

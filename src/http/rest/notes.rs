@@ -9,6 +9,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use serde_json::{json, Value};
 
+use crate::http::schemas::{Envelope, NoteInput, PageEnvelope};
+
 use super::FEED_PAGE_CAP;
 use crate::app::AppState;
 use crate::auth::Principal;
@@ -23,6 +25,14 @@ use crate::store::{contacts, Page};
 /// Longest note accepted (DESIGN §5).
 pub const MAX_NOTE_CHARS: usize = 10_000;
 
+/// Notes on contacts, newest first.
+#[utoipa::path(get, path = "/notes", tag = "feeds", operation_id = "listNotes",
+    params(
+        ("contact_id" = Option<String>, Query, description = "Only this contact's notes"),
+        ("limit" = Option<u32>, Query, minimum = 1, description = "Page size (default 50, larger values are clamped to 100)"),
+        ("offset" = Option<u64>, Query, minimum = 0, description = "Records to skip"),
+    ),
+    responses((status = 200, description = "A page of notes", body = PageEnvelope<Note>)))]
 pub async fn list(
     State(app): State<AppState>,
     Extension(p): Extension<Arc<Principal>>,
@@ -48,6 +58,15 @@ pub async fn list(
     }))
 }
 
+/// Add a note to a contact, idempotently by `idempotency_key`.
+#[utoipa::path(post, path = "/notes", tag = "feeds", operation_id = "createNote",
+    request_body = NoteInput,
+    responses(
+        (status = 201, description = "Created", body = Envelope<Note>),
+        (status = 200, description = "A replay of an earlier request with the same `idempotency_key`", body = Envelope<Note>,
+            headers(("Idempotent-Replayed" = String, description = "`true`"))),
+        (status = 404, description = "`RESOURCE_NOT_FOUND`: no such contact"),
+    ))]
 pub async fn create(
     State(app): State<AppState>,
     Extension(p): Extension<Arc<Principal>>,

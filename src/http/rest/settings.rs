@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::Extension;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::app::AppState;
 use crate::auth::Principal;
@@ -15,21 +16,34 @@ use crate::http::extract::ApiJson;
 use crate::input::Fields;
 use crate::store::orgs;
 
+/// The org's settings.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Settings {
+    pub pilot_mode: PilotMode,
+}
+
+/// The org's pilot mode.
+#[utoipa::path(get, path = "/settings", tag = "account", operation_id = "getSettings",
+    responses((status = 200, description = "The settings", body = crate::http::schemas::Envelope<Settings>)))]
 pub async fn get(
     State(app): State<AppState>,
     Extension(p): Extension<Arc<Principal>>,
-) -> ApiResult<Data<Value>> {
+) -> ApiResult<Data<Settings>> {
     p.require_any(&[Scope::Settings])?;
     let org = p.org_id.clone();
     let mode = app.store.read(move |c| orgs::pilot_mode(c, &org)).await?;
-    Ok(Data(json!({ "pilot_mode": mode })))
+    Ok(Data(Settings { pilot_mode: mode }))
 }
 
+/// Change the pilot mode.
+#[utoipa::path(patch, path = "/settings", tag = "account", operation_id = "updateSettings",
+    request_body = crate::http::schemas::SettingsPatch,
+    responses((status = 200, description = "The new settings", body = crate::http::schemas::Envelope<Settings>)))]
 pub async fn update(
     State(app): State<AppState>,
     Extension(p): Extension<Arc<Principal>>,
     ApiJson(body): ApiJson<Value>,
-) -> ApiResult<Data<Value>> {
+) -> ApiResult<Data<Settings>> {
     p.require_any(&[Scope::Settings])?;
     let mut f = Fields::new("", &body)?;
     let mode: PilotMode = f
@@ -45,5 +59,5 @@ pub async fn update(
     app.store
         .write(move |tx| orgs::set_pilot_mode(tx, &org, mode))
         .await?;
-    Ok(Data(json!({ "pilot_mode": mode })))
+    Ok(Data(Settings { pilot_mode: mode }))
 }

@@ -14,6 +14,19 @@ use crate::http::envelope::Paged;
 use crate::http::extract::QueryParams;
 use crate::store::signals::{self, Signal, SignalFilter};
 
+/// Buying signals, newest first.
+#[utoipa::path(get, path = "/signals", tag = "feeds", operation_id = "listSignals",
+    params(
+        ("since" = Option<String>, Query, format = DateTime, description = "Only signals detected at or after this time (RFC 3339)"),
+        ("platform" = Option<String>, Query, description = "Only signals from this platform"),
+        ("status" = Option<String>, Query, description = "Only signals with this status"),
+        ("contact_id" = Option<String>, Query, description = "Only signals for this contact"),
+        ("company" = Option<String>, Query, description = "Only signals for this company"),
+        ("min_intent_score" = Option<i64>, Query, minimum = 0, maximum = 100, description = "Lowest intent score"),
+        ("limit" = Option<u32>, Query, minimum = 1, description = "Page size (default 50, larger values are clamped to 100)"),
+        ("offset" = Option<u64>, Query, minimum = 0, description = "Records to skip"),
+    ),
+    responses((status = 200, description = "A page of signals", body = crate::http::schemas::PageEnvelope<Signal>)))]
 pub async fn list(
     State(app): State<AppState>,
     Extension(p): Extension<Arc<Principal>>,

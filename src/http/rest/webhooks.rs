@@ -4,8 +4,10 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::Extension;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
+use super::Deleted;
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::domain::Scope;
@@ -15,19 +17,31 @@ use crate::http::extract::{ApiJson, QueryParams};
 use crate::input::Fields;
 use crate::store::webhooks::{self, Webhook, AVAILABLE_EVENTS};
 
+/// `GET /webhooks` answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct WebhookList {
+    pub webhooks: Vec<Webhook>,
+    /// Every event a webhook can subscribe to.
+    pub available_events: Vec<&'static str>,
+}
+
+/// Active webhook subscriptions and the events available.
+#[utoipa::path(get, path = "/webhooks", tag = "webhooks", operation_id = "listWebhooks",
+    responses((status = 200, description = "Subscriptions", body = crate::http::schemas::Envelope<WebhookList>)))]
 pub async fn list(
     State(app): State<AppState>,
     Extension(p): Extension<Arc<Principal>>,
-) -> ApiResult<Data<Value>> {
+) -> ApiResult<Data<WebhookList>> {
     p.require_any(&[Scope::Campaigns])?;
     let org = p.org_id.clone();
     let hooks = app
         .store
         .read(move |c| webhooks::list_active(c, &org))
         .await?;
-    Ok(Data(
-        json!({ "webhooks": hooks, "available_events": AVAILABLE_EVENTS }),
-    ))
+    Ok(Data(WebhookList {
+        webhooks: hooks,
+        available_events: AVAILABLE_EVENTS.to_vec(),
+    }))
 }
 
 fn valid_url(u: &str) -> bool {
@@ -43,6 +57,10 @@ fn valid_url(u: &str) -> bool {
     }
 }
 
+/// Register a webhook.
+#[utoipa::path(post, path = "/webhooks", tag = "webhooks", operation_id = "createWebhook",
+    request_body = crate::http::schemas::WebhookInput,
+    responses((status = 201, description = "Registered", body = crate::http::schemas::Envelope<Webhook>)))]
 pub async fn create(
     State(app): State<AppState>,
     Extension(p): Extension<Arc<Principal>>,
@@ -98,11 +116,18 @@ pub async fn create(
     Ok(Created(hook))
 }
 
+/// Deactivate a webhook.
+#[utoipa::path(delete, path = "/webhooks", tag = "webhooks", operation_id = "deleteWebhook",
+    params(("id" = String, Query, pattern = "\\S", description = "Webhook id")),
+    responses(
+        (status = 200, description = "Deactivated", body = crate::http::schemas::Envelope<Deleted>),
+        (status = 404, description = "`RESOURCE_NOT_FOUND`"),
+    ))]
 pub async fn delete(
     State(app): State<AppState>,
     Extension(p): Extension<Arc<Principal>>,
     q: QueryParams,
-) -> ApiResult<Data<Value>> {
+) -> ApiResult<Data<Deleted>> {
     p.require_any(&[Scope::Campaigns])?;
     let id = q
         .string("id")
@@ -116,5 +141,5 @@ pub async fn delete(
     {
         return Err(ApiError::not_found("Webhook"));
     }
-    Ok(Data(json!({ "deleted": true, "id": id })))
+    Ok(Data(Deleted { deleted: true, id }))
 }
