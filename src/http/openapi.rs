@@ -724,11 +724,18 @@ fn finish_operation(path: &str, op: &mut Value) {
     for (status, resp) in responses.iter_mut() {
         let code: u16 = status.parse().unwrap_or(0);
         if code >= 400 && resp.get("content").is_none() {
-            resp["content"] = json!({
-                "application/json": {
-                    "schema": { "$ref": format!("#/components/schemas/{}", error_schema_name(code)) }
-                }
-            });
+            let envelope =
+                json!({ "$ref": format!("#/components/schemas/{}", error_schema_name(code)) });
+            // Native error replies also carry the server time and `performance` in `meta`
+            // (all but a caught panic, which the generic safety net answers).
+            let schema = if is_native && code != 500 {
+                json!({ "allOf": [envelope, {
+                    "properties": { "meta": { "$ref": "#/components/schemas/NativeMeta" } }
+                }] })
+            } else {
+                envelope
+            };
+            resp["content"] = json!({ "application/json": { "schema": schema } });
         }
         let headers = resp
             .as_object_mut()
