@@ -59,6 +59,33 @@ impl ErrorCode {
         }
     }
 
+    /// The code for a wire spelling, e.g. from an upstream's error envelope.
+    pub fn from_wire(code: &str) -> Option<ErrorCode> {
+        const ALL: &[ErrorCode] = &[
+            ErrorCode::MissingAuth,
+            ErrorCode::InvalidApiKey,
+            ErrorCode::PlanRequired,
+            ErrorCode::ScopeDenied,
+            ErrorCode::OrgNotFound,
+            ErrorCode::ResourceNotFound,
+            ErrorCode::ValidationError,
+            ErrorCode::DuplicateResource,
+            ErrorCode::InsufficientCredits,
+            ErrorCode::CampaignNotActive,
+            ErrorCode::InternalError,
+            ErrorCode::RateLimited,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::UnsupportedMediaType,
+            ErrorCode::MethodNotAllowed,
+            ErrorCode::IdempotencyKeyReused,
+            ErrorCode::IdempotencyKeyInUse,
+            ErrorCode::PendingActionExpired,
+            ErrorCode::UpstreamUnavailable,
+            ErrorCode::ServiceUnavailable,
+        ];
+        ALL.iter().copied().find(|c| c.as_str() == code)
+    }
+
     /// The HTTP status that goes with the code.
     pub fn status(self) -> u16 {
         match self {

@@ -6,6 +6,7 @@ pub mod extract;
 pub mod middleware;
 pub mod native;
 pub mod ops;
+pub mod proxy;
 pub mod rest;
 pub mod ws;
 
@@ -23,10 +24,15 @@ use crate::error::{ApiError, ErrorCode};
 /// The whole service: operator endpoints, REST v1 behind auth, the envelope safety net.
 pub fn build_router(app: AppState) -> Router {
     let max_body = app.config.limits.max_body_bytes;
-    let rest = rest::router().route_layer(axum::middleware::from_fn_with_state(
-        app.clone(),
-        middleware::api_auth,
-    ));
+    let rest = if app.upstream().is_some() {
+        // Upstream mode: REST v1 is the upstream's; the gateway forwards it untouched.
+        Router::new().fallback(proxy::forward)
+    } else {
+        rest::router().route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            middleware::api_auth,
+        ))
+    };
     // The native endpoint authenticates inside its handler so auth time shows in Server-Timing.
     let api = rest
         .route("/native/outreachpilot", axum::routing::post(native::handle))

@@ -41,6 +41,7 @@ pub fn router() -> Router<AppState> {
         .route("/signals", get(signals::list))
         .route("/activity", get(activity::list))
         .route("/notes", get(notes::list).post(notes::create))
+        .route("/notes/{id}", axum::routing::delete(notes::delete))
         .route("/campaigns", get(campaigns::list))
         .route(
             "/campaigns/{id}",
