@@ -78,7 +78,7 @@ fn describe() {
     describe_histogram!(
         NATIVE_SERVER_TIME,
         Unit::Seconds,
-        "Server time of a native turn, from request arrival to reply, by action and transport."
+        "Server time of a native turn, from request arrival to reply, by action, execution mode and transport."
     );
     describe_counter!(
         HTTP_REQUESTS,
@@ -138,7 +138,7 @@ pub fn native_turn(
     elapsed: Duration,
 ) {
     counter!(names::NATIVE_REQUESTS, "action" => action, "mode" => execution_mode, "transport" => transport, "outcome" => outcome).increment(1);
-    histogram!(names::NATIVE_SERVER_TIME, "action" => action, "transport" => transport)
+    histogram!(names::NATIVE_SERVER_TIME, "action" => action, "mode" => execution_mode, "transport" => transport)
         .record(elapsed.as_secs_f64());
 }
 
