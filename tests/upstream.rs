@@ -493,6 +493,28 @@ async fn writes_land_upstream_exactly_once_with_confirmation_and_undo_in_the_gat
         .as_u64()
         .unwrap();
     assert_eq!(after, before + 1);
+    // Asked again, the gateway answers at once instead of asking a pointless question.
+    // (A new idempotency key: without one, the same request within 10 s is a duplicate.)
+    let d = g
+        .ok(json!({ "action": { "type": "add_to_campaign", "contactRef": "John Smith", "campaignRef": "Seed founders" },
+                    "idempotencyKey": "gw-add-again" }))
+        .await;
+    assert_eq!(d["mode"], "result", "{d}");
+    assert_eq!(
+        d["spoken_summary"], "John Smith is already in Seed founders.",
+        "{d}"
+    );
+    let d = g
+        .act(json!({ "type": "remove_from_campaign", "contactRef": "Sarah Kim", "campaignRef": "Q4 Enterprise" }))
+        .await;
+    assert_eq!(d["mode"], "result", "{d}");
+    assert!(
+        d["spoken_summary"]
+            .as_str()
+            .unwrap()
+            .ends_with("isn't in Q4 Enterprise."),
+        "{d}"
+    );
 
     // mark_status goes to PUT /contacts/:id.
     let d = g
@@ -694,6 +716,32 @@ async fn a_down_upstream_trips_the_breaker_which_recovers_by_itself() {
     assert!(
         metrics.contains("pilot_bridge_upstream_breaker_open 0"),
         "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_upstream_process_is_a_spoken_502_not_a_hang() {
+    let up = UpstreamProcess::start().await;
+    let g = gateway(up.root(), |_| {}).await;
+    check_ok(
+        &g.send(json!({ "action": { "type": "lookup_person", "personName": "John Smith" } }))
+            .await,
+    );
+    drop(up);
+    let t = Instant::now();
+    let r = g
+        .send(json!({ "action": { "type": "note_on_contact", "contactRef": "John Smith", "note": "lost?" },
+                      "idempotencyKey": "gw-stopped-1" }))
+        .await;
+    let e = check_err(&r, 502, "UPSTREAM_UNAVAILABLE");
+    assert_eq!(
+        e["spoken_summary"],
+        "I can't reach OutreachPilot right now. Please try again in a moment."
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(750),
+        "{:?}",
+        t.elapsed()
     );
 }
 

@@ -447,6 +447,10 @@ pub async fn plan(r: &Remote<'_>, action: &Action) -> ApiResult<Step> {
                 Err(clarification) => return reply(clarification),
             };
             crate::store::campaigns::ensure_active(&campaign)?;
+            if let Some(no_op) = probe_membership(r, "add_to_campaign", &contact, &campaign).await?
+            {
+                return reply(no_op);
+            }
             Ok(Step::Execute(Plan::AddToCampaign { contact, campaign }))
         }
         Action::RemoveFromCampaign(a) => {
@@ -454,6 +458,11 @@ pub async fn plan(r: &Remote<'_>, action: &Action) -> ApiResult<Step> {
                 Ok(x) => x,
                 Err(clarification) => return reply(clarification),
             };
+            if let Some(no_op) =
+                probe_membership(r, "remove_from_campaign", &contact, &campaign).await?
+            {
+                return reply(no_op);
+            }
             Ok(Step::Execute(Plan::RemoveFromCampaign {
                 contact,
                 campaign,
@@ -554,6 +563,29 @@ async fn contact_and_campaign(
         Ok(k) => Ok((c, k)),
         Err(clarification) => Err(clarification),
     })
+}
+
+/// REST v1 cannot tell whether a contact is in a campaign, so the upstream's own native
+/// endpoint is asked the unconfirmed question: it answers "already in" / "isn't in" itself
+/// (returned here, so the user is never asked a pointless question), or asks for confirmation,
+/// which the gateway then does on its own (the upstream's pending action simply expires).
+async fn probe_membership(
+    r: &Remote<'_>,
+    action_type: &str,
+    contact: &Contact,
+    campaign: &Campaign,
+) -> ApiResult<Option<NativeReply>> {
+    let body = json!({
+        "action": { "type": action_type, "contactId": contact.id, "campaignRef": campaign.id },
+        "executionMode": "fast",
+        // A fresh key: the upstream's keyless dedupe window would replay an earlier answer.
+        "idempotencyKey": format!("pb_probe_{}", crate::ids::new_id()),
+    });
+    let v = r
+        .send("native.probe", Method::POST, "/native/outreachpilot", &body)
+        .await?;
+    let answer = native_reply(&v)?;
+    Ok((answer.mode == ReplyMode::Result).then_some(answer))
 }
 
 // ---- execution --------------------------------------------------------------------------
