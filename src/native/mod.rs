@@ -501,10 +501,13 @@ impl Bridge {
                     action_json: req.action_json.clone().unwrap_or(Value::Null),
                     transcript: req.transcript.clone(),
                     mode: req.execution_mode,
+                    // Without a key, two identical writes minutes apart are two writes: only
+                    // the keyless dedupe window (answered before this point) merges them, so
+                    // the upstream must not see them as one.
                     effect: req
                         .idempotency_key
                         .clone()
-                        .unwrap_or_else(|| hex::encode(req.fingerprint)),
+                        .unwrap_or_else(crate::ids::new_id),
                 };
                 self.execute(p, write, timing).await
             }
@@ -992,7 +995,7 @@ struct WriteRequest {
     transcript: Option<String>,
     mode: ExecutionMode,
     /// The logical write's identity: the client's idempotency key, the derived confirmation
-    /// key, or the request fingerprint for keyless writes.
+    /// key, or a fresh id for a keyless write.
     effect: String,
 }
 
