@@ -874,3 +874,84 @@ fn upstream_mode_needs_a_base_url() {
     c.upstream.base_url = "http://127.0.0.1:9".into();
     c.validate().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_load_with_a_flapping_upstream_every_acknowledged_write_lands_exactly_once() {
+    let up = UpstreamProcess::start().await;
+    let proxy = Arc::new(FaultProxy::start(up.addr()).await);
+    let g = Arc::new(gateway(proxy.url(), |c| c.upstream.breaker_open_ms = 200).await);
+    let direct = up.client();
+    let john = {
+        let r = direct
+            .get_query("/contacts", &[("search", "john@acme.com")])
+            .await;
+        r.page()[0]["id"].as_str().unwrap().to_string()
+    };
+    check_ok(
+        &g.send(json!({ "action": { "type": "lookup_person", "personName": "John Smith" } }))
+            .await,
+    );
+
+    // Flap: up, down, stalled, failing, up again.
+    let flapper = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            for mode in [DOWN, PASS, DELAY, PASS, FAIL, PASS, DOWN, PASS] {
+                proxy.set(mode);
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+            proxy.set(PASS);
+        })
+    };
+    // Eight clients, each writing notes with its own keys and retrying a failed turn with the
+    // same key until it is acknowledged, as a voice client would.
+    let mut clients = Vec::new();
+    for c in 0..8 {
+        let g = g.clone();
+        clients.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for n in 0..6 {
+                let text = format!("load note {c}-{n}");
+                let body = json!({ "action": { "type": "note_on_contact", "contactRef": "john@acme.com", "note": text },
+                                   "idempotencyKey": format!("gw-load-{c}-{n}") });
+                let deadline = Instant::now() + Duration::from_secs(20);
+                loop {
+                    let r = g.send(body.clone()).await;
+                    if r.status == 200 {
+                        check_ok(&r);
+                        acked.push(text);
+                        break;
+                    }
+                    let code = r.body["error"]["code"].as_str().unwrap_or("").to_string();
+                    assert!(
+                        code == "UPSTREAM_UNAVAILABLE" || code == "IDEMPOTENCY_KEY_IN_USE",
+                        "unexpected failure: {}",
+                        r.text
+                    );
+                    assert!(Instant::now() < deadline, "never acknowledged: {text}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for c in clients {
+        acked.extend(c.await.expect("client"));
+    }
+    flapper.await.expect("flapper");
+    // Stalled requests still in the proxy are delivered late; let them land before counting.
+    tokio::time::sleep(SLOW + Duration::from_millis(300)).await;
+    let notes = direct
+        .get_query("/notes", &[("contact_id", &john), ("limit", "100")])
+        .await;
+    assert_eq!(acked.len(), 48);
+    for text in &acked {
+        let n = notes
+            .page()
+            .iter()
+            .filter(|n| n["content"] == text.as_str())
+            .count();
+        assert_eq!(n, 1, "{text} is upstream {n} times");
+    }
+}
