@@ -254,7 +254,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(b) = args.backend {
         cfg.backend = b;
     }
-    if let Some(u) = args.upstream_base_url {
+    // PILOT_BRIDGE_UPSTREAM_URL is accepted too, as the shorter name people guess first.
+    if let Some(u) = args
+        .upstream_base_url
+        .or_else(|| std::env::var("PILOT_BRIDGE_UPSTREAM_URL").ok())
+    {
         cfg.upstream.base_url = u;
     }
     cfg.validate()?;
