@@ -1,5 +1,5 @@
 //! The shared application state every transport hands to the core: configuration, the store,
-//! authentication and rate limiting, and the readiness flag.
+//! the backend (embedded or upstream), authentication and rate limiting, and the readiness flag.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -7,10 +7,11 @@ use std::sync::Arc;
 use crate::auth::connections::ConnectionLimiter;
 use crate::auth::rate_limit::{RateDecision, RateLimiter};
 use crate::auth::{Authenticator, Principal};
-use crate::config::Config;
+use crate::config::{BackendKind, Config};
 use crate::error::ApiError;
 use crate::native::Bridge;
 use crate::store::Store;
+use crate::upstream::Upstream;
 
 pub struct App {
     pub config: Config,
@@ -33,11 +34,28 @@ impl App {
         config: Config,
         store: Store,
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    ) -> AppState {
-        Arc::new(App {
-            auth: Authenticator::new(store.clone(), &config.auth),
+    ) -> anyhow::Result<AppState> {
+        let (auth, bridge) = match config.backend {
+            BackendKind::Embedded => (
+                Authenticator::new(store.clone(), &config.auth),
+                Bridge::new(store.clone(), config.native.clone()),
+            ),
+            BackendKind::Upstream => {
+                let client = Arc::new(Upstream::new(&config.upstream)?);
+                (
+                    Authenticator::upstream(
+                        client.clone(),
+                        &config.auth,
+                        config.upstream.key_cache_ttl_secs,
+                    ),
+                    Bridge::upstream(store.clone(), config.native.clone(), client),
+                )
+            }
+        };
+        Ok(Arc::new(App {
+            auth,
             limiter: RateLimiter::new(config.limits.default_rate_limit),
-            bridge: Bridge::new(store.clone(), config.native.clone()),
+            bridge,
             ws_connections: ConnectionLimiter::new(
                 config.websocket.max_connections_per_org,
                 config.websocket.max_connections,
@@ -47,7 +65,12 @@ impl App {
             store,
             metrics,
             ready: AtomicBool::new(false),
-        })
+        }))
+    }
+
+    /// The upstream client when `backend = "upstream"`.
+    pub fn upstream(&self) -> Option<&Arc<Upstream>> {
+        self.bridge.upstream_client()
     }
 
     /// Authenticates a caller and counts the request against its org's quota. Bad credentials

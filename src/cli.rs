@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, Context};
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, LogFormat};
+use crate::config::{BackendKind, Config, LogFormat};
 use crate::demo;
 use crate::domain::{PilotMode, Plan, Scope};
 use crate::store::{keys, orgs, Store};
@@ -95,6 +95,13 @@ pub struct ServeArgs {
     /// Requests per minute per org when the org sets none; 0 = off [default: 60]
     #[arg(long, env = "PILOT_BRIDGE_DEFAULT_RATE_LIMIT")]
     pub default_rate_limit: Option<u32>,
+    /// CRM backend: embedded (SQLite in --data-dir) or upstream (a remote REST v1 API)
+    /// [default: embedded]
+    #[arg(long, env = "PILOT_BRIDGE_BACKEND", value_enum)]
+    pub backend: Option<BackendKind>,
+    /// Base URL of the upstream API for --backend upstream, e.g. https://crm.example.com
+    #[arg(long, alias = "upstream-url", env = "PILOT_BRIDGE_UPSTREAM_BASE_URL")]
+    pub upstream_base_url: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -243,6 +250,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(r) = args.default_rate_limit {
         cfg.limits.default_rate_limit = r;
+    }
+    if let Some(b) = args.backend {
+        cfg.backend = b;
+    }
+    // PILOT_BRIDGE_UPSTREAM_URL is accepted too, as the shorter name people guess first.
+    if let Some(u) = args
+        .upstream_base_url
+        .or_else(|| std::env::var("PILOT_BRIDGE_UPSTREAM_URL").ok())
+    {
+        cfg.upstream.base_url = u;
     }
     cfg.validate()?;
     crate::telemetry::init_tracing(cfg.log_format);

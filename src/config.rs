@@ -34,6 +34,48 @@ pub struct Config {
     pub auth: AuthConfig,
     pub native: NativeConfig,
     pub websocket: WebSocketConfig,
+    /// Where the CRM lives: this process's SQLite store, or a remote REST v1 API.
+    pub backend: BackendKind,
+    pub upstream: UpstreamConfig,
+}
+
+/// Which CRM backend serves the native bridge and REST v1 (DESIGN §11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// The embedded SQLite store under `data_dir`.
+    Embedded,
+    /// Another OutreachPilot-compatible REST v1 API at `upstream.base_url`.
+    Upstream,
+}
+
+/// The remote API for `backend = "upstream"`. Defaults keep a fast-mode turn inside 750 ms even
+/// when the upstream stalls: a turn's upstream work is cut at `turn_budget_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Base URL of the upstream, e.g. `https://crm.example.com` (a trailing `/api/v1` is fine).
+    pub base_url: String,
+    /// Longest wait for a TCP (and TLS) connection.
+    pub connect_timeout_ms: u64,
+    /// Longest wait for one upstream request, start to last byte.
+    pub request_timeout_ms: u64,
+    /// Upstream time one native turn may spend in all, retries included.
+    pub turn_budget_ms: u64,
+    /// Extra attempts for idempotent reads that failed on the network or with a 5xx.
+    pub read_retries: u32,
+    /// Base of the jittered backoff between read attempts.
+    pub retry_backoff_ms: u64,
+    /// Consecutive failures that open the circuit breaker.
+    pub breaker_failure_threshold: u32,
+    /// How long the breaker stays open before one probe request may try again.
+    pub breaker_open_ms: u64,
+    /// How long an upstream read answer is reused (writes through the gateway invalidate it).
+    pub read_cache_ms: u64,
+    /// How long a key's verdict from the upstream is trusted (a revoked key stops within this).
+    pub key_cache_ttl_secs: u64,
+    /// Idle keep-alive connections kept per upstream host.
+    pub pool_max_idle_per_host: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,6 +173,26 @@ impl Default for Config {
             auth: AuthConfig::default(),
             native: NativeConfig::default(),
             websocket: WebSocketConfig::default(),
+            backend: BackendKind::Embedded,
+            upstream: UpstreamConfig::default(),
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            base_url: String::new(),
+            connect_timeout_ms: 200,
+            request_timeout_ms: 300,
+            turn_budget_ms: 650,
+            read_retries: 1,
+            retry_backoff_ms: 25,
+            breaker_failure_threshold: 5,
+            breaker_open_ms: 2_000,
+            read_cache_ms: 500,
+            key_cache_ttl_secs: 10,
+            pool_max_idle_per_host: 64,
         }
     }
 }
@@ -228,6 +290,27 @@ impl Config {
         }
         if self.native.pending_ttl_secs == 0 {
             bail!("native.pending_ttl_secs must be positive");
+        }
+        if self.backend == BackendKind::Upstream {
+            let url = self.upstream.base_url.trim();
+            if url.is_empty() {
+                bail!("upstream.base_url is required when backend = \"upstream\"");
+            }
+            let parsed = reqwest::Url::parse(url)
+                .with_context(|| format!("upstream.base_url {url:?} is not a URL"))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                bail!("upstream.base_url must be http:// or https://");
+            }
+        }
+        let u = &self.upstream;
+        if u.connect_timeout_ms == 0 || u.request_timeout_ms == 0 || u.turn_budget_ms == 0 {
+            bail!("upstream.connect_timeout_ms, request_timeout_ms and turn_budget_ms must be positive");
+        }
+        if u.breaker_failure_threshold == 0 {
+            bail!("upstream.breaker_failure_threshold must be at least 1");
+        }
+        if u.key_cache_ttl_secs > 60 {
+            bail!("upstream.key_cache_ttl_secs must be at most 60 so revoked keys stop within a minute");
         }
         Ok(())
     }

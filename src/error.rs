@@ -84,6 +84,12 @@ impl ErrorCode {
         }
     }
 
+    /// The code for a wire spelling, e.g. from an upstream's error envelope
+    /// (`UPSTREAM_UNAVAILABLE` reads as [`ErrorCode::UpstreamUnavailable`]).
+    pub fn from_wire(code: &str) -> Option<ErrorCode> {
+        Self::ALL.iter().copied().find(|c| c.as_str() == code)
+    }
+
     /// The HTTP status that goes with the code.
     pub fn status(self) -> u16 {
         match self {

@@ -16,6 +16,8 @@
 //! auth/           API keys (SHA-256 lookup, cached verdicts), scopes, plans, rate limiting
 //! native/         the bridge core: 17 actions, resolution, confirmation, idempotency, undo
 //! store/          embedded SQLite (WAL): schema migrations and one module per table family
+//! upstream/       backend = "upstream": pooled reqwest client for a remote REST v1 API,
+//!                 deadlines, read retries, circuit breaker, upstream error mapping
 //! http/           axum transport: router, envelope, extractors, middleware, REST v1 handlers
 //! demo.rs         the demo workspace seeded by `serve --demo`
 //! telemetry.rs    tracing subscriber and Prometheus recorder
@@ -43,6 +45,7 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod text;
+pub mod upstream;
 
 pub use app::{App, AppState};
 pub use config::Config;

@@ -31,6 +31,9 @@ pub mod names {
     pub const RATE_LIMITED: &str = "pilot_bridge_rate_limited_requests_total";
     pub const BACKEND_TIME: &str = "pilot_bridge_backend_operation_duration_seconds";
     pub const AUDIT_WRITES: &str = "pilot_bridge_audit_writes_total";
+    pub const UPSTREAM_REQUESTS: &str = "pilot_bridge_upstream_requests_total";
+    pub const UPSTREAM_DURATION: &str = "pilot_bridge_upstream_request_duration_seconds";
+    pub const UPSTREAM_BREAKER_OPEN: &str = "pilot_bridge_upstream_breaker_open";
 }
 
 /// Installs the global tracing subscriber. Logs go to stderr so stdout stays clean for the CLI's
@@ -75,7 +78,7 @@ fn describe() {
     describe_histogram!(
         NATIVE_SERVER_TIME,
         Unit::Seconds,
-        "Server time of a native turn, from request arrival to reply, by action and transport."
+        "Server time of a native turn, from request arrival to reply, by action, execution mode and transport."
     );
     describe_counter!(
         HTTP_REQUESTS,
@@ -111,6 +114,19 @@ fn describe() {
         "CRM backend operation time by operation and backend."
     );
     describe_counter!(AUDIT_WRITES, "Audit records written.");
+    describe_counter!(
+        UPSTREAM_REQUESTS,
+        "Requests to the upstream CRM API by operation and outcome (upstream backend only)."
+    );
+    describe_histogram!(
+        UPSTREAM_DURATION,
+        Unit::Seconds,
+        "Upstream CRM request duration by operation (upstream backend only)."
+    );
+    describe_gauge!(
+        UPSTREAM_BREAKER_OPEN,
+        "1 while the upstream circuit breaker is open or probing, else 0 (upstream backend only)."
+    );
 }
 
 /// Records one native turn.
@@ -122,7 +138,7 @@ pub fn native_turn(
     elapsed: Duration,
 ) {
     counter!(names::NATIVE_REQUESTS, "action" => action, "mode" => execution_mode, "transport" => transport, "outcome" => outcome).increment(1);
-    histogram!(names::NATIVE_SERVER_TIME, "action" => action, "transport" => transport)
+    histogram!(names::NATIVE_SERVER_TIME, "action" => action, "mode" => execution_mode, "transport" => transport)
         .record(elapsed.as_secs_f64());
 }
 
@@ -167,4 +183,13 @@ pub fn backend_operation(operation: &'static str, backend: &'static str, elapsed
 
 pub fn audit_write() {
     counter!(names::AUDIT_WRITES).increment(1);
+}
+
+pub fn upstream_request(operation: &'static str, outcome: &'static str, elapsed: Duration) {
+    counter!(names::UPSTREAM_REQUESTS, "operation" => operation, "outcome" => outcome).increment(1);
+    histogram!(names::UPSTREAM_DURATION, "operation" => operation).record(elapsed.as_secs_f64());
+}
+
+pub fn upstream_breaker_open(open: bool) {
+    gauge!(names::UPSTREAM_BREAKER_OPEN).set(if open { 1.0 } else { 0.0 });
 }

@@ -58,6 +58,7 @@ pub fn principal(store: &Store) -> Arc<Principal> {
         scopes: Scope::ALL.to_vec(),
         plan: Plan::Pro,
         rate_limit: Some(0),
+        upstream_key: None,
     })
 }
 

@@ -16,6 +16,7 @@ use crate::config::AuthConfig;
 use crate::domain::{Plan, Scope};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::store::{keys, Store};
+use crate::upstream::{KeyCheck, Upstream};
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +27,28 @@ pub struct Principal {
     pub plan: Plan,
     /// The org's own limit; `None` means the server default.
     pub rate_limit: Option<u32>,
+    /// The caller's own key, kept only with the upstream backend, which forwards it.
+    pub upstream_key: Option<Credential>,
+}
+
+/// A raw API key held in memory to forward upstream. Its `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential(Arc<str>);
+
+impl Credential {
+    pub fn new(raw: &str) -> Self {
+        Credential(Arc::from(raw))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credential(***)")
+    }
 }
 
 impl Principal {
@@ -55,7 +78,7 @@ type Verdict = Result<Principal, ErrorCode>;
 /// `key_cache_ttl_secs`.
 #[derive(Clone)]
 pub struct Authenticator {
-    store: Store,
+    source: KeySource,
     valid: moka::sync::Cache<[u8; 32], Arc<Principal>>,
     invalid: moka::sync::Cache<[u8; 32], ErrorCode>,
 }
@@ -63,13 +86,31 @@ pub struct Authenticator {
 /// Longest `Authorization` value we bother hashing; anything longer is not one of our keys.
 const MAX_TOKEN_LEN: usize = 512;
 
+/// Who decides whether a key is valid.
+#[derive(Clone)]
+enum KeySource {
+    /// The keys table of the embedded store.
+    Store(Store),
+    /// The upstream API, asked once per key and cache period (`GET /credits`).
+    Upstream(Arc<Upstream>),
+}
+
 impl Authenticator {
     pub fn new(store: Store, cfg: &AuthConfig) -> Self {
+        Self::with_source(KeySource::Store(store), cfg, cfg.key_cache_ttl_secs)
+    }
+
+    /// Keys checked against the upstream; verdicts trusted for `ttl_secs`.
+    pub fn upstream(upstream: Arc<Upstream>, cfg: &AuthConfig, ttl_secs: u64) -> Self {
+        Self::with_source(KeySource::Upstream(upstream), cfg, ttl_secs)
+    }
+
+    fn with_source(source: KeySource, cfg: &AuthConfig, valid_ttl_secs: u64) -> Self {
         Authenticator {
-            store,
+            source,
             valid: moka::sync::Cache::builder()
                 .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(cfg.key_cache_ttl_secs))
+                .time_to_live(Duration::from_secs(valid_ttl_secs))
                 .build(),
             invalid: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -109,8 +150,17 @@ impl Authenticator {
         if let Some(code) = self.invalid.get(&hash) {
             return Err(verdict_error(code));
         }
-        let store = self.store.clone();
-        let verdict = store.read(move |conn| Ok(lookup(conn, &hash))).await??;
+        let verdict = match &self.source {
+            KeySource::Store(store) => store.read(move |conn| Ok(lookup(conn, &hash))).await??,
+            KeySource::Upstream(up) => match up.check_key(token).await? {
+                KeyCheck::Valid { plan } => Ok(upstream_principal(token, &hash, plan.as_deref())),
+                KeyCheck::Refused(e) => {
+                    // Cache the verdict, but answer with the upstream's own words.
+                    self.invalid.insert(hash, e.code);
+                    return Err(e);
+                }
+            },
+        };
         match verdict {
             Ok(p) => {
                 let p = Arc::new(p);
@@ -146,7 +196,23 @@ fn lookup(conn: &rusqlite::Connection, hash: &[u8; 32]) -> ApiResult<Verdict> {
         scopes: rec.scopes,
         plan: org.plan,
         rate_limit: org.rate_limit,
+        upstream_key: None,
     }))
+}
+
+/// The principal of a key the upstream accepted. The upstream does not say which org a key
+/// belongs to, so the key itself (by hash) is the tenant: idempotency keys, pending actions and
+/// undo are scoped per key. Scopes and rate limits are the upstream's to enforce on every call.
+fn upstream_principal(token: &str, hash: &[u8; 32], plan: Option<&str>) -> Principal {
+    let id = format!("key_{}", hex::encode(&hash[..12]));
+    Principal {
+        org_id: id.clone(),
+        key_id: id,
+        scopes: Scope::ALL.to_vec(),
+        plan: plan.and_then(|p| p.parse().ok()).unwrap_or(Plan::Pro),
+        rate_limit: Some(0),
+        upstream_key: Some(Credential::new(token)),
+    }
 }
 
 fn invalid_key() -> ApiError {

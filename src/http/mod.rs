@@ -7,6 +7,7 @@ pub mod middleware;
 pub mod native;
 pub mod openapi;
 pub mod ops;
+pub mod proxy;
 pub mod rest;
 pub mod schemas;
 pub mod ws;
@@ -24,8 +25,8 @@ use crate::app::AppState;
 use crate::error::{ApiError, ErrorCode};
 
 /// Every route of the service with its OpenAPI operation: operator endpoints, REST v1 (passed
-/// through `guard_rest`, which adds authentication when serving), the native endpoint and its
-/// WebSocket twin. Routes are only ever registered here, through `routes!`, which reads method
+/// through `guard_rest`, which adds authentication when serving, or swaps in the proxy in
+/// upstream mode), the native endpoint and its WebSocket twin. Routes are only ever registered here, through `routes!`, which reads method
 /// and path from each handler's `#[utoipa::path]`: a route cannot exist without its spec entry
 /// (`tests/openapi.rs` checks that nothing bypasses this).
 pub fn routes(
@@ -46,8 +47,18 @@ pub fn routes(
 /// The whole service: the routes above, REST v1 behind auth, the envelope safety net.
 pub fn build_router(app: AppState) -> Router {
     let max_body = app.config.limits.max_body_bytes;
+    let upstream = app.upstream().is_some();
     let auth = axum::middleware::from_fn_with_state(app.clone(), middleware::api_auth);
-    let (router, _spec) = routes(|rest| rest.route_layer(auth)).split_for_parts();
+    let (router, _spec) = routes(|rest| {
+        if upstream {
+            // Upstream mode: REST v1 is the upstream's (same contract, same document); the
+            // gateway forwards it untouched.
+            OpenApiRouter::new().fallback(proxy::forward)
+        } else {
+            rest.route_layer(auth)
+        }
+    })
+    .split_for_parts();
     router
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))

@@ -8,6 +8,7 @@ pub mod actions;
 pub mod idempotency;
 pub mod pending;
 pub mod plan;
+pub mod remote;
 pub mod reply;
 pub mod request;
 pub mod resolve;
@@ -16,6 +17,7 @@ pub mod timing;
 pub mod undo;
 pub mod workers;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +36,7 @@ use crate::config::NativeConfig;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::store::{audit, native as rows, Store};
 use crate::telemetry;
+use crate::upstream::Upstream;
 
 /// Which adapter a turn came through (a metrics label; the core behaves the same).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +57,7 @@ impl Transport {
 /// The bridge core. Cheap to share behind an `Arc`.
 pub struct Bridge {
     store: Store,
+    backend: Backend,
     cfg: NativeConfig,
     idempotency: IdempotencyStore,
     dedupe: IdempotencyStore,
@@ -61,6 +65,17 @@ pub struct Bridge {
     /// Answers of read actions by (org, request fingerprint), valid while the store's write
     /// generation is unchanged (and for at most `read_cache_ms`). `None` when turned off.
     read_cache: Option<ReadCache>,
+}
+
+/// Where actions run: the embedded store, or the upstream API with the gateway's own undo stack
+/// and a count of the writes it sent (which invalidates cached reads).
+enum Backend {
+    Embedded,
+    Upstream {
+        client: Arc<Upstream>,
+        undo: remote::UndoStack,
+        writes: AtomicU64,
+    },
 }
 
 /// (org, request fingerprint) → the answer and the write generation it was read at.
@@ -103,8 +118,30 @@ fn replay(o: &StoredOutcome) -> Result<NativeReply, ApiError> {
 }
 
 impl Bridge {
+    /// A bridge on the embedded store.
     pub fn new(store: Store, cfg: NativeConfig) -> Arc<Self> {
+        Self::build(store, cfg, Backend::Embedded)
+    }
+
+    /// A bridge in front of an upstream API. `store` still exists (the CLI's data directory) but
+    /// holds none of the CRM's records; upstream read answers are cached for the upstream's
+    /// `read_cache_ms`.
+    pub fn upstream(store: Store, mut cfg: NativeConfig, client: Arc<Upstream>) -> Arc<Self> {
+        cfg.read_cache_ms = client.config().read_cache_ms;
+        Self::build(
+            store,
+            cfg,
+            Backend::Upstream {
+                client,
+                undo: remote::UndoStack::default(),
+                writes: AtomicU64::new(0),
+            },
+        )
+    }
+
+    fn build(store: Store, cfg: NativeConfig, backend: Backend) -> Arc<Self> {
         Arc::new(Bridge {
+            backend,
             idempotency: IdempotencyStore::new(
                 Duration::from_secs(cfg.idempotency_ttl_secs),
                 cfg.idempotency_max_bytes,
@@ -123,6 +160,22 @@ impl Bridge {
             store,
             cfg,
         })
+    }
+
+    /// Changes whenever a write went through this process, so cached reads are dropped.
+    fn generation(&self) -> u64 {
+        match &self.backend {
+            Backend::Embedded => self.store.generation(),
+            Backend::Upstream { writes, .. } => writes.load(Ordering::Acquire),
+        }
+    }
+
+    /// The upstream client, in upstream mode.
+    pub fn upstream_client(&self) -> Option<&Arc<Upstream>> {
+        match &self.backend {
+            Backend::Embedded => None,
+            Backend::Upstream { client, .. } => Some(client),
+        }
     }
 
     pub fn pending(&self) -> &PendingStore {
@@ -380,15 +433,29 @@ impl Bridge {
                 return self.finish_read(p, req, reply, timing).await;
             }
         }
-        let generation = self.store.generation();
-        let org = p.org_id.clone();
+        let generation = self.generation();
         let t = Instant::now();
-        let step = self
-            .store
-            .read(move |conn| actions::plan(conn, &org, &action))
-            .await;
-        timing.record("resolve", t.elapsed());
-        telemetry::backend_operation("resolve", "embedded", t.elapsed());
+        let step = match &self.backend {
+            Backend::Embedded => {
+                let org = p.org_id.clone();
+                let step = self
+                    .store
+                    .read(move |conn| actions::plan(conn, &org, &action))
+                    .await;
+                timing.record("resolve", t.elapsed());
+                telemetry::backend_operation("resolve", "embedded", t.elapsed());
+                step
+            }
+            Backend::Upstream { client, .. } => {
+                let step = match remote_for(client, p) {
+                    Ok(r) => remote::plan(&r, &action).await,
+                    Err(e) => Err(e),
+                };
+                timing.record("upstream", t.elapsed());
+                telemetry::backend_operation("resolve", "upstream", t.elapsed());
+                step
+            }
+        };
         if let (false, Ok(Step::Reply(reply)), Some(cache)) = (is_write, &step, &self.read_cache) {
             cache.insert(
                 cache_key,
@@ -429,16 +496,20 @@ impl Bridge {
                 Ok(self.ask(p, req, plan, timing).await)
             }
             Step::Execute(plan) => {
-                let action_json = req.action_json.clone().unwrap_or(Value::Null);
-                self.execute(
-                    p,
+                let write = WriteRequest {
                     plan,
-                    action_json,
-                    req.transcript.clone(),
-                    req.execution_mode,
-                    timing,
-                )
-                .await
+                    action_json: req.action_json.clone().unwrap_or(Value::Null),
+                    transcript: req.transcript.clone(),
+                    mode: req.execution_mode,
+                    // Without a key, two identical writes minutes apart are two writes: only
+                    // the keyless dedupe window (answered before this point) merges them, so
+                    // the upstream must not see them as one.
+                    effect: req
+                        .idempotency_key
+                        .clone()
+                        .unwrap_or_else(crate::ids::new_id),
+                };
+                self.execute(p, write, timing).await
             }
         }
     }
@@ -453,7 +524,7 @@ impl Bridge {
         let t = Instant::now();
         let hit = cache
             .get(key)
-            .filter(|c| c.generation == self.store.generation())
+            .filter(|c| c.generation == self.generation())
             .map(|c| c.reply.clone());
         if hit.is_some() {
             timing.record("cache", t.elapsed());
@@ -530,12 +601,32 @@ impl Bridge {
     async fn execute(
         &self,
         p: &Principal,
-        plan: Plan,
-        action_json: Value,
-        transcript: Option<String>,
-        mode: ExecutionMode,
+        write: WriteRequest,
         timing: &mut ServerTiming,
     ) -> ApiResult<NativeReply> {
+        if let Backend::Upstream {
+            client,
+            undo,
+            writes,
+        } = &self.backend
+        {
+            let t = Instant::now();
+            let result = self.execute_remote(client, undo, p, &write).await;
+            // Whatever happened upstream may have changed records: drop cached reads.
+            writes.fetch_add(1, Ordering::AcqRel);
+            timing.record("upstream", t.elapsed());
+            telemetry::backend_operation("execute", "upstream", t.elapsed());
+            let mut reply = result?;
+            reply.audit_id = Some(self.audit_log(p, &write, reply.mode.as_str(), &reply.ids));
+            return Ok(reply);
+        }
+        let WriteRequest {
+            plan,
+            action_json,
+            transcript,
+            mode,
+            ..
+        } = write;
         let principal = p.clone();
         let cfg = self.cfg.clone();
         let elapsed_so_far = timing.total();
@@ -595,6 +686,57 @@ impl Bridge {
                 Err(e)
             }
         }
+    }
+
+    /// Runs a plan against the upstream; `undo_last` uses the gateway's own undo stack.
+    async fn execute_remote(
+        &self,
+        client: &Upstream,
+        undo: &remote::UndoStack,
+        p: &Principal,
+        write: &WriteRequest,
+    ) -> ApiResult<NativeReply> {
+        let r = remote_for(client, p)?;
+        let effect_key = upstream_effect_key(&p.key_id, &write.effect);
+        let ctx = remote::RemoteCtx {
+            effect_key: &effect_key,
+        };
+        let window = Duration::from_secs(self.cfg.undo_window_secs);
+        if let Plan::UndoLast = write.plan {
+            return remote::undo_last(&r, &ctx, undo, &p.org_id, &p.key_id, window).await;
+        }
+        let action_type = write.plan.action_type();
+        let executed = remote::execute(&r, &ctx, write.plan.clone()).await?;
+        if let Some((summary, op)) = executed.undo {
+            undo.push(&p.org_id, &p.key_id, action_type, summary, op);
+        }
+        Ok(executed.reply)
+    }
+
+    /// The audit record of a write in upstream mode: a structured log line (target
+    /// `pilot_bridge::audit`), since the records themselves live upstream.
+    fn audit_log(
+        &self,
+        p: &Principal,
+        write: &WriteRequest,
+        outcome: &str,
+        ids: &serde_json::Map<String, Value>,
+    ) -> String {
+        let id = crate::ids::new_id();
+        let ids = Value::Object(ids.clone());
+        tracing::info!(
+            target: "pilot_bridge::audit",
+            audit_id = %id,
+            org_id = %p.org_id,
+            action_type = write.plan.action_type(),
+            execution_mode = write.mode.as_str(),
+            outcome,
+            ids = %ids,
+            transcript = write.transcript.as_deref().unwrap_or(""),
+            "native write"
+        );
+        telemetry::audit_write();
+        id
     }
 
     /// True when `req` confirms a pending action and its idempotency key stored the
@@ -747,10 +889,13 @@ impl Bridge {
         let mut result = self
             .execute(
                 p,
-                pending.plan.clone(),
-                pending.action_json.clone(),
-                transcript,
-                req.execution_mode,
+                WriteRequest {
+                    plan: pending.plan.clone(),
+                    action_json: pending.action_json.clone(),
+                    transcript,
+                    mode: req.execution_mode,
+                    effect: derived.clone(),
+                },
                 timing,
             )
             .await;
@@ -780,6 +925,20 @@ impl Bridge {
         ids: &Value,
         timing: &mut ServerTiming,
     ) -> Option<String> {
+        if let Backend::Upstream { .. } = &self.backend {
+            let id = crate::ids::new_id();
+            tracing::info!(
+                target: "pilot_bridge::audit",
+                audit_id = %id,
+                org_id = %p.org_id,
+                action_type = req.action.as_ref().map(Action::type_name).unwrap_or("confirmation"),
+                execution_mode = req.execution_mode.as_str(),
+                outcome,
+                ids = %ids,
+                "native turn"
+            );
+            return Some(id);
+        }
         let org = p.org_id.clone();
         let key = p.key_id.clone();
         let action_type = req
@@ -827,6 +986,42 @@ impl Bridge {
             }
         }
     }
+}
+
+/// A plan about to run, with what its audit record and the upstream need.
+struct WriteRequest {
+    plan: Plan,
+    action_json: Value,
+    transcript: Option<String>,
+    mode: ExecutionMode,
+    /// The logical write's identity: the client's idempotency key, the derived confirmation
+    /// key, or a fresh id for a keyless write.
+    effect: String,
+}
+
+/// The caller's view of the upstream for one turn.
+fn remote_for<'a>(client: &'a Upstream, p: &'a Principal) -> ApiResult<remote::Remote<'a>> {
+    let token = p
+        .upstream_key
+        .as_ref()
+        .ok_or_else(|| ApiError::internal("upstream backend without a caller key"))?;
+    Ok(remote::Remote {
+        up: client,
+        token: token.expose(),
+        deadline: client.turn_deadline(),
+    })
+}
+
+/// The idempotency key sent upstream with a write: the same for every retry of one logical
+/// write by one key, distinct between keys, and of fixed length whatever the client sent.
+fn upstream_effect_key(key_id: &str, effect: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(key_id.as_bytes())
+        .chain_update(b":")
+        .chain_update(effect.as_bytes())
+        .finalize();
+    format!("pb_{}", hex::encode(&digest[..16]))
 }
 
 fn lower_first(s: &str) -> String {

@@ -76,12 +76,7 @@ pub fn contact(
     company: Option<&str>,
 ) -> ApiResult<Resolved<Contact>> {
     let reference = reference.trim();
-    let not_found = || {
-        let at = company.map(|c| format!(" at {c}")).unwrap_or_default();
-        ApiError::not_found("Contact")
-            .with_details(format!("no contact matches '{reference}'{at}"))
-            .with_spoken(format!("I couldn't find {}{at}.", spoken_ref(reference)))
-    };
+    let not_found = || contact_not_found(reference, company);
     if is_uuid(reference) {
         return contacts::get(conn, org, &reference.to_ascii_lowercase())?
             .map(Resolved::One)
@@ -100,21 +95,7 @@ pub fn contact(
         );
     }
     let company_norm = company.map(normalize).filter(|c| !c.is_empty());
-    let fits_company = |c: &Contact| match &company_norm {
-        None => true,
-        Some(q) => {
-            let name = c.company.as_deref().map(normalize).unwrap_or_default();
-            let domain = c
-                .email
-                .as_deref()
-                .and_then(crate::text::email_domain)
-                .unwrap_or_default();
-            (!name.is_empty()
-                && (name == *q || name.starts_with(q.as_str()) || q.starts_with(name.as_str())))
-                || (!domain.is_empty()
-                    && (domain == *q || domain.starts_with(&format!("{}.", q.replace(' ', "")))))
-        }
-    };
+    let fits_company = |c: &Contact| fits_company(company_norm.as_deref(), c);
     for step in [Step::Exact, Step::Prefix, Step::Fuzzy] {
         let ids = match step {
             Step::Exact => contacts::ids_by_exact_name(conn, org, &query, PROBE_CAP)?,
@@ -133,6 +114,169 @@ pub fn contact(
         }
     }
     Err(not_found())
+}
+
+fn contact_not_found(reference: &str, company: Option<&str>) -> ApiError {
+    let at = company.map(|c| format!(" at {c}")).unwrap_or_default();
+    ApiError::not_found("Contact")
+        .with_details(format!("no contact matches '{reference}'{at}"))
+        .with_spoken(format!("I couldn't find {}{at}.", spoken_ref(reference)))
+}
+
+/// Does the contact work at the company the user named (by name or email domain)?
+fn fits_company(company_norm: Option<&str>, c: &Contact) -> bool {
+    let Some(q) = company_norm else {
+        return true;
+    };
+    let name = c.company.as_deref().map(normalize).unwrap_or_default();
+    let domain = c
+        .email
+        .as_deref()
+        .and_then(crate::text::email_domain)
+        .unwrap_or_default();
+    (!name.is_empty() && (name == q || name.starts_with(q) || q.starts_with(name.as_str())))
+        || (!domain.is_empty()
+            && (domain == q || domain.starts_with(&format!("{}.", q.replace(' ', "")))))
+}
+
+/// Resolves a contact reference among `pool`, the records a remote search returned, with the
+/// same rules as [`contact`]: id, email, then exact name, token prefix and fuzzy match.
+pub fn contact_among(
+    reference: &str,
+    company: Option<&str>,
+    pool: Vec<Contact>,
+) -> ApiResult<Resolved<Contact>> {
+    let reference = reference.trim();
+    let not_found = || contact_not_found(reference, company);
+    if is_uuid(reference) {
+        let id = reference.to_ascii_lowercase();
+        return pool
+            .into_iter()
+            .find(|c| c.id == id)
+            .map(Resolved::One)
+            .ok_or_else(not_found);
+    }
+    if reference.contains('@') {
+        return pool
+            .into_iter()
+            .find(|c| {
+                c.email
+                    .as_deref()
+                    .is_some_and(|e| e.eq_ignore_ascii_case(reference))
+            })
+            .map(Resolved::One)
+            .ok_or_else(not_found);
+    }
+    let query = normalize(reference);
+    if query.is_empty() {
+        return Err(
+            ApiError::validation("action.contactRef", "needs letters or digits")
+                .with_spoken("I need to know which contact you mean."),
+        );
+    }
+    let company_norm = company.map(normalize).filter(|c| !c.is_empty());
+    let pool: Vec<(String, Contact)> = pool
+        .into_iter()
+        .filter(|c| fits_company(company_norm.as_deref(), c))
+        .map(|c| (normalize(c.display_name()), c))
+        .collect();
+    let q_tokens = tokens(&query);
+    let exact: Vec<&Contact> = pool
+        .iter()
+        .filter(|(n, _)| *n == query)
+        .map(|(_, c)| c)
+        .collect();
+    let prefix: Vec<&Contact> = pool
+        .iter()
+        .filter(|(n, _)| {
+            let n_tokens = tokens(n);
+            q_tokens
+                .iter()
+                .all(|q| n_tokens.iter().any(|t| t.starts_with(*q)))
+        })
+        .map(|(_, c)| c)
+        .collect();
+    for found in [exact, prefix] {
+        if let Some(r) = pick(found.into_iter().cloned().collect(), contact_candidate) {
+            return Ok(r);
+        }
+    }
+    let fuzzy = best_fuzzy(pool.into_iter().map(|(n, c)| (similarity(&query, &n), c)));
+    pick(fuzzy, contact_candidate).ok_or_else(not_found)
+}
+
+/// Resolves a campaign reference among `pool` (the org's campaigns as listed by a remote API).
+pub fn campaign_among(reference: &str, pool: Vec<Campaign>) -> ApiResult<Resolved<Campaign>> {
+    let reference = reference.trim();
+    let not_found = || campaign_not_found(reference);
+    if is_uuid(reference) {
+        let id = reference.to_ascii_lowercase();
+        return pool
+            .into_iter()
+            .find(|c| c.id == id)
+            .map(Resolved::One)
+            .ok_or_else(not_found);
+    }
+    let q = normalize(reference);
+    if q.is_empty() {
+        return Err(not_found());
+    }
+    let pool: Vec<(String, Campaign)> = pool.into_iter().map(|c| (normalize(&c.name), c)).collect();
+    for prefix in [false, true] {
+        let found: Vec<Campaign> = pool
+            .iter()
+            .filter(|(n, _)| if prefix { n.starts_with(&q) } else { *n == q })
+            .map(|(_, c)| c.clone())
+            .collect();
+        if let Some(r) = pick(found, campaign_candidate) {
+            return Ok(r);
+        }
+    }
+    let found = best_fuzzy(pool.into_iter().map(|(n, c)| (similarity(&q, &n), c)));
+    pick(found, campaign_candidate).ok_or_else(not_found)
+}
+
+/// Resolves a company reference among `pool` (a remote search's results).
+pub fn company_among(reference: &str, pool: Vec<Company>) -> ApiResult<Resolved<Company>> {
+    let reference = reference.trim();
+    let not_found = || company_not_found(reference);
+    if is_uuid(reference) {
+        let id = reference.to_ascii_lowercase();
+        return pool
+            .into_iter()
+            .find(|c| c.id == id)
+            .map(Resolved::One)
+            .ok_or_else(not_found);
+    }
+    if looks_like_domain(reference) {
+        let d = crate::text::normalize_domain(reference);
+        if let Some(c) = pool
+            .iter()
+            .find(|c| c.domain.as_deref().map(crate::text::normalize_domain) == Some(d.clone()))
+        {
+            return Ok(Resolved::One(c.clone()));
+        }
+    }
+    let q = normalize(reference);
+    if q.is_empty() {
+        return Err(not_found());
+    }
+    let pool: Vec<(String, Company)> = pool
+        .into_iter()
+        .map(|c| (normalize(c.display_name()), c))
+        .collect();
+    for prefix in [false, true] {
+        let found: Vec<Company> = pool
+            .iter()
+            .filter(|(n, _)| if prefix { n.starts_with(&q) } else { *n == q })
+            .map(|(_, c)| c.clone())
+            .collect();
+        if let Some(r) = pick(found, company_candidate) {
+            return Ok(r);
+        }
+    }
+    let found = best_fuzzy(pool.into_iter().map(|(n, c)| (similarity(&q, &n), c)));
+    pick(found, company_candidate).ok_or_else(not_found)
 }
 
 #[derive(Clone, Copy)]
@@ -243,14 +387,7 @@ pub fn similarity(query: &str, name: &str) -> f64 {
 /// Resolves a campaign by id or name.
 pub fn campaign(conn: &Connection, org: &str, reference: &str) -> ApiResult<Resolved<Campaign>> {
     let reference = reference.trim();
-    let not_found = || {
-        ApiError::not_found("Campaign")
-            .with_details(format!("no campaign matches '{reference}'"))
-            .with_spoken(format!(
-                "I couldn't find a campaign called {}.",
-                spoken_ref(reference)
-            ))
-    };
+    let not_found = || campaign_not_found(reference);
     if is_uuid(reference) {
         return campaigns::get(conn, org, &reference.to_ascii_lowercase())?
             .map(Resolved::One)
@@ -286,14 +423,7 @@ pub fn campaign(conn: &Connection, org: &str, reference: &str) -> ApiResult<Reso
 /// Resolves a company by id, domain or name.
 pub fn company(conn: &Connection, org: &str, reference: &str) -> ApiResult<Resolved<Company>> {
     let reference = reference.trim();
-    let not_found = || {
-        ApiError::not_found("Company")
-            .with_details(format!("no company matches '{reference}'"))
-            .with_spoken(format!(
-                "I couldn't find {} in your CRM.",
-                spoken_ref(reference)
-            ))
-    };
+    let not_found = || company_not_found(reference);
     if is_uuid(reference) {
         return companies::get(conn, org, &reference.to_ascii_lowercase())?
             .map(Resolved::One)
@@ -322,6 +452,24 @@ pub fn company(conn: &Connection, org: &str, reference: &str) -> ApiResult<Resol
             .map(|c| (similarity(&q, &normalize(c.display_name())), c)),
     );
     pick(found, company_candidate).ok_or_else(not_found)
+}
+
+fn campaign_not_found(reference: &str) -> ApiError {
+    ApiError::not_found("Campaign")
+        .with_details(format!("no campaign matches '{reference}'"))
+        .with_spoken(format!(
+            "I couldn't find a campaign called {}.",
+            spoken_ref(reference)
+        ))
+}
+
+fn company_not_found(reference: &str) -> ApiError {
+    ApiError::not_found("Company")
+        .with_details(format!("no company matches '{reference}'"))
+        .with_spoken(format!(
+            "I couldn't find {} in your CRM.",
+            spoken_ref(reference)
+        ))
 }
 
 /// How a reference is said back: names as given, ids as "that contact".

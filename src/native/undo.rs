@@ -46,6 +46,9 @@ pub enum UndoOp {
     DeleteNote {
         note_id: String,
     },
+    /// Upstream backend only: a write forwarded to the upstream's native endpoint, undone by
+    /// the upstream's own `undo_last` for the same key.
+    UpstreamUndoLast,
 }
 
 /// Applies `op` and returns the sentence to speak. `summary` is what the undone write stored
@@ -112,6 +115,8 @@ pub fn apply(conn: &Connection, org: &str, op: &UndoOp, summary: &str) -> ApiRes
             interactions::delete(conn, org, note_id)?;
             done
         }
+        // Only the upstream backend records these; an embedded store never sees one.
+        UndoOp::UpstreamUndoLast => "I couldn't undo that.".to_string(),
     })
 }
 

@@ -1,7 +1,7 @@
 //! Campaigns and their audiences (which contacts are in which campaign, in what state).
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::sql::{json_col, Filter};
@@ -12,22 +12,30 @@ use crate::ids::{new_id, now_rfc3339};
 use crate::input::{Fields, Patch};
 use crate::text::normalize;
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Campaign {
     pub id: String,
+    #[serde(default)]
     pub name: String,
     pub status: CampaignStatus,
     #[serde(rename = "type")]
+    #[serde(default)]
     pub kind: String,
+    #[serde(default)]
     pub campaign_mode: String,
+    #[serde(default)]
     pub config: Value,
+    #[serde(default)]
     pub steps: Value,
+    #[serde(default)]
     pub created_at: String,
+    #[serde(default)]
     pub updated_at: String,
 }
 
 /// Audience counts by state. `failed` is only shown by `GET /campaigns/:id/status`.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct AudienceStats {
     pub total: u64,
     pub active: u64,

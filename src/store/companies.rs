@@ -2,7 +2,7 @@
 //! linked to them by email domain.
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::sql::{json_col, like_escape, Filter};
@@ -12,15 +12,18 @@ use crate::ids::{new_id, now_rfc3339};
 use crate::input::{merge_object, patched, Fields, Patch};
 use crate::text::{normalize, normalize_domain};
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Company {
     pub id: String,
     pub name: Option<String>,
     pub domain: Option<String>,
     pub industry: Option<String>,
     pub size: Option<String>,
+    #[serde(default)]
     pub context: Value,
+    #[serde(default)]
     pub created_at: String,
+    #[serde(default)]
     pub updated_at: String,
 }
 

@@ -2,7 +2,7 @@
 //! indexed by name tokens so that voice lookups by name never scan the table.
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::sql::{json_col, like_escape, Filter};
@@ -13,12 +13,13 @@ use crate::ids::{new_id, now_rfc3339};
 use crate::input::{merge_object, patched, Fields, Patch};
 use crate::text::{email_domain, is_plausible_email, normalize, tokens};
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Contact {
     pub id: String,
     pub email: Option<String>,
     pub first_name: Option<String>,
     pub last_name: Option<String>,
+    #[serde(default)]
     pub full_name: String,
     pub company: Option<String>,
     pub title: Option<String>,
@@ -27,8 +28,11 @@ pub struct Contact {
     pub status: ContactStatus,
     pub folder_id: Option<String>,
     pub account_id: Option<String>,
+    #[serde(default)]
     pub custom_fields: Value,
+    #[serde(default)]
     pub created_at: String,
+    #[serde(default)]
     pub updated_at: String,
 }
 

@@ -2,7 +2,7 @@
 //! notes, which are interactions with channel `note`.
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::sql::{json_col, Filter};
@@ -10,26 +10,34 @@ use super::{Page, PageRequest};
 use crate::error::ApiResult;
 use crate::ids::{new_id, now_rfc3339};
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Interaction {
     pub id: String,
     pub contact_id: Option<String>,
     pub campaign_id: Option<String>,
+    #[serde(default)]
     pub direction: String,
+    #[serde(default)]
     pub channel: String,
     pub subject: Option<String>,
+    #[serde(default)]
     pub content: String,
+    #[serde(default)]
     pub metadata: Value,
+    #[serde(default)]
     pub is_read: bool,
+    #[serde(default)]
     pub created_at: String,
 }
 
 /// The REST shape of a note.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Note {
     pub id: String,
     pub contact_id: Option<String>,
+    #[serde(default)]
     pub content: String,
+    #[serde(default)]
     pub metadata: Value,
     pub created_at: String,
 }
@@ -213,6 +221,14 @@ pub fn insert(conn: &Connection, org: &str, n: &NewInteraction<'_>) -> ApiResult
 pub fn delete(conn: &Connection, org: &str, id: &str) -> ApiResult<bool> {
     Ok(conn.execute(
         "DELETE FROM interactions WHERE id = ?1 AND org_id = ?2",
+        [id, org],
+    )? > 0)
+}
+
+/// Deletes a note (an interaction on the `note` channel); false when there is no such note.
+pub fn delete_note(conn: &Connection, org: &str, id: &str) -> ApiResult<bool> {
+    Ok(conn.execute(
+        "DELETE FROM interactions WHERE id = ?1 AND org_id = ?2 AND channel = 'note'",
         [id, org],
     )? > 0)
 }

@@ -1,7 +1,7 @@
 //! Buying signals (job changes, funding news, website visits, …) for briefing cards.
 
 use rusqlite::{params, Connection, Row};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::sql::Filter;
 use super::{Page, PageRequest};
@@ -9,19 +9,25 @@ use crate::error::ApiResult;
 use crate::ids::new_id;
 use crate::text::normalize;
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Signal {
     pub id: String,
     pub contact_id: Option<String>,
     pub company: Option<String>,
+    #[serde(default)]
     pub platform: String,
     #[serde(rename = "type")]
+    #[serde(default)]
     pub signal_type: String,
+    #[serde(default)]
     pub title: String,
     pub content: Option<String>,
     pub url: Option<String>,
+    #[serde(default)]
     pub intent_score: i64,
+    #[serde(default)]
     pub status: String,
+    #[serde(default)]
     pub detected_at: String,
 }
 

@@ -42,6 +42,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(signals::list))
         .routes(routes!(activity::list))
         .routes(routes!(notes::list, notes::create))
+        .routes(routes!(notes::delete))
         .routes(routes!(campaigns::list))
         .routes(routes!(campaigns::get_one, campaigns::update))
         .routes(routes!(campaigns::trigger))

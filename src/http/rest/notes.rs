@@ -1,9 +1,10 @@
 //! `/notes`: read contact notes and create one from a debrief, idempotently by
-//! `idempotency_key` (kept in the database, so a retry after a restart is still recognised).
+//! `idempotency_key` (kept in the database, so a retry after a restart is still recognised),
+//! and delete one (an extension to the reference, used to undo a note made through a gateway).
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -11,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::http::schemas::{Envelope, NoteInput, PageEnvelope};
 
-use super::FEED_PAGE_CAP;
+use super::{Deleted, FEED_PAGE_CAP};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::domain::Scope;
@@ -114,4 +115,31 @@ pub async fn create(
         return Ok(resp);
     }
     Ok(Created(note).into_response())
+}
+
+/// `DELETE /notes/{id}`: removes a note. Not in the reference; a pilot-bridge gateway in
+/// upstream mode uses it to carry out `undo_last` of a note.
+#[utoipa::path(delete, path = "/notes/{id}", tag = "feeds", operation_id = "deleteNote",
+    params(("id" = String, Path, format = "uuid", description = "Note id")),
+    responses(
+        (status = 200, description = "Deleted", body = Envelope<Deleted>),
+        (status = 404, description = "`RESOURCE_NOT_FOUND`"),
+    ))]
+pub async fn delete(
+    State(app): State<AppState>,
+    Extension(p): Extension<Arc<Principal>>,
+    Path(id): Path<String>,
+) -> ApiResult<Data<Deleted>> {
+    p.require_any(&[Scope::Contacts, Scope::Native])?;
+    let id = super::record_id(&id, "Note")?;
+    let org = p.org_id.clone();
+    let id2 = id.clone();
+    let deleted = app
+        .store
+        .write(move |tx| interactions::delete_note(tx, &org, &id2))
+        .await?;
+    if !deleted {
+        return Err(ApiError::not_found("Note"));
+    }
+    Ok(Data(Deleted { deleted: true, id }))
 }

@@ -20,6 +20,11 @@ pub fn stats(conn: &Connection, org: &str, a: &CampaignOnly) -> ApiResult<Step> 
         Err(r) => return reply(r),
     };
     let s = campaigns::audience_stats(conn, &campaign.id)?;
+    Ok(Step::Reply(stats_reply(campaign, s)))
+}
+
+/// The answer to `campaign_stats`.
+pub(crate) fn stats_reply(campaign: Campaign, s: campaigns::AudienceStats) -> NativeReply {
     let spoken = format!(
         "{} is {} with {}: {} active, {} completed, {} bounced.",
         campaign.name,
@@ -30,10 +35,8 @@ pub fn stats(conn: &Connection, org: &str, a: &CampaignOnly) -> ApiResult<Step> 
         s.bounced
     );
     let id = campaign.id.clone();
-    Ok(Step::Reply(
-        NativeReply::result(spoken, json!({ "campaign": campaign, "audience_stats": s }))
-            .with_id("campaign_id", id),
-    ))
+    NativeReply::result(spoken, json!({ "campaign": campaign, "audience_stats": s }))
+        .with_id("campaign_id", id)
 }
 
 /// Both references of a membership action, or the clarification to send.
@@ -53,7 +56,11 @@ fn contact_and_campaign(
     Ok(Ok((contact, campaign)))
 }
 
-fn membership_ids(contact: &Contact, campaign: &Campaign, r: NativeReply) -> NativeReply {
+pub(crate) fn membership_ids(
+    contact: &Contact,
+    campaign: &Campaign,
+    r: NativeReply,
+) -> NativeReply {
     r.with_id("contact_id", contact.id.clone())
         .with_id("campaign_id", campaign.id.clone())
 }
@@ -190,6 +197,11 @@ fn plan_switch(
         Ok(c) => c,
         Err(r) => return reply(r),
     };
+    switch_step(campaign, to)
+}
+
+/// Pausing or resuming `campaign`: the plan, the no-op answer, or why it cannot be done.
+pub(crate) fn switch_step(campaign: Campaign, to: CampaignStatus) -> ApiResult<Step> {
     let s = switch(to);
     if campaign.status == s.from {
         Ok(Step::Execute(Plan::SetCampaignStatus { campaign, to }))
@@ -303,6 +315,12 @@ pub fn execute_set_status(
     }
     campaigns::set_status(conn, ctx.org, &campaign.id, to)?;
     let updated = campaigns::require(conn, ctx.org, &campaign.id)?;
+    Ok(status_set(updated, from, to))
+}
+
+/// The answer and undo of a campaign switched from `from` to `to` (`updated` is after it).
+pub(crate) fn status_set(updated: Campaign, from: CampaignStatus, to: CampaignStatus) -> Executed {
+    let s = switch(to);
     let r = NativeReply::result(
         format!("I {} {}.", s.verb, updated.name),
         json!({ "campaign": updated }),
@@ -315,5 +333,5 @@ pub fn execute_set_status(
             status: from.to_string(),
         },
     ));
-    Ok(Executed { reply: r, undo })
+    Executed { reply: r, undo }
 }

@@ -11,6 +11,7 @@ use crate::native::action::{BookMeeting, MarkStatus, NoteOnContact};
 use crate::native::plan::{spoken_time, Plan, Step};
 use crate::native::reply::NativeReply;
 use crate::native::undo::UndoOp;
+use crate::store::contacts::Contact;
 use crate::store::interactions::{self, NewInteraction};
 use crate::store::{contacts, native as rows};
 
@@ -19,6 +20,11 @@ pub fn plan_meeting(conn: &Connection, org: &str, a: &BookMeeting) -> ApiResult<
         Ok(c) => c,
         Err(r) => return reply(r),
     };
+    meeting_step(contact, a)
+}
+
+/// Validates a meeting request for a resolved contact.
+pub(crate) fn meeting_step(contact: Contact, a: &BookMeeting) -> ApiResult<Step> {
     let start = a
         .start_time
         .as_deref()
@@ -43,6 +49,11 @@ pub fn plan_status(conn: &Connection, org: &str, a: &MarkStatus) -> ApiResult<St
         Ok(c) => c,
         Err(r) => return reply(r),
     };
+    status_step(contact, a)
+}
+
+/// A status change for a resolved contact, or the no-op answer when it already has it.
+pub(crate) fn status_step(contact: Contact, a: &MarkStatus) -> ApiResult<Step> {
     let status = a
         .status
         .ok_or_else(|| ApiError::validation("action.status", "missing"))?;
@@ -130,22 +141,7 @@ pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>, plan: Plan) -> ApiResult<Ex
             let contact = contacts::require(conn, ctx.org, &contact.id)?;
             let previous = contact.status;
             contacts::set_status(conn, ctx.org, &contact.id, status)?;
-            let name = contact.display_name().to_string();
-            let r = NativeReply::result(
-                format!("{name} is now marked {}.", status.spoken()),
-                json!({ "contact_id": contact.id, "previous_status": previous, "status": status }),
-            )
-            .with_id("contact_id", contact.id.clone());
-            let undo = (previous != status).then(|| {
-                (
-                    format!("{name} is back to {}.", previous.spoken()),
-                    UndoOp::RestoreStatus {
-                        contact_id: contact.id.clone(),
-                        status: previous.to_string(),
-                    },
-                )
-            });
-            Ok(Executed { reply: r, undo })
+            Ok(status_marked(&contact, previous, status))
         }
         Plan::NoteOnContact { contact, note } => {
             let contact = contacts::require(conn, ctx.org, &contact.id)?;
@@ -154,24 +150,51 @@ pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>, plan: Plan) -> ApiResult<Ex
                 ctx.org,
                 &NewInteraction::note(&contact.id, &note, json!({ "source": "native" })),
             )?;
-            let name = contact.display_name().to_string();
-            let r = NativeReply::result(
-                format!("Noted on {name}."),
-                json!({ "note": interactions::Note::from(row.clone()) }),
-            )
-            .with_id("note_id", row.id.clone())
-            .with_id("contact_id", contact.id.clone());
-            Ok(Executed {
-                reply: r,
-                undo: Some((
-                    format!("I deleted the note on {name}."),
-                    UndoOp::DeleteNote { note_id: row.id },
-                )),
-            })
+            Ok(noted(&contact, interactions::Note::from(row)))
         }
         other => Err(ApiError::internal(format!(
             "contacts::execute got {}",
             other.action_type()
         ))),
+    }
+}
+
+/// The answer and undo of a status change from `previous` to `status`.
+pub(crate) fn status_marked(
+    contact: &Contact,
+    previous: ContactStatus,
+    status: ContactStatus,
+) -> Executed {
+    let name = contact.display_name().to_string();
+    let r = NativeReply::result(
+        format!("{name} is now marked {}.", status.spoken()),
+        json!({ "contact_id": contact.id, "previous_status": previous, "status": status }),
+    )
+    .with_id("contact_id", contact.id.clone());
+    let undo = (previous != status).then(|| {
+        (
+            format!("{name} is back to {}.", previous.spoken()),
+            UndoOp::RestoreStatus {
+                contact_id: contact.id.clone(),
+                status: previous.to_string(),
+            },
+        )
+    });
+    Executed { reply: r, undo }
+}
+
+/// The answer and undo of a note saved on `contact`.
+pub(crate) fn noted(contact: &Contact, note: interactions::Note) -> Executed {
+    let name = contact.display_name().to_string();
+    let note_id = note.id.clone();
+    let r = NativeReply::result(format!("Noted on {name}."), json!({ "note": note }))
+        .with_id("note_id", note_id.clone())
+        .with_id("contact_id", contact.id.clone());
+    Executed {
+        reply: r,
+        undo: Some((
+            format!("I deleted the note on {name}."),
+            UndoOp::DeleteNote { note_id },
+        )),
     }
 }

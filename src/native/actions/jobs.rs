@@ -10,6 +10,7 @@ use crate::native::action::{ContactOnly, StartResearch};
 use crate::native::plan::{Plan, Step};
 use crate::native::reply::{NativeReply, ReplyMode};
 use crate::native::undo::UndoOp;
+use crate::store::contacts::Contact;
 use crate::store::{contacts, native as rows};
 
 pub fn plan_research(conn: &Connection, org: &str, a: &StartResearch) -> ApiResult<Step> {
@@ -17,16 +18,21 @@ pub fn plan_research(conn: &Connection, org: &str, a: &StartResearch) -> ApiResu
         Ok(c) => c,
         Err(clarification) => return reply(clarification),
     };
+    Ok(research_step(contact, a))
+}
+
+/// Research on a resolved contact and/or a company (the contact's own when none is named).
+pub(crate) fn research_step(contact: Option<Contact>, a: &StartResearch) -> Step {
     let company = a
         .company
         .clone()
         .filter(|c| !c.trim().is_empty())
         .or_else(|| contact.as_ref().and_then(|c| c.company.clone()));
-    Ok(Step::Execute(Plan::StartResearch {
+    Step::Execute(Plan::StartResearch {
         contact,
         company,
         topic: a.topic.clone(),
-    }))
+    })
 }
 
 pub fn plan_enrich(conn: &Connection, org: &str, a: &ContactOnly) -> ApiResult<Step> {

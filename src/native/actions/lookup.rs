@@ -2,7 +2,7 @@
 //! and `reply_inbox`.
 
 use rusqlite::Connection;
-use serde_json::json;
+use serde_json::{json, Map, Value};
 
 use super::{contact_or_clarify, optional_contact, reply};
 use crate::error::ApiResult;
@@ -12,8 +12,10 @@ use crate::native::plan::Step;
 use crate::native::reply::NativeReply;
 use crate::native::resolve::{self, Resolved};
 use crate::native::speech::{article, count, snippet};
-use crate::store::interactions::{self, ActivityFilter};
-use crate::store::signals::{self, SignalFilter};
+use crate::store::companies::Company;
+use crate::store::contacts::Contact;
+use crate::store::interactions::{self, ActivityFilter, Interaction};
+use crate::store::signals::{self, Signal, SignalFilter};
 use crate::store::{campaigns, companies, contacts, PageRequest};
 
 pub fn lookup_person(conn: &Connection, org: &str, a: &LookupPerson) -> ApiResult<Step> {
@@ -39,6 +41,21 @@ pub fn lookup_person(conn: &Connection, org: &str, a: &LookupPerson) -> ApiResul
         },
     )?
     .items;
+    Ok(Step::Reply(person_reply(
+        contact,
+        account,
+        serde_json::to_value(memberships).unwrap_or_default(),
+        recent,
+    )))
+}
+
+/// The answer to `lookup_person`, whichever backend read the records.
+pub(crate) fn person_reply(
+    contact: Contact,
+    account: Option<Company>,
+    memberships: Value,
+    recent: Vec<Interaction>,
+) -> NativeReply {
     let name = contact.display_name();
     let company = contact
         .company
@@ -52,13 +69,11 @@ pub fn lookup_person(conn: &Connection, org: &str, a: &LookupPerson) -> ApiResul
     };
     let spoken = format!("{who} Status is {}.", contact.status.spoken());
     let contact_id = contact.id.clone();
-    Ok(Step::Reply(
-        NativeReply::result(
-            spoken,
-            json!({ "contact": contact, "company": account, "campaigns": memberships, "recent_activity": recent }),
-        )
-        .with_id("contact_id", contact_id),
-    ))
+    NativeReply::result(
+        spoken,
+        json!({ "contact": contact, "company": account, "campaigns": memberships, "recent_activity": recent }),
+    )
+    .with_id("contact_id", contact_id)
 }
 
 pub fn lookup_company(conn: &Connection, org: &str, a: &LookupCompany) -> ApiResult<Step> {
@@ -90,6 +105,21 @@ pub fn lookup_company(conn: &Connection, org: &str, a: &LookupCompany) -> ApiRes
         }
         None => vec![],
     };
+    Ok(Step::Reply(company_reply(
+        company,
+        total,
+        people,
+        recent_signals,
+    )))
+}
+
+/// The answer to `lookup_company`.
+pub(crate) fn company_reply(
+    company: Company,
+    total: u64,
+    people: Vec<Contact>,
+    recent_signals: Vec<Signal>,
+) -> NativeReply {
     let name = company.display_name().to_string();
     let what = match &company.industry {
         Some(i) => format!("{name} is {} {} company.", article(i), i.to_lowercase()),
@@ -104,13 +134,11 @@ pub fn lookup_company(conn: &Connection, org: &str, a: &LookupCompany) -> ApiRes
         }
     );
     let company_id = company.id.clone();
-    Ok(Step::Reply(
-        NativeReply::result(
-            spoken,
-            json!({ "company": company, "contacts_total": total, "contacts": people, "recent_signals": recent_signals }),
-        )
-        .with_id("company_id", company_id),
-    ))
+    NativeReply::result(
+        spoken,
+        json!({ "company": company, "contacts_total": total, "contacts": people, "recent_signals": recent_signals }),
+    )
+    .with_id("company_id", company_id)
 }
 
 pub fn recent_signals(conn: &Connection, org: &str, a: &RecentSignals) -> ApiResult<Step> {
@@ -138,25 +166,35 @@ pub fn recent_signals(conn: &Connection, org: &str, a: &RecentSignals) -> ApiRes
             offset: 0,
         },
     )?;
-    let scope = a
-        .company
-        .as_deref()
+    Ok(Step::Reply(signals_reply(
+        a.company.as_deref(),
+        page.items,
+        page.total,
+        reply_ids,
+    )))
+}
+
+/// The answer to `recent_signals`.
+pub(crate) fn signals_reply(
+    company: Option<&str>,
+    items: Vec<Signal>,
+    total: u64,
+    ids: Map<String, Value>,
+) -> NativeReply {
+    let scope = company
         .map(|c| format!(" for {}", snippet(c, 40)))
         .unwrap_or_default();
-    let spoken = match page.items.first() {
+    let spoken = match items.first() {
         None => format!("No new signals{scope}."),
         Some(first) => format!(
             "{}{scope}. Latest: {}.",
-            count(page.total, "signal", "signals"),
+            count(total, "signal", "signals"),
             snippet(first.title.trim_end_matches('.'), 110)
         ),
     };
-    let mut r = NativeReply::result(
-        spoken,
-        json!({ "signals": page.items, "total": page.total }),
-    );
-    r.ids = reply_ids;
-    Ok(Step::Reply(r))
+    let mut r = NativeReply::result(spoken, json!({ "signals": items, "total": total }));
+    r.ids = ids;
+    r
 }
 
 pub fn reply_inbox(conn: &Connection, org: &str, a: &ReplyInbox) -> ApiResult<Step> {
@@ -184,36 +222,58 @@ pub fn reply_inbox(conn: &Connection, org: &str, a: &ReplyInbox) -> ApiResult<St
             offset: 0,
         },
     )?;
-    let mut items = Vec::with_capacity(page.items.len());
-    let mut latest_from = None;
-    for i in &page.items {
+    let mut replies = Vec::with_capacity(page.items.len());
+    for i in page.items {
         let who = match &i.contact_id {
             Some(id) => contacts::get(conn, org, id)?,
             None => None,
         };
-        if latest_from.is_none() {
-            latest_from = who.as_ref().map(|c| c.display_name().to_string());
-        }
-        items.push(json!({
-            "interaction": i,
-            "contact": who.map(|c| json!({ "id": c.id, "name": c.display_name(), "company": c.company })),
-        }));
+        replies.push((i, who));
     }
-    let noun = if filter.unread_only {
+    Ok(Step::Reply(inbox_reply(
+        replies,
+        page.total,
+        filter.unread_only,
+        ids,
+    )))
+}
+
+/// The answer to `reply_inbox`: the replies with who sent each.
+pub(crate) fn inbox_reply(
+    replies: Vec<(Interaction, Option<Contact>)>,
+    total: u64,
+    unread_only: bool,
+    ids: Map<String, Value>,
+) -> NativeReply {
+    let latest_from = replies
+        .first()
+        .and_then(|(_, who)| who.as_ref())
+        .map(|c| c.display_name().to_string());
+    let latest = replies.first().map(|(i, _)| snippet(&i.content, 100));
+    let items: Vec<Value> = replies
+        .into_iter()
+        .map(|(i, who)| {
+            json!({
+                "interaction": i,
+                "contact": who.map(|c| json!({ "id": c.id, "name": c.display_name(), "company": c.company })),
+            })
+        })
+        .collect();
+    let noun = if unread_only {
         ("unread reply", "unread replies")
     } else {
         ("reply", "replies")
     };
-    let spoken = match page.items.first() {
+    let spoken = match latest {
         None => format!("No {} right now.", noun.1),
-        Some(first) => format!(
+        Some(content) => format!(
             "You have {}. Latest from {}: {}",
-            count(page.total, noun.0, noun.1),
+            count(total, noun.0, noun.1),
             latest_from.as_deref().unwrap_or("an unknown sender"),
-            snippet(&first.content, 100)
+            content
         ),
     };
-    let mut r = NativeReply::result(spoken, json!({ "replies": items, "total": page.total }));
+    let mut r = NativeReply::result(spoken, json!({ "replies": items, "total": total }));
     r.ids = ids;
-    Ok(Step::Reply(r))
+    r
 }

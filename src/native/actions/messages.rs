@@ -58,19 +58,24 @@ pub fn plan_draft(conn: &Connection, org: &str, a: &DraftMessage) -> ApiResult<S
         Ok(c) => c,
         Err(r) => return reply(r),
     };
+    Ok(draft_step(contact, a))
+}
+
+/// A draft for a resolved contact, composed from the user's instructions.
+pub(crate) fn draft_step(contact: Contact, a: &DraftMessage) -> Step {
     let channel = a.channel.unwrap_or(Channel::Email);
     let subject = a
         .subject
         .clone()
         .or_else(|| default_subject(&contact, channel));
     let body = compose(&contact, a.instructions.as_deref());
-    Ok(Step::Execute(Plan::DraftMessage {
+    Step::Execute(Plan::DraftMessage {
         contact,
         channel,
         subject,
         body,
         instructions: a.instructions.clone(),
-    }))
+    })
 }
 
 pub fn plan_send(conn: &Connection, org: &str, a: &SendMessage) -> ApiResult<Step> {
@@ -108,6 +113,20 @@ pub fn plan_send(conn: &Connection, org: &str, a: &SendMessage) -> ApiResult<Ste
         subject = subject.or(draft.subject);
         body = body.or(Some(draft.body));
     }
+    let mode = orgs::pilot_mode(conn, org)?;
+    send_step(contact, channel, subject, body, draft_id, mode)
+}
+
+/// What `send_message` does for a resolved contact under the org's pilot mode (DESIGN §7): off
+/// answers that nothing was sent, review saves a draft, auto sends after confirmation.
+pub(crate) fn send_step(
+    contact: Contact,
+    channel: Option<Channel>,
+    subject: Option<String>,
+    body: Option<String>,
+    draft_id: Option<String>,
+    mode: PilotMode,
+) -> ApiResult<Step> {
     let channel = channel.unwrap_or(Channel::Email);
     let body = body.ok_or_else(|| {
         ApiError::validation("action.body", "missing").with_spoken("What should the message say?")
@@ -118,7 +137,7 @@ pub fn plan_send(conn: &Connection, org: &str, a: &SendMessage) -> ApiResult<Ste
                 .with_spoken(format!("{} has no email address.", contact.display_name())),
         );
     }
-    match orgs::pilot_mode(conn, org)? {
+    match mode {
         PilotMode::Off => {
             let r = NativeReply::result(
                 "Pilot is off, so I didn't send anything. Turn on review or auto mode to send messages.",

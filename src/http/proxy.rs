@@ -1,0 +1,75 @@
+//! REST v1 in upstream mode: requests are forwarded to the upstream as they came (the caller's
+//! key, method, path, query and body), and its answers returned as they are, so REST and the
+//! native bridge see the same records. Only the native endpoints are served by the gateway.
+
+use axum::body::Bytes;
+use axum::extract::{OriginalUri, State};
+use axum::http::{header, HeaderMap, HeaderName, Method};
+use axum::response::{IntoResponse, Response};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+/// Upstream response headers worth passing on; hop-by-hop and framing headers are not.
+const PASSED_HEADERS: &[&str] = &[
+    "content-type",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+    "retry-after",
+];
+
+pub async fn forward(
+    State(app): State<AppState>,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(upstream) = app.upstream() else {
+        return ApiError::internal("REST proxy without an upstream").into_response();
+    };
+    let path = uri.path();
+    let relative = path.strip_prefix("/api/v1").unwrap_or(path);
+    let path_and_query = match uri.query() {
+        Some(q) => format!("{relative}?{q}"),
+        None => relative.to_string(),
+    };
+    let result = upstream
+        .proxy(
+            method,
+            headers.get(header::AUTHORIZATION),
+            headers.get(header::CONTENT_TYPE),
+            &path_and_query,
+            body,
+        )
+        .await;
+    match result {
+        Ok(resp) => {
+            let mut out = Response::builder().status(resp.status.as_u16());
+            for name in PASSED_HEADERS {
+                if let Some(v) = resp.headers.get(*name) {
+                    out = out.header(HeaderName::from_static(name), v.as_bytes());
+                }
+            }
+            out.body(axum::body::Body::from(with_our_request_id(resp.body)))
+                .unwrap_or_else(|e| ApiError::internal(e).into_response())
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The upstream's envelope with `meta.request_id` set to this request's id (the one in our
+/// `X-Request-Id`), keeping the upstream's own as `meta.upstream_request_id` for tracing.
+fn with_our_request_id(body: Bytes) -> Bytes {
+    let Ok(serde_json::Value::Object(mut env)) = serde_json::from_slice(&body) else {
+        return body;
+    };
+    if let Some(serde_json::Value::Object(meta)) = env.get_mut("meta") {
+        let ours = serde_json::Value::String(super::envelope::request_id());
+        if let Some(theirs) = meta.insert("request_id".into(), ours) {
+            meta.insert("upstream_request_id".into(), theirs);
+        }
+    }
+    serde_json::to_vec(&env).map(Bytes::from).unwrap_or(body)
+}

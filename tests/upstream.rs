@@ -1,0 +1,957 @@
+//! Upstream mode against a real second process: the `pilot-bridge` binary runs in embedded mode
+//! as the upstream, and a gateway (`backend = "upstream"`) runs in this process in front of it,
+//! either directly or through a fault proxy on loopback that can delay, refuse or fail requests.
+//! The native suite runs through the gateway and every effect is checked on the upstream itself.
+
+mod common;
+#[path = "common/native.rs"]
+mod native_common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Client, TestServer};
+use native_common::{check_err, check_ok, Demo, KEY, PATH};
+use pilot_bridge::config::{BackendKind, Config};
+use pilot_bridge::domain::Scope;
+use pilot_bridge::store::{keys, orgs, Store};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The upstream: the real binary serving a pre-seeded demo workspace. Killed when dropped.
+struct UpstreamProcess {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Drop for UpstreamProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+impl UpstreamProcess {
+    /// Seeds the demo workspace (rate limit off, the tests' key, an org limited to 2 requests a
+    /// minute) into a fresh directory, then starts `serve` on it.
+    async fn start() -> UpstreamProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &Config::default().store_options()).expect("store");
+        store
+            .write_sync(|tx| {
+                pilot_bridge::demo::seed(tx)?;
+                orgs::update(
+                    tx,
+                    "demo",
+                    &orgs::OrgChanges {
+                        rate_limit: Some(0),
+                        ..Default::default()
+                    },
+                )?;
+                pilot_bridge::demo::ensure_key(tx, Some(KEY))?;
+                let mut limited = orgs::NewOrg::named("limited");
+                limited.rate_limit = Some(2);
+                orgs::create(tx, &limited)?;
+                keys::insert(tx, "limited", "t", Scope::ALL, LIMITED_KEY)?;
+                Ok(())
+            })
+            .expect("seed");
+        drop(store);
+        // Short key caches, so revocation on the upstream shows within a second or two.
+        let config = dir.path().join("upstream.toml");
+        std::fs::write(&config, "[auth]\nkey_cache_ttl_secs = 1\n").expect("config");
+        let port = free_port();
+        let log = dir.path().join("upstream.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_pilot-bridge"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .arg("--config")
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("spawn upstream");
+        let mut up = UpstreamProcess {
+            child,
+            port,
+            dir,
+            log,
+        };
+        up.wait_ready().await;
+        up
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn root(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A REST client straight to the upstream, to check effects where they live.
+    fn client(&self) -> Client {
+        Client::new(
+            format!("{}/api/v1", self.root()),
+            Some(format!("Bearer {KEY}")),
+        )
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let http = reqwest::Client::new();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("upstream exited with {status}: {}", self.log_text());
+            }
+            let ok = http
+                .get(format!("{}/readyz", self.root()))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "upstream not ready: {}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+const LIMITED_KEY: &str = "op_live_LimitedOrgUpstreamTests0123456789abcdXYZ";
+
+/// A gateway in this process in front of `base_url`, with test-sized breaker and cache timings.
+async fn gateway(base_url: String, adjust: impl FnOnce(&mut Config)) -> Demo {
+    let s: TestServer = common::start_with(|c| {
+        c.backend = BackendKind::Upstream;
+        c.upstream.base_url = base_url;
+        c.upstream.breaker_failure_threshold = 3;
+        c.upstream.breaker_open_ms = 400;
+        c.upstream.key_cache_ttl_secs = 1;
+        adjust(c);
+    })
+    .await;
+    let c = s.client(KEY);
+    Demo { s, c }
+}
+
+// ---- fault proxy ------------------------------------------------------------------------
+
+const PASS: u8 = 0;
+/// Hold every chunk for [`SLOW`] before passing it on.
+const DELAY: u8 = 1;
+/// Refuse: close every connection at once.
+const DOWN: u8 = 2;
+/// Answer every request with a 503 envelope without asking the upstream.
+const FAIL: u8 = 3;
+
+const SLOW: Duration = Duration::from_millis(1500);
+
+/// A TCP proxy on loopback in front of the upstream whose behaviour the test switches.
+struct FaultProxy {
+    addr: SocketAddr,
+    mode: Arc<AtomicU8>,
+}
+
+impl FaultProxy {
+    async fn start(upstream: SocketAddr) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("addr");
+        let mode = Arc::new(AtomicU8::new(PASS));
+        let m = mode.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(proxy_connection(client, upstream, m.clone()));
+            }
+        });
+        FaultProxy { addr, mode }
+    }
+
+    fn set(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+async fn proxy_connection(mut client: TcpStream, upstream: SocketAddr, mode: Arc<AtomicU8>) {
+    match mode.load(Ordering::SeqCst) {
+        DOWN => return,
+        FAIL => {
+            let mut buf = [0u8; 4096];
+            let _ = client.read(&mut buf).await;
+            let _ = client.write_all(FAIL_RESPONSE.as_bytes()).await;
+            return;
+        }
+        _ => {}
+    }
+    let Ok(server) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let (mut cr, cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    // Both directions may write to the client: answers, or a 503 injected mid-connection.
+    let cw = Arc::new(tokio::sync::Mutex::new(cw));
+    let cw2 = cw.clone();
+    let to_server = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            match mode.load(Ordering::SeqCst) {
+                DELAY => tokio::time::sleep(SLOW).await,
+                DOWN => break,
+                FAIL => {
+                    let _ = cw.lock().await.write_all(FAIL_RESPONSE.as_bytes()).await;
+                    break;
+                }
+                _ => {}
+            }
+            if sw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    };
+    let to_client = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match sr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if cw2.lock().await.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    };
+    // Whichever side ends first ends the connection, like a proxy that drops it.
+    tokio::select! {
+        _ = to_server => {}
+        _ = to_client => {}
+    }
+}
+
+const FAIL_RESPONSE: &str = concat!(
+    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n",
+    "content-length: 139\r\n\r\n",
+    r#"{"ok":false,"error":{"code":"SERVICE_UNAVAILABLE","message":"down for maintenance","details":""},"meta":{"request_id":"x","timestamp":"x"}}"#
+);
+
+// ---- the native suite through the gateway ------------------------------------------------
+
+fn phases(r: &common::Resp) -> Vec<String> {
+    r.header("server-timing")
+        .unwrap_or_default()
+        .split(", ")
+        .filter_map(|p| p.split_once(";dur=").map(|(n, _)| n.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_resolve_like_embedded_mode_and_show_an_upstream_phase() {
+    let up = UpstreamProcess::start().await;
+    let g = gateway(up.root(), |_| {}).await;
+
+    let r = g
+        .send(json!({ "action": { "type": "lookup_person", "personName": "Sarah Chen", "company": "Notion" },
+                      "executionMode": "fast" }))
+        .await;
+    let d = check_ok(&r);
+    assert_eq!(d["mode"], "result", "{d}");
+    assert!(
+        d["spoken_summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("Sarah Chen is VP of Engineering at Notion."),
+        "{d}"
+    );
+    assert_eq!(d["data"]["contact"]["email"], "sarah.chen@notion.so");
+    assert!(
+        phases(&r).contains(&"upstream".to_string()),
+        "{:?}",
+        phases(&r)
+    );
+    assert!(
+        d["audit_id"].is_null(),
+        "fast-mode reads are not audited: {d}"
+    );
+
+    // The same read again comes from the gateway's cache, without an upstream phase.
+    let again = g
+        .send(json!({ "action": { "type": "lookup_person", "personName": "Sarah Chen", "company": "Notion" },
+                      "executionMode": "fast" }))
+        .await;
+    check_ok(&again);
+    assert!(
+        phases(&again).contains(&"cache".to_string()),
+        "{:?}",
+        phases(&again)
+    );
+
+    // Ambiguity and fuzzy names resolve as in embedded mode.
+    let d = g
+        .act(json!({ "type": "lookup_person", "personName": "Sarah" }))
+        .await;
+    assert_eq!(d["mode"], "clarification_required", "{d}");
+    assert_eq!(d["candidates"].as_array().unwrap().len(), 2, "{d}");
+    let d = g
+        .act(json!({ "type": "lookup_person", "personName": "sara chen" }))
+        .await;
+    assert_eq!(d["data"]["contact"]["full_name"], "Sarah Chen", "{d}");
+    let d = g
+        .act(json!({ "type": "lookup_person", "personName": "Sarah", "company": "Figma" }))
+        .await;
+    assert_eq!(d["data"]["contact"]["full_name"], "Sarah Kim", "{d}");
+    let d = g
+        .act(json!({ "type": "lookup_person", "email": "JOHN@ACME.COM" }))
+        .await;
+    assert_eq!(d["data"]["contact"]["full_name"], "John Smith", "{d}");
+
+    let r = g
+        .send(json!({ "action": { "type": "lookup_person", "personName": "Nobody Anywhere" } }))
+        .await;
+    let e = check_err(&r, 404, "RESOURCE_NOT_FOUND");
+    assert_eq!(e["spoken_summary"], "I couldn't find Nobody Anywhere.");
+
+    let d = g
+        .act(json!({ "type": "lookup_company", "company": "notion.so" }))
+        .await;
+    assert!(
+        d["spoken_summary"].as_str().unwrap().starts_with("Notion"),
+        "{d}"
+    );
+    let d = g
+        .act(json!({ "type": "recent_signals", "company": "Notion" }))
+        .await;
+    assert!(d["data"]["total"].as_u64().unwrap() >= 1, "{d}");
+    let d = g.act(json!({ "type": "reply_inbox" })).await;
+    assert!(
+        d["spoken_summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("You have"),
+        "{d}"
+    );
+    let d = g
+        .act(json!({ "type": "campaign_stats", "campaignRef": "seed founders" }))
+        .await;
+    assert!(
+        d["spoken_summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("Seed founders is active"),
+        "{d}"
+    );
+
+    // REST v1 through the gateway is the upstream's.
+    let via_gateway =
+        g.c.get_query("/contacts", &[("search", "sarah"), ("limit", "5")])
+            .await;
+    let direct = up
+        .client()
+        .get_query("/contacts", &[("search", "sarah"), ("limit", "5")])
+        .await;
+    assert_eq!(via_gateway.total(), direct.total());
+    assert_eq!(via_gateway.page()[0]["id"], direct.page()[0]["id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_land_upstream_exactly_once_with_confirmation_and_undo_in_the_gateway() {
+    let up = UpstreamProcess::start().await;
+    let g = gateway(up.root(), |_| {}).await;
+    let direct = up.client();
+    let sarah = {
+        let r = direct
+            .get_query("/contacts", &[("search", "sarah.chen@notion.so")])
+            .await;
+        r.page()[0]["id"].as_str().unwrap().to_string()
+    };
+
+    // A note with an idempotency key: one note upstream, the retry is a replay.
+    let body = json!({ "action": { "type": "note_on_contact", "contactRef": "Sarah Chen", "note": "Met after the demo." },
+                       "idempotencyKey": "gw-note-1" });
+    let first = check_ok(&g.send(body.clone()).await).clone();
+    assert_eq!(first["mode"], "result", "{first}");
+    assert!(first["audit_id"].is_string(), "{first}");
+    let replay = g.send(body).await;
+    assert_eq!(check_ok(&replay)["mode"], "duplicate");
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    let notes = direct.get_query("/notes", &[("contact_id", &sarah)]).await;
+    let same: Vec<&Value> = notes
+        .page()
+        .iter()
+        .filter(|n| n["content"] == "Met after the demo.")
+        .collect();
+    assert_eq!(same.len(), 1, "{}", notes.text);
+
+    // undo_last deletes that note upstream.
+    let d = g.act(json!({ "type": "undo_last" })).await;
+    assert_eq!(d["data"]["undone"], true, "{d}");
+    let notes = direct.get_query("/notes", &[("contact_id", &sarah)]).await;
+    assert!(
+        !notes.text.contains("Met after the demo."),
+        "{}",
+        notes.text
+    );
+
+    // A dangerous write asks first; nothing happens upstream until it is confirmed.
+    let pid = g
+        .ask(json!({ "type": "pause_campaign", "campaignRef": "Seed founders" }))
+        .await;
+    let seed = {
+        let r = direct
+            .get_query("/campaigns", &[("status", "active")])
+            .await;
+        let c = r
+            .page()
+            .iter()
+            .find(|c| c["name"] == "Seed founders")
+            .cloned();
+        c.expect("Seed founders is still active before confirmation")["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let r = g.confirm(&pid, true).await;
+    let d = check_ok(&r);
+    assert_eq!(d["spoken_summary"], "I paused Seed founders.", "{d}");
+    assert_eq!(
+        d["idempotency_key"],
+        format!("native:pause_campaign:{pid}").as_str()
+    );
+    assert_eq!(
+        direct.get(&format!("/campaigns/{seed}")).await.ok(200)["status"],
+        "paused"
+    );
+    // Confirming again replays; it does not pause twice or fail.
+    assert_eq!(check_ok(&g.confirm(&pid, true).await)["mode"], "duplicate");
+    let d = g.act(json!({ "type": "undo_last" })).await;
+    assert_eq!(
+        d["spoken_summary"], "Undone. Seed founders is running again.",
+        "{d}"
+    );
+    assert_eq!(
+        direct.get(&format!("/campaigns/{seed}")).await.ok(200)["status"],
+        "active"
+    );
+
+    // add_to_campaign goes to the trigger endpoint; the audience grows by one.
+    let before = direct
+        .get(&format!("/campaigns/{seed}/status"))
+        .await
+        .ok(200)["audience"]["total"]
+        .as_u64()
+        .unwrap();
+    let d = g
+        .ask_and_confirm(json!({ "type": "add_to_campaign", "contactRef": "John Smith", "campaignRef": "Seed founders" }))
+        .await;
+    assert_eq!(
+        d["spoken_summary"], "John Smith is now in Seed founders.",
+        "{d}"
+    );
+    let after = direct
+        .get(&format!("/campaigns/{seed}/status"))
+        .await
+        .ok(200)["audience"]["total"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(after, before + 1);
+    // Asked again, the gateway answers at once instead of asking a pointless question.
+    // (A new idempotency key: without one, the same request within 10 s is a duplicate.)
+    let d = g
+        .ok(json!({ "action": { "type": "add_to_campaign", "contactRef": "John Smith", "campaignRef": "Seed founders" },
+                    "idempotencyKey": "gw-add-again" }))
+        .await;
+    assert_eq!(d["mode"], "result", "{d}");
+    assert_eq!(
+        d["spoken_summary"], "John Smith is already in Seed founders.",
+        "{d}"
+    );
+    let d = g
+        .act(json!({ "type": "remove_from_campaign", "contactRef": "Sarah Kim", "campaignRef": "Q4 Enterprise" }))
+        .await;
+    assert_eq!(d["mode"], "result", "{d}");
+    assert!(
+        d["spoken_summary"]
+            .as_str()
+            .unwrap()
+            .ends_with("isn't in Q4 Enterprise."),
+        "{d}"
+    );
+
+    // mark_status goes to PUT /contacts/:id.
+    let d = g
+        .act(json!({ "type": "mark_status", "contactRef": "John Smith", "status": "contacted" }))
+        .await;
+    assert_eq!(
+        d["spoken_summary"], "John Smith is now marked contacted.",
+        "{d}"
+    );
+    let john = d["ids"]["contact_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        direct.get(&format!("/contacts/{john}")).await.ok(200)["status"],
+        "contacted"
+    );
+
+    // Actions without a REST endpoint are forwarded to the upstream's native endpoint.
+    let d = g
+        .act(json!({ "type": "draft_message", "contactRef": "Sarah Chen", "instructions": "mention the demo" }))
+        .await;
+    assert!(
+        d["spoken_summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("I drafted an email to Sarah Chen"),
+        "{d}"
+    );
+    assert!(d["ids"]["draft_id"].is_string(), "{d}");
+    let d = g
+        .ask_and_confirm(json!({ "type": "book_meeting", "contactRef": "Sarah Chen", "startTime": "2026-12-01T15:00:00Z" }))
+        .await;
+    assert!(
+        d["spoken_summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("Booked a 30 minute meeting"),
+        "{d}"
+    );
+    let meetings = direct
+        .get_query(
+            "/activity",
+            &[("contact_id", &sarah), ("channel", "meeting")],
+        )
+        .await;
+    assert_eq!(meetings.total(), 1, "{}", meetings.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_checked_upstream_and_revocation_applies_within_the_cache_ttl() {
+    let up = UpstreamProcess::start().await;
+    let g = gateway(up.root(), |_| {}).await;
+    let bad = g.s.client("op_live_NotAKeyAtAllButLongEnough000000000000");
+    let r = g
+        .send_as(
+            &bad,
+            json!({ "action": { "type": "lookup_person", "personName": "Sarah Chen" } }),
+        )
+        .await;
+    check_err(&r, 401, "INVALID_API_KEY");
+    let r = g
+        .send_as(
+            &g.s.anonymous(),
+            json!({ "action": { "type": "lookup_person", "personName": "Sarah Chen" } }),
+        )
+        .await;
+    check_err(&r, 401, "MISSING_AUTH");
+
+    // A key made on the upstream works through the gateway, and stops after revocation.
+    let out = Command::new(env!("CARGO_BIN_EXE_pilot-bridge"))
+        .args(["keys", "create", "--org", "demo", "--data-dir"])
+        .arg(up.data_dir())
+        .output()
+        .expect("keys create");
+    assert!(out.status.success());
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let fresh = g.s.client(&key);
+    let lookup = json!({ "action": { "type": "lookup_person", "personName": "John Smith" } });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    check_ok(&g.send_as(&fresh, lookup.clone()).await);
+    let out = Command::new(env!("CARGO_BIN_EXE_pilot-bridge"))
+        .args(["keys", "revoke", &key, "--data-dir"])
+        .arg(up.data_dir())
+        .output()
+        .expect("keys revoke");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let started = Instant::now();
+    loop {
+        let r = g.send_as(&fresh, lookup.clone()).await;
+        if r.status == 401 {
+            check_err(&r, 401, "INVALID_API_KEY");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "revoked key still works after {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_429_passes_through_with_retry_after() {
+    let up = UpstreamProcess::start().await;
+    let g = gateway(up.root(), |_| {}).await;
+    let limited = g.s.client(LIMITED_KEY);
+    let lookup = json!({ "action": { "type": "lookup_person", "personName": "Nobody" } });
+    // The org allows 2 requests a minute upstream: the key check and a search spend them.
+    let mut last = None;
+    for _ in 0..4 {
+        let r = g.send_as(&limited, lookup.clone()).await;
+        if r.status == 429 {
+            last = Some(r);
+            break;
+        }
+    }
+    let r = last.expect("the upstream's 429 reaches the client");
+    let e = check_err(&r, 429, "RATE_LIMITED");
+    assert!(e["spoken_summary"].is_string());
+    let retry: u64 = r
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_upstream_trips_the_breaker_which_recovers_by_itself() {
+    let up = UpstreamProcess::start().await;
+    let proxy = FaultProxy::start(up.addr()).await;
+    let g = gateway(proxy.url(), |_| {}).await;
+    let lookup = json!({ "action": { "type": "lookup_person", "personName": "Sarah Chen", "company": "Notion" } });
+    check_ok(&g.send(lookup.clone()).await);
+
+    proxy.set(DOWN);
+    let john = json!({ "action": { "type": "lookup_person", "personName": "John Smith" } });
+    let r = g.send(john.clone()).await;
+    let e = check_err(&r, 502, "UPSTREAM_UNAVAILABLE");
+    assert_eq!(
+        e["spoken_summary"],
+        "I can't reach OutreachPilot right now. Please try again in a moment."
+    );
+    // Enough failures open the breaker: answers come at once, without trying the upstream.
+    let mut fast = None;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let r = g.send(john.clone()).await;
+        let e = check_err(&r, 502, "UPSTREAM_UNAVAILABLE").clone();
+        if e["details"]
+            .as_str()
+            .unwrap_or("")
+            .contains("circuit breaker open")
+        {
+            fast = Some((t.elapsed(), r));
+            break;
+        }
+    }
+    let (elapsed, r) = fast.expect("the breaker opened");
+    assert!(elapsed < Duration::from_millis(100), "{elapsed:?}");
+    assert!(r.header("retry-after").is_some());
+    let metrics = reqwest::get(format!("{}/metrics", g.s.root))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("pilot_bridge_upstream_breaker_open 1"),
+        "{metrics}"
+    );
+
+    // The upstream comes back; after the open period one probe closes the breaker.
+    proxy.set(PASS);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    loop {
+        let r = g.send(john.clone()).await;
+        if r.status == 200 {
+            check_ok(&r);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "no recovery: {}",
+            r.text
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = reqwest::get(format!("{}/metrics", g.s.root))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("pilot_bridge_upstream_breaker_open 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_upstream_process_is_a_spoken_502_not_a_hang() {
+    let up = UpstreamProcess::start().await;
+    let g = gateway(up.root(), |_| {}).await;
+    check_ok(
+        &g.send(json!({ "action": { "type": "lookup_person", "personName": "John Smith" } }))
+            .await,
+    );
+    drop(up);
+    let t = Instant::now();
+    let r = g
+        .send(json!({ "action": { "type": "note_on_contact", "contactRef": "John Smith", "note": "lost?" },
+                      "idempotencyKey": "gw-stopped-1" }))
+        .await;
+    let e = check_err(&r, 502, "UPSTREAM_UNAVAILABLE");
+    assert_eq!(
+        e["spoken_summary"],
+        "I can't reach OutreachPilot right now. Please try again in a moment."
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(750),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_5xx_is_a_spoken_502() {
+    let up = UpstreamProcess::start().await;
+    let proxy = FaultProxy::start(up.addr()).await;
+    let g = gateway(proxy.url(), |c| c.upstream.breaker_failure_threshold = 50).await;
+    check_ok(
+        &g.send(json!({ "action": { "type": "lookup_person", "personName": "John Smith" } }))
+            .await,
+    );
+    proxy.set(FAIL);
+    let r = g
+        .send(json!({ "action": { "type": "lookup_person", "personName": "Sarah Kim" } }))
+        .await;
+    let e = check_err(&r, 502, "UPSTREAM_UNAVAILABLE");
+    assert!(e["details"].as_str().unwrap().contains("503"), "{e}");
+    assert_eq!(
+        e["spoken_summary"],
+        "OutreachPilot had a problem with that. Please try again shortly."
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upstream_fails_inside_the_turn_budget_and_no_write_is_lost_or_doubled() {
+    let up = UpstreamProcess::start().await;
+    let proxy = FaultProxy::start(up.addr()).await;
+    let g = gateway(proxy.url(), |c| c.upstream.breaker_failure_threshold = 50).await;
+    let direct = up.client();
+    // Warm the key cache and the connection pool.
+    check_ok(
+        &g.send(json!({ "action": { "type": "lookup_person", "personName": "John Smith" } }))
+            .await,
+    );
+
+    proxy.set(DELAY);
+    let t = Instant::now();
+    let r = g
+        .send(json!({ "action": { "type": "lookup_person", "personName": "Sarah Kim" } }))
+        .await;
+    let e = check_err(&r, 504, "UPSTREAM_UNAVAILABLE");
+    assert!(
+        e["spoken_summary"]
+            .as_str()
+            .unwrap()
+            .contains("taking too long"),
+        "{e}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(750),
+        "{:?}",
+        t.elapsed()
+    );
+    let perf = &r.body["meta"]["performance"];
+    assert_eq!(perf["within_target"], true, "{}", r.text);
+
+    // A write whose answer is lost: not stored as the key's outcome, so the retry runs again,
+    // and the upstream's idempotency on the forwarded key keeps it to one note.
+    let note = json!({ "action": { "type": "note_on_contact", "contactRef": "john@acme.com", "note": "Stalled write." },
+                       "idempotencyKey": "gw-stalled-1" });
+    let r = g.send(note.clone()).await;
+    check_err(&r, 504, "UPSTREAM_UNAVAILABLE");
+    proxy.set(PASS);
+    // Let the delayed request reach the upstream, as a slow network would deliver it.
+    tokio::time::sleep(SLOW + Duration::from_millis(300)).await;
+    let r = g.send(note.clone()).await;
+    let d = check_ok(&r);
+    assert_eq!(
+        d["mode"], "result",
+        "the failed attempt was not stored: {d}"
+    );
+    assert_eq!(check_ok(&g.send(note).await)["mode"], "duplicate");
+    let john = d["ids"]["contact_id"].as_str().unwrap().to_string();
+    let notes = direct.get_query("/notes", &[("contact_id", &john)]).await;
+    let n = notes
+        .page()
+        .iter()
+        .filter(|n| n["content"] == "Stalled write.")
+        .count();
+    assert_eq!(n, 1, "exactly one note upstream: {}", notes.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_native_endpoint_over_websocket_works_through_the_gateway() {
+    use futures_util::{SinkExt, StreamExt};
+    let up = UpstreamProcess::start().await;
+    let g = gateway(up.root(), |_| {}).await;
+    let url = format!("ws://{}/api/v1{PATH}/ws", g.s.server.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("ws connect");
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        json!({ "type": "auth", "token": KEY }).to_string(),
+    ))
+    .await
+    .unwrap();
+    let ok: Value =
+        serde_json::from_str(ws.next().await.unwrap().unwrap().to_text().unwrap()).unwrap();
+    assert_eq!(ok["type"], "auth_ok", "{ok}");
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        json!({ "id": "1", "action": { "type": "lookup_person", "personName": "Sarah Chen" } })
+            .to_string(),
+    ))
+    .await
+    .unwrap();
+    let reply: Value =
+        serde_json::from_str(ws.next().await.unwrap().unwrap().to_text().unwrap()).unwrap();
+    assert_eq!(reply["id"], "1");
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert!(
+        reply["meta"]["server_timing"]
+            .as_str()
+            .unwrap()
+            .contains("upstream"),
+        "{reply}"
+    );
+}
+
+#[test]
+fn upstream_mode_needs_a_base_url() {
+    let mut c = Config {
+        backend: BackendKind::Upstream,
+        ..Config::default()
+    };
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("upstream.base_url"), "{err}");
+    c.upstream.base_url = "ftp://example".into();
+    assert!(c.validate().is_err());
+    c.upstream.base_url = "http://127.0.0.1:9".into();
+    c.validate().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_load_with_a_flapping_upstream_every_acknowledged_write_lands_exactly_once() {
+    let up = UpstreamProcess::start().await;
+    let proxy = Arc::new(FaultProxy::start(up.addr()).await);
+    let g = Arc::new(gateway(proxy.url(), |c| c.upstream.breaker_open_ms = 200).await);
+    let direct = up.client();
+    let john = {
+        let r = direct
+            .get_query("/contacts", &[("search", "john@acme.com")])
+            .await;
+        r.page()[0]["id"].as_str().unwrap().to_string()
+    };
+    check_ok(
+        &g.send(json!({ "action": { "type": "lookup_person", "personName": "John Smith" } }))
+            .await,
+    );
+
+    // Flap: up, down, stalled, failing, up again.
+    let flapper = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            for mode in [DOWN, PASS, DELAY, PASS, FAIL, PASS, DOWN, PASS] {
+                proxy.set(mode);
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+            proxy.set(PASS);
+        })
+    };
+    // Eight clients, each writing notes with its own keys and retrying a failed turn with the
+    // same key until it is acknowledged, as a voice client would.
+    let mut clients = Vec::new();
+    for c in 0..8 {
+        let g = g.clone();
+        clients.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for n in 0..6 {
+                let text = format!("load note {c}-{n}");
+                let body = json!({ "action": { "type": "note_on_contact", "contactRef": "john@acme.com", "note": text },
+                                   "idempotencyKey": format!("gw-load-{c}-{n}") });
+                let deadline = Instant::now() + Duration::from_secs(20);
+                loop {
+                    let r = g.send(body.clone()).await;
+                    if r.status == 200 {
+                        check_ok(&r);
+                        acked.push(text);
+                        break;
+                    }
+                    let code = r.body["error"]["code"].as_str().unwrap_or("").to_string();
+                    assert!(
+                        code == "UPSTREAM_UNAVAILABLE" || code == "IDEMPOTENCY_KEY_IN_USE",
+                        "unexpected failure: {}",
+                        r.text
+                    );
+                    assert!(Instant::now() < deadline, "never acknowledged: {text}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for c in clients {
+        acked.extend(c.await.expect("client"));
+    }
+    flapper.await.expect("flapper");
+    // Stalled requests still in the proxy are delivered late; let them land before counting.
+    tokio::time::sleep(SLOW + Duration::from_millis(300)).await;
+    let notes = direct
+        .get_query("/notes", &[("contact_id", &john), ("limit", "100")])
+        .await;
+    assert_eq!(acked.len(), 48);
+    for text in &acked {
+        let n = notes
+            .page()
+            .iter()
+            .filter(|n| n["content"] == text.as_str())
+            .count();
+        assert_eq!(n, 1, "{text} is upstream {n} times");
+    }
+}
