@@ -390,6 +390,16 @@ async fn reads_resolve_like_embedded_mode_and_show_an_upstream_phase() {
         .await;
     assert_eq!(via_gateway.total(), direct.total());
     assert_eq!(via_gateway.page()[0]["id"], direct.page()[0]["id"]);
+    // The upstream's answer keeps the headers its contract has: `Allow` on a 405 (RFC 9110).
+    let r =
+        g.c.json(reqwest::Method::PATCH, "/contacts", json!({}))
+            .await;
+    assert_eq!(r.status, 405, "{}", r.text);
+    let allow = r.header("allow").unwrap_or_default().to_string();
+    assert!(
+        allow.contains("GET") && allow.contains("POST"),
+        "Allow: {allow:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,8 @@ use crate::error::ApiError;
 /// Upstream response headers worth passing on; hop-by-hop and framing headers are not.
 const PASSED_HEADERS: &[&str] = &[
     "content-type",
+    "allow",
+    "idempotent-replayed",
     "x-ratelimit-limit",
     "x-ratelimit-remaining",
     "x-ratelimit-reset",

@@ -54,7 +54,7 @@ pub struct ContactDoc {
     first_name: Option<String>,
     #[schema(required = true)]
     last_name: Option<String>,
-    /// First and last name, or the email when both are empty.
+    /// First and last name joined (empty when neither is known).
     full_name: String,
     #[schema(required = true)]
     company: Option<String>,
