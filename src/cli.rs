@@ -95,6 +95,9 @@ pub struct ServeArgs {
     /// Requests per minute per org when the org sets none; 0 = off [default: 60]
     #[arg(long, env = "PILOT_BRIDGE_DEFAULT_RATE_LIMIT")]
     pub default_rate_limit: Option<u32>,
+    /// After SIGTERM, serve this long with /readyz answering 503 before draining [default: 0]
+    #[arg(long, env = "PILOT_BRIDGE_SHUTDOWN_DELAY_MS")]
+    pub shutdown_delay_ms: Option<u64>,
     /// CRM backend: embedded (SQLite in --data-dir) or upstream (a remote REST v1 API)
     /// [default: embedded]
     #[arg(long, env = "PILOT_BRIDGE_BACKEND", value_enum)]
@@ -250,6 +253,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(r) = args.default_rate_limit {
         cfg.limits.default_rate_limit = r;
+    }
+    if let Some(d) = args.shutdown_delay_ms {
+        cfg.shutdown_delay_ms = d;
     }
     if let Some(b) = args.backend {
         cfg.backend = b;

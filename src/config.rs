@@ -29,6 +29,9 @@ pub struct Config {
     /// Directory holding the SQLite database.
     pub data_dir: PathBuf,
     pub log_format: LogFormat,
+    /// After SIGTERM, how long the server keeps serving with `/readyz` answering 503 before it
+    /// stops accepting and drains, so load balancers see it leave first.
+    pub shutdown_delay_ms: u64,
     pub limits: LimitsConfig,
     pub storage: StorageConfig,
     pub auth: AuthConfig,
@@ -168,6 +171,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
             log_format: LogFormat::Text,
+            shutdown_delay_ms: 0,
             limits: LimitsConfig::default(),
             storage: StorageConfig::default(),
             auth: AuthConfig::default(),
@@ -287,6 +291,9 @@ impl Config {
         }
         if self.websocket.max_message_bytes < 1024 {
             bail!("websocket.max_message_bytes must be at least 1024");
+        }
+        if self.shutdown_delay_ms > 60_000 {
+            bail!("shutdown_delay_ms must be at most 60000");
         }
         if self.native.pending_ttl_secs == 0 {
             bail!("native.pending_ttl_secs must be positive");

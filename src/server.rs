@@ -27,6 +27,17 @@ impl RunningServer {
     /// Stops accepting, lets in-flight requests finish, closes WebSockets with 1001, and waits
     /// for the server to end.
     pub async fn shutdown(self) {
+        // Not ready at once; keep serving for the configured delay so load balancers that
+        // poll /readyz stop sending work before the listener closes.
+        self.app.set_ready(false);
+        let delay = Duration::from_millis(self.app.config.shutdown_delay_ms);
+        if !delay.is_zero() {
+            tracing::info!(
+                delay_ms = delay.as_millis() as u64,
+                "shutting down: not ready, still serving"
+            );
+            tokio::time::sleep(delay).await;
+        }
         self.app.begin_shutdown();
         let deadline = tokio::time::Instant::now() + WS_DRAIN;
         while self.app.ws_connections.open() > 0 && tokio::time::Instant::now() < deadline {

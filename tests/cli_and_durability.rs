@@ -665,3 +665,54 @@ async fn try_post(c: &Client, path: &str, body: Value) -> Option<Resp> {
         text,
     })
 }
+
+/// SIGTERM: `/readyz` turns 503 at once while the server keeps serving for
+/// `--shutdown-delay-ms` (liveness stays 200, work is still answered), then it drains and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_turns_readiness_off_first_then_drains_and_exits_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (mut server, _out) = Server::spawn(d, &["--demo", "--shutdown-delay-ms", "1500"], &[]);
+    server.wait_ready().await;
+    let root = Client::new(server.root(), None);
+    root.get("/readyz").await.ok(200);
+    let pid = server.child.id().to_string();
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill -TERM");
+    assert!(sent.success());
+    let t = Instant::now();
+    loop {
+        let r = root.get("/readyz").await;
+        if r.status == 503 {
+            r.err(503, "SERVICE_UNAVAILABLE");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_millis(1000),
+            "still ready after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    root.get("/healthz").await.ok(200);
+    let api = server.client(pilot_bridge::cli::DEFAULT_DEMO_KEY);
+    api.get("/credits").await.ok(200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 10 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        t.elapsed()
+    );
+}
