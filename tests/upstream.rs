@@ -158,7 +158,6 @@ async fn gateway(base_url: String, adjust: impl FnOnce(&mut Config)) -> Demo {
         c.upstream.base_url = base_url;
         c.upstream.breaker_failure_threshold = 3;
         c.upstream.breaker_open_ms = 400;
-        c.upstream.key_cache_ttl_secs = 1;
         adjust(c);
     })
     .await;
@@ -287,7 +286,7 @@ fn phases(r: &common::Resp) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_resolve_like_embedded_mode_and_show_an_upstream_phase() {
     let up = UpstreamProcess::start().await;
-    let g = gateway(up.root(), |_| {}).await;
+    let g = gateway(up.root(), |c| c.upstream.read_cache_ms = 5_000).await;
 
     let r = g
         .send(json!({ "action": { "type": "lookup_person", "personName": "Sarah Chen", "company": "Notion" },
@@ -379,6 +378,29 @@ async fn reads_resolve_like_embedded_mode_and_show_an_upstream_phase() {
             .starts_with("Seed founders is active"),
         "{d}"
     );
+
+    // A REST write through the gateway drops the cached native answer.
+    let john = g
+        .act(json!({ "type": "lookup_person", "personName": "John Smith" }))
+        .await;
+    let john_id = john["ids"]["contact_id"].as_str().unwrap().to_string();
+    g.c.put(
+        &format!("/contacts/{john_id}"),
+        json!({ "title": "Chief Gateway Officer" }),
+    )
+    .await
+    .ok(200);
+    let d = g
+        .act(json!({ "type": "lookup_person", "personName": "John Smith" }))
+        .await;
+    assert_eq!(
+        d["data"]["contact"]["title"], "Chief Gateway Officer",
+        "{d}"
+    );
+
+    // Dot segments cannot walk out of the upstream's /api/v1.
+    let r = g.c.get("/%2e%2e/metrics").await;
+    r.err(404, "RESOURCE_NOT_FOUND");
 
     // REST v1 through the gateway is the upstream's.
     let via_gateway =
@@ -574,7 +596,7 @@ async fn writes_land_upstream_exactly_once_with_confirmation_and_undo_in_the_gat
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_checked_upstream_and_revocation_applies_within_the_cache_ttl() {
     let up = UpstreamProcess::start().await;
-    let g = gateway(up.root(), |_| {}).await;
+    let g = gateway(up.root(), |c| c.upstream.key_cache_ttl_secs = 1).await;
     let bad = g.s.client("op_live_NotAKeyAtAllButLongEnough000000000000");
     let r = g
         .send_as(
@@ -687,18 +709,16 @@ async fn a_down_upstream_trips_the_breaker_which_recovers_by_itself() {
         }
     }
     let (elapsed, r) = fast.expect("the breaker opened");
-    assert!(elapsed < Duration::from_millis(100), "{elapsed:?}");
+    assert!(elapsed < Duration::from_millis(200), "{elapsed:?}");
     assert!(r.header("retry-after").is_some());
-    let metrics = reqwest::get(format!("{}/metrics", g.s.root))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("pilot_bridge_upstream_breaker_open 1"),
-        "{metrics}"
-    );
+    // (The gauge in /metrics is process-wide, shared with the other tests' gateways.)
+    assert!(g
+        .s
+        .server
+        .app
+        .upstream()
+        .expect("upstream mode")
+        .breaker_open());
 
     // The upstream comes back; after the open period one probe closes the breaker.
     proxy.set(PASS);
@@ -717,16 +737,13 @@ async fn a_down_upstream_trips_the_breaker_which_recovers_by_itself() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let metrics = reqwest::get(format!("{}/metrics", g.s.root))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("pilot_bridge_upstream_breaker_open 0"),
-        "{metrics}"
-    );
+    assert!(!g
+        .s
+        .server
+        .app
+        .upstream()
+        .expect("upstream mode")
+        .breaker_open());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -748,8 +765,14 @@ async fn a_stopped_upstream_process_is_a_spoken_502_not_a_hang() {
         e["spoken_summary"],
         "I can't reach OutreachPilot right now. Please try again in a moment."
     );
+    // The server's own measure is the contract; the client's includes its own scheduling.
+    assert_eq!(
+        r.body["meta"]["performance"]["within_target"], true,
+        "{}",
+        r.text
+    );
     assert!(
-        t.elapsed() < Duration::from_millis(750),
+        t.elapsed() < Duration::from_millis(1500),
         "{:?}",
         t.elapsed()
     );
@@ -801,8 +824,14 @@ async fn a_stalled_upstream_fails_inside_the_turn_budget_and_no_write_is_lost_or
             .contains("taking too long"),
         "{e}"
     );
+    // The server's own measure is the contract; the client's includes its own scheduling.
+    assert_eq!(
+        r.body["meta"]["performance"]["within_target"], true,
+        "{}",
+        r.text
+    );
     assert!(
-        t.elapsed() < Duration::from_millis(750),
+        t.elapsed() < Duration::from_millis(1500),
         "{:?}",
         t.elapsed()
     );
@@ -826,7 +855,24 @@ async fn a_stalled_upstream_fails_inside_the_turn_budget_and_no_write_is_lost_or
     );
     assert_eq!(check_ok(&g.send(note).await)["mode"], "duplicate");
     let john = d["ids"]["contact_id"].as_str().unwrap().to_string();
+
+    // The same without an idempotency key: a retry inside the dedupe window reaches the
+    // upstream as the same write.
+    let keyless = json!({ "action": { "type": "note_on_contact", "contactRef": "john@acme.com", "note": "Keyless stalled write." } });
+    proxy.set(DELAY);
+    let r = g.send(keyless.clone()).await;
+    check_err(&r, 504, "UPSTREAM_UNAVAILABLE");
+    proxy.set(PASS);
+    tokio::time::sleep(SLOW + Duration::from_millis(300)).await;
+    check_ok(&g.send(keyless).await);
+
     let notes = direct.get_query("/notes", &[("contact_id", &john)]).await;
+    let n = notes
+        .page()
+        .iter()
+        .filter(|n| n["content"] == "Keyless stalled write.")
+        .count();
+    assert_eq!(n, 1, "exactly one keyless note upstream: {}", notes.text);
     let n = notes
         .page()
         .iter()

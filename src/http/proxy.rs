@@ -8,7 +8,7 @@ use axum::http::{header, HeaderMap, HeaderName, Method};
 use axum::response::{IntoResponse, Response};
 
 use crate::app::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// Upstream response headers worth passing on; hop-by-hop and framing headers are not.
 const PASSED_HEADERS: &[&str] = &[
@@ -33,6 +33,14 @@ pub async fn forward(
     };
     let path = uri.path();
     let relative = path.strip_prefix("/api/v1").unwrap_or(path);
+    if escapes_api(relative) {
+        // The upstream URL is `<base>/api/v1` + this path: dot segments would let a caller
+        // reach the upstream's operator endpoints or leave a base-URL path prefix.
+        return ApiError::new(ErrorCode::ResourceNotFound, "No such route")
+            .with_details(format!("{method} {path} does not exist"))
+            .into_response();
+    }
+    let is_write = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
     let path_and_query = match uri.query() {
         Some(q) => format!("{relative}?{q}"),
         None => relative.to_string(),
@@ -46,7 +54,15 @@ pub async fn forward(
             body,
         )
         .await;
+    if is_write {
+        // Whatever it changed upstream, native reads cached before it are stale now.
+        app.bridge.invalidate_reads();
+    }
     match result {
+        Ok(resp) if resp.status.as_u16() >= 400 && !is_json(&resp.headers) => {
+            // A load balancer's HTML error page, say: answer in our envelope instead.
+            crate::upstream::upstream_error(resp.status, &resp.headers, None).into_response()
+        }
         Ok(resp) => {
             let mut out = Response::builder().status(resp.status.as_u16());
             for name in PASSED_HEADERS {
@@ -74,4 +90,51 @@ fn with_our_request_id(body: Bytes) -> Bytes {
         }
     }
     serde_json::to_vec(&env).map(Bytes::from).unwrap_or(body)
+}
+
+fn is_json(h: &reqwest::header::HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
+/// Dot segments (plain or percent-encoded) or backslashes in a path that is appended to the
+/// upstream's `/api/v1`.
+fn escapes_api(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    lower.contains('\\')
+        || lower.contains("%2e")
+        || lower.contains("%2f")
+        || lower.contains("%5c")
+        || lower.split('/').any(|seg| seg == "." || seg == "..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escapes_api;
+
+    #[test]
+    fn dot_segments_cannot_leave_the_api() {
+        for bad in [
+            "/../metrics",
+            "/contacts/../../healthz",
+            "/%2e%2e/metrics",
+            "/%2E./x",
+            "/contacts/..",
+            "/a/./b",
+            "/a%2fb",
+            "/a\\b",
+        ] {
+            assert!(escapes_api(bad), "{bad}");
+        }
+        for good in [
+            "/contacts",
+            "/contacts/abc",
+            "/notes",
+            "/campaigns/x/status",
+            "/a..b",
+        ] {
+            assert!(!escapes_api(good), "{good}");
+        }
+    }
 }

@@ -58,6 +58,8 @@ impl Transport {
 pub struct Bridge {
     store: Store,
     backend: Backend,
+    /// Keyless writes' upstream effect ids for the dedupe window (see `keyless_effect`).
+    keyless_effects: moka::sync::Cache<(String, [u8; 32]), String>,
     cfg: NativeConfig,
     idempotency: IdempotencyStore,
     dedupe: IdempotencyStore,
@@ -142,6 +144,10 @@ impl Bridge {
     fn build(store: Store, cfg: NativeConfig, backend: Backend) -> Arc<Self> {
         Arc::new(Bridge {
             backend,
+            keyless_effects: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(cfg.dedupe_window_secs.max(1)))
+                .build(),
             idempotency: IdempotencyStore::new(
                 Duration::from_secs(cfg.idempotency_ttl_secs),
                 cfg.idempotency_max_bytes,
@@ -162,11 +168,27 @@ impl Bridge {
         })
     }
 
+    /// The upstream effect of a keyless write: the same for a retry inside the dedupe window
+    /// (after a failed attempt that may have landed upstream), a new one after it, since two
+    /// identical writes minutes apart are two writes.
+    fn keyless_effect(&self, p: &Principal, fingerprint: [u8; 32]) -> String {
+        self.keyless_effects
+            .get_with((p.org_id.clone(), fingerprint), crate::ids::new_id)
+    }
+
     /// Changes whenever a write went through this process, so cached reads are dropped.
     fn generation(&self) -> u64 {
         match &self.backend {
             Backend::Embedded => self.store.generation(),
             Backend::Upstream { writes, .. } => writes.load(Ordering::Acquire),
+        }
+    }
+
+    /// Drops cached read answers: something was written past the bridge (the REST proxy in
+    /// upstream mode). The embedded store counts its own writes.
+    pub fn invalidate_reads(&self) {
+        if let Backend::Upstream { writes, .. } = &self.backend {
+            writes.fetch_add(1, Ordering::AcqRel);
         }
     }
 
@@ -447,7 +469,7 @@ impl Bridge {
                 step
             }
             Backend::Upstream { client, .. } => {
-                let step = match remote_for(client, p) {
+                let step = match remote_for(client, p, timing.total()) {
                     Ok(r) => remote::plan(&r, &action).await,
                     Err(e) => Err(e),
                 };
@@ -501,13 +523,10 @@ impl Bridge {
                     action_json: req.action_json.clone().unwrap_or(Value::Null),
                     transcript: req.transcript.clone(),
                     mode: req.execution_mode,
-                    // Without a key, two identical writes minutes apart are two writes: only
-                    // the keyless dedupe window (answered before this point) merges them, so
-                    // the upstream must not see them as one.
-                    effect: req
-                        .idempotency_key
-                        .clone()
-                        .unwrap_or_else(crate::ids::new_id),
+                    effect: match &req.idempotency_key {
+                        Some(k) => k.clone(),
+                        None => self.keyless_effect(p, req.fingerprint),
+                    },
                 };
                 self.execute(p, write, timing).await
             }
@@ -611,7 +630,9 @@ impl Bridge {
         } = &self.backend
         {
             let t = Instant::now();
-            let result = self.execute_remote(client, undo, p, &write).await;
+            let result = self
+                .execute_remote(client, undo, p, &write, timing.total())
+                .await;
             // Whatever happened upstream may have changed records: drop cached reads.
             writes.fetch_add(1, Ordering::AcqRel);
             timing.record("upstream", t.elapsed());
@@ -695,15 +716,16 @@ impl Bridge {
         undo: &remote::UndoStack,
         p: &Principal,
         write: &WriteRequest,
+        elapsed: Duration,
     ) -> ApiResult<NativeReply> {
-        let r = remote_for(client, p)?;
-        let effect_key = upstream_effect_key(&p.key_id, &write.effect);
+        let r = remote_for(client, p, elapsed)?;
+        let effect_key = remote::effect_key(&p.key_id, &write.effect);
         let ctx = remote::RemoteCtx {
             effect_key: &effect_key,
         };
         let window = Duration::from_secs(self.cfg.undo_window_secs);
         if let Plan::UndoLast = write.plan {
-            return remote::undo_last(&r, &ctx, undo, &p.org_id, &p.key_id, window).await;
+            return remote::undo_last(&r, undo, &p.org_id, &p.key_id, window).await;
         }
         let action_type = write.plan.action_type();
         let executed = remote::execute(&r, &ctx, write.plan.clone()).await?;
@@ -999,8 +1021,13 @@ struct WriteRequest {
     effect: String,
 }
 
-/// The caller's view of the upstream for one turn.
-fn remote_for<'a>(client: &'a Upstream, p: &'a Principal) -> ApiResult<remote::Remote<'a>> {
+/// The caller's view of the upstream for one turn. The turn's upstream budget counts from the
+/// request's arrival (`elapsed` ago), so key check, resolution and execution share one deadline.
+fn remote_for<'a>(
+    client: &'a Upstream,
+    p: &'a Principal,
+    elapsed: Duration,
+) -> ApiResult<remote::Remote<'a>> {
     let token = p
         .upstream_key
         .as_ref()
@@ -1008,20 +1035,8 @@ fn remote_for<'a>(client: &'a Upstream, p: &'a Principal) -> ApiResult<remote::R
     Ok(remote::Remote {
         up: client,
         token: token.expose(),
-        deadline: client.turn_deadline(),
+        deadline: client.turn_deadline_after(elapsed),
     })
-}
-
-/// The idempotency key sent upstream with a write: the same for every retry of one logical
-/// write by one key, distinct between keys, and of fixed length whatever the client sent.
-fn upstream_effect_key(key_id: &str, effect: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::new()
-        .chain_update(key_id.as_bytes())
-        .chain_update(b":")
-        .chain_update(effect.as_bytes())
-        .finalize();
-    format!("pb_{}", hex::encode(&digest[..16]))
 }
 
 fn lower_first(s: &str) -> String {

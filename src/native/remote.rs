@@ -46,6 +46,18 @@ pub struct Remote<'a> {
     pub deadline: Deadline,
 }
 
+/// The idempotency key sent upstream with a write: the same for every retry of one logical
+/// write by one key, distinct between keys, and of fixed length whatever the client sent.
+pub fn effect_key(key_id: &str, effect: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(key_id.as_bytes())
+        .chain_update(b":")
+        .chain_update(effect.as_bytes())
+        .finalize();
+    format!("pb_{}", hex::encode(&digest[..16]))
+}
+
 /// Who is acting, for execution against the upstream.
 pub struct RemoteCtx<'a> {
     /// The idempotency key sent upstream with the write, stable across retries of the same
@@ -636,18 +648,15 @@ pub async fn execute(r: &Remote<'_>, ctx: &RemoteCtx<'_>, plan: Plan) -> ApiResu
                 json!({ "type": "remove_from_campaign", "contactId": contact.id, "campaignRef": campaign.id }),
             )
             .await?;
+            // Forwarded, so the upstream's own undo_last reverses it (keeping both stacks in step).
             let removed = reply.data.get("removed").and_then(Value::as_bool) == Some(true);
-            let undo = removed.then(|| {
-                (
-                    format!("{} is back in {}.", contact.display_name(), campaign.name),
-                    UndoOp::RestoreAudience {
-                        campaign_id: campaign.id.clone(),
-                        contact_id: contact.id.clone(),
-                        status: "active".into(),
-                    },
-                )
-            });
-            Ok(Executed { reply, undo })
+            if removed {
+                return Ok(undone_upstream(
+                    reply,
+                    &format!("the removal from {}", campaign.name),
+                ));
+            }
+            Ok(Executed { reply, undo: None })
         }
         Plan::SetCampaignStatus { campaign, to } => {
             let v = r
@@ -926,6 +935,9 @@ pub async fn undo(
 
 /// Most undo entries kept per key; older ones fall off.
 const UNDO_DEPTH: usize = 32;
+/// Entries older than this are dropped whenever the key writes again (the undo window is at
+/// most this long in practice; `native.undo_window_secs` defaults to 600).
+const UNDO_KEEP_SECS: u64 = 3600;
 
 /// The gateway's undo stack in upstream mode, per (org, key), in memory like pending actions.
 #[derive(Default)]
@@ -956,6 +968,8 @@ impl UndoStack {
             .entries
             .entry((org.to_string(), key.to_string()))
             .or_default();
+        let window = std::time::Duration::from_secs(UNDO_KEEP_SECS);
+        stack.retain(|e| e.at.elapsed() <= window);
         if stack.len() >= UNDO_DEPTH {
             stack.remove(0);
         }
@@ -978,10 +992,16 @@ impl UndoStack {
 
     /// Puts an entry back after its undo failed upstream, so asking again can still undo it.
     fn restore(&self, org: &str, key: &str, entry: UndoEntry) {
-        self.entries
+        let mut stack = self
+            .entries
             .entry((org.to_string(), key.to_string()))
-            .or_default()
-            .push(entry);
+            .or_default();
+        // Back in its place by age: a write that landed meanwhile stays on top.
+        let at = stack.partition_point(|e| e.at <= entry.at);
+        stack.insert(at, entry);
+        if stack.len() > UNDO_DEPTH {
+            stack.remove(0);
+        }
     }
 }
 
@@ -989,7 +1009,6 @@ impl UndoStack {
 /// through this gateway inside the window, answered as in embedded mode.
 pub async fn undo_last(
     r: &Remote<'_>,
-    ctx: &RemoteCtx<'_>,
     stack: &UndoStack,
     org: &str,
     key: &str,
@@ -1001,7 +1020,10 @@ pub async fn undo_last(
             json!({ "undone": false }),
         ));
     };
-    match undo(r, ctx.effect_key, &entry.op, &entry.summary).await {
+    // Keyed by the entry, not the request: a retry after a lost answer (the entry is put back)
+    // reaches the upstream as the same undo, never as a second one.
+    let entry_key = effect_key(key, &format!("undo:{}", entry.id));
+    match undo(r, &entry_key, &entry.op, &entry.summary).await {
         Ok(spoken) => Ok(NativeReply::result(
             spoken,
             json!({ "undone": true, "undone_action": entry.action_type, "summary": entry.summary, "done_at": entry.created_at }),

@@ -78,6 +78,9 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
             .tcp_keepalive(Duration::from_secs(30))
+            // A redirect would turn a POST into a GET and lose the write; an upstream that
+            // redirects is misconfigured and should say so.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("pilot-bridge/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let base = cfg.base_url.trim().trim_end_matches('/');
@@ -106,6 +109,11 @@ impl Upstream {
     /// A deadline for one native turn's upstream work.
     pub fn turn_deadline(&self) -> Deadline {
         Deadline::after(Duration::from_millis(self.cfg.turn_budget_ms))
+    }
+
+    /// The deadline of a turn that began `elapsed` ago.
+    pub fn turn_deadline_after(&self, elapsed: Duration) -> Deadline {
+        Deadline::after(Duration::from_millis(self.cfg.turn_budget_ms).saturating_sub(elapsed))
     }
 
     /// `GET path?query`, retried on network errors and 5xx while the deadline allows. Returns
@@ -184,6 +192,14 @@ impl Upstream {
             {
                 Ok(KeyCheck::Refused(e))
             }
+            // Any other 4xx from the cheapest call there is means the base URL points at
+            // something that is not an OutreachPilot API.
+            Err(e) if e.code != ErrorCode::RateLimited && e.status() < 500 => Err(ApiError::new(
+                ErrorCode::UpstreamUnavailable,
+                "Upstream CRM answered GET /credits unexpectedly",
+            )
+            .with_details(format!("{}: check upstream.base_url", e.code.as_str()))
+            .with_spoken("I can't reach OutreachPilot right now. Please try again in a moment.")),
             Err(e) => Err(e),
         }
     }
@@ -230,7 +246,7 @@ impl Upstream {
                 Ok(r)
             }
             Err(e) => {
-                let f = classify(&e);
+                let f = classify(e);
                 self.record_failure("proxy", &f, started.elapsed());
                 Err(failure_error(f))
             }
@@ -254,13 +270,14 @@ impl Upstream {
         body: Option<Bytes>,
         deadline: Deadline,
     ) -> Result<RawResponse, Failure> {
-        self.breaker.allow().map_err(Failure::Breaker)?;
         let budget = deadline
             .remaining()
             .min(Duration::from_millis(self.cfg.request_timeout_ms));
         if budget < Duration::from_millis(1) {
+            // Our own budget ran out: not the upstream's fault, and no probe slot is taken.
             return Err(Failure::Timeout);
         }
+        self.breaker.allow().map_err(Failure::Breaker)?;
         let mut req = self
             .http
             .request(method, format!("{}{}", self.api_base, path))
@@ -293,7 +310,7 @@ impl Upstream {
                 Ok(r)
             }
             Err(e) => {
-                let f = classify(&e);
+                let f = classify(e);
                 self.record_failure(op, &f, started.elapsed());
                 Err(f)
             }
@@ -332,12 +349,13 @@ impl Upstream {
     }
 }
 
-fn classify(e: &reqwest::Error) -> Failure {
+fn classify(e: reqwest::Error) -> Failure {
     if e.is_timeout() {
         Failure::Timeout
     } else {
         // Connection refused or reset, DNS, a body cut short: the upstream is not answering.
-        Failure::Connect(e.to_string())
+        // The URL is left out of the message: its query may hold a name or an email.
+        Failure::Connect(e.without_url().to_string())
     }
 }
 
@@ -417,6 +435,8 @@ pub fn upstream_error(status: StatusCode, headers: &HeaderMap, body: Option<&Val
             401 => ErrorCode::InvalidApiKey,
             403 => ErrorCode::ScopeDenied,
             404 => ErrorCode::ResourceNotFound,
+            405 => ErrorCode::MethodNotAllowed,
+            408 => ErrorCode::UpstreamTimeout,
             409 => ErrorCode::DuplicateResource,
             410 => ErrorCode::PendingActionExpired,
             413 => ErrorCode::PayloadTooLarge,
