@@ -65,6 +65,8 @@ impl UpstreamProcess {
                 limited.rate_limit = Some(2);
                 orgs::create(tx, &limited)?;
                 keys::insert(tx, "limited", "t", Scope::ALL, LIMITED_KEY)?;
+                keys::insert(tx, "demo", "voice", &[Scope::Native], NATIVE_ONLY_KEY)?;
+                keys::insert(tx, "demo", "sync", &[Scope::Contacts], CONTACTS_ONLY_KEY)?;
                 Ok(())
             })
             .expect("seed");
@@ -149,6 +151,8 @@ impl UpstreamProcess {
     }
 }
 
+const NATIVE_ONLY_KEY: &str = "op_live_NativeOnlyVoiceKeyUpstreamTests0123456789";
+const CONTACTS_ONLY_KEY: &str = "op_live_ContactsOnlySyncKeyUpstreamTests012345678";
 const LIMITED_KEY: &str = "op_live_LimitedOrgUpstreamTests0123456789abcdXYZ";
 
 /// A gateway in this process in front of `base_url`, with test-sized breaker and cache timings.
@@ -1010,4 +1014,90 @@ async fn under_load_with_a_flapping_upstream_every_acknowledged_write_lands_exac
             .count();
         assert_eq!(n, 1, "{text} is upstream {n} times");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_only_key_works_through_the_gateway_and_a_rest_only_key_does_not() {
+    let up = UpstreamProcess::start().await;
+    let g = gateway(up.root(), |_| {}).await;
+    let voice = g.s.client(NATIVE_ONLY_KEY);
+    // REST reads this key may not make are answered through the upstream's native endpoint.
+    let r = g
+        .send_as(&voice, json!({ "action": { "type": "lookup_person", "personName": "Sarah Chen", "company": "Notion" } }))
+        .await;
+    let d = check_ok(&r);
+    assert!(
+        d["spoken_summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("Sarah Chen is VP of Engineering"),
+        "{d}"
+    );
+    let r = g
+        .send_as(
+            &voice,
+            json!({ "action": { "type": "lookup_person", "personName": "Sarah" } }),
+        )
+        .await;
+    assert_eq!(check_ok(&r)["mode"], "clarification_required");
+    // A note (notes accept the native scope) and a campaign pause (PATCH needs campaigns: the
+    // confirmed pause is forwarded natively instead), with confirmation still in the gateway.
+    let r = g
+        .send_as(&voice, json!({ "action": { "type": "note_on_contact", "contactRef": "Sarah Chen", "note": "Voice-only key note." },
+                                 "idempotencyKey": "gw-voice-note" }))
+        .await;
+    assert_eq!(check_ok(&r)["spoken_summary"], "Noted on Sarah Chen.");
+    let r = g
+        .send_as(
+            &voice,
+            json!({ "action": { "type": "pause_campaign", "campaignRef": "Seed founders" } }),
+        )
+        .await;
+    let d = check_ok(&r).clone();
+    assert_eq!(d["mode"], "confirmation_required", "{d}");
+    let pid = d["pending_action_id"].as_str().unwrap();
+    let r = g
+        .send_as(&voice, json!({ "pendingActionId": pid, "confirmed": true }))
+        .await;
+    let d = check_ok(&r);
+    assert!(
+        d["spoken_summary"]
+            .as_str()
+            .unwrap()
+            .contains("Seed founders"),
+        "{d}"
+    );
+    let campaigns = up
+        .client()
+        .get_query("/campaigns", &[("status", "paused")])
+        .await;
+    assert!(
+        campaigns.text.contains("Seed founders"),
+        "{}",
+        campaigns.text
+    );
+    // undo_last through the upstream's own stack resumes it.
+    let r = g
+        .send_as(&voice, json!({ "action": { "type": "undo_last" } }))
+        .await;
+    check_ok(&r);
+    let campaigns = up
+        .client()
+        .get_query("/campaigns", &[("status", "active")])
+        .await;
+    assert!(
+        campaigns.text.contains("Seed founders"),
+        "{}",
+        campaigns.text
+    );
+
+    // A key without native or chat scope is refused by the gateway itself, as in embedded mode.
+    let sync = g.s.client(CONTACTS_ONLY_KEY);
+    let r = g
+        .send_as(
+            &sync,
+            json!({ "action": { "type": "lookup_person", "personName": "Sarah Chen" } }),
+        )
+        .await;
+    check_err(&r, 403, "SCOPE_DENIED");
 }

@@ -91,7 +91,7 @@ const MAX_TOKEN_LEN: usize = 512;
 enum KeySource {
     /// The keys table of the embedded store.
     Store(Store),
-    /// The upstream API, asked once per key and cache period (`GET /credits`).
+    /// The upstream API, asked once per key and cache period (`Upstream::check_key`).
     Upstream(Arc<Upstream>),
 }
 
@@ -153,7 +153,7 @@ impl Authenticator {
         let verdict = match &self.source {
             KeySource::Store(store) => store.read(move |conn| Ok(lookup(conn, &hash))).await??,
             KeySource::Upstream(up) => match up.check_key(token).await? {
-                KeyCheck::Valid { plan } => Ok(upstream_principal(token, &hash, plan.as_deref())),
+                KeyCheck::Valid { native } => Ok(upstream_principal(token, &hash, native)),
                 KeyCheck::Refused(e) => {
                     // Cache the verdict, but answer with the upstream's own words.
                     self.invalid.insert(hash, e.code);
@@ -202,14 +202,20 @@ fn lookup(conn: &rusqlite::Connection, hash: &[u8; 32]) -> ApiResult<Verdict> {
 
 /// The principal of a key the upstream accepted. The upstream does not say which org a key
 /// belongs to, so the key itself (by hash) is the tenant: idempotency keys, pending actions and
-/// undo are scoped per key. Scopes and rate limits are the upstream's to enforce on every call.
-fn upstream_principal(token: &str, hash: &[u8; 32], plan: Option<&str>) -> Principal {
+/// undo are scoped per key. Of the scopes, only whether the key may use the native bridge is
+/// known (and enforced here, as in embedded mode); the upstream enforces the rest, and its rate
+/// limit, on every call.
+fn upstream_principal(token: &str, hash: &[u8; 32], native: bool) -> Principal {
     let id = format!("key_{}", hex::encode(&hash[..12]));
     Principal {
         org_id: id.clone(),
         key_id: id,
-        scopes: Scope::ALL.to_vec(),
-        plan: plan.and_then(|p| p.parse().ok()).unwrap_or(Plan::Pro),
+        scopes: Scope::ALL
+            .iter()
+            .copied()
+            .filter(|s| native || !matches!(s, Scope::Native | Scope::Chat))
+            .collect(),
+        plan: Plan::Pro,
         rate_limit: Some(0),
         upstream_key: Some(Credential::new(token)),
     }

@@ -470,7 +470,10 @@ impl Bridge {
             }
             Backend::Upstream { client, .. } => {
                 let step = match remote_for(client, p, timing.total()) {
-                    Ok(r) => remote::plan(&r, &action).await,
+                    Ok(r) => {
+                        let action_json = req.action_json.clone().unwrap_or(Value::Null);
+                        remote::plan(&r, &action, &action_json).await
+                    }
                     Err(e) => Err(e),
                 };
                 timing.record("upstream", t.elapsed());

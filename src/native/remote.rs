@@ -141,17 +141,24 @@ async fn contact(
 ) -> ApiResult<Result<Contact, NativeReply>> {
     let reference = reference.unwrap_or("").trim();
     let pool: Vec<Contact> = if is_uuid(reference) {
-        r.one(
-            "contacts.get",
-            &format!("/contacts/{}", reference.to_ascii_lowercase()),
-        )
-        .await?
-        .into_iter()
-        .collect()
+        let path = format!("/contacts/{}", reference.to_ascii_lowercase());
+        match r.one("contacts.get", &path).await {
+            Ok(c) => c.into_iter().collect(),
+            Err(e) if e.code == ErrorCode::ScopeDenied => {
+                return contact_via_native(r, reference, company).await
+            }
+            Err(e) => return Err(e),
+        }
     } else if normalize(reference).is_empty() && !reference.contains('@') {
         Vec::new()
     } else {
-        search_contacts(r, reference).await?.0
+        match search_contacts(r, reference).await {
+            Ok((pool, _)) => pool,
+            Err(e) if e.code == ErrorCode::ScopeDenied => {
+                return contact_via_native(r, reference, company).await
+            }
+            Err(e) => return Err(e),
+        }
     };
     let found = match resolve::contact_among(reference, company, pool) {
         Err(e)
@@ -193,6 +200,60 @@ async fn contact(
     })
 }
 
+/// Resolution for a key without the `contacts` scope: the upstream's own `lookup_person`
+/// resolves the reference (its clarification, if any, is passed on as it is).
+async fn contact_via_native(
+    r: &Remote<'_>,
+    reference: &str,
+    company: Option<&str>,
+) -> ApiResult<Result<Contact, NativeReply>> {
+    let mut action = json!({ "type": "lookup_person", "contactRef": reference });
+    if let (Some(c), Value::Object(m)) = (company, &mut action) {
+        m.insert("company".into(), c.into());
+    }
+    resolve_via_native(r, action, "contact").await
+}
+
+/// Campaign resolution for a key without the `campaigns` scope, through the upstream's own
+/// `campaign_stats`.
+async fn campaign_via_native(
+    r: &Remote<'_>,
+    reference: &str,
+) -> ApiResult<Result<Campaign, NativeReply>> {
+    let action = json!({ "type": "campaign_stats", "campaignRef": reference });
+    resolve_via_native(r, action, "campaign").await
+}
+
+/// Asks the upstream's native endpoint a read and takes the record at `data.<field>` from its
+/// answer, or its clarification.
+async fn resolve_via_native<T: DeserializeOwned>(
+    r: &Remote<'_>,
+    action: Value,
+    field: &str,
+) -> ApiResult<Result<T, NativeReply>> {
+    let body = json!({ "action": action, "executionMode": "fast" });
+    let v = r
+        .send(
+            "native.resolve",
+            Method::POST,
+            "/native/outreachpilot",
+            &body,
+        )
+        .await?;
+    let answer = native_reply(&v)?;
+    if answer.mode != ReplyMode::Result {
+        return Ok(Err(answer));
+    }
+    let record = answer.data.get(field).cloned().unwrap_or(Value::Null);
+    serde_json::from_value(record).map(Ok).map_err(|e| {
+        ApiError::new(
+            ErrorCode::UpstreamUnavailable,
+            "Upstream CRM sent an answer of an unexpected shape",
+        )
+        .with_details(format!("native.resolve: {e}"))
+    })
+}
+
 async fn search_contacts(r: &Remote<'_>, search: &str) -> ApiResult<(Vec<Contact>, u64)> {
     r.list(
         "contacts.search",
@@ -219,18 +280,22 @@ async fn campaign(
     reference: Option<&str>,
 ) -> ApiResult<Result<Campaign, NativeReply>> {
     let reference = reference.unwrap_or("").trim();
-    let pool: Vec<Campaign> = if is_uuid(reference) {
-        r.one(
-            "campaigns.get",
-            &format!("/campaigns/{}", reference.to_ascii_lowercase()),
-        )
-        .await?
-        .into_iter()
-        .collect()
+    let listed = if is_uuid(reference) {
+        let path = format!("/campaigns/{}", reference.to_ascii_lowercase());
+        r.one::<Campaign>("campaigns.get", &path)
+            .await
+            .map(|c| c.into_iter().collect())
     } else {
         r.list("campaigns.list", "/campaigns", &[q("limit", 200)])
-            .await?
-            .0
+            .await
+            .map(|(pool, _)| pool)
+    };
+    let pool: Vec<Campaign> = match listed {
+        Ok(pool) => pool,
+        Err(e) if e.code == ErrorCode::ScopeDenied => {
+            return campaign_via_native(r, reference).await
+        }
+        Err(e) => return Err(e),
     };
     Ok(match resolve::campaign_among(reference, pool)? {
         Resolved::One(c) => Ok(c),
@@ -291,7 +356,24 @@ async fn company(r: &Remote<'_>, reference: &str) -> ApiResult<Result<Company, N
 // ---- planning ---------------------------------------------------------------------------
 
 /// Resolves an action's references and answers reads, as `actions::plan` does on SQLite.
-pub async fn plan(r: &Remote<'_>, action: &Action) -> ApiResult<Step> {
+///
+/// A key may hold the `native` scope without `contacts` or `campaigns` (the usual voice key):
+/// the REST reads it cannot make are then answered by the upstream's native endpoint instead,
+/// which that key may use.
+pub async fn plan(r: &Remote<'_>, action: &Action, action_json: &Value) -> ApiResult<Step> {
+    match plan_with_rest(r, action).await {
+        Err(e) if e.code == ErrorCode::ScopeDenied && action.is_read() => {
+            let body = json!({ "action": action_json, "executionMode": "fast" });
+            let v = r
+                .send("native.read", Method::POST, "/native/outreachpilot", &body)
+                .await?;
+            Ok(Step::Reply(native_reply(&v)?))
+        }
+        other => other,
+    }
+}
+
+async fn plan_with_rest(r: &Remote<'_>, action: &Action) -> ApiResult<Step> {
     match action {
         Action::LookupPerson(a) => {
             let c = match contact(r, a.contact.as_deref(), a.company.as_deref()).await? {
@@ -507,7 +589,15 @@ pub async fn plan(r: &Remote<'_>, action: &Action) -> ApiResult<Step> {
                 Ok(c) => c,
                 Err(clarification) => return reply(clarification),
             };
-            let mode: PilotMode = settings?
+            let settings = match settings {
+                // Without the settings scope the pilot mode is unknown: ask as in auto mode;
+                // the upstream applies its real mode when the confirmed send reaches it.
+                Err(e) if e.code == ErrorCode::ScopeDenied => {
+                    json!({ "data": { "pilot_mode": "auto" } })
+                }
+                other => other?,
+            };
+            let mode: PilotMode = settings
                 .pointer("/data/pilot_mode")
                 .and_then(Value::as_str)
                 .and_then(|m| m.parse().ok())
@@ -607,14 +697,21 @@ async fn probe_membership(
 pub async fn execute(r: &Remote<'_>, ctx: &RemoteCtx<'_>, plan: Plan) -> ApiResult<Executed> {
     match plan {
         Plan::AddToCampaign { contact, campaign } => {
-            let v = r
+            let sent = r
                 .send(
                     "campaigns.trigger",
                     Method::POST,
                     &format!("/campaigns/{}/trigger", campaign.id),
                     &json!({ "contact_id": contact.id }),
                 )
-                .await?;
+                .await;
+            let v = match sent {
+                Err(e) if e.code == ErrorCode::ScopeDenied => {
+                    let action = json!({ "type": "add_to_campaign", "contactId": contact.id, "campaignRef": campaign.id });
+                    return forwarded_instead(r, ctx, action, "the campaign change").await;
+                }
+                other => other?,
+            };
             let already = v
                 .pointer("/data/already_in_campaign")
                 .and_then(Value::as_bool)
@@ -659,26 +756,46 @@ pub async fn execute(r: &Remote<'_>, ctx: &RemoteCtx<'_>, plan: Plan) -> ApiResu
             Ok(Executed { reply, undo: None })
         }
         Plan::SetCampaignStatus { campaign, to } => {
-            let v = r
+            let sent = r
                 .send(
                     "campaigns.update",
                     Method::PATCH,
                     &format!("/campaigns/{}", campaign.id),
                     &json!({ "status": to }),
                 )
-                .await?;
+                .await;
+            let v = match sent {
+                Err(e) if e.code == ErrorCode::ScopeDenied => {
+                    let kind = if to == CampaignStatus::Paused {
+                        "pause_campaign"
+                    } else {
+                        "resume_campaign"
+                    };
+                    let action = json!({ "type": kind, "campaignRef": campaign.id });
+                    return forwarded_instead(r, ctx, action, "the campaign change").await;
+                }
+                other => other?,
+            };
             let updated: Campaign = data(&v, "campaigns.update")?;
             Ok(campaign_actions::status_set(updated, campaign.status, to))
         }
         Plan::MarkStatus { contact, status } => {
-            let v = r
+            let sent = r
                 .send(
                     "contacts.update",
                     Method::PUT,
                     &format!("/contacts/{}", contact.id),
                     &json!({ "status": status }),
                 )
-                .await?;
+                .await;
+            let v = match sent {
+                Err(e) if e.code == ErrorCode::ScopeDenied => {
+                    let action =
+                        json!({ "type": "mark_status", "contactId": contact.id, "status": status });
+                    return forwarded_instead(r, ctx, action, "the status change").await;
+                }
+                other => other?,
+            };
             let updated: Contact = data(&v, "contacts.update")?;
             Ok(contact_actions::status_marked(
                 &updated,
@@ -793,6 +910,18 @@ pub async fn execute(r: &Remote<'_>, ctx: &RemoteCtx<'_>, plan: Plan) -> ApiResu
     }
 }
 
+/// A write whose REST endpoint the key may not use (no `campaigns` or `contacts` scope), sent
+/// to the upstream's native endpoint instead, which a voice key may use.
+async fn forwarded_instead(
+    r: &Remote<'_>,
+    ctx: &RemoteCtx<'_>,
+    action: Value,
+    what: &str,
+) -> ApiResult<Executed> {
+    let reply = forward(r, ctx.effect_key, action).await?;
+    Ok(undone_upstream(reply, what))
+}
+
 /// A forwarded write is undone by the upstream's own `undo_last` for the same key, which holds
 /// it as its newest undoable write (the gateway's REST writes never enter that stack).
 fn undone_upstream(reply: NativeReply, what: &str) -> Executed {
@@ -839,6 +968,9 @@ fn native_reply(v: &Value) -> ApiResult<NativeReply> {
     let mut reply = NativeReply::new(mode, spoken, d.get("data").cloned().unwrap_or(Value::Null));
     if let Some(Value::Object(ids)) = d.get("ids") {
         reply.ids = ids.clone();
+    }
+    if let Some(candidates) = d.get("candidates") {
+        reply.candidates = serde_json::from_value(candidates.clone()).unwrap_or_default();
     }
     Ok(reply)
 }

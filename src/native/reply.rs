@@ -30,7 +30,7 @@ impl ReplyMode {
 }
 
 /// One possible match offered when a reference is ambiguous.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Candidate {
     pub id: String,
     pub name: String,

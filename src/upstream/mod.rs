@@ -46,11 +46,12 @@ pub struct RawResponse {
     pub body: Bytes,
 }
 
-/// What checking a key against the upstream (`GET /credits`) said.
+/// What checking a key against the upstream said.
 #[derive(Debug, Clone)]
 pub enum KeyCheck {
-    /// The key works; `plan` is the upstream's `plan_tier` when it told us.
-    Valid { plan: Option<String> },
+    /// The key works; `native` says whether it may use the native bridge (scope `native` or
+    /// `chat`).
+    Valid { native: bool },
     /// The upstream refused the key (401, 403 plan, 404 org): cacheable.
     Refused(ApiError),
 }
@@ -168,19 +169,25 @@ impl Upstream {
         )
     }
 
-    /// Checks a key with `GET /credits`, the cheapest call every plan allows.
+    /// Checks a key against the upstream with an empty native request: the upstream
+    /// authenticates it and checks the native scope before it reads the body, so the answer
+    /// says both whether the key works and whether it may use the native bridge (a 422 for the
+    /// missing action means yes). Scopes of every other call are the upstream's to enforce.
     pub async fn check_key(&self, token: &str) -> ApiResult<KeyCheck> {
         let deadline = self.turn_deadline();
-        match self.get("credits", token, "/credits", &[], deadline).await {
-            Ok(v) => Ok(KeyCheck::Valid {
-                plan: v
-                    .pointer("/data/plan_tier")
-                    .and_then(Value::as_str)
-                    .map(str::to_string),
-            }),
-            // A key without the credits scope is still a valid key; the upstream checks the
-            // scope of every call we make with it.
-            Err(e) if e.code == ErrorCode::ScopeDenied => Ok(KeyCheck::Valid { plan: None }),
+        let probe = self
+            .send(
+                "key_check",
+                Method::POST,
+                token,
+                "/native/outreachpilot",
+                &Value::Object(Default::default()),
+                deadline,
+            )
+            .await;
+        match probe {
+            Ok(_) => Ok(KeyCheck::Valid { native: true }),
+            Err(e) if e.code == ErrorCode::ScopeDenied => Ok(KeyCheck::Valid { native: false }),
             Err(e)
                 if matches!(
                     e.code,
@@ -192,11 +199,12 @@ impl Upstream {
             {
                 Ok(KeyCheck::Refused(e))
             }
-            // Any other 4xx from the cheapest call there is means the base URL points at
-            // something that is not an OutreachPilot API.
+            Err(e) if e.code == ErrorCode::ValidationError => Ok(KeyCheck::Valid { native: true }),
+            // A 404 (no such route) or any other 4xx means the base URL points at something
+            // that is not an OutreachPilot API.
             Err(e) if e.code != ErrorCode::RateLimited && e.status() < 500 => Err(ApiError::new(
                 ErrorCode::UpstreamUnavailable,
-                "Upstream CRM answered GET /credits unexpectedly",
+                "Upstream CRM answered the key check unexpectedly",
             )
             .with_details(format!("{}: check upstream.base_url", e.code.as_str()))
             .with_spoken("I can't reach OutreachPilot right now. Please try again in a moment.")),
