@@ -313,6 +313,15 @@ impl Config {
         if u.connect_timeout_ms == 0 || u.request_timeout_ms == 0 || u.turn_budget_ms == 0 {
             bail!("upstream.connect_timeout_ms, request_timeout_ms and turn_budget_ms must be positive");
         }
+        if u.request_timeout_ms > u.turn_budget_ms {
+            bail!("upstream.request_timeout_ms must not exceed upstream.turn_budget_ms");
+        }
+        if u.turn_budget_ms as f64 >= self.native.target_ms {
+            bail!("upstream.turn_budget_ms must be below native.target_ms, so a turn that waited out its upstream budget still answers in time");
+        }
+        if u.retry_backoff_ms > 1_000 || u.read_retries > 5 {
+            bail!("upstream.retry_backoff_ms must be at most 1000 and upstream.read_retries at most 5");
+        }
         if u.breaker_failure_threshold == 0 {
             bail!("upstream.breaker_failure_threshold must be at least 1");
         }

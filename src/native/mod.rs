@@ -640,7 +640,14 @@ impl Bridge {
             writes.fetch_add(1, Ordering::AcqRel);
             timing.record("upstream", t.elapsed());
             telemetry::backend_operation("execute", "upstream", t.elapsed());
-            let mut reply = result?;
+            // Writes are always audited (DESIGN §9), failed ones included.
+            let mut reply = match result {
+                Ok(reply) => reply,
+                Err(e) => {
+                    self.audit_log(p, &write, e.code.as_str(), &Default::default());
+                    return Err(e);
+                }
+            };
             reply.audit_id = Some(self.audit_log(p, &write, reply.mode.as_str(), &reply.ids));
             return Ok(reply);
         }
