@@ -697,20 +697,21 @@ async fn probe_membership(
 pub async fn execute(r: &Remote<'_>, ctx: &RemoteCtx<'_>, plan: Plan) -> ApiResult<Executed> {
     match plan {
         Plan::AddToCampaign { contact, campaign } => {
-            let sent = r
-                .send(
-                    "campaigns.trigger",
-                    Method::POST,
-                    &format!("/campaigns/{}/trigger", campaign.id),
-                    &json!({ "contact_id": contact.id }),
-                )
-                .await;
+            let sent = rest_or_native(
+                r,
+                ctx,
+                RestWrite {
+                    op: "campaigns.trigger",
+                    method: Method::POST,
+                    path: format!("/campaigns/{}/trigger", campaign.id),
+                    body: json!({ "contact_id": contact.id }),
+                },
+                json!({ "type": "add_to_campaign", "contactId": contact.id, "campaignRef": campaign.id }),
+            )
+            .await?;
             let v = match sent {
-                Err(e) if e.code == ErrorCode::ScopeDenied => {
-                    let action = json!({ "type": "add_to_campaign", "contactId": contact.id, "campaignRef": campaign.id });
-                    return forwarded_instead(r, ctx, action, "the campaign change").await;
-                }
-                other => other?,
+                Ok(v) => v,
+                Err(forwarded) => return Ok(forwarded),
             };
             let already = v
                 .pointer("/data/already_in_campaign")
@@ -756,45 +757,46 @@ pub async fn execute(r: &Remote<'_>, ctx: &RemoteCtx<'_>, plan: Plan) -> ApiResu
             Ok(Executed { reply, undo: None })
         }
         Plan::SetCampaignStatus { campaign, to } => {
-            let sent = r
-                .send(
-                    "campaigns.update",
-                    Method::PATCH,
-                    &format!("/campaigns/{}", campaign.id),
-                    &json!({ "status": to }),
-                )
-                .await;
+            let kind = if to == CampaignStatus::Paused {
+                "pause_campaign"
+            } else {
+                "resume_campaign"
+            };
+            let sent = rest_or_native(
+                r,
+                ctx,
+                RestWrite {
+                    op: "campaigns.update",
+                    method: Method::PATCH,
+                    path: format!("/campaigns/{}", campaign.id),
+                    body: json!({ "status": to }),
+                },
+                json!({ "type": kind, "campaignRef": campaign.id }),
+            )
+            .await?;
             let v = match sent {
-                Err(e) if e.code == ErrorCode::ScopeDenied => {
-                    let kind = if to == CampaignStatus::Paused {
-                        "pause_campaign"
-                    } else {
-                        "resume_campaign"
-                    };
-                    let action = json!({ "type": kind, "campaignRef": campaign.id });
-                    return forwarded_instead(r, ctx, action, "the campaign change").await;
-                }
-                other => other?,
+                Ok(v) => v,
+                Err(forwarded) => return Ok(forwarded),
             };
             let updated: Campaign = data(&v, "campaigns.update")?;
             Ok(campaign_actions::status_set(updated, campaign.status, to))
         }
         Plan::MarkStatus { contact, status } => {
-            let sent = r
-                .send(
-                    "contacts.update",
-                    Method::PUT,
-                    &format!("/contacts/{}", contact.id),
-                    &json!({ "status": status }),
-                )
-                .await;
+            let sent = rest_or_native(
+                r,
+                ctx,
+                RestWrite {
+                    op: "contacts.update",
+                    method: Method::PUT,
+                    path: format!("/contacts/{}", contact.id),
+                    body: json!({ "status": status }),
+                },
+                json!({ "type": "mark_status", "contactId": contact.id, "status": status }),
+            )
+            .await?;
             let v = match sent {
-                Err(e) if e.code == ErrorCode::ScopeDenied => {
-                    let action =
-                        json!({ "type": "mark_status", "contactId": contact.id, "status": status });
-                    return forwarded_instead(r, ctx, action, "the status change").await;
-                }
-                other => other?,
+                Ok(v) => v,
+                Err(forwarded) => return Ok(forwarded),
             };
             let updated: Contact = data(&v, "contacts.update")?;
             Ok(contact_actions::status_marked(
@@ -910,16 +912,34 @@ pub async fn execute(r: &Remote<'_>, ctx: &RemoteCtx<'_>, plan: Plan) -> ApiResu
     }
 }
 
-/// A write whose REST endpoint the key may not use (no `campaigns` or `contacts` scope), sent
-/// to the upstream's native endpoint instead, which a voice key may use.
-async fn forwarded_instead(
+/// One REST v1 write.
+struct RestWrite {
+    op: &'static str,
+    method: Method,
+    path: String,
+    body: Value,
+}
+
+/// Sends `write` to its REST endpoint: `Ok(answer)`; or, when the key may not use that endpoint
+/// (a voice key without `campaigns` or `contacts` scope), sends `native_action` to the upstream's
+/// native endpoint instead, which such a key may use: `Err(executed)` with its answer, undone
+/// through the upstream's own stack.
+async fn rest_or_native(
     r: &Remote<'_>,
     ctx: &RemoteCtx<'_>,
-    action: Value,
-    what: &str,
-) -> ApiResult<Executed> {
-    let reply = forward(r, ctx.effect_key, action).await?;
-    Ok(undone_upstream(reply, what))
+    write: RestWrite,
+    native_action: Value,
+) -> ApiResult<Result<Value, Executed>> {
+    match r
+        .send(write.op, write.method, &write.path, &write.body)
+        .await
+    {
+        Err(e) if e.code == ErrorCode::ScopeDenied => {
+            let reply = forward(r, ctx.effect_key, native_action).await?;
+            Ok(Err(undone_upstream(reply, "that change")))
+        }
+        other => other.map(Ok),
+    }
 }
 
 /// A forwarded write is undone by the upstream's own `undo_last` for the same key, which holds

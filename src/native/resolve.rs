@@ -149,12 +149,7 @@ pub fn contact_among(
     let reference = reference.trim();
     let not_found = || contact_not_found(reference, company);
     if is_uuid(reference) {
-        let id = reference.to_ascii_lowercase();
-        return pool
-            .into_iter()
-            .find(|c| c.id == id)
-            .map(Resolved::One)
-            .ok_or_else(not_found);
+        return by_id(pool, reference, |c| &c.id).ok_or_else(not_found);
     }
     if reference.contains('@') {
         return pool
@@ -210,30 +205,10 @@ pub fn campaign_among(reference: &str, pool: Vec<Campaign>) -> ApiResult<Resolve
     let reference = reference.trim();
     let not_found = || campaign_not_found(reference);
     if is_uuid(reference) {
-        let id = reference.to_ascii_lowercase();
-        return pool
-            .into_iter()
-            .find(|c| c.id == id)
-            .map(Resolved::One)
-            .ok_or_else(not_found);
+        return by_id(pool, reference, |c| &c.id).ok_or_else(not_found);
     }
-    let q = normalize(reference);
-    if q.is_empty() {
-        return Err(not_found());
-    }
-    let pool: Vec<(String, Campaign)> = pool.into_iter().map(|c| (normalize(&c.name), c)).collect();
-    for prefix in [false, true] {
-        let found: Vec<Campaign> = pool
-            .iter()
-            .filter(|(n, _)| if prefix { n.starts_with(&q) } else { *n == q })
-            .map(|(_, c)| c.clone())
-            .collect();
-        if let Some(r) = pick(found, campaign_candidate) {
-            return Ok(r);
-        }
-    }
-    let found = best_fuzzy(pool.into_iter().map(|(n, c)| (similarity(&q, &n), c)));
-    pick(found, campaign_candidate).ok_or_else(not_found)
+    let named = pool.into_iter().map(|c| (normalize(&c.name), c)).collect();
+    by_name(reference, named, campaign_candidate).ok_or_else(not_found)
 }
 
 /// Resolves a company reference among `pool` (a remote search's results).
@@ -241,42 +216,58 @@ pub fn company_among(reference: &str, pool: Vec<Company>) -> ApiResult<Resolved<
     let reference = reference.trim();
     let not_found = || company_not_found(reference);
     if is_uuid(reference) {
-        let id = reference.to_ascii_lowercase();
-        return pool
-            .into_iter()
-            .find(|c| c.id == id)
-            .map(Resolved::One)
-            .ok_or_else(not_found);
+        return by_id(pool, reference, |c| &c.id).ok_or_else(not_found);
     }
     if looks_like_domain(reference) {
         let d = crate::text::normalize_domain(reference);
-        if let Some(c) = pool
-            .iter()
-            .find(|c| c.domain.as_deref().map(crate::text::normalize_domain) == Some(d.clone()))
-        {
+        if let Some(c) = pool.iter().find(|c| {
+            c.domain
+                .as_deref()
+                .map(crate::text::normalize_domain)
+                .as_ref()
+                == Some(&d)
+        }) {
             return Ok(Resolved::One(c.clone()));
         }
     }
-    let q = normalize(reference);
-    if q.is_empty() {
-        return Err(not_found());
-    }
-    let pool: Vec<(String, Company)> = pool
+    let named = pool
         .into_iter()
         .map(|c| (normalize(c.display_name()), c))
         .collect();
+    by_name(reference, named, company_candidate).ok_or_else(not_found)
+}
+
+/// The record with this id (ids compare in lower case).
+fn by_id<T>(pool: Vec<T>, reference: &str, id: impl Fn(&T) -> &String) -> Option<Resolved<T>> {
+    let wanted = reference.to_ascii_lowercase();
+    pool.into_iter()
+        .find(|r| *id(r) == wanted)
+        .map(Resolved::One)
+}
+
+/// Exact name, then name prefix, then fuzzy, over records paired with their normalised names
+/// (the steps the embedded store takes with its indexes for campaigns and companies).
+fn by_name<T: Clone>(
+    reference: &str,
+    named: Vec<(String, T)>,
+    candidate: impl Fn(&T) -> Candidate,
+) -> Option<Resolved<T>> {
+    let q = normalize(reference);
+    if q.is_empty() {
+        return None;
+    }
     for prefix in [false, true] {
-        let found: Vec<Company> = pool
+        let found: Vec<T> = named
             .iter()
             .filter(|(n, _)| if prefix { n.starts_with(&q) } else { *n == q })
-            .map(|(_, c)| c.clone())
+            .map(|(_, r)| r.clone())
             .collect();
-        if let Some(r) = pick(found, company_candidate) {
-            return Ok(r);
+        if let Some(r) = pick(found, &candidate) {
+            return Some(r);
         }
     }
-    let found = best_fuzzy(pool.into_iter().map(|(n, c)| (similarity(&q, &n), c)));
-    pick(found, company_candidate).ok_or_else(not_found)
+    let found = best_fuzzy(named.into_iter().map(|(n, r)| (similarity(&q, &n), r)));
+    pick(found, candidate)
 }
 
 #[derive(Clone, Copy)]
