@@ -58,8 +58,6 @@ impl Transport {
 pub struct Bridge {
     store: Store,
     backend: Backend,
-    /// Keyless writes' upstream effect ids for the dedupe window (see `keyless_effect`).
-    keyless_effects: moka::sync::Cache<(String, [u8; 32]), String>,
     cfg: NativeConfig,
     idempotency: IdempotencyStore,
     dedupe: IdempotencyStore,
@@ -69,15 +67,36 @@ pub struct Bridge {
     read_cache: Option<ReadCache>,
 }
 
-/// Where actions run: the embedded store, or the upstream API with the gateway's own undo stack
-/// and a count of the writes it sent (which invalidates cached reads).
+/// Where actions run: the embedded store, or the upstream API.
 enum Backend {
     Embedded,
-    Upstream {
-        client: Arc<Upstream>,
-        undo: remote::UndoStack,
-        writes: AtomicU64,
-    },
+    Upstream(UpstreamBackend),
+}
+
+/// What the gateway keeps for the upstream backend.
+struct UpstreamBackend {
+    client: Arc<Upstream>,
+    /// The gateway's own undo stack (DESIGN: undo stays in the gateway).
+    undo: remote::UndoStack,
+    /// Writes sent upstream (or past the bridge): changes invalidate cached reads.
+    writes: AtomicU64,
+    /// Keyless writes' upstream effect ids for the dedupe window (see `keyless_effect`).
+    keyless_effects: moka::sync::Cache<(String, [u8; 32]), String>,
+}
+
+impl UpstreamBackend {
+    /// The upstream identity of a logical write. A keyless write keeps one id for the dedupe
+    /// window: a retry after a failed attempt that may have landed upstream is the same write,
+    /// while an identical write minutes later is a new one.
+    fn effect(&self, p: &Principal, effect: &Effect) -> String {
+        let logical = match effect {
+            Effect::Keyed(k) => k.clone(),
+            Effect::Keyless(fingerprint) => self
+                .keyless_effects
+                .get_with((p.org_id.clone(), *fingerprint), crate::ids::new_id),
+        };
+        remote::effect_key(&p.key_id, &logical)
+    }
 }
 
 /// (org, request fingerprint) → the answer and the write generation it was read at.
@@ -130,24 +149,25 @@ impl Bridge {
     /// `read_cache_ms`.
     pub fn upstream(store: Store, mut cfg: NativeConfig, client: Arc<Upstream>) -> Arc<Self> {
         cfg.read_cache_ms = client.config().read_cache_ms;
+        let dedupe_window = Duration::from_secs(cfg.dedupe_window_secs.max(1));
         Self::build(
             store,
             cfg,
-            Backend::Upstream {
+            Backend::Upstream(UpstreamBackend {
+                keyless_effects: moka::sync::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_live(dedupe_window)
+                    .build(),
                 client,
                 undo: remote::UndoStack::default(),
                 writes: AtomicU64::new(0),
-            },
+            }),
         )
     }
 
     fn build(store: Store, cfg: NativeConfig, backend: Backend) -> Arc<Self> {
         Arc::new(Bridge {
             backend,
-            keyless_effects: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(cfg.dedupe_window_secs.max(1)))
-                .build(),
             idempotency: IdempotencyStore::new(
                 Duration::from_secs(cfg.idempotency_ttl_secs),
                 cfg.idempotency_max_bytes,
@@ -168,27 +188,19 @@ impl Bridge {
         })
     }
 
-    /// The upstream effect of a keyless write: the same for a retry inside the dedupe window
-    /// (after a failed attempt that may have landed upstream), a new one after it, since two
-    /// identical writes minutes apart are two writes.
-    fn keyless_effect(&self, p: &Principal, fingerprint: [u8; 32]) -> String {
-        self.keyless_effects
-            .get_with((p.org_id.clone(), fingerprint), crate::ids::new_id)
-    }
-
     /// Changes whenever a write went through this process, so cached reads are dropped.
     fn generation(&self) -> u64 {
         match &self.backend {
             Backend::Embedded => self.store.generation(),
-            Backend::Upstream { writes, .. } => writes.load(Ordering::Acquire),
+            Backend::Upstream(up) => up.writes.load(Ordering::Acquire),
         }
     }
 
     /// Drops cached read answers: something was written past the bridge (the REST proxy in
     /// upstream mode). The embedded store counts its own writes.
     pub fn invalidate_reads(&self) {
-        if let Backend::Upstream { writes, .. } = &self.backend {
-            writes.fetch_add(1, Ordering::AcqRel);
+        if let Backend::Upstream(up) = &self.backend {
+            up.writes.fetch_add(1, Ordering::AcqRel);
         }
     }
 
@@ -196,7 +208,7 @@ impl Bridge {
     pub fn upstream_client(&self) -> Option<&Arc<Upstream>> {
         match &self.backend {
             Backend::Embedded => None,
-            Backend::Upstream { client, .. } => Some(client),
+            Backend::Upstream(up) => Some(&up.client),
         }
     }
 
@@ -468,8 +480,8 @@ impl Bridge {
                 telemetry::backend_operation("resolve", "embedded", t.elapsed());
                 step
             }
-            Backend::Upstream { client, .. } => {
-                let step = match remote_for(client, p, timing.total()) {
+            Backend::Upstream(up) => {
+                let step = match remote_for(&up.client, p, timing.total()) {
                     Ok(r) => {
                         let action_json = req.action_json.clone().unwrap_or(Value::Null);
                         remote::plan(&r, &action, &action_json).await
@@ -527,8 +539,8 @@ impl Bridge {
                     transcript: req.transcript.clone(),
                     mode: req.execution_mode,
                     effect: match &req.idempotency_key {
-                        Some(k) => k.clone(),
-                        None => self.keyless_effect(p, req.fingerprint),
+                        Some(k) => Effect::Keyed(k.clone()),
+                        None => Effect::Keyless(req.fingerprint),
                     },
                 };
                 self.execute(p, write, timing).await
@@ -626,18 +638,11 @@ impl Bridge {
         write: WriteRequest,
         timing: &mut ServerTiming,
     ) -> ApiResult<NativeReply> {
-        if let Backend::Upstream {
-            client,
-            undo,
-            writes,
-        } = &self.backend
-        {
+        if let Backend::Upstream(up) = &self.backend {
             let t = Instant::now();
-            let result = self
-                .execute_remote(client, undo, p, &write, timing.total())
-                .await;
+            let result = self.execute_remote(up, p, &write, timing.total()).await;
             // Whatever happened upstream may have changed records: drop cached reads.
-            writes.fetch_add(1, Ordering::AcqRel);
+            up.writes.fetch_add(1, Ordering::AcqRel);
             timing.record("upstream", t.elapsed());
             telemetry::backend_operation("execute", "upstream", t.elapsed());
             // Writes are always audited (DESIGN §9), failed ones included.
@@ -722,25 +727,24 @@ impl Bridge {
     /// Runs a plan against the upstream; `undo_last` uses the gateway's own undo stack.
     async fn execute_remote(
         &self,
-        client: &Upstream,
-        undo: &remote::UndoStack,
+        up: &UpstreamBackend,
         p: &Principal,
         write: &WriteRequest,
         elapsed: Duration,
     ) -> ApiResult<NativeReply> {
-        let r = remote_for(client, p, elapsed)?;
-        let effect_key = remote::effect_key(&p.key_id, &write.effect);
+        let r = remote_for(&up.client, p, elapsed)?;
+        if let Plan::UndoLast = write.plan {
+            let window = Duration::from_secs(self.cfg.undo_window_secs);
+            return remote::undo_last(&r, &up.undo, &p.org_id, &p.key_id, window).await;
+        }
+        let effect_key = up.effect(p, &write.effect);
         let ctx = remote::RemoteCtx {
             effect_key: &effect_key,
         };
-        let window = Duration::from_secs(self.cfg.undo_window_secs);
-        if let Plan::UndoLast = write.plan {
-            return remote::undo_last(&r, undo, &p.org_id, &p.key_id, window).await;
-        }
         let action_type = write.plan.action_type();
         let executed = remote::execute(&r, &ctx, write.plan.clone()).await?;
         if let Some((summary, op)) = executed.undo {
-            undo.push(&p.org_id, &p.key_id, action_type, summary, op);
+            up.undo.push(&p.org_id, &p.key_id, action_type, summary, op);
         }
         Ok(executed.reply)
     }
@@ -926,7 +930,7 @@ impl Bridge {
                     action_json: pending.action_json.clone(),
                     transcript,
                     mode: req.execution_mode,
-                    effect: derived.clone(),
+                    effect: Effect::Keyed(derived.clone()),
                 },
                 timing,
             )
@@ -957,7 +961,7 @@ impl Bridge {
         ids: &Value,
         timing: &mut ServerTiming,
     ) -> Option<String> {
-        if let Backend::Upstream { .. } = &self.backend {
+        if let Backend::Upstream(_) = &self.backend {
             let id = crate::ids::new_id();
             tracing::info!(
                 target: "pilot_bridge::audit",
@@ -1026,9 +1030,16 @@ struct WriteRequest {
     action_json: Value,
     transcript: Option<String>,
     mode: ExecutionMode,
-    /// The logical write's identity: the client's idempotency key, the derived confirmation
-    /// key, or a fresh id for a keyless write.
-    effect: String,
+    /// The logical write's identity, for the upstream's idempotency.
+    effect: Effect,
+}
+
+/// Which logical write a plan is: named by the client's idempotency key or the derived
+/// confirmation key, or, without either, by the request's fingerprint. Only the upstream
+/// backend turns it into a key (`UpstreamBackend::effect`); the embedded store needs none.
+enum Effect {
+    Keyed(String),
+    Keyless([u8; 32]),
 }
 
 /// The caller's view of the upstream for one turn. The turn's upstream budget counts from the
