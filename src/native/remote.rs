@@ -118,13 +118,15 @@ impl Remote<'_> {
 /// The `data` of an upstream envelope as `T`.
 fn data<T: DeserializeOwned>(v: &Value, op: &str) -> ApiResult<T> {
     let d = v.get("data").cloned().unwrap_or(Value::Null);
-    serde_json::from_value(d).map_err(|e| {
-        ApiError::new(
-            ErrorCode::UpstreamUnavailable,
-            "Upstream CRM sent an answer of an unexpected shape",
-        )
-        .with_details(format!("{op}: {e}"))
-    })
+    serde_json::from_value(d).map_err(|e| unexpected_shape(op, e))
+}
+
+fn unexpected_shape(op: &str, e: serde_json::Error) -> ApiError {
+    ApiError::new(
+        ErrorCode::UpstreamUnavailable,
+        "Upstream CRM sent an answer of an unexpected shape",
+    )
+    .with_details(format!("{op}: {e}"))
 }
 
 fn q(k: &'static str, v: impl ToString) -> (&'static str, String) {
@@ -231,27 +233,14 @@ async fn resolve_via_native<T: DeserializeOwned>(
     action: Value,
     field: &str,
 ) -> ApiResult<Result<T, NativeReply>> {
-    let body = json!({ "action": action, "executionMode": "fast" });
-    let v = r
-        .send(
-            "native.resolve",
-            Method::POST,
-            "/native/outreachpilot",
-            &body,
-        )
-        .await?;
-    let answer = native_reply(&v)?;
+    let answer = ask_native(r, "native.resolve", action, false, None).await?;
     if answer.mode != ReplyMode::Result {
         return Ok(Err(answer));
     }
     let record = answer.data.get(field).cloned().unwrap_or(Value::Null);
-    serde_json::from_value(record).map(Ok).map_err(|e| {
-        ApiError::new(
-            ErrorCode::UpstreamUnavailable,
-            "Upstream CRM sent an answer of an unexpected shape",
-        )
-        .with_details(format!("native.resolve: {e}"))
-    })
+    serde_json::from_value(record)
+        .map(Ok)
+        .map_err(|e| unexpected_shape("native.resolve", e))
 }
 
 async fn search_contacts(r: &Remote<'_>, search: &str) -> ApiResult<(Vec<Contact>, u64)> {
@@ -363,11 +352,8 @@ async fn company(r: &Remote<'_>, reference: &str) -> ApiResult<Result<Company, N
 pub async fn plan(r: &Remote<'_>, action: &Action, action_json: &Value) -> ApiResult<Step> {
     match plan_with_rest(r, action).await {
         Err(e) if e.code == ErrorCode::ScopeDenied && action.is_read() => {
-            let body = json!({ "action": action_json, "executionMode": "fast" });
-            let v = r
-                .send("native.read", Method::POST, "/native/outreachpilot", &body)
-                .await?;
-            Ok(Step::Reply(native_reply(&v)?))
+            let answer = ask_native(r, "native.read", action_json.clone(), false, None).await?;
+            Ok(Step::Reply(answer))
         }
         other => other,
     }
@@ -677,16 +663,11 @@ async fn probe_membership(
     contact: &Contact,
     campaign: &Campaign,
 ) -> ApiResult<Option<NativeReply>> {
-    let body = json!({
-        "action": { "type": action_type, "contactId": contact.id, "campaignRef": campaign.id },
-        "executionMode": "fast",
-        // A fresh key: the upstream's keyless dedupe window would replay an earlier answer.
-        "idempotencyKey": format!("pb_probe_{}", crate::ids::new_id()),
-    });
-    let v = r
-        .send("native.probe", Method::POST, "/native/outreachpilot", &body)
-        .await?;
-    let answer = native_reply(&v)?;
+    let action =
+        json!({ "type": action_type, "contactId": contact.id, "campaignRef": campaign.id });
+    // A fresh key: the upstream's keyless dedupe window would replay an earlier answer.
+    let fresh = format!("pb_probe_{}", crate::ids::new_id());
+    let answer = ask_native(r, "native.probe", action, false, Some(&fresh)).await?;
     Ok((answer.mode == ReplyMode::Result).then_some(answer))
 }
 
@@ -847,19 +828,10 @@ pub async fn execute(r: &Remote<'_>, ctx: &RemoteCtx<'_>, plan: Plan) -> ApiResu
             body,
             draft_id,
         } => {
-            let mut action =
-                json!({ "type": "send_message", "contactId": contact.id, "channel": channel });
-            if let Value::Object(m) = &mut action {
-                if let Some(s) = subject {
-                    m.insert("subject".into(), s.into());
-                }
-                if !body.is_empty() {
-                    m.insert("body".into(), body.into());
-                }
-                if let Some(d) = draft_id {
-                    m.insert("draftId".into(), d.into());
-                }
-            }
+            // Absent and null are the same to the native parser; an empty body means "the
+            // draft's text", which the upstream fills in.
+            let action = json!({ "type": "send_message", "contactId": contact.id, "channel": channel,
+                                 "subject": subject, "body": body, "draftId": draft_id });
             let reply = forward(r, ctx.effect_key, action).await?;
             Ok(undone_upstream(reply, "the message"))
         }
@@ -884,18 +856,8 @@ pub async fn execute(r: &Remote<'_>, ctx: &RemoteCtx<'_>, plan: Plan) -> ApiResu
             company,
             topic,
         } => {
-            let mut action = json!({ "type": "start_research" });
-            if let Value::Object(m) = &mut action {
-                if let Some(c) = contact {
-                    m.insert("contactId".into(), c.id.into());
-                }
-                if let Some(c) = company {
-                    m.insert("company".into(), c.into());
-                }
-                if let Some(t) = topic {
-                    m.insert("topic".into(), t.into());
-                }
-            }
+            let action = json!({ "type": "start_research", "contactId": contact.map(|c| c.id),
+                                 "company": company, "topic": topic });
             let reply = forward(r, ctx.effect_key, action).await?;
             Ok(undone_upstream(reply, "the research"))
         }
@@ -954,19 +916,29 @@ fn undone_upstream(reply: NativeReply, what: &str) -> Executed {
 /// Sends an action the gateway resolved and confirmed to the upstream's native endpoint, as a
 /// one-step confirmed write with the gateway's effect key, and takes its answer as ours.
 async fn forward(r: &Remote<'_>, effect_key: &str, action: Value) -> ApiResult<NativeReply> {
-    let body = json!({
-        "action": action,
-        "confirmed": true,
-        "idempotencyKey": effect_key,
-        "executionMode": "fast",
-    });
+    ask_native(r, "native.forward", action, true, Some(effect_key)).await
+}
+
+/// Sends `action` to the upstream's own native endpoint in fast mode and reads its answer as a
+/// reply of ours; `confirmed` runs a dangerous action in one step, `idempotency_key` names it.
+async fn ask_native(
+    r: &Remote<'_>,
+    op: &'static str,
+    action: Value,
+    confirmed: bool,
+    idempotency_key: Option<&str>,
+) -> ApiResult<NativeReply> {
+    let mut body = json!({ "action": action, "executionMode": "fast" });
+    if let Value::Object(m) = &mut body {
+        if confirmed {
+            m.insert("confirmed".into(), Value::Bool(true));
+        }
+        if let Some(k) = idempotency_key {
+            m.insert("idempotencyKey".into(), k.into());
+        }
+    }
     let v = r
-        .send(
-            "native.forward",
-            Method::POST,
-            "/native/outreachpilot",
-            &body,
-        )
+        .send(op, Method::POST, "/native/outreachpilot", &body)
         .await?;
     native_reply(&v)
 }
@@ -1065,16 +1037,9 @@ pub async fn undo(
             Ok(done)
         }
         UndoOp::UpstreamUndoLast => {
-            let body = json!({ "action": { "type": "undo_last" }, "idempotencyKey": effect_key });
-            let v = r
-                .send(
-                    "native.forward",
-                    Method::POST,
-                    "/native/outreachpilot",
-                    &body,
-                )
-                .await?;
-            Ok(native_reply(&v)?.spoken_summary)
+            let action = json!({ "type": "undo_last" });
+            let answer = ask_native(r, "native.forward", action, false, Some(effect_key)).await?;
+            Ok(answer.spoken_summary)
         }
         UndoOp::DeleteDraft { .. }
         | UndoOp::CancelMessage { .. }
