@@ -235,30 +235,7 @@ impl Upstream {
         if !body.is_empty() {
             req = req.body(body);
         }
-        let started = std::time::Instant::now();
-        let result = async {
-            let resp = req.send().await?;
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            let body = resp.bytes().await?;
-            Ok::<_, reqwest::Error>(RawResponse {
-                status,
-                headers,
-                body,
-            })
-        }
-        .await;
-        match result {
-            Ok(r) => {
-                self.record("proxy", Some(r.status), started.elapsed());
-                Ok(r)
-            }
-            Err(e) => {
-                let f = classify(e);
-                self.record_failure("proxy", &f, started.elapsed());
-                Err(failure_error(f))
-            }
-        }
+        self.exchange("proxy", req).await.map_err(failure_error)
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -299,6 +276,16 @@ impl Upstream {
                 .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
                 .body(b);
         }
+        self.exchange(op, req).await
+    }
+
+    /// Sends one request and reads its whole answer, recording the outcome in the metrics and
+    /// the breaker.
+    async fn exchange(
+        &self,
+        op: &'static str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<RawResponse, Failure> {
         let started = std::time::Instant::now();
         let result = async {
             let resp = req.send().await?;
@@ -314,7 +301,7 @@ impl Upstream {
         .await;
         match result {
             Ok(r) => {
-                self.record(op, Some(r.status), started.elapsed());
+                self.record(op, r.status, started.elapsed());
                 Ok(r)
             }
             Err(e) => {
@@ -325,23 +312,19 @@ impl Upstream {
         }
     }
 
-    fn record(&self, op: &'static str, status: Option<StatusCode>, elapsed: Duration) {
-        let outcome = match status {
-            Some(s) if s.is_server_error() => {
-                self.breaker.failure();
-                "server_error"
+    fn record(&self, op: &'static str, status: StatusCode, elapsed: Duration) {
+        let outcome = if status.is_server_error() {
+            self.breaker.failure();
+            "server_error"
+        } else {
+            self.breaker.success();
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                "rate_limited"
+            } else if status.is_client_error() {
+                "client_error"
+            } else {
+                "ok"
             }
-            Some(s) => {
-                self.breaker.success();
-                if s == StatusCode::TOO_MANY_REQUESTS {
-                    "rate_limited"
-                } else if s.is_client_error() {
-                    "client_error"
-                } else {
-                    "ok"
-                }
-            }
-            None => "error",
         };
         telemetry::upstream_request(op, outcome, elapsed);
     }
