@@ -649,11 +649,19 @@ impl Bridge {
             let mut reply = match result {
                 Ok(reply) => reply,
                 Err(e) => {
-                    self.audit_log(p, &write, e.code.as_str(), &Default::default());
+                    self.audit_log(
+                        p,
+                        &write,
+                        e.code.as_str(),
+                        &Default::default(),
+                        timing.total(),
+                    );
                     return Err(e);
                 }
             };
-            reply.audit_id = Some(self.audit_log(p, &write, reply.mode.as_str(), &reply.ids));
+            let elapsed = timing.total();
+            reply.audit_id =
+                Some(self.audit_log(p, &write, reply.mode.as_str(), &reply.ids, elapsed));
             return Ok(reply);
         }
         let WriteRequest {
@@ -749,30 +757,26 @@ impl Bridge {
         Ok(executed.reply)
     }
 
-    /// The audit record of a write in upstream mode: a structured log line (target
-    /// `pilot_bridge::audit`), since the records themselves live upstream.
+    /// The audit record of a write in upstream mode (see [`audit_to_log`]).
     fn audit_log(
         &self,
         p: &Principal,
         write: &WriteRequest,
         outcome: &str,
         ids: &serde_json::Map<String, Value>,
+        elapsed: Duration,
     ) -> String {
-        let id = crate::ids::new_id();
-        let ids = Value::Object(ids.clone());
-        tracing::info!(
-            target: "pilot_bridge::audit",
-            audit_id = %id,
-            org_id = %p.org_id,
-            action_type = write.plan.action_type(),
-            execution_mode = write.mode.as_str(),
+        audit_to_log(&audit::AuditRecord {
+            org_id: &p.org_id,
+            key_id: &p.key_id,
+            action_type: write.plan.action_type(),
+            action: &write.action_json,
+            transcript: write.transcript.as_deref(),
+            execution_mode: write.mode.as_str(),
             outcome,
-            ids = %ids,
-            transcript = write.transcript.as_deref().unwrap_or(""),
-            "native write"
-        );
-        telemetry::audit_write();
-        id
+            ids: &Value::Object(ids.clone()),
+            elapsed_ms: round_ms(elapsed),
+        })
     }
 
     /// True when `req` confirms a pending action and its idempotency key stored the
@@ -962,18 +966,21 @@ impl Bridge {
         timing: &mut ServerTiming,
     ) -> Option<String> {
         if let Backend::Upstream(_) = &self.backend {
-            let id = crate::ids::new_id();
-            tracing::info!(
-                target: "pilot_bridge::audit",
-                audit_id = %id,
-                org_id = %p.org_id,
-                action_type = req.action.as_ref().map(Action::type_name).unwrap_or("confirmation"),
-                execution_mode = req.execution_mode.as_str(),
+            return Some(audit_to_log(&audit::AuditRecord {
+                org_id: &p.org_id,
+                key_id: &p.key_id,
+                action_type: req
+                    .action
+                    .as_ref()
+                    .map(Action::type_name)
+                    .unwrap_or("confirmation"),
+                action: req.action_json.as_ref().unwrap_or(&Value::Null),
+                transcript: req.transcript.as_deref(),
+                execution_mode: req.execution_mode.as_str(),
                 outcome,
-                ids = %ids,
-                "native turn"
-            );
-            return Some(id);
+                ids,
+                elapsed_ms: round_ms(timing.total()),
+            }));
         }
         let org = p.org_id.clone();
         let key = p.key_id.clone();
@@ -1022,6 +1029,28 @@ impl Bridge {
             }
         }
     }
+}
+
+/// In upstream mode the records live upstream, so the audit trail is a structured log line
+/// (target `pilot_bridge::audit`) with the fields the embedded store keeps; returns its id.
+fn audit_to_log(r: &audit::AuditRecord<'_>) -> String {
+    let id = crate::ids::new_id();
+    tracing::info!(
+        target: "pilot_bridge::audit",
+        audit_id = %id,
+        org_id = r.org_id,
+        key_id = r.key_id,
+        action_type = r.action_type,
+        action = %r.action,
+        transcript = r.transcript.unwrap_or(""),
+        execution_mode = r.execution_mode,
+        outcome = r.outcome,
+        ids = %r.ids,
+        elapsed_ms = r.elapsed_ms,
+        "audit"
+    );
+    telemetry::audit_write();
+    id
 }
 
 /// A plan about to run, with what its audit record and the upstream need.
