@@ -76,23 +76,9 @@ fn turn(i: usize) -> (&'static str, Value) {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
 fn main() {
-    let turns: usize = std::env::var("LATENCY_TURNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
-    let rate: f64 = std::env::var("LATENCY_RATE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000.0);
+    let turns: usize = common::env_or("LATENCY_TURNS", 20_000);
+    let rate: f64 = common::env_or("LATENCY_RATE", 1_000.0);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -205,9 +191,9 @@ fn report(label: &str, turns: usize, samples: Vec<Sample>, target_ms: f64) -> Ve
     for (action, mut v) in by_action {
         v.sort_by(f64::total_cmp);
         let (p50, p95, p99, max) = (
-            percentile(&v, 0.5),
-            percentile(&v, 0.95),
-            percentile(&v, 0.99),
+            common::percentile(&v, 0.5),
+            common::percentile(&v, 0.95),
+            common::percentile(&v, 0.99),
             v[v.len() - 1],
         );
         let ok = p99 <= target_ms;

@@ -12,11 +12,6 @@ use pilot_bridge::native::timing::ServerTiming;
 use pilot_bridge::native::{Bridge, Transport};
 use serde_json::json;
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
 fn rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -107,14 +102,14 @@ fn main() {
         );
         println!(
             "{n:>9} {gen_s:>9.1} {:>14.3} {:>14.3} {:>14.3} {:>14.3} {:>12.3} {:>9.0}",
-            percentile(&lookups, 0.5),
-            percentile(&lookups, 0.99),
-            percentile(&fuzzy, 0.5),
-            percentile(&writes, 0.5),
-            percentile(&writes, 0.99),
+            common::percentile(&lookups, 0.5),
+            common::percentile(&lookups, 0.99),
+            common::percentile(&fuzzy, 0.5),
+            common::percentile(&writes, 0.5),
+            common::percentile(&writes, 0.99),
             rss_mb()
         );
-        lookup_p50.push(percentile(&lookups, 0.5));
+        lookup_p50.push(common::percentile(&lookups, 0.5));
         drop(bridge);
         drop(dir);
     }

@@ -47,14 +47,6 @@ fn turn(i: usize) -> (&'static str, Value) {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
 /// (action, server ms, upstream-phase ms)
 type Sample = (&'static str, f64, f64);
 
@@ -116,14 +108,8 @@ async fn run(url: String, turns: usize, rate: f64) -> Vec<Sample> {
 }
 
 fn main() {
-    let turns: usize = std::env::var("UPSTREAM_TURNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4_000);
-    let rate: f64 = std::env::var("UPSTREAM_RATE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200.0);
+    let turns: usize = common::env_or("UPSTREAM_TURNS", 4_000);
+    let rate: f64 = common::env_or("UPSTREAM_RATE", 200.0);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -185,12 +171,12 @@ fn main() {
             d.sort_by(f64::total_cmp);
             println!(
                 "{action:<16} {:>12.3} {:>12.3} {:>14.3} {:>14.3} {:>14.3} {:>14.3}",
-                percentile(&d, 0.5),
-                percentile(&d, 0.99),
-                percentile(&total, 0.5),
-                percentile(&total, 0.99),
-                percentile(&added, 0.5),
-                percentile(&added, 0.99),
+                common::percentile(&d, 0.5),
+                common::percentile(&d, 0.99),
+                common::percentile(&total, 0.5),
+                common::percentile(&total, 0.99),
+                common::percentile(&added, 0.5),
+                common::percentile(&added, 0.99),
             );
         }
         println!("(direct: the upstream's own native endpoint; added: gateway time outside the upstream phase)");

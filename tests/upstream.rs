@@ -277,6 +277,21 @@ const FAIL_RESPONSE: &str = concat!(
     r#"{"ok":false,"error":{"code":"SERVICE_UNAVAILABLE","message":"down for maintenance","details":""},"meta":{"request_id":"x","timestamp":"x"}}"#
 );
 
+/// A failed turn still answered inside the 750 ms target: the server's own measure is the
+/// contract; the client's includes its own scheduling on a busy machine.
+fn answered_in_time(r: &common::Resp, sent_at: Instant) {
+    assert_eq!(
+        r.body["meta"]["performance"]["within_target"], true,
+        "{}",
+        r.text
+    );
+    assert!(
+        sent_at.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        sent_at.elapsed()
+    );
+}
+
 // ---- the native suite through the gateway ------------------------------------------------
 
 fn phases(r: &common::Resp) -> Vec<String> {
@@ -769,17 +784,7 @@ async fn a_stopped_upstream_process_is_a_spoken_502_not_a_hang() {
         e["spoken_summary"],
         "I can't reach OutreachPilot right now. Please try again in a moment."
     );
-    // The server's own measure is the contract; the client's includes its own scheduling.
-    assert_eq!(
-        r.body["meta"]["performance"]["within_target"], true,
-        "{}",
-        r.text
-    );
-    assert!(
-        t.elapsed() < Duration::from_millis(1500),
-        "{:?}",
-        t.elapsed()
-    );
+    answered_in_time(&r, t);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -828,19 +833,7 @@ async fn a_stalled_upstream_fails_inside_the_turn_budget_and_no_write_is_lost_or
             .contains("taking too long"),
         "{e}"
     );
-    // The server's own measure is the contract; the client's includes its own scheduling.
-    assert_eq!(
-        r.body["meta"]["performance"]["within_target"], true,
-        "{}",
-        r.text
-    );
-    assert!(
-        t.elapsed() < Duration::from_millis(1500),
-        "{:?}",
-        t.elapsed()
-    );
-    let perf = &r.body["meta"]["performance"];
-    assert_eq!(perf["within_target"], true, "{}", r.text);
+    answered_in_time(&r, t);
 
     // A write whose answer is lost: not stored as the key's outcome, so the retry runs again,
     // and the upstream's idempotency on the forwarded key keeps it to one note.

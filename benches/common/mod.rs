@@ -137,3 +137,20 @@ pub fn sample_actions() -> Vec<(&'static str, Value)> {
         ("undo_last", json!({"type":"undo_last"})),
     ]
 }
+
+/// The `p` quantile (0..=1) of an ascending slice, nearest rank; 0 for an empty one.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// A number from the environment variable `name`, or `default` when unset or unreadable.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
