@@ -183,12 +183,7 @@ pub fn contact_among(
         .collect();
     let prefix: Vec<&Contact> = pool
         .iter()
-        .filter(|(n, _)| {
-            let n_tokens = tokens(n);
-            q_tokens
-                .iter()
-                .all(|q| n_tokens.iter().any(|t| t.starts_with(*q)))
-        })
+        .filter(|(n, _)| every_token_prefixes(&q_tokens, n))
         .map(|(_, c)| c)
         .collect();
     for found in [exact, prefix] {
@@ -277,6 +272,14 @@ enum Step {
     Fuzzy,
 }
 
+/// Every query token is a prefix of one of the name's tokens ("sara ch" → "sarah chen").
+fn every_token_prefixes(q_tokens: &[&str], name: &str) -> bool {
+    let n_tokens = tokens(name);
+    q_tokens
+        .iter()
+        .all(|q| n_tokens.iter().any(|n| n.starts_with(q)))
+}
+
 /// Contacts where every query token is a prefix of one of the name's tokens ("sara ch" →
 /// "Sarah Chen"). Probes the index with the longest query token.
 fn prefix_matches(conn: &Connection, org: &str, query: &str) -> ApiResult<Vec<String>> {
@@ -297,12 +300,7 @@ fn prefix_matches(conn: &Connection, org: &str, query: &str) -> ApiResult<Vec<St
     let names = contacts::name_norms(conn, org, &ids)?;
     Ok(names
         .into_iter()
-        .filter(|(_, name, _)| {
-            let n_tokens = tokens(name);
-            q_tokens
-                .iter()
-                .all(|q| n_tokens.iter().any(|n| n.starts_with(q)))
-        })
+        .filter(|(_, name, _)| every_token_prefixes(&q_tokens, name))
         .map(|(id, _, _)| id)
         .collect())
 }
