@@ -14,7 +14,12 @@
 //! ids.rs text.rs  ids/timestamps; name normalisation for matching
 //! input.rs        field-by-field JSON reading with field-path errors
 //! auth/           API keys (SHA-256 lookup, cached verdicts), scopes, plans, rate limiting
-//! native/         the bridge core: 17 actions, resolution, confirmation, idempotency, undo
+//! native/         the bridge core: the pipeline (mod.rs), confirmation, replay, the 17 actions,
+//!                 resolution, undo; knows neither HTTP nor which backend or state store runs
+//! crm/            the CRM `Backend` trait: embedded (SQLite transaction per write) and
+//!                 upstream (remote REST v1 API)
+//! state/          the `StateStore` trait: durable idempotency records, pending actions, undo
+//!                 entries, dedupe window (SQLite), and the per-process running claims
 //! store/          embedded SQLite (WAL): schema migrations and one module per table family
 //! upstream/       backend = "upstream": pooled reqwest client for a remote REST v1 API,
 //!                 deadlines, read retries, circuit breaker, upstream error mapping
@@ -34,6 +39,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod crm;
 pub mod demo;
 pub mod domain;
 pub mod error;
@@ -42,6 +48,7 @@ pub mod ids;
 pub mod input;
 pub mod native;
 pub mod server;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod text;

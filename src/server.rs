@@ -64,6 +64,7 @@ pub async fn start(config: Config, store: Option<Store>) -> anyhow::Result<Runni
     let addr = listener.local_addr()?;
     let app = App::new(config, store, crate::telemetry::install_metrics())?;
     crate::native::workers::spawn(app.store.clone(), app.shutdown_signal());
+    crate::state::spawn_maintenance(app.bridge.state().clone(), app.shutdown_signal());
     let task = tokio::spawn(serve(
         app.clone(),
         listener,

@@ -716,3 +716,85 @@ async fn sigterm_turns_readiness_off_first_then_drains_and_exits_cleanly() {
         t.elapsed()
     );
 }
+
+/// Conversation state is durable (DESIGN §15): a keyed native write retried after `kill -9`
+/// replays instead of running again, and a pending action asked before a SIGTERM or a `kill -9`
+/// is confirmed after the restart — once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_state_survives_sigterm_and_kill_9() {
+    const KEY: &str = "op_live_StateSurvivesRestarts0123456789abcdefgh";
+    const NATIVE: &str = "/native/outreachpilot";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let env = [("PILOT_BRIDGE_DEMO_KEY", KEY)];
+    let (mut server, _) = Server::spawn(d, &["--demo"], &env);
+    server.wait_ready().await;
+    cli_ok(d, &["org", "set", "demo", "--rate-limit", "0"]);
+    let c = server.client(KEY);
+    let note = json!({ "action": { "type": "note_on_contact", "contactRef": "Sarah Chen",
+                                   "note": "Survives kill -9" },
+                       "idempotencyKey": "kill9-note" });
+    let first = c.post(NATIVE, note.clone()).await;
+    let note_id = first.ok(200)["ids"]["note_id"].clone();
+    let ask = |campaign: &str| json!({ "action": { "type": "add_to_campaign", "contactRef": "John Smith", "campaignRef": campaign } });
+    let asked = c.post(NATIVE, ask("Seed founders")).await;
+    let pid_kill = asked.ok(200)["pending_action_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    server.kill9();
+
+    let (mut server, _) = Server::spawn(d, &["--demo"], &env);
+    server.wait_ready().await;
+    let c = server.client(KEY);
+    let again = c.post(NATIVE, note).await;
+    let data = again.ok(200);
+    assert_eq!(data["mode"], "duplicate", "{data}");
+    assert_eq!(data["ids"]["note_id"], note_id);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    let confirmed = c
+        .post(
+            NATIVE,
+            json!({ "pendingActionId": pid_kill, "confirmed": true }),
+        )
+        .await;
+    assert_eq!(confirmed.ok(200)["mode"], "result", "{}", confirmed.text);
+    // Asked now, confirmed after a graceful restart.
+    let asked = c
+        .post(
+            NATIVE,
+            json!({ "action": { "type": "pause_campaign", "campaignRef": "Seed founders" } }),
+        )
+        .await;
+    let pid_term = asked.ok(200)["pending_action_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill -TERM")
+        .success());
+    let status = server.child.wait().expect("wait");
+    assert!(status.success(), "exit status {status}");
+    drop(server);
+
+    let (mut server, _) = Server::spawn(d, &["--demo"], &env);
+    server.wait_ready().await;
+    let c = server.client(KEY);
+    let confirmed = c
+        .post(
+            NATIVE,
+            json!({ "pendingActionId": pid_term, "confirmed": true }),
+        )
+        .await;
+    assert_eq!(confirmed.ok(200)["mode"], "result", "{}", confirmed.text);
+    for pid in [&pid_kill, &pid_term] {
+        let twice = c
+            .post(NATIVE, json!({ "pendingActionId": pid, "confirmed": true }))
+            .await;
+        assert_eq!(twice.ok(200)["mode"], "duplicate", "{}", twice.text);
+    }
+    server.kill9();
+}

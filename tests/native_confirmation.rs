@@ -96,7 +96,11 @@ async fn the_seven_dangerous_writes_ask_then_execute_exactly_once() {
             before,
             "{ty}: no effect before confirmation"
         );
-        assert_eq!(d.s.server.app.bridge.pending().open_count(), 1, "{ty}");
+        assert_eq!(
+            d.s.server.app.bridge.open_pending().await.unwrap(),
+            1,
+            "{ty}"
+        );
 
         let r = d
             .send(json!({ "pendingActionId": pid, "confirmed": true, "transcript": "Yes." }))
@@ -127,7 +131,7 @@ async fn the_seven_dangerous_writes_ask_then_execute_exactly_once() {
         }
         assert_eq!(snapshot(&d).await, after, "{ty}: executed exactly once");
         assert_eq!(
-            d.s.server.app.bridge.pending().open_count(),
+            d.s.server.app.bridge.open_pending().await.unwrap(),
             0,
             "{ty}: a confirmed action no longer awaits an answer"
         );
@@ -211,7 +215,7 @@ async fn confirmed_false_cancels_and_a_later_confirmation_is_not_found() {
     let e = check_err(&r, 404, "RESOURCE_NOT_FOUND");
     assert!(e["spoken_summary"].as_str().unwrap().contains("cancelled"));
     assert_eq!(d.campaign(&seed).await["audience_stats"]["total"], before);
-    assert_eq!(d.s.server.app.bridge.pending().open_count(), 0);
+    assert_eq!(d.s.server.app.bridge.open_pending().await.unwrap(), 0);
 }
 
 #[tokio::test]
@@ -330,7 +334,7 @@ async fn confirmed_true_in_one_step_executes_directly() {
         d.campaign(&seed).await["audience_stats"]["total"],
         before + 1
     );
-    assert_eq!(d.s.server.app.bridge.pending().open_count(), 0);
+    assert_eq!(d.s.server.app.bridge.open_pending().await.unwrap(), 0);
 }
 
 #[tokio::test]
@@ -365,7 +369,7 @@ async fn adding_to_a_paused_or_draft_campaign_fails_before_asking() {
         rest.err(400, "CAMPAIGN_NOT_ACTIVE");
     }
     assert_eq!(
-        d.s.server.app.bridge.pending().open_count(),
+        d.s.server.app.bridge.open_pending().await.unwrap(),
         0,
         "no question was asked"
     );

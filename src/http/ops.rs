@@ -43,7 +43,7 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String)))]
 pub async fn metrics(State(app): State<AppState>) -> Response {
     // Gauges that are cheap to read at scrape time and costly to keep current per request.
-    crate::telemetry::pending_actions(app.bridge.pending().open_count());
+    // (Open pending actions are counted by the state maintenance task, not per scrape.)
     crate::telemetry::ws_connections(app.ws_connections.open());
     let body = app.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
     (

@@ -19,7 +19,9 @@ pub enum Step {
     Execute(Plan),
 }
 
-#[derive(Debug, Clone)]
+/// Serialisable: a pending action keeps its plan in the state store across restarts.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "plan", rename_all = "snake_case")]
 pub enum Plan {
     AddToCampaign {
         contact: Contact,

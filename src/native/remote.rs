@@ -22,7 +22,7 @@ use super::actions::{
 use super::plan::{Plan, Step};
 use super::reply::{NativeReply, ReplyMode};
 use super::resolve::{self, Resolved};
-use super::undo::UndoOp;
+use super::undo::{parse_stored, Applied, UndoOp};
 use crate::domain::{CampaignStatus, ContactStatus, PilotMode};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::ids::{is_uuid, parse_rfc3339, to_rfc3339};
@@ -715,6 +715,7 @@ pub async fn execute(r: &Remote<'_>, ctx: &RemoteCtx<'_>, plan: Plan) -> ApiResu
                     UndoOp::RemoveFromCampaign {
                         campaign_id: campaign.id.clone(),
                         contact_id: contact.id.clone(),
+                        member_id: None,
                     },
                 )
             });
@@ -967,18 +968,29 @@ fn native_reply(v: &Value) -> ApiResult<NativeReply> {
     Ok(reply)
 }
 
-/// Applies one undo entry upstream and returns the sentence to speak.
+/// Applies one undo entry upstream and says what happened. Compare-and-set as in embedded
+/// mode (DESIGN §15): a field is reverted only while it still holds the value the write set,
+/// read first and written second (the upstream offers no conditional write, so a change landing
+/// between the two is not caught).
 pub async fn undo(
     r: &Remote<'_>,
     effect_key: &str,
     op: &UndoOp,
     summary: &str,
-) -> ApiResult<String> {
-    let done = format!("Undone. {summary}");
+) -> ApiResult<Applied> {
+    let done = || Applied {
+        spoken: format!("Undone. {summary}"),
+        reverted: true,
+    };
+    let left = |spoken: String| Applied {
+        spoken,
+        reverted: false,
+    };
     match op {
         UndoOp::RemoveFromCampaign {
             campaign_id,
             contact_id,
+            ..
         } => {
             forward(
                 r,
@@ -986,7 +998,7 @@ pub async fn undo(
                 json!({ "type": "remove_from_campaign", "contactId": contact_id, "campaignRef": campaign_id }),
             )
             .await?;
-            Ok(done)
+            Ok(done())
         }
         UndoOp::RestoreAudience {
             campaign_id,
@@ -1000,12 +1012,28 @@ pub async fn undo(
                 &json!({ "contact_id": contact_id }),
             )
             .await?;
-            Ok(done)
+            Ok(done())
         }
         UndoOp::SetCampaignStatus {
             campaign_id,
             status,
+            expected,
         } => {
+            let status: CampaignStatus = parse_stored("campaign status", status)?;
+            if let Some(expected) = expected {
+                let expected: CampaignStatus = parse_stored("campaign status", expected)?;
+                let path = format!("/campaigns/{campaign_id}");
+                let current: Campaign = r
+                    .one("campaigns.get", &path)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found("Campaign"))?;
+                if current.status != expected {
+                    return Ok(left(format!(
+                        "{} was changed to {} since, so I left it.",
+                        current.name, current.status
+                    )));
+                }
+            }
             r.send(
                 "campaigns.update",
                 Method::PATCH,
@@ -1013,10 +1041,29 @@ pub async fn undo(
                 &json!({ "status": status }),
             )
             .await?;
-            Ok(done)
+            Ok(done())
         }
-        UndoOp::RestoreStatus { contact_id, status } => {
-            let status: ContactStatus = status.parse().map_err(ApiError::internal)?;
+        UndoOp::RestoreStatus {
+            contact_id,
+            status,
+            expected,
+        } => {
+            let status: ContactStatus = parse_stored("contact status", status)?;
+            if let Some(expected) = expected {
+                let expected: ContactStatus = parse_stored("contact status", expected)?;
+                let path = format!("/contacts/{contact_id}");
+                let current: Contact = r
+                    .one("contacts.get", &path)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found("Contact"))?;
+                if current.status != expected {
+                    return Ok(left(format!(
+                        "{}'s status was changed to {} since, so I left it.",
+                        current.display_name(),
+                        current.status.as_str().replace('_', " ")
+                    )));
+                }
+            }
             r.send(
                 "contacts.update",
                 Method::PUT,
@@ -1024,7 +1071,7 @@ pub async fn undo(
                 &json!({ "status": status }),
             )
             .await?;
-            Ok(done)
+            Ok(done())
         }
         UndoOp::DeleteNote { note_id } => {
             r.send(
@@ -1034,150 +1081,31 @@ pub async fn undo(
                 &json!({}),
             )
             .await?;
-            Ok(done)
+            Ok(done())
         }
         UndoOp::UpstreamUndoLast => {
             let action = json!({ "type": "undo_last" });
             let answer = ask_native(r, "native.forward", action, false, Some(effect_key)).await?;
-            Ok(answer.spoken_summary)
+            let reverted = answer
+                .data
+                .get("undone")
+                .and_then(Value::as_bool)
+                .unwrap_or(true);
+            Ok(Applied {
+                spoken: answer.spoken_summary,
+                reverted,
+            })
         }
         UndoOp::DeleteDraft { .. }
         | UndoOp::CancelMessage { .. }
         | UndoOp::CancelJob { .. }
-        | UndoOp::RevertEnrichment { .. } => Ok("I couldn't undo that.".to_string()),
-    }
-}
-
-// ---- undo -------------------------------------------------------------------------------
-
-/// Most undo entries kept per key; older ones fall off.
-const UNDO_DEPTH: usize = 32;
-/// Entries older than this are dropped whenever the key writes again (the undo window is at
-/// most this long in practice; `native.undo_window_secs` defaults to 600).
-const UNDO_KEEP_SECS: u64 = 3600;
-
-/// The gateway's undo stack in upstream mode, per (org, key), in memory like pending actions.
-#[derive(Default)]
-pub struct UndoStack {
-    entries: dashmap::DashMap<(String, String), Vec<UndoEntry>>,
-}
-
-#[derive(Debug, Clone)]
-struct UndoEntry {
-    id: String,
-    action_type: &'static str,
-    summary: String,
-    op: UndoOp,
-    at: tokio::time::Instant,
-    created_at: String,
-}
-
-impl UndoStack {
-    pub fn push(
-        &self,
-        org: &str,
-        key: &str,
-        action_type: &'static str,
-        summary: String,
-        op: UndoOp,
-    ) {
-        let mut stack = self
-            .entries
-            .entry((org.to_string(), key.to_string()))
-            .or_default();
-        let window = std::time::Duration::from_secs(UNDO_KEEP_SECS);
-        stack.retain(|e| e.at.elapsed() <= window);
-        if stack.len() >= UNDO_DEPTH {
-            stack.remove(0);
-        }
-        stack.push(UndoEntry {
-            id: crate::ids::new_id(),
-            action_type,
-            summary,
-            op,
-            at: tokio::time::Instant::now(),
-            created_at: crate::ids::now_rfc3339(),
-        });
-    }
-
-    /// The newest entry inside `window`, taken off the stack.
-    fn pop(&self, org: &str, key: &str, window: std::time::Duration) -> Option<UndoEntry> {
-        let mut stack = self.entries.get_mut(&(org.to_string(), key.to_string()))?;
-        stack.retain(|e| e.at.elapsed() <= window);
-        stack.pop()
-    }
-
-    /// Puts an entry back after its undo failed upstream, so asking again can still undo it.
-    fn restore(&self, org: &str, key: &str, entry: UndoEntry) {
-        let mut stack = self
-            .entries
-            .entry((org.to_string(), key.to_string()))
-            .or_default();
-        // Back in its place by age: a write that landed meanwhile stays on top.
-        let at = stack.partition_point(|e| e.at <= entry.at);
-        stack.insert(at, entry);
-        if stack.len() > UNDO_DEPTH {
-            stack.remove(0);
-        }
-    }
-}
-
-/// `undo_last` in upstream mode: reverses the newest undoable write of the same key made
-/// through this gateway inside the window, answered as in embedded mode.
-pub async fn undo_last(
-    r: &Remote<'_>,
-    stack: &UndoStack,
-    org: &str,
-    key: &str,
-    window: std::time::Duration,
-) -> ApiResult<NativeReply> {
-    let Some(entry) = stack.pop(org, key, window) else {
-        return Ok(NativeReply::result(
-            "There's nothing to undo.",
-            json!({ "undone": false }),
-        ));
-    };
-    // Keyed by the entry, not the request: a retry after a lost answer (the entry is put back)
-    // reaches the upstream as the same undo, never as a second one.
-    let entry_key = effect_key(key, &format!("undo:{}", entry.id));
-    match undo(r, &entry_key, &entry.op, &entry.summary).await {
-        Ok(spoken) => Ok(NativeReply::result(
-            spoken,
-            json!({ "undone": true, "undone_action": entry.action_type, "summary": entry.summary, "done_at": entry.created_at }),
-        )
-        .with_id("undo_id", entry.id)),
-        Err(e) => {
-            stack.restore(org, key, entry);
-            Err(e)
-        }
+        | UndoOp::RevertEnrichment { .. } => Ok(left("I couldn't undo that.".to_string())),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    fn op(n: &str) -> UndoOp {
-        UndoOp::DeleteNote { note_id: n.into() }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn undo_stack_is_per_key_newest_first_and_windowed() {
-        let s = UndoStack::default();
-        s.push("o", "k1", "note_on_contact", "a".into(), op("1"));
-        s.push("o", "k1", "note_on_contact", "b".into(), op("2"));
-        s.push("o", "k2", "note_on_contact", "c".into(), op("3"));
-        let w = Duration::from_secs(600);
-        assert_eq!(s.pop("o", "k1", w).map(|e| e.summary), Some("b".into()));
-        tokio::time::advance(Duration::from_secs(601)).await;
-        assert!(s.pop("o", "k1", w).is_none(), "older than the window");
-        assert!(s.pop("o", "k2", w).is_none());
-        s.push("o", "k2", "note_on_contact", "d".into(), op("4"));
-        let e = s.pop("o", "k2", w).unwrap();
-        s.restore("o", "k2", e);
-        assert_eq!(s.pop("o", "k2", w).map(|e| e.summary), Some("d".into()));
-    }
 
     #[test]
     fn native_replies_from_upstream_become_ours() {

@@ -1,13 +1,13 @@
 //! The native reply (DESIGN §4) and the outcome of one turn as transports see it.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::timing::ServerTiming;
 use crate::error::ApiError;
 
 /// What kind of answer this is (DESIGN §4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReplyMode {
     Result,
@@ -49,8 +49,9 @@ pub struct Performance {
     pub within_target: bool,
 }
 
-/// The `data` of a successful native reply.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+/// The `data` of a successful native reply. Deserialisable because finished outcomes are stored
+/// for replay (without `performance`, which belongs to each turn).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NativeReply {
     pub mode: ReplyMode,
     /// One or two plain sentences for a TTS engine (no ids, URLs or markdown).
@@ -77,6 +78,7 @@ pub struct NativeReply {
     pub audit_id: Option<String>,
     /// Filled in last, when the total time is known.
     #[schema(required = true)]
+    #[serde(skip_deserializing)]
     pub performance: Option<Performance>,
 }
 

@@ -36,6 +36,19 @@ pub struct NativeRequest {
     pub fingerprint: [u8; 32],
 }
 
+impl NativeRequest {
+    /// A read action (not a confirmation): nothing to claim, nothing to keep.
+    pub fn is_read(&self) -> bool {
+        self.pending_action_id.is_none() && self.action.as_ref().is_some_and(|a| a.is_read())
+    }
+
+    /// The action as sent, or JSON `null` on a bare confirmation.
+    pub fn action_json_or_null(&self) -> &Value {
+        static NULL: Value = Value::Null;
+        self.action_json.as_ref().unwrap_or(&NULL)
+    }
+}
+
 const MAX_TRANSCRIPT: usize = 10_000;
 
 fn string_field(obj: &Map<String, Value>, key: &str) -> ApiResult<Option<String>> {

@@ -6,16 +6,24 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::domain::{AudienceStatus, CampaignStatus, ContactStatus};
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::store::{campaigns, contacts, interactions, native as rows};
 
 /// How to reverse one write. Stored as JSON in `undo_entries`.
+///
+/// Undo is compare-and-set (DESIGN §15): an op carries what its write set, and reverting
+/// happens only while that still holds. The `expected`/`member_id` fields are optional so
+/// entries written before they existed still read (and then revert unconditionally, as they
+/// always did).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum UndoOp {
     RemoveFromCampaign {
         campaign_id: String,
         contact_id: String,
+        /// The membership the add created: only that one is removed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        member_id: Option<String>,
     },
     RestoreAudience {
         campaign_id: String,
@@ -25,6 +33,9 @@ pub enum UndoOp {
     SetCampaignStatus {
         campaign_id: String,
         status: String,
+        /// The status the write set.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expected: Option<String>,
     },
     DeleteDraft {
         draft_id: String,
@@ -42,6 +53,9 @@ pub enum UndoOp {
     RestoreStatus {
         contact_id: String,
         status: String,
+        /// The status the write set.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expected: Option<String>,
     },
     DeleteNote {
         note_id: String,
@@ -51,51 +65,109 @@ pub enum UndoOp {
     UpstreamUndoLast,
 }
 
-/// Applies `op` and returns the sentence to speak. `summary` is what the undone write stored
-/// as "what undoing this means" ("Sarah Chen is out of Seed founders again.").
-pub fn apply(conn: &Connection, org: &str, op: &UndoOp, summary: &str) -> ApiResult<String> {
-    let done = format!("Undone. {summary}");
+/// What applying an undo did.
+pub struct Applied {
+    pub spoken: String,
+    /// False when the world had moved on and the entry was left alone.
+    pub reverted: bool,
+}
+
+impl Applied {
+    fn done(summary: &str) -> Self {
+        Applied {
+            spoken: format!("Undone. {summary}"),
+            reverted: true,
+        }
+    }
+
+    fn left(spoken: impl Into<String>) -> Self {
+        Applied {
+            spoken: spoken.into(),
+            reverted: false,
+        }
+    }
+}
+
+/// Parses a stored status strictly: an unreadable value is an error, never a default.
+pub fn parse_stored<T: std::str::FromStr<Err = String>>(what: &str, s: &str) -> ApiResult<T> {
+    s.parse()
+        .map_err(|e| ApiError::internal(format!("unreadable stored {what}: {e}")))
+}
+
+/// Applies `op` and says what happened. `summary` is what the undone write stored as "what
+/// undoing this means" ("Sarah Chen is out of Seed founders again.").
+pub fn apply(conn: &Connection, org: &str, op: &UndoOp, summary: &str) -> ApiResult<Applied> {
     Ok(match op {
         UndoOp::RemoveFromCampaign {
             campaign_id,
             contact_id,
+            member_id,
         } => {
-            campaigns::remove_from_audience(conn, campaign_id, contact_id)?;
-            done
+            let current = campaigns::audience_member(conn, campaign_id, contact_id)?;
+            match (current, member_id) {
+                (None, _) => Applied::left(
+                    "That contact had already left the campaign, so there was nothing to undo.",
+                ),
+                (Some(m), Some(id)) if &m.id != id => Applied::left(
+                    "That contact was added to the campaign again since, so I left them in.",
+                ),
+                (Some(_), _) => {
+                    campaigns::remove_from_audience(conn, campaign_id, contact_id)?;
+                    Applied::done(summary)
+                }
+            }
         }
         UndoOp::RestoreAudience {
             campaign_id,
             contact_id,
             status,
         } => {
-            let status: AudienceStatus = status.parse().unwrap_or(AudienceStatus::Active);
-            campaigns::restore_member(conn, campaign_id, contact_id, status)?;
-            done
+            let status: AudienceStatus = parse_stored("audience status", status)?;
+            if campaigns::audience_member(conn, campaign_id, contact_id)?.is_some() {
+                Applied::left("That contact is back in the campaign already, so I left it.")
+            } else {
+                campaigns::restore_member(conn, campaign_id, contact_id, status)?;
+                Applied::done(summary)
+            }
         }
         UndoOp::SetCampaignStatus {
             campaign_id,
             status,
+            expected,
         } => {
-            let status: CampaignStatus = status.parse().unwrap_or(CampaignStatus::Active);
-            campaigns::set_status(conn, org, campaign_id, status)?;
-            done
+            let status: CampaignStatus = parse_stored("campaign status", status)?;
+            let current = campaigns::require(conn, org, campaign_id)?;
+            match expected {
+                Some(e)
+                    if parse_stored::<CampaignStatus>("campaign status", e)? != current.status =>
+                {
+                    Applied::left(format!(
+                        "{} was changed to {} since, so I left it.",
+                        current.name, current.status
+                    ))
+                }
+                _ => {
+                    campaigns::set_status(conn, org, campaign_id, status)?;
+                    Applied::done(summary)
+                }
+            }
         }
         UndoOp::DeleteDraft { draft_id } => {
             rows::delete_draft(conn, org, draft_id)?;
-            done
+            Applied::done(summary)
         }
         UndoOp::CancelMessage { message_id } => {
             if rows::cancel_outbox(conn, org, message_id)? {
-                done
+                Applied::done(summary)
             } else {
-                "That message already went out, so I can't take it back.".to_string()
+                Applied::left("That message already went out, so I can't take it back.")
             }
         }
         UndoOp::CancelJob { job_id } => {
             if rows::transition_job(conn, job_id, "queued", "cancelled")? {
-                done
+                Applied::done(summary)
             } else {
-                "That research already started, so I can't cancel it.".to_string()
+                Applied::left("That research already started, so I can't cancel it.")
             }
         }
         UndoOp::RevertEnrichment { job_id, contact_id } => {
@@ -104,19 +176,36 @@ pub fn apply(conn: &Connection, org: &str, op: &UndoOp, summary: &str) -> ApiRes
                     restore_fields(conn, org, contact_id, &prev)?;
                 }
             }
-            done
+            Applied::done(summary)
         }
-        UndoOp::RestoreStatus { contact_id, status } => {
-            let status: ContactStatus = status.parse().unwrap_or(ContactStatus::New);
-            contacts::set_status(conn, org, contact_id, status)?;
-            done
+        UndoOp::RestoreStatus {
+            contact_id,
+            status,
+            expected,
+        } => {
+            let status: ContactStatus = parse_stored("contact status", status)?;
+            let contact = contacts::require(conn, org, contact_id)?;
+            let current = contact.status;
+            match expected {
+                Some(e) if parse_stored::<ContactStatus>("contact status", e)? != current => {
+                    Applied::left(format!(
+                        "{}'s status was changed to {} since, so I left it.",
+                        contact.display_name(),
+                        current.as_str().replace('_', " ")
+                    ))
+                }
+                _ => {
+                    contacts::set_status(conn, org, contact_id, status)?;
+                    Applied::done(summary)
+                }
+            }
         }
         UndoOp::DeleteNote { note_id } => {
             interactions::delete(conn, org, note_id)?;
-            done
+            Applied::done(summary)
         }
         // Only the upstream backend records these; an embedded store never sees one.
-        UndoOp::UpstreamUndoLast => "I couldn't undo that.".to_string(),
+        UndoOp::UpstreamUndoLast => Applied::left("I couldn't undo that."),
     })
 }
 
@@ -159,9 +248,29 @@ mod tests {
         let op = UndoOp::RestoreStatus {
             contact_id: "c".into(),
             status: "qualified".into(),
+            expected: Some("replied".into()),
         };
         let v = to_json(&op);
         assert_eq!(v["op"], "restore_status");
         assert_eq!(serde_json::from_value::<UndoOp>(v).unwrap(), op);
+    }
+
+    #[test]
+    fn entries_written_before_compare_and_set_still_read() {
+        let old = json!({ "op": "restore_status", "contact_id": "c", "status": "new" });
+        assert_eq!(
+            serde_json::from_value::<UndoOp>(old).unwrap(),
+            UndoOp::RestoreStatus {
+                contact_id: "c".into(),
+                status: "new".into(),
+                expected: None
+            }
+        );
+    }
+
+    #[test]
+    fn stored_statuses_parse_strictly() {
+        assert!(parse_stored::<ContactStatus>("contact status", "qualifed").is_err());
+        assert!(parse_stored::<ContactStatus>("contact status", "qualified").is_ok());
     }
 }

@@ -389,6 +389,19 @@ pub fn insert_undo(
     undo: &Value,
 ) -> ApiResult<String> {
     let id = new_id();
+    insert_undo_with_id(conn, &id, org, key_id, action_type, summary, undo)?;
+    Ok(id)
+}
+
+pub fn insert_undo_with_id(
+    conn: &Connection,
+    id: &str,
+    org: &str,
+    key_id: &str,
+    action_type: &str,
+    summary: &str,
+    undo: &Value,
+) -> ApiResult<()> {
     conn.prepare_cached(
         "INSERT INTO undo_entries (id, org_id, key_id, action_type, summary, undo, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -402,7 +415,7 @@ pub fn insert_undo(
         undo.to_string(),
         now_rfc3339()
     ])?;
-    Ok(id)
+    Ok(())
 }
 
 /// The newest not-yet-undone entry of this key created at or after `since`.
@@ -423,17 +436,20 @@ pub fn latest_undo(
                 id: r.get(0)?,
                 action_type: r.get(1)?,
                 summary: r.get(2)?,
-                undo: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or(Value::Null),
+                undo: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or(Value::Null), // parsed strictly by the caller
                 created_at: r.get(4)?,
             })
         })
         .optional()?)
 }
 
-pub fn mark_undone(conn: &Connection, id: &str) -> ApiResult<()> {
-    conn.execute(
-        "UPDATE undo_entries SET undone_at = ?2 WHERE id = ?1",
-        params![id, now_rfc3339()],
-    )?;
-    Ok(())
+/// Marks an entry used up by `undo_last` (`reverted`: whether its effect was undone); false
+/// when it already was (compare-and-set).
+pub fn mark_undone(conn: &Connection, id: &str, reverted: bool) -> ApiResult<bool> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE undo_entries SET undone_at = ?2, reverted = ?3 WHERE id = ?1 AND undone_at IS NULL",
+        )?
+        .execute(params![id, now_rfc3339(), reverted])?;
+    Ok(n == 1)
 }

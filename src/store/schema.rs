@@ -265,6 +265,43 @@ CREATE INDEX signals_org_contact_detected ON signals(org_id, contact_id, detecte
 DROP INDEX signals_org_detected;
 CREATE INDEX signals_org_detected ON signals(org_id, detected_at, id);
 "#,
+    // 3: durable conversation state (DESIGN §15): idempotency records (client keys, derived
+    // confirmation keys and the keyless dedupe window, per API key) and pending actions. Undo
+    // entries already had a table; an index serves the retention sweep.
+    r#"
+CREATE TABLE idempotency_records (
+    org_id       TEXT NOT NULL,
+    key_id       TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    fingerprint  BLOB NOT NULL,
+    outcome      TEXT NOT NULL,
+    undo_id      TEXT,
+    created_at   INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL,
+    PRIMARY KEY (org_id, key_id, name)
+) WITHOUT ROWID;
+CREATE INDEX idempotency_records_expiry ON idempotency_records(expires_at);
+
+CREATE TABLE pending_actions (
+    id           TEXT PRIMARY KEY,
+    org_id       TEXT NOT NULL,
+    key_id       TEXT NOT NULL,
+    plan         TEXT NOT NULL,
+    action       TEXT NOT NULL,
+    transcript   TEXT,
+    state        TEXT NOT NULL DEFAULT 'open',
+    created_at   INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL,
+    settled_at   INTEGER
+);
+CREATE INDEX pending_actions_expiry ON pending_actions(expires_at);
+CREATE INDEX pending_actions_open ON pending_actions(state, expires_at);
+
+CREATE INDEX undo_entries_created ON undo_entries(created_at);
+-- 0 when undo_last found the world changed and left the effect alone (compare-and-set undo):
+-- the entry is used up, but the effect was not undone.
+ALTER TABLE undo_entries ADD COLUMN reverted INTEGER;
+"#,
 ];
 
 /// Brings the database up to the newest schema. Safe to call on every open, from several

@@ -254,6 +254,7 @@ pub fn execute_add(
             UndoOp::RemoveFromCampaign {
                 campaign_id: campaign.id.clone(),
                 contact_id: contact.id.clone(),
+                member_id: Some(member.id.clone()),
             },
         )
     });
@@ -331,6 +332,7 @@ pub(crate) fn status_set(updated: Campaign, from: CampaignStatus, to: CampaignSt
         UndoOp::SetCampaignStatus {
             campaign_id: updated.id.clone(),
             status: from.to_string(),
+            expected: Some(to.to_string()),
         },
     ));
     Executed { reply: r, undo }

@@ -177,6 +177,7 @@ pub(crate) fn status_marked(
             UndoOp::RestoreStatus {
                 contact_id: contact.id.clone(),
                 status: previous.to_string(),
+                expected: Some(status.to_string()),
             },
         )
     });

@@ -259,6 +259,46 @@ pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>, plan: Plan) -> ApiResult<Ex
             draft_id,
         } => {
             let contact = contacts::require(conn, ctx.org, &contact.id)?;
+            // Confirmed minutes after it was asked: the world may have changed since. Re-read
+            // inside this transaction what sending depends on, and do nothing if it no longer
+            // holds (DESIGN §15).
+            let name = contact.display_name().to_string();
+            match orgs::pilot_mode(conn, ctx.org)? {
+                PilotMode::Auto => {}
+                mode => {
+                    let reason = match mode {
+                        PilotMode::Off => "pilot_off",
+                        _ => "pilot_review",
+                    };
+                    let spoken = match mode {
+                        PilotMode::Off => format!(
+                            "Pilot was turned off since you asked, so I didn't send the {} to {name}.",
+                            channel_word(channel)
+                        ),
+                        _ => format!(
+                            "Pilot is in review mode now, so I didn't send the {} to {name}.",
+                            channel_word(channel)
+                        ),
+                    };
+                    return Ok(Executed {
+                        reply: NativeReply::result(
+                            spoken,
+                            json!({ "pilot_mode": mode.as_str(), "sent": false, "reason": reason }),
+                        )
+                        .with_id("contact_id", contact.id.clone()),
+                        undo: None,
+                    });
+                }
+            }
+            if channel == Channel::Email && contact.email.is_none() {
+                return Err(ApiError::validation(
+                    "action.contactRef",
+                    "the contact has no email address",
+                )
+                .with_spoken(format!(
+                    "{name} has no email address any more, so I didn't send it."
+                )));
+            }
             let deliver_after = crate::ids::to_rfc3339(
                 chrono::Utc::now()
                     + chrono::Duration::seconds(i64::try_from(ctx.outbox_hold_secs).unwrap_or(30)),
@@ -279,7 +319,6 @@ pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>, plan: Plan) -> ApiResult<Ex
             if let Some(d) = &draft_id {
                 rows::set_draft_status(conn, ctx.org, d, "queued")?;
             }
-            let name = contact.display_name().to_string();
             let mut r = NativeReply::new(
                 ReplyMode::Queued,
                 format!(

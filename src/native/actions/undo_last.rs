@@ -6,30 +6,27 @@ use serde_json::json;
 use super::{ExecCtx, Executed};
 use crate::error::ApiResult;
 use crate::native::reply::NativeReply;
-use crate::native::undo::{self, UndoOp};
-use crate::store::native as rows;
+use crate::native::undo;
+use crate::state::sqlite as state_rows;
 
 pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>) -> ApiResult<Executed> {
     let since = crate::ids::to_rfc3339(
         chrono::Utc::now()
             - chrono::Duration::seconds(i64::try_from(ctx.undo_window_secs).unwrap_or(600)),
     );
-    let Some(entry) = rows::latest_undo(conn, ctx.org, ctx.key_id, &since)? else {
+    let Some(entry) = state_rows::latest_undo(conn, ctx.org, ctx.key_id, &since)? else {
         return Ok(Executed {
             reply: NativeReply::result("There's nothing to undo.", json!({ "undone": false })),
             undo: None,
         });
     };
-    let op: Option<UndoOp> = serde_json::from_value(entry.undo.clone()).ok();
-    let spoken = match &op {
-        Some(op) => undo::apply(conn, ctx.org, op, &entry.summary)?,
-        None => "I couldn't undo that.".to_string(),
-    };
-    rows::mark_undone(conn, &entry.id)?;
+    let applied = undo::apply(conn, ctx.org, &entry.op, &entry.summary)?;
+    // The entry is used up either way: reverted, or left alone because the world moved on.
+    state_rows::mark_undone(conn, &entry.id, applied.reverted)?;
     Ok(Executed {
         reply: NativeReply::result(
-            spoken,
-            json!({ "undone": op.is_some(), "undone_action": entry.action_type, "summary": entry.summary, "done_at": entry.created_at }),
+            applied.spoken,
+            json!({ "undone": applied.reverted, "undone_action": entry.action_type, "summary": entry.summary, "done_at": entry.created_at }),
         )
         .with_id("undo_id", entry.id),
         undo: None,

@@ -1,0 +1,364 @@
+//! Conversation state (DESIGN §8, §15): idempotency records, pending actions, undo entries and
+//! the keyless dedupe window, behind one [`StateStore`] trait so the pipeline never knows where
+//! they live.
+//!
+//! # What holds which promise
+//!
+//! - The store is the durable copy. A record is never dropped before its retention ends; the
+//!   embedded implementation ([`sqlite::SqliteState`]) keeps everything in the service's SQLite
+//!   database, and the embedded CRM backend commits a keyed write's record and a pending
+//!   action's settlement in the same transaction as the effect ([`Seal`]).
+//! - [`claims::Claims`] holds the requests running in this process, so a twin waits for the
+//!   first instead of executing; it is memory by nature (a claim dies with its process).
+//! - The store's front cache is memory too: bounded, admitting every new entry (LRU), and never
+//!   the only copy.
+//!
+//! Recording is a compare-and-set (`record` inserts only where no live record exists), so a
+//! replica-shared implementation can offer the same guarantee with one atomic operation.
+
+pub mod claims;
+pub mod sqlite;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::native::plan::Plan;
+use crate::native::reply::NativeReply;
+use crate::native::undo::UndoOp;
+
+/// Who an idempotency record belongs to: (org, API key, name). `name` is the client's
+/// idempotency key, `dedupe:<fingerprint>` for a keyless write, or the derived confirmation key
+/// `native:<type>:<pending id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Scope {
+    pub org: String,
+    pub key_id: String,
+    pub name: String,
+}
+
+impl Scope {
+    pub fn new(org: &str, key_id: &str, name: impl Into<String>) -> Self {
+        Scope {
+            org: org.to_string(),
+            key_id: key_id.to_string(),
+            name: name.into(),
+        }
+    }
+}
+
+/// An error outcome as stored for replay.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredError {
+    pub code: String,
+    pub message: String,
+    pub details: Option<String>,
+    pub spoken_summary: String,
+}
+
+impl From<&ApiError> for StoredError {
+    fn from(e: &ApiError) -> Self {
+        StoredError {
+            code: e.code.as_str().to_string(),
+            message: e.message.clone(),
+            details: e.details.clone(),
+            spoken_summary: e.spoken_summary.clone(),
+        }
+    }
+}
+
+impl StoredError {
+    /// The error again; a code this build does not know (a record written by a newer one) is
+    /// an internal error rather than a guess.
+    pub fn to_api_error(&self) -> ApiError {
+        match ErrorCode::from_wire(&self.code) {
+            Some(code) => {
+                let mut e = ApiError::new(code, self.message.clone())
+                    .with_spoken(self.spoken_summary.clone());
+                e.details = self.details.clone();
+                e
+            }
+            None => ApiError::internal(format!("stored outcome has unknown code {}", self.code)),
+        }
+    }
+}
+
+/// A finished turn as stored for replay.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outcome {
+    Reply { reply: NativeReply },
+    Error { error: StoredError },
+}
+
+impl Outcome {
+    pub fn of(result: &ApiResult<NativeReply>) -> Self {
+        match result {
+            Ok(reply) => Outcome::Reply {
+                reply: reply.clone(),
+            },
+            Err(e) => Outcome::Error { error: e.into() },
+        }
+    }
+}
+
+/// What is kept under a [`Scope`]: the request's fingerprint, its outcome, and the undo entry
+/// the write created (so a replay can tell whether it was undone since).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    #[serde(with = "hex_fingerprint")]
+    pub fingerprint: [u8; 32],
+    pub outcome: Outcome,
+    pub undo_id: Option<String>,
+}
+
+mod hex_fingerprint {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(f: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(f))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let s = String::deserialize(d)?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).map_err(serde::de::Error::custom)?;
+        Ok(out)
+    }
+}
+
+/// Where a pending action stands. Settling is one-way: `Open` becomes `Executed` or
+/// `Cancelled` exactly once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingState {
+    Open,
+    Executed,
+    Cancelled,
+}
+
+impl PendingState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PendingState::Open => "open",
+            PendingState::Executed => "executed",
+            PendingState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Strict: a stored value this build does not know is an error, never a default.
+    pub fn parse(s: &str) -> ApiResult<Self> {
+        match s {
+            "open" => Ok(PendingState::Open),
+            "executed" => Ok(PendingState::Executed),
+            "cancelled" => Ok(PendingState::Cancelled),
+            other => Err(ApiError::internal(format!(
+                "unreadable pending action state '{other}'"
+            ))),
+        }
+    }
+}
+
+/// A dangerous action parked until its API key confirms it (DESIGN §6).
+#[derive(Debug, Clone)]
+pub struct PendingAction {
+    pub id: String,
+    pub org_id: String,
+    pub key_id: String,
+    pub plan: Plan,
+    /// The action as first sent, for the audit record of the confirmed execution.
+    pub action_json: serde_json::Value,
+    pub transcript: Option<String>,
+    /// Wall-clock expiry, unix milliseconds (it must mean the same after a restart).
+    pub expires_at_ms: i64,
+    pub state: PendingState,
+}
+
+impl PendingAction {
+    pub fn action_type(&self) -> &'static str {
+        self.plan.action_type()
+    }
+
+    pub fn expires_at_rfc3339(&self) -> String {
+        chrono::DateTime::from_timestamp_millis(self.expires_at_ms)
+            .map(crate::ids::to_rfc3339)
+            .unwrap_or_default()
+    }
+
+    pub fn is_expired(&self, now_ms: i64) -> bool {
+        now_ms >= self.expires_at_ms
+    }
+
+    /// The derived idempotency key of its confirmation (DESIGN §6).
+    pub fn confirmation_key(&self) -> String {
+        format!("native:{}:{}", self.action_type(), self.id)
+    }
+}
+
+/// How to reverse one write, owned by the API key that made it (DESIGN §5, §15).
+#[derive(Debug, Clone)]
+pub struct UndoEntry {
+    pub id: String,
+    pub action_type: String,
+    /// What undoing it means, spoken after "Undone.".
+    pub summary: String,
+    pub op: UndoOp,
+    pub created_at: String,
+}
+
+/// What an execution must record atomically with its effect. A backend that commits the
+/// effect in the state store's own database seals it in the same transaction; any other
+/// backend reports `sealed: false` and the pipeline records it right after.
+#[derive(Debug, Clone)]
+pub struct Seal {
+    /// Where the outcome is recorded, with the request's fingerprint and retention.
+    pub record: Option<(Scope, [u8; 32], Duration)>,
+    /// A pending action settled as executed by this write.
+    pub settle: Option<String>,
+    /// The idempotency key the reply reports (the client's, or the derived confirmation key).
+    pub reply_key: Option<String>,
+}
+
+impl Seal {
+    /// Nothing to record (reads, `undo_last` without a key).
+    pub fn none() -> Self {
+        Seal {
+            record: None,
+            settle: None,
+            reply_key: None,
+        }
+    }
+
+    /// Puts on `reply` what the caller is told about this write's identity, before it is
+    /// recorded, so a replay says the same.
+    pub fn stamp(&self, reply: &mut NativeReply) {
+        if reply.idempotency_key.is_none() {
+            reply.idempotency_key = self.reply_key.clone();
+        }
+        if let Some(id) = &self.settle {
+            reply.ids.insert(
+                "pending_action_id".into(),
+                serde_json::Value::String(id.clone()),
+            );
+        }
+    }
+
+    /// The record of `result` under this seal.
+    pub fn record_of(
+        &self,
+        result: &ApiResult<NativeReply>,
+        undo_id: Option<String>,
+    ) -> Option<Record> {
+        self.record.as_ref().map(|(_, fingerprint, _)| Record {
+            fingerprint: *fingerprint,
+            outcome: Outcome::of(result),
+            undo_id,
+        })
+    }
+}
+
+/// Why recording lost: someone else's outcome is already there (another process, or a twin
+/// whose claim this one never saw).
+#[derive(Debug)]
+pub struct AlreadyRecorded;
+
+/// The durable conversation state. Async and free of storage types, so a replica-shared
+/// implementation (Redis) can stand behind the same seam.
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// The live record under `scope`, if any.
+    async fn lookup(&self, scope: &Scope) -> ApiResult<Option<Record>>;
+
+    /// Stores `record` under `scope` for `ttl` unless a live record is there already
+    /// (compare-and-set); `Ok(false)` when one was.
+    async fn record(&self, scope: &Scope, record: &Record, ttl: Duration) -> ApiResult<bool>;
+
+    /// Parks a pending action; with `record`, also stores the ask's outcome (a retried ask
+    /// answers the same pending action) in the same step.
+    async fn put_pending(
+        &self,
+        pending: &PendingAction,
+        record: Option<(&Scope, &Record, Duration)>,
+    ) -> ApiResult<()>;
+
+    /// The pending action `id` if it belongs to this org and API key.
+    async fn pending(&self, org: &str, key_id: &str, id: &str) -> ApiResult<Option<PendingAction>>;
+
+    /// Settles an open pending action (compare-and-set on `Open`); false when it was settled
+    /// already.
+    async fn settle_pending(&self, id: &str, to: PendingState) -> ApiResult<bool>;
+
+    /// Records how to undo a write.
+    async fn push_undo(&self, org: &str, key_id: &str, entry: &UndoEntry) -> ApiResult<()>;
+
+    /// The newest entry of this key not yet undone, created at or after `since` (RFC 3339).
+    async fn latest_undo(
+        &self,
+        org: &str,
+        key_id: &str,
+        since: &str,
+    ) -> ApiResult<Option<UndoEntry>>;
+
+    /// Marks an entry used up by `undo_last` (compare-and-set); `reverted` says whether its
+    /// effect was undone or left alone because the world had moved on. False when it already
+    /// was used up.
+    async fn mark_undone(&self, id: &str, reverted: bool) -> ApiResult<bool>;
+
+    /// True when the effect behind undo entry `id` has been undone.
+    async fn is_undone(&self, id: &str) -> ApiResult<bool>;
+
+    /// Open (unexpired, unsettled) pending actions, for the gauge.
+    async fn open_pending(&self) -> ApiResult<u64>;
+
+    /// Deletes what has outlived its retention; returns how many rows went.
+    async fn prune(&self) -> ApiResult<u64>;
+
+    /// Notes a record that a backend committed together with its effect (see [`Seal`]), so
+    /// the next lookup can skip the durable read. Writes nothing.
+    fn remember(&self, scope: &Scope, record: &Record, ttl: Duration);
+}
+
+/// Milliseconds since the epoch, by the wall clock (records outlive the process).
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// `ttl` from now, in unix milliseconds.
+pub fn expiry_ms(ttl: Duration) -> i64 {
+    now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// How often expired state is swept and the open-pending gauge refreshed.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(5);
+
+/// Spawns the state maintenance loop: prunes what outlived its retention (in small batches, so
+/// a sweep never holds the writer for long) and keeps the open-pending gauge current, so a
+/// `/metrics` scrape reads a number instead of counting. Ends when `shutdown` fires.
+pub fn spawn_maintenance(
+    state: std::sync::Arc<dyn StateStore>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(MAINTENANCE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                // Shutdown, or the sender is gone: either way, stop.
+                _ = shutdown.changed() => return,
+            }
+            match state.prune().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(rows = n, "pruned expired conversation state"),
+                Err(e) => tracing::warn!(error = %e, "pruning conversation state failed"),
+            }
+            match state.open_pending().await {
+                Ok(n) => {
+                    crate::telemetry::pending_actions(usize::try_from(n).unwrap_or(usize::MAX))
+                }
+                Err(e) => tracing::warn!(error = %e, "counting pending actions failed"),
+            }
+        }
+    })
+}
