@@ -126,7 +126,14 @@ async fn the_seven_dangerous_writes_ask_then_execute_exactly_once() {
             assert_eq!(again["mode"], "duplicate", "{ty}: {again}");
             assert_eq!(r.header("idempotent-replayed"), Some("true"));
             assert_eq!(again["idempotency_key"], derived.as_str());
-            assert_eq!(again["spoken_summary"], done["spoken_summary"]);
+            // True when it is spoken: it says the action ran earlier.
+            assert_eq!(
+                again["spoken_summary"],
+                format!(
+                    "I already did that: {}",
+                    done["spoken_summary"].as_str().unwrap()
+                )
+            );
             assert_eq!(again["ids"], done["ids"]);
         }
         assert_eq!(snapshot(&d).await, after, "{ty}: executed exactly once");
@@ -228,12 +235,14 @@ async fn cancelling_after_execution_changes_nothing() {
     assert_eq!(check_ok(&d.confirm(&pid, true).await)["mode"], "result");
     let r = d.confirm(&pid, false).await;
     let c = check_ok(&r);
-    assert_eq!(c["mode"], "result");
+    // Settled means settled: cancelling what already ran replays it and says so.
+    assert_eq!(c["mode"], "duplicate");
     assert_eq!(
         c["spoken_summary"],
-        "That was already done, so there's nothing to cancel."
+        "That already ran, so it can't be cancelled. Say undo to reverse it."
     );
     assert_eq!(c["data"]["cancelled"], false);
+    assert_eq!(c["data"]["already_executed"], true);
     assert_eq!(d.campaign(&seed).await["status"], "paused");
 }
 

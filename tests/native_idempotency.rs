@@ -41,7 +41,13 @@ async fn same_key_same_body_replays_without_a_second_effect() {
         let again = check_ok(&r);
         assert_eq!(again["mode"], "duplicate");
         assert_eq!(r.header("idempotent-replayed"), Some("true"));
-        assert_eq!(again["spoken_summary"], first["spoken_summary"]);
+        assert_eq!(
+            again["spoken_summary"],
+            format!(
+                "I already did that: {}",
+                first["spoken_summary"].as_str().unwrap()
+            )
+        );
         assert_eq!(again["data"], first["data"]);
         assert_eq!(again["ids"], first["ids"]);
         assert_eq!(again["idempotency_key"], "debrief-123");
@@ -103,14 +109,15 @@ async fn one_hundred_concurrent_twins_write_one_note() {
 }
 
 #[tokio::test]
-async fn a_stored_business_error_replays_as_the_same_error() {
+async fn a_not_found_while_resolving_is_not_kept_under_the_key() {
     let d = demo().await;
     let body = json!({ "action": note("Nadia Quell", "Hello"), "idempotencyKey": "nf-1" });
     let r = d.send(body.clone()).await;
-    let first = check_err(&r, 404, "RESOURCE_NOT_FOUND").clone();
+    check_err(&r, 404, "RESOURCE_NOT_FOUND");
     assert!(r.header("idempotent-replayed").is_none());
 
-    // The contact appears afterwards; the key still answers what happened the first time.
+    // Nothing happened, so nothing was kept (DESIGN §8): once the contact exists, the same
+    // key runs the note.
     let created =
         d.c.post(
             "/contacts",
@@ -121,17 +128,11 @@ async fn a_stored_business_error_replays_as_the_same_error() {
         .as_str()
         .unwrap()
         .to_string();
+    let r = d.send(body.clone()).await;
+    assert_eq!(check_ok(&r)["mode"], "result");
+    assert_eq!(d.notes(&nadia).await.len(), 1);
     let r = d.send(body).await;
-    let again = check_err(&r, 404, "RESOURCE_NOT_FOUND");
-    assert_eq!(again, &first);
-    assert_eq!(r.header("idempotent-replayed"), Some("true"));
-    assert!(d.notes(&nadia).await.is_empty());
-
-    // A new key runs it.
-    let ok = d
-        .ok(json!({ "action": note("Nadia Quell", "Hello"), "idempotencyKey": "nf-2" }))
-        .await;
-    assert_eq!(ok["mode"], "result");
+    assert_eq!(check_ok(&r)["mode"], "duplicate");
     assert_eq!(d.notes(&nadia).await.len(), 1);
 }
 

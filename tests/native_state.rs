@@ -252,7 +252,7 @@ async fn state_belongs_to_the_api_key() {
     let e = r.err(404, "RESOURCE_NOT_FOUND");
     assert!(e["spoken_summary"].is_string());
     // Two devices numbering their turns alike do not collide.
-    let before = d.notes(&sarah).len();
+    let before = d.notes(&sarah).await.len();
     for client in [&d.c, &other] {
         let r = d
             .send_as(
@@ -269,7 +269,7 @@ async fn state_belongs_to_the_api_key() {
                 .await,
         );
     }
-    assert_eq!(d.notes(&sarah).len(), before + 4);
+    assert_eq!(d.notes(&sarah).await.len(), before + 4);
     // undo_last undoes the caller key's own last write.
     let undo = check_ok(
         &d.send_as(&other, json!({ "action": { "type": "undo_last" } }))
@@ -277,7 +277,7 @@ async fn state_belongs_to_the_api_key() {
     )
     .clone();
     assert_eq!(undo["data"]["undone"], true);
-    assert_eq!(d.notes(&sarah).len(), before + 3);
+    assert_eq!(d.notes(&sarah).await.len(), before + 3);
 }
 
 #[tokio::test]

@@ -26,7 +26,7 @@ pub const PATH: &str = "/native/outreachpilot";
 
 /// Phase names the pipeline may report in `Server-Timing`.
 const PHASES: &[&str] = &[
-    "cache", "auth", "parse", "idem", "resolve", "exec", "audit", "upstream", "total",
+    "cache", "auth", "parse", "idem", "state", "resolve", "exec", "audit", "upstream", "total",
 ];
 
 /// A running server with the demo workspace seeded and a client holding [`KEY`].
