@@ -1,5 +1,6 @@
-//! The bridge core in process (no HTTP): a read, a durable write with an idempotency key, a
-//! replay of that write, and a confirm round of a dangerous action.
+//! The bridge core in process (no HTTP): a read, a durable write with an idempotency key (and
+//! the same write's effect alone, as the baseline of what durable state costs), a replay of
+//! that write, and a confirm round of a dangerous action.
 
 mod common;
 
@@ -77,6 +78,36 @@ fn pipeline(c: &mut Criterion) {
             n += 1;
             turn(json!({ "action": { "type": "note_on_contact", "contactRef": "Sarah Chen", "note": "bench note" },
                          "idempotencyKey": format!("bench-note-{n}") }))
+        })
+    });
+
+    // The same note's effect alone, on the calling thread, in one write transaction: the note,
+    // no idempotency record, no undo entry, no audit. What the pipeline and durable state add
+    // to a keyed write is the difference (same run, same database).
+    let note_action = pilot_bridge::native::action::parse_action(
+        &json!({ "type": "note_on_contact", "contactRef": "Sarah Chen", "note": "bench note" }),
+    )
+    .expect("action");
+    let note_plan = match bridge_store
+        .read_sync(|c| pilot_bridge::native::actions::plan(c, "demo", &note_action))
+        .expect("plan")
+    {
+        pilot_bridge::native::plan::Step::Execute(plan) => plan,
+        pilot_bridge::native::plan::Step::Reply(_) => panic!("a note plans a write"),
+    };
+    g.bench_function("note_on_contact_effect_only", |b| {
+        b.iter(|| {
+            bridge_store
+                .write_sync(|tx| {
+                    let ctx = pilot_bridge::native::actions::ExecCtx {
+                        org: "demo",
+                        key_id: &principal.key_id,
+                        outbox_hold_secs: 30,
+                        undo_window_secs: 600,
+                    };
+                    pilot_bridge::native::actions::execute(tx, &ctx, note_plan.clone()).map(|_| ())
+                })
+                .is_ok()
         })
     });
 

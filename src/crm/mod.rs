@@ -7,7 +7,6 @@ pub mod embedded;
 pub mod upstream;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -96,12 +95,4 @@ pub trait Backend: Send + Sync {
     /// Writes an audit record outside an execution (reads that ask for one, prompts,
     /// no-ops, failed writes). Best effort: returns the record's id, or `None`.
     async fn audit(&self, record: &AuditRecord<'_>, timing: &mut ServerTiming) -> Option<String>;
-}
-
-/// The undo window as a lower bound on `created_at` (RFC 3339).
-pub fn undo_since(window: Duration) -> String {
-    crate::ids::to_rfc3339(
-        chrono::Utc::now()
-            - chrono::Duration::from_std(window).unwrap_or(chrono::Duration::minutes(10)),
-    )
 }

@@ -7,15 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::{undo_since, Backend, Effect, Executed, Execution, WriteRequest};
+use super::{Backend, Effect, Executed, Execution, WriteRequest};
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::native::action::Action;
 use crate::native::plan::{Plan, Step};
-use crate::native::remote;
-use crate::native::reply::NativeReply;
+use crate::native::{remote, undo};
 use crate::native::timing::{round_ms, ServerTiming};
 use crate::state::{Seal, StateStore, UndoEntry};
 use crate::store::audit;
@@ -127,10 +126,10 @@ impl UpstreamBackend {
     /// `undo_last`: reverses the newest undoable write this key made through the gateway
     /// inside the window, answered as in embedded mode.
     async fn undo_last(&self, r: &remote::Remote<'_>, p: &Principal) -> ApiResult<Executed> {
-        let since = undo_since(self.undo_window);
+        let since = undo::undo_since(self.undo_window);
         let Some(entry) = self.state.latest_undo(&p.org_id, &p.key_id, &since).await? else {
             return Ok(Executed {
-                reply: NativeReply::result("There's nothing to undo.", json!({ "undone": false })),
+                reply: undo::nothing_to_undo(),
                 undo_id: None,
                 sealed: false,
             });
@@ -141,11 +140,7 @@ impl UpstreamBackend {
         let applied = remote::undo(r, &entry_key, &entry.op, &entry.summary).await?;
         self.state.mark_undone(&entry.id, applied.reverted).await?;
         Ok(Executed {
-            reply: NativeReply::result(
-                applied.spoken,
-                json!({ "undone": applied.reverted, "undone_action": entry.action_type, "summary": entry.summary, "done_at": entry.created_at }),
-            )
-            .with_id("undo_id", entry.id),
+            reply: undo::undone_reply(entry, applied),
             undo_id: None,
             sealed: false,
         })

@@ -198,7 +198,13 @@ impl Bridge {
             }
             Ok(Execution::AlreadyDone) => {
                 guard.abandon();
-                self.already_ran(p, req, &derived).await
+                // Settled under the effect's lock by someone else: cancelled, or executed.
+                match self.state.pending(&p.org_id, &p.key_id, pid).await {
+                    Ok(Some(now)) if now.state == PendingState::Cancelled => {
+                        Turn::rejected(cancelled())
+                    }
+                    _ => self.already_ran(p, req, &derived).await,
+                }
             }
             // A final business answer (the campaign is no longer active, the contact is gone):
             // the pending action is settled with it, and later confirmations replay it.

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use crate::domain::{AudienceStatus, CampaignStatus, ContactStatus};
 use crate::error::{ApiError, ApiResult};
+use crate::native::reply::NativeReply;
 use crate::store::{campaigns, contacts, interactions, native as rows};
 
 /// How to reverse one write. Stored as JSON in `undo_entries`.
@@ -73,19 +74,42 @@ pub struct Applied {
 }
 
 impl Applied {
-    fn done(summary: &str) -> Self {
+    pub fn done(summary: &str) -> Self {
         Applied {
             spoken: format!("Undone. {summary}"),
             reverted: true,
         }
     }
 
-    fn left(spoken: impl Into<String>) -> Self {
+    pub fn left(spoken: impl Into<String>) -> Self {
         Applied {
             spoken: spoken.into(),
             reverted: false,
         }
     }
+}
+
+/// The undo window as a lower bound on `created_at` (RFC 3339).
+pub fn undo_since(window: std::time::Duration) -> String {
+    crate::ids::to_rfc3339(
+        chrono::Utc::now()
+            - chrono::Duration::from_std(window).unwrap_or(chrono::Duration::minutes(10)),
+    )
+}
+
+/// The answer to `undo_last` when nothing in the window is left to undo.
+pub fn nothing_to_undo() -> NativeReply {
+    NativeReply::result("There's nothing to undo.", json!({ "undone": false }))
+}
+
+/// The answer to `undo_last` once `entry` has been applied (or left alone).
+pub fn undone_reply(entry: crate::state::UndoEntry, applied: Applied) -> NativeReply {
+    NativeReply::result(
+        applied.spoken,
+        json!({ "undone": applied.reverted, "undone_action": entry.action_type,
+                "summary": entry.summary, "done_at": entry.created_at }),
+    )
+    .with_id("undo_id", entry.id)
 }
 
 /// Parses a stored status strictly: an unreadable value is an error, never a default.

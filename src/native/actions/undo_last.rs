@@ -1,22 +1,17 @@
 //! `undo_last`: reverses the newest undoable write of the same API key inside the undo window.
 
 use rusqlite::Connection;
-use serde_json::json;
 
 use super::{ExecCtx, Executed};
 use crate::error::ApiResult;
-use crate::native::reply::NativeReply;
 use crate::native::undo;
 use crate::state::sqlite as state_rows;
 
 pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>) -> ApiResult<Executed> {
-    let since = crate::ids::to_rfc3339(
-        chrono::Utc::now()
-            - chrono::Duration::seconds(i64::try_from(ctx.undo_window_secs).unwrap_or(600)),
-    );
+    let since = undo::undo_since(std::time::Duration::from_secs(ctx.undo_window_secs));
     let Some(entry) = state_rows::latest_undo(conn, ctx.org, ctx.key_id, &since)? else {
         return Ok(Executed {
-            reply: NativeReply::result("There's nothing to undo.", json!({ "undone": false })),
+            reply: undo::nothing_to_undo(),
             undo: None,
         });
     };
@@ -24,11 +19,7 @@ pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>) -> ApiResult<Executed> {
     // The entry is used up either way: reverted, or left alone because the world moved on.
     state_rows::mark_undone(conn, &entry.id, applied.reverted)?;
     Ok(Executed {
-        reply: NativeReply::result(
-            applied.spoken,
-            json!({ "undone": applied.reverted, "undone_action": entry.action_type, "summary": entry.summary, "done_at": entry.created_at }),
-        )
-        .with_id("undo_id", entry.id),
+        reply: undo::undone_reply(entry, applied),
         undo: None,
     })
 }
