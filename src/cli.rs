@@ -277,20 +277,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if key == DEFAULT_DEMO_KEY && !cfg.listen.ip().is_loopback() {
             tracing::warn!("the well-known demo key is enabled on a non-loopback address; set PILOT_BRIDGE_DEMO_KEY");
         }
-        println!(
-            "Demo workspace {} (org \"{}\").",
+        let mut banner = String::new();
+        banner.push_str(&format!(
+            "Demo workspace {} (org \"{}\").\n",
             if seeded {
                 "created"
             } else {
                 "already present, left as it was"
             },
             demo::DEMO_ORG
-        );
-        println!("API key: {key}");
-        println!(
-            "Try: curl -H \"Authorization: Bearer {key}\" \"http://{}/api/v1/contacts?search=sarah\"",
+        ));
+        banner.push_str(&format!("API key: {key}\n"));
+        banner.push_str(&format!(
+            "Try: curl -H \"Authorization: Bearer {key}\" \"http://{}/api/v1/contacts?search=sarah\"\n",
             cfg.listen
-        );
+        ));
+        // A closed stdout (a supervisor that does not read it) must not stop the server.
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), banner.as_bytes());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -49,7 +49,9 @@ pub struct Executed {
     pub sealed: bool,
 }
 
-/// The outcome of [`Backend::execute`].
+/// The outcome of [`Backend::execute`]. Built once per write and consumed at once, so the size
+/// difference between the variants costs nothing worth a heap allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Execution {
     Done(Executed),
     /// Checked under the effect's own lock: the seal's scope already holds a record, or its

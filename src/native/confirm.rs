@@ -1,4 +1,5 @@
-//! Confirmations (DESIGN §6, §15): `pendingActionId` + `confirmed`. A pending action belongs
+//! Questions and confirmations (DESIGN §6, §15): a dangerous plan is parked as a pending
+//! action and asked about; `pendingActionId` + `confirmed` answers it. A pending action belongs
 //! to the API key that asked; it executes at most once, whatever the idempotency keys of the
 //! confirmations, concurrency or restarts: its settlement commits with the effect, and a
 //! settled one only replays.
@@ -7,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::plan::Plan;
 use super::reply::{NativeReply, ReplyMode};
 use super::request::{self, NativeRequest};
 use super::timing::ServerTiming;
@@ -15,7 +17,7 @@ use crate::auth::Principal;
 use crate::crm::{Effect, Execution, WriteRequest};
 use crate::error::{ApiError, ErrorCode};
 use crate::state::claims::Claim;
-use crate::state::{now_ms, PendingAction, PendingState, Record, Scope, Seal};
+use crate::state::{expiry_ms, now_ms, PendingAction, PendingState, Record, Scope, Seal};
 use crate::telemetry;
 
 fn not_found(pid: &str) -> ApiError {
@@ -288,4 +290,63 @@ fn cancelled_reply(pending: &PendingAction) -> NativeReply {
     r.ids
         .insert("pending_action_id".into(), json!(pending.id.clone()));
     r
+}
+
+impl Bridge {
+    /// Parks a dangerous plan and asks the user to confirm it. The pending action and the
+    /// ask's record are stored together, so a retried ask answers the same pending action.
+    pub(super) async fn ask(
+        &self,
+        p: &Principal,
+        req: &NativeRequest,
+        plan: Plan,
+        seal: &Seal,
+        timing: &mut ServerTiming,
+    ) -> Turn {
+        let ttl = Duration::from_secs(self.cfg.pending_ttl_secs);
+        let pending = PendingAction {
+            id: uuid::Uuid::new_v4().to_string(),
+            org_id: p.org_id.clone(),
+            key_id: p.key_id.clone(),
+            action_json: req.action_json_or_null().clone(),
+            transcript: req.transcript.clone(),
+            expires_at_ms: expiry_ms(ttl),
+            state: PendingState::Open,
+            plan,
+        };
+        let mut data = pending.plan.describe();
+        if let Value::Object(m) = &mut data {
+            m.insert("expires_in_seconds".into(), json!(ttl.as_secs()));
+        }
+        let mut reply = NativeReply::new(
+            ReplyMode::ConfirmationRequired,
+            pending.plan.question(),
+            data,
+        );
+        reply.ids = pending.plan.ids();
+        reply.pending_action_id = Some(pending.id.clone());
+        reply.expires_at = Some(pending.expires_at_rfc3339());
+        reply.audit_id = self
+            .audit_separately(p, req, reply.mode.as_str(), &reply.ids, timing)
+            .await;
+        seal.stamp(&mut reply);
+        let record = seal.record_of(&Ok(reply.clone()), None);
+        let t = Instant::now();
+        let stored = self
+            .state
+            .put_pending(
+                &pending,
+                seal.record
+                    .as_ref()
+                    .zip(record.as_ref())
+                    .map(|((scope, _, ttl), r)| (scope, r, *ttl)),
+            )
+            .await;
+        timing.record("state", t.elapsed());
+        match (stored, record) {
+            (Err(e), _) => Turn::rejected(e),
+            (Ok(()), Some(record)) => Turn::answer(Ok(reply), Keep::Sealed(record)),
+            (Ok(()), None) => Turn::answer(Ok(reply), Keep::Nothing),
+        }
+    }
 }

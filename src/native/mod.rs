@@ -5,13 +5,14 @@
 //!
 //! The pipeline talks to two seams and never asks which implementation runs: a CRM
 //! [`Backend`] (embedded store or upstream API) and a [`StateStore`] (durable idempotency
-//! records, pending actions, undo entries). Confirmations live in `confirm.rs`, replays in
-//! `replay.rs`.
+//! records, pending actions, undo entries). Reads live in `reads.rs`, questions and
+//! confirmations in `confirm.rs`, replays in `replay.rs`.
 
 pub mod action;
 pub mod actions;
 mod confirm;
 pub mod plan;
+mod reads;
 pub mod remote;
 mod replay;
 pub mod reply;
@@ -25,10 +26,10 @@ pub mod workers;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use self::action::Action;
-use self::plan::{Plan, Step};
+use self::plan::Step;
 use self::reply::{NativeReply, Performance, ReplyMode, TurnOutcome};
 use self::request::{ExecutionMode, NativeRequest};
 use self::timing::{round_ms, ServerTiming};
@@ -40,7 +41,7 @@ use crate::crm::{Backend, Effect, Execution, WriteRequest};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::claims::{Claim, ClaimGuard, Claims};
 use crate::state::sqlite::SqliteState;
-use crate::state::{expiry_ms, PendingAction, PendingState, Record, Scope, Seal, StateStore};
+use crate::state::{Record, Scope, Seal, StateStore};
 use crate::store::{audit, Store};
 use crate::telemetry;
 use crate::upstream::Upstream;
@@ -70,19 +71,8 @@ pub struct Bridge {
     cfg: NativeConfig,
     /// Answers of read actions by (org, request fingerprint), valid while the backend's write
     /// generation is unchanged (and for at most `read_cache_ms`). `None` when turned off.
-    read_cache: Option<ReadCache>,
+    read_cache: Option<reads::ReadCache>,
 }
-
-/// (org, request fingerprint) → the answer and the write generation it was read at.
-type ReadCache = moka::sync::Cache<(String, [u8; 32]), Arc<CachedRead>>;
-
-struct CachedRead {
-    generation: u64,
-    reply: NativeReply,
-}
-
-/// Most cached read answers kept at once.
-const READ_CACHE_ENTRIES: u64 = 10_000;
 
 /// What a turn leaves under its idempotency scope (DESIGN §8).
 enum Keep {
@@ -176,12 +166,8 @@ impl Bridge {
             backend,
             state,
             claims: Claims::default(),
-            read_cache: (cfg.read_cache_ms > 0).then(|| {
-                moka::sync::Cache::builder()
-                    .max_capacity(READ_CACHE_ENTRIES)
-                    .time_to_live(Duration::from_millis(cfg.read_cache_ms))
-                    .build()
-            }),
+            read_cache: (cfg.read_cache_ms > 0)
+                .then(|| reads::read_cache(Duration::from_millis(cfg.read_cache_ms))),
             cfg,
         })
     }
@@ -468,66 +454,6 @@ impl Bridge {
         }
     }
 
-    /// A read: from the cache when nothing was written since, else resolved by the backend.
-    async fn read(
-        &self,
-        p: &Principal,
-        req: &NativeRequest,
-        timing: &mut ServerTiming,
-    ) -> ApiResult<NativeReply> {
-        let Some(action) = &req.action else {
-            return Err(ApiError::validation("action", "missing"));
-        };
-        let cache_key = (p.org_id.clone(), req.fingerprint);
-        let mut reply = match self.cached_read(&cache_key, timing) {
-            Some(reply) => reply,
-            None => {
-                let generation = self.backend.generation();
-                let step = self
-                    .backend
-                    .plan(p, action, req.action_json_or_null(), timing)
-                    .await?;
-                let Step::Reply(reply) = step else {
-                    return Err(ApiError::internal("a read planned a write"));
-                };
-                if let Some(cache) = &self.read_cache {
-                    cache.insert(
-                        cache_key,
-                        Arc::new(CachedRead {
-                            generation,
-                            reply: reply.clone(),
-                        }),
-                    );
-                }
-                reply
-            }
-        };
-        if req.execution_mode == ExecutionMode::Standard || req.audit_read_actions {
-            reply.audit_id = self
-                .audit_separately(p, req, reply.mode.as_str(), &reply.ids, timing)
-                .await;
-        }
-        Ok(reply)
-    }
-
-    /// A cached answer to the same read, if nothing was written through this server since.
-    fn cached_read(
-        &self,
-        key: &(String, [u8; 32]),
-        timing: &mut ServerTiming,
-    ) -> Option<NativeReply> {
-        let cache = self.read_cache.as_ref()?;
-        let t = Instant::now();
-        let hit = cache
-            .get(key)
-            .filter(|c| c.generation == self.backend.generation())
-            .map(|c| c.reply.clone());
-        if hit.is_some() {
-            timing.record("cache", t.elapsed());
-        }
-        hit
-    }
-
     /// A write action: resolve, then answer (no-op, clarification), ask, or execute.
     async fn run_action(
         &self,
@@ -635,63 +561,6 @@ impl Bridge {
                 .with_retry_after(1),
             ),
             Err(e) => Turn::rejected(e),
-        }
-    }
-
-    /// Parks a dangerous plan and asks the user to confirm it. The pending action and the
-    /// ask's record are stored together, so a retried ask answers the same pending action.
-    async fn ask(
-        &self,
-        p: &Principal,
-        req: &NativeRequest,
-        plan: Plan,
-        seal: &Seal,
-        timing: &mut ServerTiming,
-    ) -> Turn {
-        let ttl = Duration::from_secs(self.cfg.pending_ttl_secs);
-        let pending = PendingAction {
-            id: uuid::Uuid::new_v4().to_string(),
-            org_id: p.org_id.clone(),
-            key_id: p.key_id.clone(),
-            action_json: req.action_json_or_null().clone(),
-            transcript: req.transcript.clone(),
-            expires_at_ms: expiry_ms(ttl),
-            state: PendingState::Open,
-            plan,
-        };
-        let mut data = pending.plan.describe();
-        if let Value::Object(m) = &mut data {
-            m.insert("expires_in_seconds".into(), json!(ttl.as_secs()));
-        }
-        let mut reply = NativeReply::new(
-            ReplyMode::ConfirmationRequired,
-            pending.plan.question(),
-            data,
-        );
-        reply.ids = pending.plan.ids();
-        reply.pending_action_id = Some(pending.id.clone());
-        reply.expires_at = Some(pending.expires_at_rfc3339());
-        reply.audit_id = self
-            .audit_separately(p, req, reply.mode.as_str(), &reply.ids, timing)
-            .await;
-        seal.stamp(&mut reply);
-        let record = seal.record_of(&Ok(reply.clone()), None);
-        let t = Instant::now();
-        let stored = self
-            .state
-            .put_pending(
-                &pending,
-                seal.record
-                    .as_ref()
-                    .zip(record.as_ref())
-                    .map(|((scope, _, ttl), r)| (scope, r, *ttl)),
-            )
-            .await;
-        timing.record("state", t.elapsed());
-        match (stored, record) {
-            (Err(e), _) => Turn::rejected(e),
-            (Ok(()), Some(record)) => Turn::answer(Ok(reply), Keep::Sealed(record)),
-            (Ok(()), None) => Turn::answer(Ok(reply), Keep::Nothing),
         }
     }
 

@@ -17,7 +17,7 @@ impl Bridge {
             Outcome::Reply { reply } => reply,
             Outcome::Error { error } => return Err(error.to_api_error()),
         };
-        let mut r = original.clone();
+        let mut r: NativeReply = (**original).clone();
         r.mode = ReplyMode::Duplicate;
         r.audit_id = None;
         r.performance = None;

@@ -176,7 +176,7 @@ mod tests {
         Record {
             fingerprint: [fp; 32],
             outcome: Outcome::Reply {
-                reply: NativeReply::result("Done.", serde_json::json!({})),
+                reply: Box::new(NativeReply::result("Done.", serde_json::json!({}))),
             },
             undo_id: None,
         }

@@ -89,7 +89,7 @@ impl StoredError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Outcome {
-    Reply { reply: NativeReply },
+    Reply { reply: Box<NativeReply> },
     Error { error: StoredError },
 }
 
@@ -97,7 +97,7 @@ impl Outcome {
     pub fn of(result: &ApiResult<NativeReply>) -> Self {
         match result {
             Ok(reply) => Outcome::Reply {
-                reply: reply.clone(),
+                reply: Box::new(reply.clone()),
             },
             Err(e) => Outcome::Error { error: e.into() },
         }

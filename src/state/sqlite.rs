@@ -451,7 +451,7 @@ mod tests {
         Record {
             fingerprint: [fp; 32],
             outcome: Outcome::Reply {
-                reply: NativeReply::result(text, serde_json::json!({ "n": fp })),
+                reply: Box::new(NativeReply::result(text, serde_json::json!({ "n": fp }))),
             },
             undo_id: None,
         }
