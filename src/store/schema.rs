@@ -265,6 +265,12 @@ CREATE INDEX signals_org_contact_detected ON signals(org_id, contact_id, detecte
 DROP INDEX signals_org_detected;
 CREATE INDEX signals_org_detected ON signals(org_id, detected_at, id);
 "#,
+    // The org's IANA time zone, in which times are spoken (DESIGN §20), and when each API key
+    // was last used (shown by `keys list`).
+    r#"
+ALTER TABLE orgs ADD COLUMN timezone TEXT NOT NULL DEFAULT 'UTC';
+ALTER TABLE api_keys ADD COLUMN last_used_at TEXT;
+"#,
 ];
 
 /// Brings the database up to the newest schema. Safe to call on every open, from several

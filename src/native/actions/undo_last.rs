@@ -16,7 +16,10 @@ pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>) -> ApiResult<Executed> {
     );
     let Some(entry) = rows::latest_undo(conn, ctx.org, ctx.key_id, &since)? else {
         return Ok(Executed {
-            reply: NativeReply::result("There's nothing to undo.", json!({ "undone": false })),
+            reply: NativeReply::result(
+                "There's nothing to undo.",
+                json!({ "undone": false, "reason": "nothing_to_undo" }),
+            ),
             undo: None,
         });
     };
