@@ -190,7 +190,10 @@ impl Authenticator {
         let (store, key_id) = (store.clone(), p.key_id.clone());
         runtime.spawn(async move {
             let now = crate::ids::now_rfc3339();
-            if let Err(e) = store.write(move |tx| keys::touch(tx, &key_id, &now)).await {
+            if let Err(e) = store
+                .write_bookkeeping(move |tx| keys::touch(tx, &key_id, &now))
+                .await
+            {
                 tracing::debug!(error = %e, "cannot record when a key was last used");
             }
         });

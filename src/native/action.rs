@@ -436,7 +436,7 @@ pub fn parse_action(v: &Value) -> ApiResult<Action> {
                 "action.type",
                 format!(
                     "unknown action '{}'; supported: {}",
-                    crate::native::speech::snippet(other, 64),
+                    crate::text::clip(other, 64),
                     ACTION_TYPES.join(", ")
                 ),
             )

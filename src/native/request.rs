@@ -118,7 +118,7 @@ impl NativeRequest {
                     "executionMode",
                     format!(
                         "'{}' is not one of: fast, standard",
-                        super::speech::snippet(other, 32)
+                        crate::text::clip(other, 32)
                     ),
                 ))
             }

@@ -164,7 +164,7 @@ fn contact_not_found(reference: &str, company: Option<&str>) -> ApiError {
     ApiError::not_found("Contact")
         .with_details(format!(
             "no contact matches '{}'{at}",
-            crate::native::speech::quote(reference, 80)
+            crate::text::clip(reference, 80)
         ))
         .with_spoken(format!(
             "I couldn't find {}{spoken_at}.",
@@ -518,7 +518,7 @@ fn campaign_not_found(reference: &str) -> ApiError {
     ApiError::not_found("Campaign")
         .with_details(format!(
             "no campaign matches '{}'",
-            crate::native::speech::quote(reference, 80)
+            crate::text::clip(reference, 80)
         ))
         .with_spoken(spoken)
 }
@@ -527,7 +527,7 @@ fn company_not_found(reference: &str) -> ApiError {
     ApiError::not_found("Company")
         .with_details(format!(
             "no company matches '{}'",
-            crate::native::speech::quote(reference, 80)
+            crate::text::clip(reference, 80)
         ))
         .with_spoken(format!(
             "I couldn't find {} in your CRM.",

@@ -234,6 +234,25 @@ impl Store {
         Ok(out)
     }
 
+    /// Like [`Store::write`] for bookkeeping that no cached read can show (when a key was last
+    /// used): it does not count as a write for `generation`, so read caches stay warm.
+    pub async fn write_bookkeeping<T, F>(&self, f: F) -> ApiResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> ApiResult<T> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = lock(&store.inner.writer);
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+        .map_err(ApiError::internal)?
+    }
+
     /// The number of writes committed through this store so far (see `generation`). Writes by
     /// other processes on the same file (the CLI) are not counted.
     pub fn generation(&self) -> u64 {
