@@ -1,6 +1,7 @@
 //! The HTTP transport: routing, the envelope, extractors and middleware. Thin by design — each
 //! handler reads its input, calls the store or the native core, and renders the envelope.
 
+pub mod docs;
 pub mod envelope;
 pub mod extract;
 pub mod middleware;
@@ -41,6 +42,7 @@ pub fn routes(
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
         .routes(routes!(openapi::serve))
+        .routes(routes!(docs::serve))
         .nest("/api/v1", api)
 }
 
