@@ -92,6 +92,9 @@ pub struct ServeArgs {
     /// Log format [default: text]
     #[arg(long, env = "PILOT_BRIDGE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Access log lines at INFO: 1 = every request, N = one in N, 0 = off [default: 1]
+    #[arg(long, env = "PILOT_BRIDGE_ACCESS_LOG_SAMPLE")]
+    pub access_log_sample: Option<u32>,
     /// Requests per minute per org when the org sets none; 0 = off [default: 60]
     #[arg(long, env = "PILOT_BRIDGE_DEFAULT_RATE_LIMIT")]
     pub default_rate_limit: Option<u32>,
@@ -274,6 +277,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(f) = args.log_format {
         cfg.log_format = f;
+    }
+    if let Some(n) = args.access_log_sample {
+        cfg.access_log_sample = n;
     }
     if let Some(r) = args.default_rate_limit {
         cfg.limits.default_rate_limit = r;

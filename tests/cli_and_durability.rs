@@ -872,3 +872,77 @@ async fn serve_binds_before_it_seeds_and_one_data_directory_has_one_server() {
     let (mut again, _out) = Server::spawn(&data, &[], &[]);
     again.wait_ready().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_lines_at_info_with_route_template_and_request_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (mut server, out) = Server::spawn(d, &["--demo"], &[("RUST_LOG", "info")]);
+    let (key, _) = read_demo_banner(out.expect("stdout"));
+    server.wait_ready().await;
+    let c = server.client(&key);
+    let id = c.get("/contacts?search=sarah").await.page()[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let r = c.get(&format!("/contacts/{id}")).await;
+    r.ok(200);
+    let request_id = r.header("x-request-id").expect("request id").to_string();
+    let turn = c
+        .post(
+            "/native/outreachpilot",
+            json!({ "action": { "type": "note_on_contact", "contactId": id, "note": "secret plans" },
+                    "transcript": "note that secret plans" }),
+        )
+        .await;
+    turn.ok(200);
+    server.kill9();
+    let log = std::fs::read_to_string(&log_path(d)).expect("log");
+    let line = log
+        .lines()
+        .find(|l| l.contains(&request_id))
+        .unwrap_or_else(|| panic!("no access line for {request_id}: {log}"));
+    assert!(line.contains("INFO"), "{line}");
+    assert!(line.contains("route=/api/v1/contacts/{id}"), "{line}");
+    assert!(
+        line.contains("method=GET") && line.contains("status=200"),
+        "{line}"
+    );
+    assert!(line.contains("elapsed_ms="), "{line}");
+    assert!(
+        !line.contains(&id),
+        "route template, not the raw path: {line}"
+    );
+    assert!(
+        !log.contains("secret plans"),
+        "notes and transcripts stay out of INFO logs: {log}"
+    );
+
+    // Sampling 0 turns the access lines off.
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let (mut quiet, out) = Server::spawn(
+        dir2.path(),
+        &["--demo", "--access-log-sample", "0"],
+        &[("RUST_LOG", "info")],
+    );
+    let (key, _) = read_demo_banner(out.expect("stdout"));
+    quiet.wait_ready().await;
+    quiet.client(&key).get("/credits").await.ok(200);
+    quiet.kill9();
+    let log = std::fs::read_to_string(&log_path(dir2.path())).expect("log");
+    assert!(!log.contains("route=/api/v1/credits"), "{log}");
+}
+
+/// The one `serve-*.log` a test server wrote into `dir`.
+fn log_path(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("serve-") && n.ends_with(".log"))
+        })
+        .expect("serve log")
+}
