@@ -106,3 +106,46 @@ fn client_examples_run_against_serve_demo() {
     }
     run_example("node", &node_args, port);
 }
+
+/// README and `docs/` stand on their own: every relative link points at a file of this
+/// repository, and nothing cites the design notes outside it.
+#[test]
+fn readme_and_docs_cite_only_files_in_the_repository() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("README.md")];
+    for entry in std::fs::read_dir(root.join("docs")).expect("docs/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "md") {
+            files.push(path);
+        }
+    }
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read");
+        assert!(
+            !text.contains("shared/DESIGN") && !text.contains("DESIGN §"),
+            "{} cites the design notes outside the repository",
+            file.display()
+        );
+        // Markdown links `](target)` that are not URLs or anchors must exist.
+        for part in text.split("](").skip(1) {
+            let target = part.split(')').next().unwrap_or("");
+            let target = target.split('#').next().unwrap_or("");
+            if target.is_empty() || target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            let dir = file.parent().expect("parent");
+            let resolved = dir.join(target);
+            assert!(
+                resolved.exists(),
+                "{} links to {target}, which does not exist",
+                file.display()
+            );
+            let canonical = resolved.canonicalize().expect("canonical");
+            assert!(
+                canonical.starts_with(root.canonicalize().expect("root")),
+                "{} links outside the repository: {target}",
+                file.display()
+            );
+        }
+    }
+}
