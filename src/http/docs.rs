@@ -69,9 +69,9 @@ fn error_rows() -> String {
         } else {
             code.status().to_string()
         };
-        let _ = write!(
+        let _ = writeln!(
             out,
-            "<tr id=\"{}\"><td><code>{}</code></td><td>{}</td><td>{}</td></tr>\n",
+            "<tr id=\"{}\"><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
             esc(&name.to_ascii_lowercase()),
             esc(name),
             esc(&status),
@@ -226,9 +226,9 @@ pub fn render(doc: &Value) -> String {
     body.push_str("<h2 id=\"schemas\">Schemas</h2>\n");
     if let Some(schemas) = doc["components"]["schemas"].as_object() {
         for (name, schema) in schemas {
-            let _ = write!(
+            let _ = writeln!(
                 body,
-                "<section id=\"schema-{}\"><h3>{}</h3><p>{}</p>\n",
+                "<section id=\"schema-{}\"><h3>{}</h3><p>{}</p>",
                 anchor(name),
                 esc(name),
                 text(schema, "description")

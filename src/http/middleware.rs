@@ -80,7 +80,9 @@ pub fn access_sampled(n: u32) -> bool {
     match n {
         0 => false,
         1 => true,
-        n => SEEN.fetch_add(1, Ordering::Relaxed) % u64::from(n) == 0,
+        n => SEEN
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(u64::from(n)),
     }
 }
 

@@ -9,6 +9,9 @@ pub mod lookup;
 pub mod messages;
 pub mod undo_last;
 
+#[cfg(test)]
+mod sentence_tests;
+
 use rusqlite::Connection;
 use serde_json::json;
 
