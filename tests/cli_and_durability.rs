@@ -897,7 +897,7 @@ async fn access_lines_at_info_with_route_template_and_request_id() {
         .await;
     turn.ok(200);
     server.kill9();
-    let log = std::fs::read_to_string(&log_path(d)).expect("log");
+    let log = std::fs::read_to_string(log_path(d)).expect("log");
     let line = log
         .lines()
         .find(|l| l.contains(&request_id))
@@ -929,7 +929,7 @@ async fn access_lines_at_info_with_route_template_and_request_id() {
     quiet.wait_ready().await;
     quiet.client(&key).get("/credits").await.ok(200);
     quiet.kill9();
-    let log = std::fs::read_to_string(&log_path(dir2.path())).expect("log");
+    let log = std::fs::read_to_string(log_path(dir2.path())).expect("log");
     assert!(!log.contains("route=/api/v1/credits"), "{log}");
 }
 
