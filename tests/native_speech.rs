@@ -527,6 +527,8 @@ fn no_spoken_summary_carries_markup_whatever_the_names() {
                                 "title": title, "email": format!("p{n}@hostile.example") }),
                     )
                     .await;
+                    // REST refuses a blank campaign name; a leading letter keeps it non-blank.
+                    let campaign_name = format!("C{campaign_name}");
                     d.c.patch(&format!("/campaigns/{campaign}"), json!({ "name": campaign_name }))
                         .await
                         .ok(200);
