@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{BackendKind, Config, LogFormat};
 use crate::demo;
-use crate::domain::{PilotMode, Plan, Scope};
+use crate::domain::{PilotMode, Plan, Scope, TimeZone};
 use crate::store::{keys, orgs, Store};
 
 /// The key `serve --demo` uses unless `PILOT_BRIDGE_DEMO_KEY` says otherwise. It is public on
@@ -92,6 +92,9 @@ pub struct ServeArgs {
     /// Log format [default: text]
     #[arg(long, env = "PILOT_BRIDGE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Access log lines at INFO: 1 = every request, N = one in N, 0 = off [default: 1]
+    #[arg(long, env = "PILOT_BRIDGE_ACCESS_LOG_SAMPLE")]
+    pub access_log_sample: Option<u32>,
     /// Requests per minute per org when the org sets none; 0 = off [default: 60]
     #[arg(long, env = "PILOT_BRIDGE_DEFAULT_RATE_LIMIT")]
     pub default_rate_limit: Option<u32>,
@@ -119,7 +122,8 @@ pub enum KeysCmd {
         /// A label to recognise the key by
         #[arg(long, env = "PILOT_BRIDGE_KEY_NAME", default_value = "cli")]
         name: String,
-        /// Comma-separated scopes [default: every scope]
+        /// Comma-separated scopes, from: contacts, campaigns, chat, native, credits, settings
+        /// [default: every scope]
         #[arg(long, env = "PILOT_BRIDGE_SCOPES")]
         scopes: Option<String>,
     },
@@ -127,12 +131,14 @@ pub enum KeysCmd {
     Revoke {
         #[command(flatten)]
         common: Common,
+        /// The key's id as `keys list` shows it, or the raw key (op_live_...)
         key_id: String,
     },
-    /// List keys (never the raw values).
+    /// List keys with their state, creation and last use (never the raw values).
     List {
         #[command(flatten)]
         common: Common,
+        /// Only the keys of this organisation
         #[arg(long, env = "PILOT_BRIDGE_ORG")]
         org: Option<String>,
     },
@@ -149,22 +155,27 @@ pub struct OrgSettings {
     /// off | review | auto
     #[arg(long, env = "PILOT_BRIDGE_PILOT_MODE")]
     pub pilot_mode: Option<PilotMode>,
+    /// IANA time zone in which times are spoken, e.g. Europe/Berlin [default: UTC]
+    #[arg(long, env = "PILOT_BRIDGE_TIMEZONE")]
+    pub timezone: Option<TimeZone>,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum OrgCmd {
-    /// Create an organisation (plan defaults to pro).
+    /// Create an organisation (plan defaults to pro), creating the data directory if needed.
     Create {
         #[command(flatten)]
         common: Common,
+        /// Organisation id: a short slug such as acme
         org: String,
         #[command(flatten)]
         settings: OrgSettings,
     },
-    /// Change an organisation's plan, rate limit or pilot mode.
+    /// Change an organisation's plan, rate limit, pilot mode or time zone.
     Set {
         #[command(flatten)]
         common: Common,
+        /// Organisation id
         org: String,
         #[command(flatten)]
         settings: OrgSettings,
@@ -173,6 +184,7 @@ pub enum OrgCmd {
     Show {
         #[command(flatten)]
         common: Common,
+        /// Organisation id
         org: String,
     },
 }
@@ -181,6 +193,13 @@ impl clap::builder::ValueParserFactory for Plan {
     type Parser = clap::builder::ValueParser;
     fn value_parser() -> Self::Parser {
         clap::builder::ValueParser::new(|s: &str| s.parse::<Plan>())
+    }
+}
+
+impl clap::builder::ValueParserFactory for TimeZone {
+    type Parser = clap::builder::ValueParser;
+    fn value_parser() -> Self::Parser {
+        clap::builder::ValueParser::new(|s: &str| s.parse::<TimeZone>())
     }
 }
 
@@ -200,8 +219,16 @@ fn base_config(common: &Common) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
+/// Opens (creating if needed) the data directory's database: for `serve`, `org create` and
+/// `demo generate`, which set a workspace up.
 fn open_store(cfg: &Config) -> anyhow::Result<Store> {
     Store::open(&cfg.data_dir, &cfg.store_options())
+}
+
+/// Opens an existing data directory's database, creating nothing: for commands that read or
+/// change records that must exist already.
+fn open_existing(cfg: &Config) -> anyhow::Result<Store> {
+    Store::open_existing(&cfg.data_dir, &cfg.store_options())
 }
 
 /// Parses the process arguments and runs the command.
@@ -251,6 +278,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(f) = args.log_format {
         cfg.log_format = f;
     }
+    if let Some(n) = args.access_log_sample {
+        cfg.access_log_sample = n;
+    }
     if let Some(r) = args.default_rate_limit {
         cfg.limits.default_rate_limit = r;
     }
@@ -269,6 +299,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     cfg.validate()?;
     crate::telemetry::init_tracing(cfg.log_format);
+    // Bind first: a busy port must fail before anything is created, seeded or printed.
+    let listener = std::net::TcpListener::bind(cfg.listen)
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
+    // Held until this function returns: one serving process per data directory.
+    let _lock = DataDirLock::acquire(&cfg.data_dir)?;
     let store = open_store(&cfg)?;
     if args.demo {
         let seeded = store.write_sync(|tx| demo::seed(tx))?;
@@ -289,8 +328,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ));
         banner.push_str(&format!("API key: {key}\n"));
         banner.push_str(&format!(
-            "Try: curl -H \"Authorization: Bearer {key}\" \"http://{}/api/v1/contacts?search=sarah\"\n",
-            cfg.listen
+            "Try: curl -H \"Authorization: Bearer {key}\" \"http://{addr}/api/v1/contacts?search=sarah\"\n"
         ));
         // A closed stdout (a supervisor that does not read it) must not stop the server.
         let _ = std::io::Write::write_all(&mut std::io::stdout(), banner.as_bytes());
@@ -300,13 +338,66 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let server = crate::server::start(cfg, Some(store)).await?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let server = crate::server::start_on(listener, cfg, store).await?;
         tracing::info!(addr = %server.addr, "pilot-bridge listening");
         crate::server::shutdown_signal().await;
         server.shutdown().await;
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// An exclusive lock on `<data dir>/pilot-bridge.lock`, so two `serve` processes never share
+/// one data directory (each would keep its own caches and state in front of the same
+/// database). The OS releases it when the process exits, also after `kill -9`, so a stale lock
+/// file never blocks a restart. CLI commands such as `keys create` do not take it: they may
+/// run while the server does.
+struct DataDirLock {
+    _file: std::fs::File,
+}
+
+/// File name of the lock inside the data directory.
+pub const LOCK_FILE: &str = "pilot-bridge.lock";
+
+impl DataDirLock {
+    fn acquire(dir: &std::path::Path) -> anyhow::Result<DataDirLock> {
+        use std::io::{Read, Seek, Write};
+        let path = dir.join(LOCK_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                anyhow::bail!(
+                    "data directory {} is in use by another pilot-bridge process{}; stop it or \
+                     use another --data-dir",
+                    dir.display(),
+                    if holder.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (pid {holder})")
+                    }
+                );
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        write!(file, "{}", std::process::id())?;
+        file.flush()?;
+        Ok(DataDirLock { _file: file })
+    }
 }
 
 fn keys_cmd(cmd: KeysCmd) -> anyhow::Result<()> {
@@ -321,7 +412,7 @@ fn keys_cmd(cmd: KeysCmd) -> anyhow::Result<()> {
                 Some(s) => Scope::parse_list(&s).map_err(|e| anyhow!("--scopes: {e}"))?,
                 None => Scope::ALL.to_vec(),
             };
-            let store = open_store(&base_config(&common)?)?;
+            let store = open_existing(&base_config(&common)?)?;
             let raw = keys::generate_raw_key();
             let info = store.write_sync(|tx| keys::insert(tx, &org, &name, &scopes, &raw))?;
             eprintln!(
@@ -334,21 +425,25 @@ fn keys_cmd(cmd: KeysCmd) -> anyhow::Result<()> {
             Ok(())
         }
         KeysCmd::Revoke { common, key_id } => {
-            let store = open_store(&base_config(&common)?)?;
-            let id = store.write_sync(|tx| keys::revoke(tx, &key_id))?;
-            eprintln!("revoked key {id}");
+            let store = open_existing(&base_config(&common)?)?;
+            match store.write_sync(|tx| keys::revoke_key(tx, &key_id))? {
+                keys::Revocation::Revoked { id } => eprintln!("revoked key {id}"),
+                keys::Revocation::AlreadyRevoked { id, revoked_at } => {
+                    eprintln!("key {id} was already revoked at {revoked_at}; nothing changed")
+                }
+            }
             Ok(())
         }
         KeysCmd::List { common, org } => {
-            let store = open_store(&base_config(&common)?)?;
+            let store = open_existing(&base_config(&common)?)?;
             let list = store.read_sync(|c| keys::list(c, org.as_deref()))?;
             println!(
-                "{:<36}  {:<16}  {:<14}  {:<12}  {:<8}  SCOPES",
-                "ID", "ORG", "PREFIX", "NAME", "STATE"
+                "{:<36}  {:<16}  {:<14}  {:<12}  {:<8}  {:<20}  {:<20}  SCOPES",
+                "ID", "ORG", "PREFIX", "NAME", "STATE", "CREATED", "LAST USED"
             );
             for k in list {
                 println!(
-                    "{:<36}  {:<16}  {:<14}  {:<12}  {:<8}  {}",
+                    "{:<36}  {:<16}  {:<14}  {:<12}  {:<8}  {:<20}  {:<20}  {}",
                     k.id,
                     k.org_id,
                     format!("{}…", k.prefix),
@@ -358,12 +453,19 @@ fn keys_cmd(cmd: KeysCmd) -> anyhow::Result<()> {
                     } else {
                         "active"
                     },
+                    short_time(&k.created_at),
+                    k.last_used_at.as_deref().map_or("never", short_time),
                     Scope::join(&k.scopes)
                 );
             }
             Ok(())
         }
     }
+}
+
+/// "2026-11-29T12:00:00Z" from a stored "2026-11-29T12:00:00.000Z": seconds are enough here.
+fn short_time(rfc3339: &str) -> &str {
+    rfc3339.get(..19).unwrap_or(rfc3339)
 }
 
 fn org_cmd(cmd: OrgCmd) -> anyhow::Result<()> {
@@ -380,7 +482,18 @@ fn org_cmd(cmd: OrgCmd) -> anyhow::Result<()> {
                 rate_limit: settings.rate_limit,
                 pilot_mode: settings.pilot_mode.unwrap_or(PilotMode::Review),
             };
-            let created = store.write_sync(|tx| orgs::create(tx, &new))?;
+            let timezone = settings.timezone;
+            let created = store.write_sync(|tx| {
+                let created = orgs::create(tx, &new)?;
+                match timezone {
+                    Some(zone) => {
+                        orgs::set_timezone(tx, &created.id, zone)?;
+                        orgs::get(tx, &created.id)?
+                            .ok_or_else(|| crate::error::ApiError::internal("org vanished"))
+                    }
+                    None => Ok(created),
+                }
+            })?;
             println!("{}", serde_json::to_string_pretty(&created)?);
             Ok(())
         }
@@ -389,18 +502,19 @@ fn org_cmd(cmd: OrgCmd) -> anyhow::Result<()> {
             org,
             settings,
         } => {
-            let store = open_store(&base_config(&common)?)?;
+            let store = open_existing(&base_config(&common)?)?;
             let changes = orgs::OrgChanges {
                 plan: settings.plan,
                 rate_limit: settings.rate_limit,
                 pilot_mode: settings.pilot_mode,
+                timezone: settings.timezone,
             };
             let updated = store.write_sync(|tx| orgs::update(tx, &org, &changes))?;
             println!("{}", serde_json::to_string_pretty(&updated)?);
             Ok(())
         }
         OrgCmd::Show { common, org } => {
-            let store = open_store(&base_config(&common)?)?;
+            let store = open_existing(&base_config(&common)?)?;
             let found = store
                 .read_sync(|c| orgs::get(c, &org))?
                 .ok_or_else(|| anyhow!("org '{org}' does not exist"))?;

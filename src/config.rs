@@ -29,6 +29,9 @@ pub struct Config {
     /// Directory holding the SQLite database.
     pub data_dir: PathBuf,
     pub log_format: LogFormat,
+    /// Access lines at INFO (one per HTTP request and per WebSocket turn): 1 logs every one,
+    /// N logs one in N, 0 turns them off. Errors (5xx) are logged at WARN regardless.
+    pub access_log_sample: u32,
     /// After SIGTERM, how long the server keeps serving with `/readyz` answering 503 before it
     /// stops accepting and drains, so load balancers see it leave first.
     pub shutdown_delay_ms: u64,
@@ -171,6 +174,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
             log_format: LogFormat::Text,
+            access_log_sample: 1,
             shutdown_delay_ms: 0,
             limits: LimitsConfig::default(),
             storage: StorageConfig::default(),

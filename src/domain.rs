@@ -196,3 +196,95 @@ mod tests {
         assert!(Scope::parse_list("admin").is_err());
     }
 }
+
+/// An organisation's time zone: an IANA name such as `Europe/Berlin` (default `UTC`). Times are
+/// spoken in it (DESIGN §20) and calendar dates such as `since: "2026-11-28"` start at its
+/// midnight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeZone(pub chrono_tz::Tz);
+
+impl TimeZone {
+    pub const UTC: TimeZone = TimeZone(chrono_tz::Tz::UTC);
+
+    /// The IANA name, e.g. `Europe/Berlin`.
+    pub fn name(self) -> &'static str {
+        self.0.name()
+    }
+
+    /// Whether clocks in this zone read UTC (so the zone is worth saying aloud).
+    pub fn is_utc(self) -> bool {
+        matches!(
+            self.0,
+            chrono_tz::Tz::UTC | chrono_tz::Tz::Etc__UTC | chrono_tz::Tz::Etc__UCT
+        )
+    }
+}
+
+impl Default for TimeZone {
+    fn default() -> Self {
+        TimeZone::UTC
+    }
+}
+
+impl FromStr for TimeZone {
+    type Err = String;
+    /// Accepts IANA names exactly as the tz database spells them, and also in another case
+    /// (`europe/berlin`), as people type them.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        s.parse::<chrono_tz::Tz>()
+            .or_else(|_| chrono_tz::Tz::from_str_insensitive(s))
+            .map(TimeZone)
+            .map_err(|_| {
+                format!(
+                    "'{}' is not an IANA time zone name (e.g. Europe/Berlin, America/New_York, UTC)",
+                    s.chars().take(64).collect::<String>()
+                )
+            })
+    }
+}
+
+impl fmt::Display for TimeZone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl serde::Serialize for TimeZone {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TimeZone {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl utoipa::PartialSchema for TimeZone {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some("IANA time zone name, e.g. Europe/Berlin"))
+            .examples([serde_json::json!("Europe/Berlin")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for TimeZone {}
+
+impl rusqlite::types::FromSql for TimeZone {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        v.as_str()?
+            .parse()
+            .map_err(|e: String| rusqlite::types::FromSqlError::Other(e.into()))
+    }
+}
+
+impl rusqlite::types::ToSql for TimeZone {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(rusqlite::types::ToSqlOutput::from(self.name()))
+    }
+}

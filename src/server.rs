@@ -61,6 +61,17 @@ pub async fn start(config: Config, store: Option<Store>) -> anyhow::Result<Runni
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    start_on(listener, config, store).await
+}
+
+/// Like [`start`] on a listener the caller bound already (`serve` binds before it touches the
+/// data directory, so a busy port fails before anything is created or printed).
+pub async fn start_on(
+    listener: TcpListener,
+    config: Config,
+    store: Store,
+) -> anyhow::Result<RunningServer> {
+    config.validate()?;
     let addr = listener.local_addr()?;
     let app = App::new(config, store, crate::telemetry::install_metrics())?;
     crate::native::workers::spawn(app.store.clone(), app.shutdown_signal());

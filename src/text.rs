@@ -23,6 +23,21 @@ pub fn normalize(s: &str) -> String {
     out
 }
 
+/// A user value quoted in an error's `details`: at most `max` characters, control characters
+/// shown as spaces, "…" when cut. Unlike speech, it keeps what was sent (underscores, symbols),
+/// since a developer reads it to find the mistake.
+pub fn clip(s: &str, max: usize) -> String {
+    let mut out: String = s
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if s.chars().count() > max {
+        out.push('…');
+    }
+    out
+}
+
 /// The distinct tokens of a normalised string.
 pub fn tokens(normalized: &str) -> Vec<&str> {
     let mut t: Vec<&str> = normalized.split(' ').filter(|t| !t.is_empty()).collect();

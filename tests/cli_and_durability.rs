@@ -797,4 +797,233 @@ async fn native_state_survives_sigterm_and_kill_9() {
         assert_eq!(twice.ok(200)["mode"], "duplicate", "{}", twice.text);
     }
     server.kill9();
+
+// ---------------------------------------------------------------------------------------------
+// First run: nothing is created by commands that only read or change existing records.
+
+#[test]
+fn read_only_commands_never_create_a_data_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("nonexistent");
+    for args in [
+        vec!["keys", "list"],
+        vec!["org", "show", "acme"],
+        vec!["keys", "revoke", "some-id"],
+        vec!["org", "set", "acme", "--plan", "pro"],
+        vec!["keys", "create", "--org", "acme"],
+    ] {
+        let o = cli(&missing, &args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr(&o).contains("does not exist"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+        assert!(stdout(&o).is_empty(), "{args:?}: {}", stdout(&o));
+        assert!(!missing.exists(), "{args:?} created {}", missing.display());
+    }
+    // An existing directory without a database is not a workspace either.
+    let o = cli(dir.path(), &["keys", "list"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("no pilot-bridge database"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dir.path().join("pilot-bridge.db").exists());
+}
+
+#[test]
+fn keys_list_shows_created_and_last_used_and_revoke_says_when_already_done() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    cli_ok(d, &["org", "create", "acme"]);
+    let (_key, id) = create_key(d, "acme", None);
+    let list = stdout(&cli_ok(d, &["keys", "list"]));
+    let header = list.lines().next().unwrap_or("");
+    assert!(
+        header.contains("CREATED") && header.contains("LAST USED"),
+        "{list}"
+    );
+    let row = list.lines().find(|l| l.contains(&id)).expect("key row");
+    assert!(row.contains("never"), "{row}");
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    assert!(row.contains(&today), "{row}");
+
+    let first = cli_ok(d, &["keys", "revoke", &id]);
+    assert!(stderr(&first).contains(&format!("revoked key {id}")));
+    let again = cli_ok(d, &["keys", "revoke", &id]);
+    assert!(
+        stderr(&again).contains("was already revoked at"),
+        "{}",
+        stderr(&again)
+    );
+}
+
+#[test]
+fn org_timezone_is_set_from_the_cli_and_validated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let o = cli_ok(
+        d,
+        &["org", "create", "acme", "--timezone", "America/New_York"],
+    );
+    let org: Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    assert_eq!(org["timezone"], "America/New_York");
+    let o = cli_ok(d, &["org", "set", "acme", "--timezone", "europe/berlin"]);
+    let org: Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    assert_eq!(org["timezone"], "Europe/Berlin", "canonical spelling");
+    let o = cli(d, &["org", "set", "acme", "--timezone", "Berlin"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("is not an IANA time zone name"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn help_documents_every_argument_and_the_scopes() {
+    let o = bin()
+        .args(["keys", "create", "--help"])
+        .output()
+        .expect("run");
+    let help = stdout(&o);
+    assert!(
+        help.contains("contacts, campaigns, chat, native, credits, settings"),
+        "{help}"
+    );
+    for cmd in [
+        vec!["keys", "revoke", "--help"],
+        vec!["org", "set", "--help"],
+        vec!["org", "show", "--help"],
+    ] {
+        let help = stdout(&bin().args(&cmd).output().expect("run"));
+        for line in help.lines().filter(|l| l.trim_start().starts_with('<')) {
+            assert!(
+                line.split_whitespace().count() > 1,
+                "{cmd:?}: argument without a description: {line}"
+            );
+        }
+    }
+    let help = stdout(&bin().args(["org", "set", "--help"]).output().expect("run"));
+    assert!(help.contains("--timezone"), "{help}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_binds_before_it_seeds_and_one_data_directory_has_one_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A busy port: nothing is created or printed before the bind fails.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = busy.local_addr().expect("addr").port();
+    let data = dir.path().join("data");
+    let o = bin()
+        .args(["serve", "--demo", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(&data)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run serve");
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("cannot listen on"), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("Try:"), "{}", stdout(&o));
+    assert!(!data.exists(), "nothing seeded before the bind");
+    drop(busy);
+
+    // A second server on a data directory a live one holds is refused.
+    std::fs::create_dir_all(&data).expect("mkdir");
+    let (mut first, _out) = Server::spawn(&data, &[], &[]);
+    first.wait_ready().await;
+    let port2 = free_port();
+    let o = bin()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port2}")])
+        .arg("--data-dir")
+        .arg(&data)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run serve");
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("is in use by another pilot-bridge process"),
+        "{}",
+        stderr(&o)
+    );
+    // After the holder dies (even by SIGKILL) the directory is free again.
+    first.kill9();
+    let (mut again, _out) = Server::spawn(&data, &[], &[]);
+    again.wait_ready().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_lines_at_info_with_route_template_and_request_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (mut server, out) = Server::spawn(d, &["--demo"], &[("RUST_LOG", "info")]);
+    let (key, _) = read_demo_banner(out.expect("stdout"));
+    server.wait_ready().await;
+    let c = server.client(&key);
+    let id = c.get("/contacts?search=sarah").await.page()[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let r = c.get(&format!("/contacts/{id}")).await;
+    r.ok(200);
+    let request_id = r.header("x-request-id").expect("request id").to_string();
+    let turn = c
+        .post(
+            "/native/outreachpilot",
+            json!({ "action": { "type": "note_on_contact", "contactId": id, "note": "secret plans" },
+                    "transcript": "note that secret plans" }),
+        )
+        .await;
+    turn.ok(200);
+    server.kill9();
+    let log = std::fs::read_to_string(log_path(d)).expect("log");
+    let line = log
+        .lines()
+        .find(|l| l.contains(&request_id))
+        .unwrap_or_else(|| panic!("no access line for {request_id}: {log}"));
+    assert!(line.contains("INFO"), "{line}");
+    assert!(line.contains("route=/api/v1/contacts/{id}"), "{line}");
+    assert!(
+        line.contains("method=GET") && line.contains("status=200"),
+        "{line}"
+    );
+    assert!(line.contains("elapsed_ms="), "{line}");
+    assert!(
+        !line.contains(&id),
+        "route template, not the raw path: {line}"
+    );
+    assert!(
+        !log.contains("secret plans"),
+        "notes and transcripts stay out of INFO logs: {log}"
+    );
+
+    // Sampling 0 turns the access lines off.
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let (mut quiet, out) = Server::spawn(
+        dir2.path(),
+        &["--demo", "--access-log-sample", "0"],
+        &[("RUST_LOG", "info")],
+    );
+    let (key, _) = read_demo_banner(out.expect("stdout"));
+    quiet.wait_ready().await;
+    quiet.client(&key).get("/credits").await.ok(200);
+    quiet.kill9();
+    let log = std::fs::read_to_string(log_path(dir2.path())).expect("log");
+    assert!(!log.contains("route=/api/v1/credits"), "{log}");
+}
+
+/// The one `serve-*.log` a test server wrote into `dir`.
+fn log_path(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("serve-") && n.ends_with(".log"))
+        })
+        .expect("serve log")
 }

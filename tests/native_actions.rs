@@ -144,7 +144,7 @@ async fn campaign_stats_match_rest_audience_stats() {
         assert_eq!(rest["audience_stats"]["total"], 21);
         assert_eq!(
             a["spoken_summary"],
-            "Q4 Enterprise is paused with 21 people: 17 active, 2 completed, 2 bounced."
+            "Q4 Enterprise is paused with 21 people: 17 active, 2 completed and 2 bounced."
         );
     }
 }
@@ -164,7 +164,9 @@ async fn reply_inbox_lists_inbound_replies() {
     assert_eq!(unread["data"]["total"], 3);
     let spoken = unread["spoken_summary"].as_str().unwrap();
     assert!(
-        spoken.starts_with("You have 3 unread replies. Latest from Sarah Kim: Happy to connect."),
+        spoken.starts_with(
+            "You have 3 unread replies. In the latest, Sarah Kim wrote: Happy to connect."
+        ),
         "{spoken}"
     );
 
@@ -421,7 +423,7 @@ async fn book_meeting_appears_in_meeting_activity() {
     assert_eq!(a["mode"], "result");
     assert_eq!(
         a["spoken_summary"],
-        "Booked a 45 minute meeting with John Smith on December 1 at 3:00 PM UTC."
+        "Booked a 45 minute meeting with John Smith on Sunday, December 1, 2030 at 3:00 PM UTC."
     );
     assert!(a["ids"]["meeting_id"].is_string());
     let meetings = d
@@ -457,7 +459,10 @@ async fn send_message_in_auto_mode_confirms_queues_and_delivers() {
         .act(json!({ "type": "send_message", "contactRef": "John Smith", "body": body, "subject": "Series B" }))
         .await;
     assert_eq!(ask["mode"], "confirmation_required");
-    assert_eq!(ask["spoken_summary"], "Send this email to John Smith?");
+    assert_eq!(
+        ask["spoken_summary"],
+        "Send John Smith an email with the subject Series B, starting: Hi John, congratulations on the Series B. Worth a chat?"
+    );
     assert_eq!(ask["data"]["body"], body);
     assert_eq!(d.rows("outbox", None).await, 0, "nothing queued before yes");
 
@@ -468,7 +473,7 @@ async fn send_message_in_auto_mode_confirms_queues_and_delivers() {
     assert!(sent["ids"]["message_id"].is_string());
     assert_eq!(
         sent["spoken_summary"],
-        "Your email to John Smith is queued and goes out in 1 second."
+        "Your email to John Smith about Series B is queued and goes out in 1 second."
     );
     assert_eq!(d.rows("outbox", Some("queued")).await, 1);
 
@@ -659,7 +664,7 @@ async fn unknown_references_are_not_found_with_a_spoken_summary() {
         ),
         (
             json!({ "type": "lookup_person", "contactId": "00000000-0000-4000-8000-000000000000" }),
-            "I couldn't find that record.",
+            "I couldn't find that contact.",
         ),
         (
             json!({ "type": "campaign_stats", "campaignRef": "Winter sale" }),
@@ -762,7 +767,7 @@ async fn spoken_summaries_never_read_out_urls_or_ids() {
     assert!(inbox["spoken_summary"]
         .as_str()
         .unwrap()
-        .contains("Latest from Sarah Chen: Pricing is here"));
+        .contains("In the latest, Sarah Chen wrote: Pricing is here"));
     let research = d
         .act(json!({ "type": "start_research", "company": "Figma", "topic": "pricing (https://evil.example/pricing)" }))
         .await;

@@ -39,7 +39,7 @@ async fn the_seven_dangerous_writes_ask_then_execute_exactly_once() {
     let cases = [
         (
             json!({ "type": "send_message", "contactRef": "John Smith", "body": "Hi John" }),
-            "Send this email to John Smith?",
+            "Send John Smith an email, starting: Hi John?",
             "outbox",
         ),
         (
@@ -54,7 +54,7 @@ async fn the_seven_dangerous_writes_ask_then_execute_exactly_once() {
         ),
         (
             json!({ "type": "book_meeting", "contactRef": "John Smith", "startTime": "2030-12-01T15:00:00Z" }),
-            "Book a 30 minute meeting with John Smith on December 1 at 3:00 PM UTC?",
+            "Book a 30 minute meeting with John Smith on Sunday, December 1, 2030 at 3:00 PM UTC?",
             "meetings",
         ),
         (

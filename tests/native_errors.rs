@@ -207,8 +207,8 @@ async fn field_errors_name_the_field() {
     let cases = [
         (
             json!({ "type": "lookup_person", "personName": "Sarah Chen", "compnay": "Notion" }),
-            "action.compnay: unknown field",
-            "I don't know the field compnay for that action.",
+            "action.compnay: unknown field; did you mean company?",
+            "One of the details in that request isn't something this action takes.",
         ),
         (
             json!({ "type": "add_to_campaign", "contactRef": "Sarah Chen" }),
@@ -231,9 +231,9 @@ async fn field_errors_name_the_field() {
             "When should the meeting start?",
         ),
         (
-            json!({ "type": "recent_signals", "limit": 500 }),
-            "action.limit: must be between 1 and 100",
-            "I can list between 1 and 100 at a time.",
+            json!({ "type": "recent_signals", "limit": 0 }),
+            "action.limit: must be at least 1",
+            "I need to list at least one.",
         ),
     ];
     for (action, details, spoken) in cases {
@@ -250,7 +250,7 @@ async fn field_errors_name_the_field() {
             "action.status:",
         ),
         (
-            json!({ "type": "recent_signals", "limit": "5" }),
+            json!({ "type": "recent_signals", "limit": "five" }),
             "action.limit:",
         ),
         (
@@ -339,16 +339,23 @@ async fn every_reply_has_a_distinct_request_id() {
 }
 
 #[tokio::test]
-async fn top_level_fields_are_lenient_action_fields_are_strict() {
+async fn unknown_fields_are_refused_at_every_level() {
     let d = demo().await;
-    // Unknown top-level fields are ignored.
+    // Unknown top-level fields are refused (milestone 2): a typo must not drop a key.
     let r = d
         .send(json!({
             "action": { "type": "lookup_person", "personName": "Sarah Chen" },
-            "client": "glasses", "locale": "en-US"
+            "client": "glasses"
         }))
         .await;
-    assert_eq!(check_ok(&r)["mode"], "result");
+    let e = check_err(&r, 422, "VALIDATION_ERROR");
+    assert!(
+        e["details"]
+            .as_str()
+            .unwrap()
+            .starts_with("client: unknown field; known fields: action, transcript"),
+        "{e}"
+    );
 
     // Two aliases of one field are a conflict, not a guess.
     let r = d

@@ -194,3 +194,39 @@ fn routes_are_only_registered_through_the_spec() {
     let build = &http[http.find("pub fn build_router").expect("build_router")..];
     assert!(build.contains("= routes(") && build.contains(".split_for_parts()"));
 }
+
+/// `GET /docs`: an HTML reference built from the document, offline, where every error's
+/// `docs_url` lands on its code.
+#[tokio::test]
+async fn docs_page_resolves_every_docs_url() {
+    let s = common::start().await;
+    let r = s.root_client().get("/docs").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    let page = r.text.clone();
+    assert!(!page.contains("<script"), "no scripts");
+    assert!(!page.contains("src=\"http") && !page.contains("href=\"http"));
+    // A real error's docs_url, followed to its anchor.
+    let e = s.anonymous().get("/contacts").await;
+    let url = e.body["error"]["docs_url"].as_str().expect("docs_url");
+    let (path, fragment) = url.split_once('#').expect("fragment");
+    assert_eq!(path, "/docs");
+    assert!(
+        page.contains(&format!("id=\"{fragment}\"")),
+        "{url} has no anchor"
+    );
+    for code in [
+        "validation_error",
+        "rate_limited",
+        "upstream_unavailable",
+        "pending_action_expired",
+    ] {
+        assert!(page.contains(&format!("id=\"{code}\"")), "{code}");
+    }
+    // Every documented path appears on the page.
+    let doc = s.root_client().get("/openapi.json").await.body.clone();
+    for path in doc["paths"].as_object().expect("paths").keys() {
+        let escaped = path.replace('&', "&amp;");
+        assert!(page.contains(&escaped), "{path} missing from /docs");
+    }
+}

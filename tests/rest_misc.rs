@@ -50,12 +50,12 @@ async fn settings_pilot_mode() {
     let b = s.org_client("other").await;
     assert_eq!(
         a.get("/settings").await.ok(200),
-        &json!({"pilot_mode": "review"})
+        &json!({"pilot_mode": "review", "timezone": "UTC"})
     );
 
     for mode in ["off", "auto", "review", "auto"] {
         let r = a.patch("/settings", json!({ "pilot_mode": mode })).await;
-        assert_eq!(r.ok(200), &json!({ "pilot_mode": mode }));
+        assert_eq!(r.ok(200), &json!({ "pilot_mode": mode, "timezone": "UTC" }));
         assert_eq!(a.get("/settings").await.ok(200)["pilot_mode"], mode);
     }
     assert_eq!(
@@ -74,7 +74,7 @@ async fn settings_pilot_mode() {
             "pilot_mode: 'AUTO' is not one of",
         ),
         (json!({"pilot_mode": null}), "pilot_mode: must not be null"),
-        (json!({}), "pilot_mode: missing"),
+        (json!({}), "body: nothing to change"),
         (
             json!({"pilot_mode": "off", "theme": "dark"}),
             "theme: unknown setting",

@@ -165,6 +165,7 @@ impl Authenticator {
             Ok(p) => {
                 let p = Arc::new(p);
                 self.valid.insert(hash, p.clone());
+                self.record_use(&p);
                 Ok(p)
             }
             Err(code) => {
@@ -172,6 +173,30 @@ impl Authenticator {
                 Err(verdict_error(code))
             }
         }
+    }
+}
+
+impl Authenticator {
+    /// Notes when a stored key was last used, for `keys list`. It runs once per key each time
+    /// the key cache reloads it (so it is accurate to the cache's lifetime), in the background:
+    /// the request never waits for this write, and a failure only leaves an older time.
+    fn record_use(&self, p: &Principal) {
+        let KeySource::Store(store) = &self.source else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, key_id) = (store.clone(), p.key_id.clone());
+        runtime.spawn(async move {
+            let now = crate::ids::now_rfc3339();
+            if let Err(e) = store
+                .write_bookkeeping(move |tx| keys::touch(tx, &key_id, &now))
+                .await
+            {
+                tracing::debug!(error = %e, "cannot record when a key was last used");
+            }
+        });
     }
 }
 

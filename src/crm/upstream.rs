@@ -235,19 +235,26 @@ impl Backend for UpstreamBackend {
 /// (target `pilot_bridge::audit`) with the fields the embedded store keeps; returns its id.
 fn audit_to_log(r: &audit::AuditRecord<'_>) -> String {
     let id = crate::ids::new_id();
+    // What the user said and the action's text (notes, message bodies) are personal data:
+    // only at DEBUG, never in the INFO line a log shipper keeps.
     tracing::info!(
         target: "pilot_bridge::audit",
         audit_id = %id,
         org_id = r.org_id,
         key_id = r.key_id,
         action_type = r.action_type,
-        action = %r.action,
-        transcript = r.transcript.unwrap_or(""),
         execution_mode = r.execution_mode,
         outcome = r.outcome,
         ids = %r.ids,
         elapsed_ms = r.elapsed_ms,
         "audit"
+    );
+    tracing::debug!(
+        target: "pilot_bridge::audit",
+        audit_id = %id,
+        action = %r.action,
+        transcript = r.transcript.unwrap_or(""),
+        "audit content"
     );
     telemetry::audit_write();
     id

@@ -19,7 +19,7 @@ use crate::ids::new_request_id;
 
 /// Gives every request an id, sets `X-Request-Id`, and rewrites any error response that is not
 /// already our JSON envelope (axum's 404/405, a caught panic, …) into one.
-pub async fn request_context(req: Request, next: Next) -> Response {
+pub async fn request_context(State(app): State<AppState>, req: Request, next: Next) -> Response {
     let ctx = RequestContext {
         request_id: new_request_id(),
         started: Instant::now(),
@@ -61,13 +61,29 @@ pub async fn request_context(req: Request, next: Next) -> Response {
     span.record("status", status);
     crate::telemetry::http_request(&route, method.as_str(), status, elapsed);
     let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
-    // One line per request at debug level: at info, logging would cost more than the request.
+    // The access line: method, route template, request id (from the span), status, elapsed.
+    // Sampled by `access_log_sample`, since at full rate on the fast path it can cost more
+    // than the request; failures are always logged.
     if status >= 500 {
         tracing::warn!(parent: &span, status, elapsed_ms, "request failed");
-    } else {
-        tracing::debug!(parent: &span, status, elapsed_ms, "request finished");
+    } else if access_sampled(app.config.access_log_sample) {
+        tracing::info!(parent: &span, status, elapsed_ms, "request");
     }
     resp
+}
+
+/// Whether this request's access line is logged: every one for 1, one in `n` for `n`, none
+/// for 0. One counter for HTTP requests and WebSocket turns alike.
+pub fn access_sampled(n: u32) -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEEN: AtomicU64 = AtomicU64::new(0);
+    match n {
+        0 => false,
+        1 => true,
+        n => SEEN
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(u64::from(n)),
+    }
 }
 
 fn is_json(h: &HeaderMap) -> bool {

@@ -1,6 +1,7 @@
 //! The HTTP transport: routing, the envelope, extractors and middleware. Thin by design — each
 //! handler reads its input, calls the store or the native core, and renders the envelope.
 
+pub mod docs;
 pub mod envelope;
 pub mod extract;
 pub mod middleware;
@@ -41,6 +42,7 @@ pub fn routes(
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
         .routes(routes!(openapi::serve))
+        .routes(routes!(docs::serve))
         .nest("/api/v1", api)
 }
 
@@ -63,7 +65,10 @@ pub fn build_router(app: AppState) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(axum::middleware::from_fn(middleware::request_context))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            middleware::request_context,
+        ))
         .with_state(app)
 }
 

@@ -25,10 +25,10 @@ pub async fn healthz() -> Response {
 #[utoipa::path(get, path = "/readyz", tag = "operations", operation_id = "readyz", security(()),
     responses(
         (status = 200, description = "`{ status: \"ready\" }`", body = crate::http::schemas::Envelope<crate::http::schemas::Status>),
-        (status = 503, description = "`SERVICE_UNAVAILABLE`: starting, shutting down, or the database does not answer"),
+        (status = 503, description = "`SERVICE_UNAVAILABLE`: starting, shutting down, or the database does not answer or cannot be written"),
     ))]
 pub async fn readyz(State(app): State<AppState>) -> Response {
-    if app.is_ready() && app.store.ping().await {
+    if app.is_ready() && app.store.ping().await && app.store.writable().await {
         json_response(
             StatusCode::OK,
             &json!({ "ok": true, "data": { "status": "ready" }, "meta": meta() }),

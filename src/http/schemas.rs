@@ -502,7 +502,10 @@ fn campaign_type_schema() -> utoipa::openapi::schema::Object {
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct SettingsPatch {
-    pilot_mode: crate::domain::PilotMode,
+    /// off | review | auto
+    pilot_mode: Option<crate::domain::PilotMode>,
+    /// IANA time zone name, e.g. Europe/Berlin
+    timezone: Option<crate::domain::TimeZone>,
 }
 
 #[cfg(test)]

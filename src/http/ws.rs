@@ -36,6 +36,9 @@ use crate::native::timing::ServerTiming;
 use crate::native::Transport;
 use crate::telemetry;
 
+/// The route template WebSocket turns are logged under.
+const WS_ROUTE: &str = "/api/v1/native/outreachpilot/ws";
+
 /// Small read buffer so idle connections stay cheap (tungstenite's default is 128 KiB); voice
 /// frames are small, and larger ones are simply read in more steps.
 const READ_BUFFER: usize = 2 * 1024;
@@ -489,6 +492,14 @@ async fn handle_frame(
         }
         Err((e, _)) => app.bridge.reject(e, timing, Transport::WebSocket),
     };
+    // The same access line as an HTTP request, one per turn.
+    let status = outcome.status();
+    let elapsed_ms = outcome.performance.server_elapsed_ms;
+    if status >= 500 {
+        tracing::warn!(request_id = %request_id, method = "WS", route = WS_ROUTE, status, elapsed_ms, "turn failed");
+    } else if crate::http::middleware::access_sampled(app.config.access_log_sample) {
+        tracing::info!(request_id = %request_id, method = "WS", route = WS_ROUTE, status, elapsed_ms, "turn");
+    }
     let bytes = outcome.envelope_bytes(&request_id, Some(FrameInfo { id: Some(&id) }));
     // serde_json writes UTF-8, so this conversion cannot fail; an empty frame would be a bug.
     Some(Message::Text(

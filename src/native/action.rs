@@ -68,8 +68,9 @@ pub struct LookupCompany {
 #[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecentSignals {
-    /// Only signals detected at or after this time (RFC 3339).
-    #[schema(format = DateTime)]
+    /// Only signals detected at or after this time: an RFC 3339 time, or a date
+    /// (`2026-11-28`, from midnight in the org's time zone).
+    #[schema(examples("2026-11-28T00:00:00Z", "2026-11-28"))]
     pub since: Option<String>,
     /// Only signals for this company.
     #[schema(max_length = 200)]
@@ -85,10 +86,15 @@ pub struct RecentSignals {
     pub contact: Option<String>,
     /// Lowest intent score, 0-100.
     #[schema(minimum = 0, maximum = 100)]
-    #[serde(rename = "minIntentScore")]
+    #[serde(
+        rename = "minIntentScore",
+        default,
+        deserialize_with = "lenient::opt_i64"
+    )]
     pub min_intent_score: Option<i64>,
-    /// At most this many signals (default 5).
-    #[schema(minimum = 1, maximum = 100)]
+    /// At most this many signals (default 5; more than 100 is read as 100).
+    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "lenient::opt_u32")]
     pub limit: Option<u32>,
 }
 
@@ -228,10 +234,11 @@ pub struct ReplyInbox {
     /// Company name, to narrow a contact name.
     pub company: Option<String>,
     /// Only unread replies.
-    #[serde(rename = "unreadOnly")]
+    #[serde(rename = "unreadOnly", default, deserialize_with = "lenient::opt_bool")]
     pub unread_only: Option<bool>,
-    /// At most this many replies (default 5).
-    #[schema(minimum = 1, maximum = 50)]
+    /// At most this many replies (default 5; more than 50 is read as 50).
+    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "lenient::opt_u32")]
     pub limit: Option<u32>,
 }
 
@@ -256,7 +263,11 @@ pub struct BookMeeting {
     pub start_time: Option<String>,
     /// Length in minutes (default 30).
     #[schema(minimum = 5, maximum = 480)]
-    #[serde(rename = "durationMinutes")]
+    #[serde(
+        rename = "durationMinutes",
+        default,
+        deserialize_with = "lenient::opt_u32"
+    )]
     pub duration_minutes: Option<u32>,
     /// Meeting title.
     #[schema(max_length = 200)]
@@ -425,7 +436,7 @@ pub fn parse_action(v: &Value) -> ApiResult<Action> {
                 "action.type",
                 format!(
                     "unknown action '{}'; supported: {}",
-                    crate::native::speech::snippet(other, 64),
+                    crate::text::clip(other, 64),
                     ACTION_TYPES.join(", ")
                 ),
             )
@@ -433,7 +444,138 @@ pub fn parse_action(v: &Value) -> ApiResult<Action> {
         }
     };
     validate(&action)?;
-    Ok(action)
+    Ok(clamp_limits(action))
+}
+
+/// Limits above an action's cap read as the cap, as REST pages do (DESIGN §10): a voice model
+/// asking for "all" signals gets the most there are room for, not an error.
+fn clamp_limits(mut action: Action) -> Action {
+    match &mut action {
+        Action::RecentSignals(x) => x.limit = x.limit.map(|l| l.min(MAX_SIGNALS_LIMIT)),
+        Action::ReplyInbox(x) => x.limit = x.limit.map(|l| l.min(MAX_INBOX_LIMIT)),
+        _ => {}
+    }
+    action
+}
+
+/// Most signals one `recent_signals` answer lists.
+pub const MAX_SIGNALS_LIMIT: u32 = 100;
+/// Most replies one `reply_inbox` answer lists.
+pub const MAX_INBOX_LIMIT: u32 = 50;
+
+/// The instant a `since` value means: an RFC 3339 time as given, or a calendar date's midnight
+/// in `zone` (LLM tool calls often send `"2026-11-28"`). `None` when it is neither.
+pub fn parse_since(
+    s: &str,
+    zone: crate::domain::TimeZone,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    use chrono::TimeZone as _;
+    let s = s.trim();
+    if let Some(t) = crate::ids::parse_rfc3339(s) {
+        return Some(t);
+    }
+    let day = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
+    let midnight = day.and_hms_opt(0, 0, 0)?;
+    // A midnight skipped by a DST change starts the day at the first instant that exists.
+    zone.0
+        .from_local_datetime(&midnight)
+        .earliest()
+        .or_else(|| {
+            zone.0
+                .from_local_datetime(&(midnight + chrono::Duration::hours(1)))
+                .earliest()
+        })
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// Numbers and flags as LLM tool calls send them: `5` or `"5"`, `true` or `"true"`.
+mod lenient {
+    use serde::de::{self, Deserializer, Visitor};
+    use std::fmt;
+
+    struct Number;
+
+    impl Visitor<'_> for Number {
+        type Value = Option<i64>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a whole number (such as 5)")
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            i64::try_from(v)
+                .map(Some)
+                .map_err(|_| E::custom("is too large"))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            if v.fract() == 0.0 && v.abs() < 1e15 {
+                Ok(Some(v as i64))
+            } else {
+                Err(E::custom("expected a whole number (such as 5)"))
+            }
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            let t = v.trim();
+            if t.is_empty() {
+                return Ok(None);
+            }
+            t.parse::<i64>().map(Some).map_err(|_| {
+                E::custom(format!(
+                    "'{}' is not a whole number (such as 5)",
+                    t.chars().take(32).collect::<String>()
+                ))
+            })
+        }
+    }
+
+    pub fn opt_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        d.deserialize_any(Number)
+    }
+
+    pub fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        match d.deserialize_any(Number)? {
+            None => Ok(None),
+            Some(n) if n < 0 => Err(de::Error::custom("must not be negative")),
+            Some(n) => Ok(Some(u32::try_from(n).unwrap_or(u32::MAX))),
+        }
+    }
+
+    struct Flag;
+
+    impl Visitor<'_> for Flag {
+        type Value = Option<bool>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("true or false")
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            match v.trim().to_ascii_lowercase().as_str() {
+                "true" => Ok(Some(true)),
+                "false" => Ok(Some(false)),
+                "" => Ok(None),
+                _ => Err(E::custom("expected true or false")),
+            }
+        }
+    }
+
+    pub fn opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+        d.deserialize_any(Flag)
+    }
 }
 
 fn fields<T: DeserializeOwned>(v: &Value) -> ApiResult<T> {
@@ -442,8 +584,10 @@ fn fields<T: DeserializeOwned>(v: &Value) -> ApiResult<T> {
         let msg = e.into_inner().to_string();
         // serde reports missing and unknown fields at the parent; name the field itself.
         if let Some(name) = between(&msg, "unknown field `", "`") {
-            return ApiError::validation(&format!("action.{name}"), "unknown field")
-                .with_spoken(format!("I don't know the field {name} for that action."));
+            let expected = backticked(&msg).into_iter().skip(1).collect::<Vec<_>>();
+            return unknown_field(&format!("action.{name}"), name, &expected).with_spoken(
+                "One of the details in that request isn't something this action takes.",
+            );
         }
         if let Some(name) = between(&msg, "duplicate field `", "`") {
             return ApiError::validation(
@@ -460,8 +604,65 @@ fn fields<T: DeserializeOwned>(v: &Value) -> ApiResult<T> {
             "The {} value doesn't look right.",
             spoken_field(path.trim_start_matches("action."))
         );
-        ApiError::validation(&path, msg).with_spoken(spoken)
+        ApiError::validation(&path, without_rust_types(&msg)).with_spoken(spoken)
     })
+}
+
+/// The `names` in backticks of a serde message, in order.
+fn backticked(msg: &str) -> Vec<&str> {
+    msg.split('`').skip(1).step_by(2).collect()
+}
+
+/// serde names Rust types in some messages ("expected u32"); say what a client should send.
+fn without_rust_types(msg: &str) -> String {
+    let mut out = msg.to_string();
+    for (rust, plain) in [
+        ("expected u32", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected i64", "expected a whole number"),
+        ("expected i32", "expected a whole number"),
+        ("expected usize", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+        ("struct ", ""),
+        ("enum ", ""),
+    ] {
+        out = out.replace(rust, plain);
+    }
+    out
+}
+
+/// A 422 for an unknown field at `path`, with "did you mean `x`?" when one of `known` is close
+/// (`idempotency_key` → `idempotencyKey`, `person_name` → `personName`).
+pub(crate) fn unknown_field(path: &str, name: &str, known: &[&str]) -> ApiError {
+    let detail = match closest_field(name, known) {
+        Some(k) => format!("unknown field; did you mean {k}?"),
+        None if known.is_empty() => "unknown field".to_string(),
+        None => format!("unknown field; known fields: {}", known.join(", ")),
+    };
+    let shown: String = path.chars().take(80).collect();
+    ApiError::validation(&shown, detail)
+}
+
+/// The known field `name` most likely meant: the same letters in another case or separator
+/// style, else the closest by Jaro–Winkler (≥ 0.85).
+fn closest_field<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
+    let squash = |s: &str| -> String {
+        s.chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    };
+    let wanted = squash(name);
+    if let Some(k) = known.iter().find(|k| squash(k) == wanted) {
+        return Some(k);
+    }
+    known
+        .iter()
+        .map(|k| (strsim::jaro_winkler(&wanted, &squash(k)), *k))
+        .filter(|(score, _)| *score >= 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k)
 }
 
 fn between<'a>(s: &'a str, start: &str, end: &str) -> Option<&'a str> {
@@ -521,13 +722,11 @@ fn opt_len(field: &str, s: &Option<String>, max: usize) -> ApiResult<()> {
     s.as_deref().map_or(Ok(()), |s| check_len(field, s, max))
 }
 
-fn check_limit(limit: Option<u32>, max: u32) -> ApiResult<()> {
+/// A limit below 1 is an error; one above the cap is clamped later ([`clamp_limits`]).
+fn check_limit(limit: Option<u32>) -> ApiResult<()> {
     match limit {
-        Some(l) if l == 0 || l > max => Err(ApiError::validation(
-            "action.limit",
-            format!("must be between 1 and {max}"),
-        )
-        .with_spoken(format!("I can list between 1 and {max} at a time."))),
+        Some(0) => Err(ApiError::validation("action.limit", "must be at least 1")
+            .with_spoken("I need to list at least one.")),
         _ => Ok(()),
     }
 }
@@ -548,12 +747,12 @@ fn validate(a: &Action) -> ApiResult<()> {
             opt_len("company", &x.company, 200)
         }
         Action::RecentSignals(x) => {
-            check_limit(x.limit, 100)?;
+            check_limit(x.limit)?;
             if let Some(s) = &x.since {
-                if crate::ids::parse_rfc3339(s).is_none() {
+                if parse_since(s, crate::domain::TimeZone::UTC).is_none() {
                     return Err(ApiError::validation(
                         "action.since",
-                        "expected an RFC 3339 timestamp such as 2026-05-01T00:00:00Z",
+                        "expected a date such as 2026-05-01 or an RFC 3339 time such as 2026-05-01T00:00:00Z",
                     )
                     .with_spoken("I didn't understand the time to look back to."));
                 }
@@ -603,7 +802,7 @@ fn validate(a: &Action) -> ApiResult<()> {
             opt_len("subject", &x.subject, 300)
         }
         Action::ReplyInbox(x) => {
-            check_limit(x.limit, 50)?;
+            check_limit(x.limit)?;
             opt_len("contactRef", &x.contact, 320)
         }
         Action::BookMeeting(x) => {
@@ -714,13 +913,29 @@ mod tests {
         );
         assert_eq!(
             err(json!({"type":"lookup_person","personName":"x","compnay":"y"})),
-            "action.compnay: unknown field"
+            "action.compnay: unknown field; did you mean company?"
         );
-        assert!(err(json!({"type":"recent_signals","limit":"5"}))
-            .starts_with("action.limit: invalid type"));
         assert_eq!(
-            err(json!({"type":"recent_signals","limit":500})),
-            "action.limit: must be between 1 and 100"
+            err(json!({"type":"lookup_person","person_name":"x"})),
+            "action.person_name: unknown field; did you mean personName?"
+        );
+        assert_eq!(
+            err(json!({"type":"undo_last","x":1})),
+            "action.x: unknown field"
+        );
+        assert_eq!(
+            err(json!({"type":"recent_signals","limit":"many"})),
+            "action.limit: 'many' is not a whole number (such as 5)"
+        );
+        assert_eq!(
+            err(json!({"type":"recent_signals","limit":0})),
+            "action.limit: must be at least 1"
+        );
+        assert_eq!(
+            err(
+                json!({"type":"book_meeting","contactRef":"x","startTime":"2026-12-01T15:00:00Z","durationMinutes":[30]})
+            ),
+            "action.durationMinutes: invalid type: sequence, expected a whole number (such as 5)"
         );
         assert!(
             err(json!({"type":"mark_status","contactRef":"x","status":"vip"}))
@@ -744,6 +959,40 @@ mod tests {
                 .next(),
             Some("action.startTime")
         );
+    }
+
+    #[test]
+    fn forgiving_numbers_flags_dates_and_limits() {
+        let a = parse_action(&json!({"type":"recent_signals","limit":"5","minIntentScore":"70","since":"2026-11-28"}))
+            .unwrap();
+        let Action::RecentSignals(r) = a else {
+            panic!("recent_signals")
+        };
+        assert_eq!((r.limit, r.min_intent_score), (Some(5), Some(70)));
+        let a = parse_action(&json!({"type":"recent_signals","limit":500})).unwrap();
+        let Action::RecentSignals(r) = a else {
+            panic!("recent_signals")
+        };
+        assert_eq!(r.limit, Some(MAX_SIGNALS_LIMIT), "clamped like REST");
+        let a =
+            parse_action(&json!({"type":"reply_inbox","limit":"80","unreadOnly":"true"})).unwrap();
+        let Action::ReplyInbox(r) = a else {
+            panic!("reply_inbox")
+        };
+        assert_eq!(
+            (r.limit, r.unread_only),
+            (Some(MAX_INBOX_LIMIT), Some(true))
+        );
+        let berlin: crate::domain::TimeZone = "Europe/Berlin".parse().unwrap();
+        assert_eq!(
+            parse_since("2026-11-28", berlin).map(crate::ids::to_rfc3339),
+            Some("2026-11-27T23:00:00.000Z".to_string())
+        );
+        assert_eq!(
+            parse_since("2026-11-28T10:00:00+01:00", berlin).map(crate::ids::to_rfc3339),
+            Some("2026-11-28T09:00:00.000Z".to_string())
+        );
+        assert!(parse_since("last week", berlin).is_none());
     }
 
     #[test]

@@ -119,39 +119,75 @@ impl Plan {
 
     /// The question asked before a dangerous plan runs.
     pub fn question(&self) -> String {
+        use super::speech::{name, quote};
         match self {
             Plan::AddToCampaign { contact, campaign } => {
-                format!("Add {} to {}?", contact.display_name(), campaign.name)
+                format!(
+                    "Add {} to {}?",
+                    name(contact.display_name()),
+                    name(&campaign.name)
+                )
             }
             Plan::RemoveFromCampaign { contact, campaign } => {
-                format!("Remove {} from {}?", contact.display_name(), campaign.name)
+                format!(
+                    "Remove {} from {}?",
+                    name(contact.display_name()),
+                    name(&campaign.name)
+                )
             }
             Plan::SetCampaignStatus {
                 campaign,
                 to: CampaignStatus::Paused,
             } => {
-                format!("Pause {}?", campaign.name)
+                format!("Pause {}?", name(&campaign.name))
             }
-            Plan::SetCampaignStatus { campaign, .. } => format!("Resume {}?", campaign.name),
+            Plan::SetCampaignStatus { campaign, .. } => format!("Resume {}?", name(&campaign.name)),
+            // The user hears what will go out before saying yes: the subject and how it begins.
             Plan::SendMessage {
-                contact, channel, ..
-            } => format!(
-                "Send this {} to {}?",
-                channel_word(*channel),
-                contact.display_name()
-            ),
+                contact,
+                channel,
+                subject,
+                body,
+                ..
+            } => {
+                let about = subject
+                    .as_deref()
+                    .map(|s| format!(" with the subject {}", quote(s, 60)))
+                    .unwrap_or_default();
+                let ask = format!(
+                    "Send {} {} {}{about}, starting:",
+                    name(contact.display_name()),
+                    super::speech::article(channel_word(*channel)),
+                    channel_word(*channel),
+                );
+                // The quote gets what is left of the summary, so the question mark survives.
+                let room = super::speech::MAX_SPOKEN
+                    .saturating_sub(ask.chars().count() + 2)
+                    .max(20);
+                let start = quote(body, room);
+                let start = if start.ends_with("...") {
+                    start.as_str()
+                } else {
+                    start.trim_end_matches(['.', '!', '?', ','])
+                };
+                format!("{ask} {start}?")
+            }
             Plan::BookMeeting {
                 contact,
                 start_time,
                 duration_minutes,
                 ..
             } => format!(
-                "Book a {duration_minutes} minute meeting with {} on {}?",
-                contact.display_name(),
-                spoken_time(start_time)
+                "Book a {duration_minutes} minute meeting with {} {}?",
+                name(contact.display_name()),
+                crate::native::actions::contacts::on_when(&spoken_time(start_time))
             ),
             Plan::MarkStatus { contact, status } => {
-                format!("Mark {} as {}?", contact.display_name(), status.spoken())
+                format!(
+                    "Mark {} as {}?",
+                    name(contact.display_name()),
+                    status.spoken()
+                )
             }
             other => format!("Go ahead with {}?", other.action_type().replace('_', " ")),
         }
@@ -244,27 +280,8 @@ pub fn channel_word(c: Channel) -> &'static str {
     }
 }
 
-/// "December 1 at 3:00 PM UTC" for an RFC 3339 time.
+/// "Tuesday, December 1 at 3:00 PM" for an RFC 3339 time, in the offset it carries (the
+/// org's zone, see `actions::contacts::meeting_step_in`).
 pub fn spoken_time(rfc3339: &str) -> String {
-    match crate::ids::parse_rfc3339(rfc3339) {
-        Some(t) => t.format("%B %-d at %-I:%M %p UTC").to_string(),
-        None => rfc3339.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn spoken_times() {
-        assert_eq!(
-            spoken_time("2026-12-01T15:00:00Z"),
-            "December 1 at 3:00 PM UTC"
-        );
-        assert_eq!(
-            spoken_time("2026-12-01T09:30:00+01:00"),
-            "December 1 at 8:30 AM UTC"
-        );
-    }
+    super::speech::when_rfc3339(rfc3339, chrono::Utc::now())
 }

@@ -25,7 +25,7 @@ use super::resolve::{self, Resolved};
 use super::undo::{parse_stored, Applied, UndoOp};
 use crate::domain::{CampaignStatus, ContactStatus, PilotMode};
 use crate::error::{ApiError, ApiResult, ErrorCode};
-use crate::ids::{is_uuid, parse_rfc3339, to_rfc3339};
+use crate::ids::{is_uuid, to_rfc3339};
 use crate::store::campaigns::{AudienceStats, Campaign};
 use crate::store::companies::Company;
 use crate::store::contacts::Contact;
@@ -420,7 +420,11 @@ async fn plan_with_rest(r: &Remote<'_>, action: &Action) -> ApiResult<Step> {
         }
         Action::RecentSignals(a) => {
             let mut query = vec![q("limit", a.limit.unwrap_or(5))];
-            if let Some(since) = a.since.as_deref().and_then(parse_rfc3339) {
+            if let Some(since) = a
+                .since
+                .as_deref()
+                .and_then(|s| crate::native::action::parse_since(s, crate::domain::TimeZone::UTC))
+            {
                 query.push(q("since", to_rfc3339(since)));
             }
             if let Some(c) = &a.company {

@@ -51,6 +51,19 @@ impl NativeRequest {
 
 const MAX_TRANSCRIPT: usize = 10_000;
 
+/// Every top-level field a request may carry (DESIGN §3); `id` is the WebSocket frame's request
+/// id, which the socket adapter reads and leaves in the frame.
+pub const TOP_LEVEL_FIELDS: &[&str] = &[
+    "action",
+    "transcript",
+    "idempotencyKey",
+    "executionMode",
+    "auditReadActions",
+    "pendingActionId",
+    "confirmed",
+    "id",
+];
+
 fn string_field(obj: &Map<String, Value>, key: &str) -> ApiResult<Option<String>> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
@@ -79,12 +92,23 @@ pub fn validate_idempotency_key(k: &str) -> ApiResult<()> {
 }
 
 impl NativeRequest {
-    /// Validates a request body. Unknown top-level fields are ignored; unknown fields inside
-    /// `action` are errors.
+    /// Validates a request body. Unknown fields, top-level or inside `action`, are errors that
+    /// name the field and suggest the known one it resembles: a mistyped `idempotency_key` must
+    /// not let a write run without its key.
     pub fn parse(body: &Value) -> ApiResult<NativeRequest> {
         let Value::Object(obj) = body else {
             return Err(ApiError::validation("body", "expected a JSON object"));
         };
+        if let Some(unknown) = obj.keys().find(|k| !TOP_LEVEL_FIELDS.contains(&k.as_str())) {
+            return Err(super::action::unknown_field(
+                unknown,
+                unknown,
+                &TOP_LEVEL_FIELDS[..TOP_LEVEL_FIELDS.len() - 1],
+            )
+            .with_spoken(
+                "Part of that request isn't something I understand, so I didn't run it.",
+            ));
+        }
         let transcript = string_field(obj, "transcript")?;
         if transcript
             .as_ref()
@@ -107,7 +131,7 @@ impl NativeRequest {
                     "executionMode",
                     format!(
                         "'{}' is not one of: fast, standard",
-                        super::speech::snippet(other, 32)
+                        crate::text::clip(other, 32)
                     ),
                 ))
             }
@@ -224,12 +248,45 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn parses_defaults_and_ignores_unknown_top_level_fields() {
-        let r = NativeRequest::parse(&json!({"action":{"type":"undo_last"},"client":"glasses"}))
-            .unwrap();
+    fn parses_defaults() {
+        let r =
+            NativeRequest::parse(&json!({"action":{"type":"undo_last"},"id":"frame-1"})).unwrap();
         assert_eq!(r.execution_mode, ExecutionMode::Fast);
         assert!(!r.audit_read_actions);
         assert!(r.idempotency_key.is_none());
+    }
+
+    #[test]
+    fn unknown_top_level_fields_are_named_with_a_hint() {
+        let e = |v: Value| {
+            let e = NativeRequest::parse(&v).unwrap_err();
+            assert_eq!(e.code, crate::error::ErrorCode::ValidationError);
+            assert!(!e.spoken_summary.contains('_'), "{}", e.spoken_summary);
+            e.details.unwrap_or_default()
+        };
+        // (body, details)
+        let table = [
+            (
+                json!({"action":{"type":"undo_last"},"idempotency_key":"k1"}),
+                "idempotency_key: unknown field; did you mean idempotencyKey?",
+            ),
+            (
+                json!({"action":{"type":"undo_last"},"pending_action_id":"p"}),
+                "pending_action_id: unknown field; did you mean pendingActionId?",
+            ),
+            (
+                json!({"action":{"type":"undo_last"},"confimed":true}),
+                "confimed: unknown field; did you mean confirmed?",
+            ),
+            (
+                json!({"action":{"type":"undo_last"},"client":"glasses"}),
+                "client: unknown field; known fields: action, transcript, idempotencyKey, \
+                 executionMode, auditReadActions, pendingActionId, confirmed",
+            ),
+        ];
+        for (body, details) in table {
+            assert_eq!(e(body), details);
+        }
     }
 
     #[test]

@@ -26,19 +26,50 @@ const PROBE_CAP: usize = 1_000;
 #[derive(Debug)]
 pub enum Resolved<T> {
     One(T),
-    Ambiguous(Vec<Candidate>),
+    Ambiguous(Ambiguity),
+}
+
+/// Several records fit a reference: the first [`MAX_CANDIDATES`] to offer back, and how many
+/// fit in all (so the question can say "there are 7 people called Uma").
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ambiguity {
+    pub candidates: Vec<Candidate>,
+    pub total: usize,
 }
 
 /// `None` when nothing was found, the record when exactly one was, else up to
-/// [`MAX_CANDIDATES`] candidates to offer back.
+/// [`MAX_CANDIDATES`] candidates to offer back with the number found.
 fn pick<T>(found: Vec<T>, candidate: impl Fn(&T) -> Candidate) -> Option<Resolved<T>> {
     match found.len() {
         0 => None,
         1 => found.into_iter().next().map(Resolved::One),
-        _ => Some(Resolved::Ambiguous(
-            found.iter().take(MAX_CANDIDATES).map(candidate).collect(),
-        )),
+        total => Some(Resolved::Ambiguous(Ambiguity {
+            candidates: found.iter().take(MAX_CANDIDATES).map(candidate).collect(),
+            total,
+        })),
     }
+}
+
+/// Shortest name query (in letters or digits) matched by prefix or fuzzily. A single letter
+/// fits a large part of any CRM, so offering five of them back would be a pointless question;
+/// such a query only matches a record whose whole name it is.
+pub const MIN_PREFIX_CHARS: usize = 2;
+
+fn too_short(normalized: &str) -> bool {
+    normalized.chars().filter(|c| !c.is_whitespace()).count() < MIN_PREFIX_CHARS
+}
+
+/// The answer to a one-letter reference that matched no whole name.
+fn too_short_error(field: &str, what: &str) -> ApiError {
+    ApiError::validation(
+        &format!("action.{field}"),
+        format!(
+            "too short to find a {what} by name: give at least {MIN_PREFIX_CHARS} letters, an email or an id"
+        ),
+    )
+    .with_spoken(format!(
+        "Which {what} do you mean? I need more than one letter of the name."
+    ))
 }
 
 fn contact_candidate(c: &Contact) -> Candidate {
@@ -96,7 +127,12 @@ pub fn contact(
     }
     let company_norm = company.map(normalize).filter(|c| !c.is_empty());
     let fits_company = |c: &Contact| fits_company(company_norm.as_deref(), c);
-    for step in [Step::Exact, Step::Prefix, Step::Fuzzy] {
+    let steps: &[Step] = if too_short(&query) {
+        &[Step::Exact]
+    } else {
+        &[Step::Exact, Step::Prefix, Step::Fuzzy]
+    };
+    for step in steps.iter().copied() {
         let ids = match step {
             Step::Exact => contacts::ids_by_exact_name(conn, org, &query, PROBE_CAP)?,
             Step::Prefix => prefix_matches(conn, org, &query)?,
@@ -113,14 +149,27 @@ pub fn contact(
             return Ok(r);
         }
     }
+    if too_short(&query) {
+        return Err(too_short_error("contactRef", "contact"));
+    }
     Err(not_found())
 }
 
 fn contact_not_found(reference: &str, company: Option<&str>) -> ApiError {
     let at = company.map(|c| format!(" at {c}")).unwrap_or_default();
+    let spoken_at = company
+        .and_then(crate::native::speech::echo)
+        .map(|c| format!(" at {c}"))
+        .unwrap_or_default();
     ApiError::not_found("Contact")
-        .with_details(format!("no contact matches '{reference}'{at}"))
-        .with_spoken(format!("I couldn't find {}{at}.", spoken_ref(reference)))
+        .with_details(format!(
+            "no contact matches '{}'{at}",
+            crate::text::clip(reference, 80)
+        ))
+        .with_spoken(format!(
+            "I couldn't find {}{spoken_at}.",
+            spoken_ref(reference, "that contact")
+        ))
 }
 
 /// Does the contact work at the company the user named (by name or email domain)?
@@ -176,6 +225,7 @@ pub fn contact_among(
         .map(|c| (normalize(c.display_name()), c))
         .collect();
     let q_tokens = tokens(&query);
+    let short = too_short(&query);
     let exact: Vec<&Contact> = pool
         .iter()
         .filter(|(n, _)| *n == query)
@@ -183,13 +233,16 @@ pub fn contact_among(
         .collect();
     let prefix: Vec<&Contact> = pool
         .iter()
-        .filter(|(n, _)| every_token_prefixes(&q_tokens, n))
+        .filter(|(n, _)| !short && every_token_prefixes(&q_tokens, n))
         .map(|(_, c)| c)
         .collect();
     for found in [exact, prefix] {
         if let Some(r) = pick(found.into_iter().cloned().collect(), contact_candidate) {
             return Ok(r);
         }
+    }
+    if short {
+        return Err(too_short_error("contactRef", "contact"));
     }
     let fuzzy = best_fuzzy(pool.into_iter().map(|(n, c)| (similarity(&query, &n), c)));
     pick(fuzzy, contact_candidate).ok_or_else(not_found)
@@ -251,7 +304,12 @@ fn by_name<T: Clone>(
     if q.is_empty() {
         return None;
     }
-    for prefix in [false, true] {
+    let prefixes: &[bool] = if too_short(&q) {
+        &[false]
+    } else {
+        &[false, true]
+    };
+    for prefix in prefixes.iter().copied() {
         let found: Vec<T> = named
             .iter()
             .filter(|(n, _)| if prefix { n.starts_with(&q) } else { *n == q })
@@ -260,6 +318,9 @@ fn by_name<T: Clone>(
         if let Some(r) = pick(found, &candidate) {
             return Some(r);
         }
+    }
+    if too_short(&q) {
+        return None;
     }
     let found = best_fuzzy(named.into_iter().map(|(n, r)| (similarity(&q, &n), r)));
     pick(found, candidate)
@@ -388,6 +449,9 @@ pub fn campaign(conn: &Connection, org: &str, reference: &str) -> ApiResult<Reso
     }
     // Exact name first, then name prefix.
     for prefix in [false, true] {
+        if prefix && too_short(&q) {
+            return Err(too_short_error("campaignRef", "campaign"));
+        }
         let found = campaigns::find_by_name(conn, org, &q, prefix, PROBE_CAP)?;
         if let Some(r) = pick(found, campaign_candidate) {
             return Ok(r);
@@ -429,6 +493,9 @@ pub fn company(conn: &Connection, org: &str, reference: &str) -> ApiResult<Resol
     }
     // Exact name first, then name prefix.
     for prefix in [false, true] {
+        if prefix && too_short(&q) {
+            return Err(too_short_error("company", "company"));
+        }
         let found = companies::find_by_name(conn, org, &q, prefix, PROBE_CAP)?;
         if let Some(r) = pick(found, company_candidate) {
             return Ok(r);
@@ -444,32 +511,44 @@ pub fn company(conn: &Connection, org: &str, reference: &str) -> ApiResult<Resol
 }
 
 fn campaign_not_found(reference: &str) -> ApiError {
+    let spoken = match crate::native::speech::echo(reference).filter(|_| !is_uuid(reference)) {
+        Some(name) => format!("I couldn't find a campaign called {name}."),
+        None => "I couldn't find that campaign.".to_string(),
+    };
     ApiError::not_found("Campaign")
-        .with_details(format!("no campaign matches '{reference}'"))
-        .with_spoken(format!(
-            "I couldn't find a campaign called {}.",
-            spoken_ref(reference)
+        .with_details(format!(
+            "no campaign matches '{}'",
+            crate::text::clip(reference, 80)
         ))
+        .with_spoken(spoken)
 }
 
 fn company_not_found(reference: &str) -> ApiError {
     ApiError::not_found("Company")
-        .with_details(format!("no company matches '{reference}'"))
+        .with_details(format!(
+            "no company matches '{}'",
+            crate::text::clip(reference, 80)
+        ))
         .with_spoken(format!(
             "I couldn't find {} in your CRM.",
-            spoken_ref(reference)
+            spoken_ref(reference, "that company")
         ))
 }
 
-/// How a reference is said back: names as given, ids as "that contact".
-fn spoken_ref(reference: &str) -> String {
+/// How a reference is said back: a name as given when it reads like one, a plausible email as
+/// given, anything else (ids, code, markup) as `fallback` ("that contact").
+fn spoken_ref(reference: &str, fallback: &str) -> String {
     if is_uuid(reference) {
-        "that record".to_string()
-    } else if reference.contains('@') {
-        reference.to_string()
-    } else {
-        crate::native::speech::snippet(reference, 60)
+        return fallback.to_string();
     }
+    if crate::text::is_plausible_email(reference)
+        && reference
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '@' | '.' | '-' | '+' | '_'))
+    {
+        return reference.trim().to_string();
+    }
+    crate::native::speech::echo(reference).unwrap_or_else(|| fallback.to_string())
 }
 
 #[cfg(test)]
@@ -486,7 +565,7 @@ mod tests {
     fn name(r: Resolved<Contact>) -> String {
         match r {
             Resolved::One(c) => c.full_name,
-            Resolved::Ambiguous(c) => format!("ambiguous:{}", c.len()),
+            Resolved::Ambiguous(a) => format!("ambiguous:{}", a.total),
         }
     }
 

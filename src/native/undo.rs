@@ -99,7 +99,10 @@ pub fn undo_since(window: std::time::Duration) -> String {
 
 /// The answer to `undo_last` when nothing in the window is left to undo.
 pub fn nothing_to_undo() -> NativeReply {
-    NativeReply::result("There's nothing to undo.", json!({ "undone": false }))
+    NativeReply::result(
+        "There's nothing to undo.",
+        json!({ "undone": false, "reason": "nothing_to_undo" }),
+    )
 }
 
 /// The answer to `undo_last` once `entry` has been applied (or left alone).

@@ -17,6 +17,8 @@ pub struct ApiKeyInfo {
     pub scopes: Vec<Scope>,
     pub created_at: String,
     pub revoked_at: Option<String>,
+    /// When a request last authenticated with the key (to within the key cache's lifetime).
+    pub last_used_at: Option<String>,
 }
 
 /// What a key hash resolves to: the key row joined with the state of its org.
@@ -101,6 +103,7 @@ pub fn insert(
         scopes: scopes.to_vec(),
         created_at: now,
         revoked_at: None,
+        last_used_at: None,
     })
 }
 
@@ -139,6 +142,47 @@ pub fn find_by_hash(conn: &Connection, hash: &[u8; 32]) -> ApiResult<Option<(Vec
 }
 
 /// Revokes by key id, or by the raw key itself. Returns the revoked key's id.
+/// What `keys revoke` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// The key was active and is revoked now.
+    Revoked { id: String },
+    /// The key had been revoked before, at `revoked_at`; nothing changed.
+    AlreadyRevoked { id: String, revoked_at: String },
+}
+
+/// Revokes a key by id or raw value, saying whether it was revoked already.
+pub fn revoke_key(conn: &Connection, id_or_raw: &str) -> ApiResult<Revocation> {
+    let hash = hash_key(id_or_raw);
+    let found: Option<(String, Option<String>)> = conn
+        .query_row(
+            "SELECT id, revoked_at FROM api_keys WHERE id = ?1 OR key_hash = ?2",
+            params![id_or_raw, &hash[..]],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    match found {
+        None => Err(ApiError::not_found("API key")),
+        Some((id, Some(revoked_at))) => Ok(Revocation::AlreadyRevoked { id, revoked_at }),
+        Some((id, None)) => {
+            conn.execute(
+                "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1",
+                params![id, now_rfc3339()],
+            )?;
+            Ok(Revocation::Revoked { id })
+        }
+    }
+}
+
+/// Records that the key `id` authenticated a request at `at`.
+pub fn touch(conn: &Connection, id: &str, at: &str) -> ApiResult<()> {
+    conn.execute(
+        "UPDATE api_keys SET last_used_at = ?2 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+        params![id, at],
+    )?;
+    Ok(())
+}
+
 pub fn revoke(conn: &Connection, id_or_raw: &str) -> ApiResult<String> {
     let now = now_rfc3339();
     let n = conn.execute(
@@ -161,7 +205,7 @@ pub fn revoke(conn: &Connection, id_or_raw: &str) -> ApiResult<String> {
 
 pub fn list(conn: &Connection, org_id: Option<&str>) -> ApiResult<Vec<ApiKeyInfo>> {
     let mut stmt = conn.prepare(
-        "SELECT id, org_id, name, prefix, scopes, created_at, revoked_at FROM api_keys
+        "SELECT id, org_id, name, prefix, scopes, created_at, revoked_at, last_used_at FROM api_keys
           WHERE (?1 IS NULL OR org_id = ?1) ORDER BY created_at, id",
     )?;
     let rows = stmt.query_map([org_id], |r| {
@@ -173,6 +217,7 @@ pub fn list(conn: &Connection, org_id: Option<&str>) -> ApiResult<Vec<ApiKeyInfo
             scopes: parse_scopes(&r.get::<_, String>(4)?),
             created_at: r.get(5)?,
             revoked_at: r.get(6)?,
+            last_used_at: r.get(7)?,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -109,6 +109,30 @@ fn configure(conn: &Connection, durability: Durability) -> rusqlite::Result<()> 
 }
 
 impl Store {
+    /// Opens the database of an existing data directory and applies migrations; a missing
+    /// directory or database is an error and nothing is created. For commands that read or
+    /// change records that must already exist (`keys list`, `org show`, ...).
+    pub fn open_existing(data_dir: &Path, opts: &StoreOptions) -> anyhow::Result<Store> {
+        if !data_dir.is_dir() {
+            anyhow::bail!(
+                "data directory {} does not exist (run `pilot-bridge serve --data-dir {}` or \
+                 `pilot-bridge org create ORG --data-dir {}` first, or pass the right --data-dir)",
+                data_dir.display(),
+                data_dir.display(),
+                data_dir.display()
+            );
+        }
+        let path = data_dir.join(DB_FILE);
+        if !path.is_file() {
+            anyhow::bail!(
+                "no pilot-bridge database in {} (expected {}); pass the right --data-dir",
+                data_dir.display(),
+                path.display()
+            );
+        }
+        Self::open(data_dir, opts)
+    }
+
     /// Opens (creating if needed) the database in `data_dir` and applies migrations.
     pub fn open(data_dir: &Path, opts: &StoreOptions) -> anyhow::Result<Store> {
         std::fs::create_dir_all(data_dir)
@@ -210,6 +234,25 @@ impl Store {
         Ok(out)
     }
 
+    /// Like [`Store::write`] for bookkeeping that no cached read can show (when a key was last
+    /// used): it does not count as a write for `generation`, so read caches stay warm.
+    pub async fn write_bookkeeping<T, F>(&self, f: F) -> ApiResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> ApiResult<T> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = lock(&store.inner.writer);
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+        .map_err(ApiError::internal)?
+    }
+
     /// The number of writes committed through this store so far (see `generation`). Writes by
     /// other processes on the same file (the CLI) are not counted.
     pub fn generation(&self) -> u64 {
@@ -230,6 +273,23 @@ impl Store {
             .await
             .is_ok()
     }
+
+    /// Whether writes can succeed: the writer connection answers and SQLite did not fall back
+    /// to read-only (which it does silently when the file or directory is not writable).
+    pub async fn writable(&self) -> bool {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || writable(&lock(&store.inner.writer)))
+            .await
+            .unwrap_or(false)
+    }
+}
+
+/// Whether `conn` can write to its main database.
+fn writable(conn: &Connection) -> bool {
+    matches!(conn.is_readonly(rusqlite::MAIN_DB), Ok(false))
+        && conn
+            .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+            .is_ok()
 }
 
 /// Helpers shared by the table modules.
@@ -373,6 +433,34 @@ mod tests {
             .read_sync(|c| Ok(c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn read_only_databases_are_not_writable() {
+        let (dir, store) = test_store();
+        assert!(writable(&lock(&store.inner.writer)));
+        let ro =
+            Connection::open_with_flags(dir.path().join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap();
+        assert!(!writable(&ro));
+    }
+
+    #[test]
+    fn open_existing_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let e = Store::open_existing(&missing, &StoreOptions::default())
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        assert!(!missing.exists());
+        let e = Store::open_existing(dir.path(), &StoreOptions::default())
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("no pilot-bridge database"), "{e}");
+        assert!(!dir.path().join(DB_FILE).exists());
+        drop(Store::open(dir.path(), &StoreOptions::default()).unwrap());
+        assert!(Store::open_existing(dir.path(), &StoreOptions::default()).is_ok());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
-use crate::domain::{PilotMode, Plan};
+use crate::domain::{PilotMode, Plan, TimeZone};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::ids::now_rfc3339;
 
@@ -15,6 +15,8 @@ pub struct Org {
     /// Requests per minute; `None` means the server-wide default, `Some(0)` means unlimited.
     pub rate_limit: Option<u32>,
     pub pilot_mode: PilotMode,
+    /// IANA time zone in which times are spoken.
+    pub timezone: TimeZone,
     pub credits_monthly: i64,
     pub credits_remaining: i64,
     pub credits_reset_at: String,
@@ -46,11 +48,12 @@ pub struct OrgChanges {
     pub plan: Option<Plan>,
     pub rate_limit: Option<u32>,
     pub pilot_mode: Option<PilotMode>,
+    pub timezone: Option<TimeZone>,
 }
 
 const COLUMNS: &str =
     "id, name, plan, rate_limit, pilot_mode, credits_monthly, credits_remaining, \
-                       credits_reset_at, created_at";
+                       credits_reset_at, created_at, timezone";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Org> {
     Ok(Org {
@@ -63,6 +66,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Org> {
         credits_remaining: r.get(6)?,
         credits_reset_at: r.get(7)?,
         created_at: r.get(8)?,
+        timezone: r.get(9)?,
     })
 }
 
@@ -144,6 +148,7 @@ pub fn update(conn: &Connection, id: &str, changes: &OrgChanges) -> ApiResult<Or
     let plan = changes.plan.unwrap_or(org.plan);
     let rate_limit = changes.rate_limit.or(org.rate_limit);
     let pilot_mode = changes.pilot_mode.unwrap_or(org.pilot_mode);
+    let timezone = changes.timezone.unwrap_or(org.timezone);
     let monthly = if plan != org.plan {
         plan.monthly_credits()
     } else {
@@ -151,8 +156,16 @@ pub fn update(conn: &Connection, id: &str, changes: &OrgChanges) -> ApiResult<Or
     };
     conn.execute(
         "UPDATE orgs SET plan = ?2, rate_limit = ?3, pilot_mode = ?4, credits_monthly = ?5,
-                         updated_at = ?6 WHERE id = ?1",
-        params![id, plan, rate_limit, pilot_mode, monthly, now_rfc3339()],
+                         updated_at = ?6, timezone = ?7 WHERE id = ?1",
+        params![
+            id,
+            plan,
+            rate_limit,
+            pilot_mode,
+            monthly,
+            now_rfc3339(),
+            timezone
+        ],
     )?;
     get(conn, id)?.ok_or_else(|| ApiError::internal("org vanished after update"))
 }
@@ -162,6 +175,28 @@ pub fn pilot_mode(conn: &Connection, id: &str) -> ApiResult<PilotMode> {
         .query_row([id], |r| r.get(0))
         .optional()?
         .ok_or_else(|| ApiError::new(ErrorCode::OrgNotFound, "organization not found"))
+}
+
+/// The org's time zone (UTC unless set).
+pub fn timezone(conn: &Connection, id: &str) -> ApiResult<TimeZone> {
+    conn.prepare_cached("SELECT timezone FROM orgs WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| ApiError::new(ErrorCode::OrgNotFound, "organization not found"))
+}
+
+pub fn set_timezone(conn: &Connection, id: &str, zone: TimeZone) -> ApiResult<()> {
+    let n = conn.execute(
+        "UPDATE orgs SET timezone = ?2, updated_at = ?3 WHERE id = ?1",
+        params![id, zone, now_rfc3339()],
+    )?;
+    if n == 0 {
+        return Err(ApiError::new(
+            ErrorCode::OrgNotFound,
+            "organization not found",
+        ));
+    }
+    Ok(())
 }
 
 pub fn set_pilot_mode(conn: &Connection, id: &str, mode: PilotMode) -> ApiResult<()> {
@@ -199,8 +234,14 @@ mod tests {
                         plan: Some(Plan::Free),
                         rate_limit: Some(0),
                         pilot_mode: Some(PilotMode::Auto),
+                        timezone: Some(
+                            "Europe/Berlin"
+                                .parse()
+                                .map_err(|e: String| ApiError::validation("timezone", e))?,
+                        ),
                     },
                 )?;
+                assert_eq!(timezone(tx, "acme")?.name(), "Europe/Berlin");
                 assert_eq!(changed.plan, Plan::Free);
                 assert_eq!(changed.rate_limit, Some(0));
                 assert_eq!(pilot_mode(tx, "acme")?, PilotMode::Auto);

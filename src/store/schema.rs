@@ -302,6 +302,12 @@ CREATE INDEX undo_entries_created ON undo_entries(created_at);
 -- the entry is used up, but the effect was not undone.
 ALTER TABLE undo_entries ADD COLUMN reverted INTEGER;
 "#,
+    // 4: the org's IANA time zone, in which times are spoken (DESIGN §20), and when each API key
+    // was last used (shown by `keys list`).
+    r#"
+ALTER TABLE orgs ADD COLUMN timezone TEXT NOT NULL DEFAULT 'UTC';
+ALTER TABLE api_keys ADD COLUMN last_used_at TEXT;
+"#,
 ];
 
 /// Brings the database up to the newest schema. Safe to call on every open, from several

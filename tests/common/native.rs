@@ -410,7 +410,7 @@ pub fn check_spoken(s: &str) {
     assert!(!s.contains("op_live_"), "key in {s:?}");
     assert!(!contains_uuid(s), "id in spoken summary {s:?}");
     assert!(
-        !s.contains(['*', '`', '#', '[', ']', '<', '>', '|']),
+        !s.contains(['*', '`', '#', '[', ']', '<', '>', '|', '&']),
         "markdown in {s:?}"
     );
 }

@@ -10,6 +10,7 @@ use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::native::action::{CampaignOnly, ContactCampaign};
 use crate::native::plan::{Plan, Step};
 use crate::native::reply::NativeReply;
+use crate::native::speech;
 use crate::native::undo::UndoOp;
 use crate::store::campaigns::{self, Added, Campaign};
 use crate::store::contacts::{self, Contact};
@@ -25,18 +26,47 @@ pub fn stats(conn: &Connection, org: &str, a: &CampaignOnly) -> ApiResult<Step> 
 
 /// The answer to `campaign_stats`.
 pub(crate) fn stats_reply(campaign: Campaign, s: campaigns::AudienceStats) -> NativeReply {
-    let spoken = format!(
-        "{} is {} with {}: {} active, {} completed, {} bounced.",
-        campaign.name,
-        campaign.status,
-        crate::native::speech::count(s.total, "person", "people"),
-        s.active,
-        s.completed,
-        s.bounced
-    );
+    let spoken = stats_sentence(&campaign, &s);
     let id = campaign.id.clone();
     NativeReply::result(spoken, json!({ "campaign": campaign, "audience_stats": s }))
         .with_id("campaign_id", id)
+}
+
+/// "Seed founders is active with 5 people: 3 active, 1 completed and 1 bounced." Zero counts are
+/// left out, and a breakdown with one part says "all".
+fn stats_sentence(campaign: &Campaign, s: &campaigns::AudienceStats) -> String {
+    let name = speech::name(&campaign.name);
+    let status = match campaign.status {
+        CampaignStatus::Draft => "a draft",
+        CampaignStatus::Active => "active",
+        CampaignStatus::Paused => "paused",
+        CampaignStatus::Completed => "completed",
+    };
+    if s.total == 0 {
+        return format!("{name} is {status} and has no one in it yet.");
+    }
+    let parts = [
+        (s.active, "active"),
+        (s.paused, "paused"),
+        (s.completed, "completed"),
+        (s.bounced, "bounced"),
+        (s.failed.unwrap_or(0), "failed"),
+    ];
+    let people = speech::count(s.total, "person", "people");
+    let nonzero: Vec<&(u64, &str)> = parts.iter().filter(|(n, _)| *n > 0).collect();
+    match nonzero.as_slice() {
+        [] => format!("{name} is {status} with {people}."),
+        [(n, label)] if *n == s.total && s.total == 1 => {
+            format!("{name} is {status} with {people}, who is {label}.")
+        }
+        [(n, label)] if *n == s.total => {
+            format!("{name} is {status} with {people}, all {label}.")
+        }
+        _ => format!(
+            "{name} is {status} with {people}: {}.",
+            speech::breakdown(&parts)
+        ),
+    }
 }
 
 /// Both references of a membership action, or the clarification to send.
@@ -77,10 +107,10 @@ pub fn plan_add(conn: &Connection, org: &str, a: &ContactCampaign) -> ApiResult<
             let r = NativeReply::result(
                 format!(
                     "{} is already in {}.",
-                    contact.display_name(),
-                    campaign.name
+                    speech::name(contact.display_name()),
+                    speech::name(&campaign.name)
                 ),
-                json!({ "already_in_campaign": true, "audience_status": m.status }),
+                json!({ "already_in_campaign": true, "changed": false, "reason": "already_in_campaign", "audience_status": m.status }),
             );
             return reply(membership_ids(&contact, &campaign, r).with_id("audience_id", m.id));
         }
@@ -102,8 +132,12 @@ pub fn plan_remove(conn: &Connection, org: &str, a: &ContactCampaign) -> ApiResu
         }
         _ => {
             let r = NativeReply::result(
-                format!("{} isn't in {}.", contact.display_name(), campaign.name),
-                json!({ "in_campaign": false }),
+                format!(
+                    "{} isn't in {}.",
+                    speech::name(contact.display_name()),
+                    speech::name(&campaign.name)
+                ),
+                json!({ "in_campaign": false, "changed": false, "reason": "not_in_campaign" }),
             );
             reply(membership_ids(&contact, &campaign, r))
         }
@@ -118,7 +152,7 @@ fn not_running(c: &Campaign, verb: &str) -> ApiError {
     .with_details(format!("a {} campaign cannot be {verb}", c.status))
     .with_spoken(format!(
         "{} is {}, so I can't {} it.",
-        c.name,
+        speech::name(&c.name),
         status_phrase(c.status),
         verb.trim_end_matches('d')
     ))
@@ -179,10 +213,10 @@ fn already(campaign: Campaign) -> NativeReply {
     NativeReply::result(
         format!(
             "{} is already {}.",
-            campaign.name,
+            speech::name(&campaign.name),
             running_or_paused(campaign.status)
         ),
-        json!({ "campaign": campaign }),
+        json!({ "campaign": campaign, "changed": false, "reason": "already_set" }),
     )
     .with_id("campaign_id", id)
 }
@@ -233,10 +267,11 @@ pub fn execute_add(
 ) -> ApiResult<Executed> {
     let (contact, campaign) = fresh(conn, ctx.org, &contact, &campaign)?;
     let (member, added) = campaigns::add_to_audience(conn, ctx.org, &campaign, &contact.id)?;
-    let name = contact.display_name().to_string();
+    let name = speech::name(contact.display_name());
+    let campaign_name = speech::name(&campaign.name);
     let spoken = match added {
-        Added::New => format!("{name} is now in {}.", campaign.name),
-        Added::AlreadyIn => format!("{name} is already in {}.", campaign.name),
+        Added::New => format!("{name} is now in {campaign_name}."),
+        Added::AlreadyIn => format!("{name} is already in {campaign_name}."),
     };
     let stats = campaigns::audience_stats(conn, &campaign.id)?;
     let r = membership_ids(
@@ -250,7 +285,7 @@ pub fn execute_add(
     .with_id("audience_id", member.id.clone());
     let undo = (added == Added::New).then(|| {
         (
-            format!("{name} is out of {} again.", campaign.name),
+            format!("{name} is out of {campaign_name} again."),
             UndoOp::RemoveFromCampaign {
                 campaign_id: campaign.id.clone(),
                 contact_id: contact.id.clone(),
@@ -269,10 +304,11 @@ pub fn execute_remove(
 ) -> ApiResult<Executed> {
     let (contact, campaign) = fresh(conn, ctx.org, &contact, &campaign)?;
     let previous = campaigns::remove_from_audience(conn, &campaign.id, &contact.id)?;
-    let name = contact.display_name().to_string();
+    let name = speech::name(contact.display_name());
+    let campaign_name = speech::name(&campaign.name);
     let spoken = match previous {
-        Some(_) => format!("I removed {name} from {}.", campaign.name),
-        None => format!("{name} isn't in {}.", campaign.name),
+        Some(_) => format!("I removed {name} from {campaign_name}."),
+        None => format!("{name} isn't in {campaign_name}."),
     };
     let stats = campaigns::audience_stats(conn, &campaign.id)?;
     let r = membership_ids(
@@ -285,7 +321,7 @@ pub fn execute_remove(
     );
     let undo = previous.map(|status| {
         (
-            format!("{name} is back in {}.", campaign.name),
+            format!("{name} is back in {campaign_name}."),
             UndoOp::RestoreAudience {
                 campaign_id: campaign.id.clone(),
                 contact_id: contact.id.clone(),
@@ -323,12 +359,16 @@ pub fn execute_set_status(
 pub(crate) fn status_set(updated: Campaign, from: CampaignStatus, to: CampaignStatus) -> Executed {
     let s = switch(to);
     let r = NativeReply::result(
-        format!("I {} {}.", s.verb, updated.name),
+        format!("I {} {}.", s.verb, speech::name(&updated.name)),
         json!({ "campaign": updated }),
     )
     .with_id("campaign_id", updated.id.clone());
     let undo = Some((
-        format!("{} is {} again.", updated.name, running_or_paused(from)),
+        format!(
+            "{} is {} again.",
+            speech::name(&updated.name),
+            running_or_paused(from)
+        ),
         UndoOp::SetCampaignStatus {
             campaign_id: updated.id.clone(),
             status: from.to_string(),

@@ -4,27 +4,47 @@ use rusqlite::Connection;
 use serde_json::json;
 
 use super::{contact_or_clarify, reply, ExecCtx, Executed};
-use crate::domain::ContactStatus;
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+
+use crate::domain::{ContactStatus, TimeZone};
 use crate::error::{ApiError, ApiResult};
 use crate::ids::{parse_rfc3339, to_rfc3339};
 use crate::native::action::{BookMeeting, MarkStatus, NoteOnContact};
-use crate::native::plan::{spoken_time, Plan, Step};
+use crate::native::plan::{Plan, Step};
 use crate::native::reply::NativeReply;
+use crate::native::speech;
 use crate::native::undo::UndoOp;
 use crate::store::contacts::Contact;
 use crate::store::interactions::{self, NewInteraction};
-use crate::store::{contacts, native as rows};
+use crate::store::{contacts, native as rows, orgs};
 
 pub fn plan_meeting(conn: &Connection, org: &str, a: &BookMeeting) -> ApiResult<Step> {
     let contact = match contact_or_clarify(conn, org, a.contact.as_deref(), a.company.as_deref())? {
         Ok(c) => c,
         Err(r) => return reply(r),
     };
-    meeting_step(contact, a)
+    let zone = orgs::timezone(conn, org)?;
+    meeting_step_in(contact, a, zone, Utc::now())
 }
 
-/// Validates a meeting request for a resolved contact.
+/// Validates a meeting request for a resolved contact, speaking its time in UTC.
 pub(crate) fn meeting_step(contact: Contact, a: &BookMeeting) -> ApiResult<Step> {
+    meeting_step_in(contact, a, TimeZone::UTC, Utc::now())
+}
+
+/// How far in the past a start time may be and still be booked: the seconds a voice turn takes
+/// between "now" being said and the request arriving.
+const PAST_GRACE_SECS: i64 = 60;
+
+/// Validates a meeting request for a resolved contact: the start must not be in the past. The
+/// plan carries the start in the org's zone (`2026-12-01T16:00:00+01:00`), so the question and
+/// the answer speak the org's wall-clock time; it is stored in UTC.
+pub(crate) fn meeting_step_in(
+    contact: Contact,
+    a: &BookMeeting,
+    zone: TimeZone,
+    now: DateTime<Utc>,
+) -> ApiResult<Step> {
     let start = a
         .start_time
         .as_deref()
@@ -32,16 +52,40 @@ pub(crate) fn meeting_step(contact: Contact, a: &BookMeeting) -> ApiResult<Step>
         .ok_or_else(|| {
             ApiError::validation("action.startTime", "expected an RFC 3339 timestamp")
         })?;
+    if start < now - Duration::seconds(PAST_GRACE_SECS) {
+        let local = start.with_timezone(&zone.0);
+        return Err(ApiError::validation(
+            "action.startTime",
+            format!(
+                "{} is in the past; a meeting must start in the future",
+                local.to_rfc3339_opts(SecondsFormat::Secs, true)
+            ),
+        )
+        .with_spoken(format!(
+            "{} has already passed, so I can't book a meeting then. When should it be?",
+            capitalize(&speech::when(&local, now, zone.is_utc()))
+        )));
+    }
     let title = a
         .title
         .clone()
         .unwrap_or_else(|| format!("Meeting with {}", contact.display_name()));
     Ok(Step::Execute(Plan::BookMeeting {
         contact,
-        start_time: to_rfc3339(start),
+        start_time: start
+            .with_timezone(&zone.0)
+            .to_rfc3339_opts(SecondsFormat::Secs, true),
         duration_minutes: a.duration_minutes.unwrap_or(30),
         title,
     }))
+}
+
+fn capitalize(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(f) => f.to_uppercase().collect::<String>() + chars.as_str(),
+        None => String::new(),
+    }
 }
 
 pub fn plan_status(conn: &Connection, org: &str, a: &MarkStatus) -> ApiResult<Step> {
@@ -61,8 +105,12 @@ pub(crate) fn status_step(contact: Contact, a: &MarkStatus) -> ApiResult<Step> {
         let id = contact.id.clone();
         return reply(
             NativeReply::result(
-                format!("{} is already {}.", contact.display_name(), status.spoken()),
-                json!({ "contact": contact }),
+                format!(
+                    "{} is already {}.",
+                    speech::name(contact.display_name()),
+                    status.spoken()
+                ),
+                json!({ "contact": contact, "changed": false, "reason": "already_set" }),
             )
             .with_id("contact_id", id),
         );
@@ -88,16 +136,21 @@ pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>, plan: Plan) -> ApiResult<Ex
             title,
         } => {
             let contact = contacts::require(conn, ctx.org, &contact.id)?;
+            // Stored in UTC like every timestamp; the plan's offset is only for speaking.
+            let stored_start = parse_rfc3339(&start_time)
+                .map(to_rfc3339)
+                .ok_or_else(|| ApiError::internal("a planned meeting lost its start time"))?;
             let meeting = rows::insert_meeting(
                 conn,
                 ctx.org,
                 &contact.id,
                 &title,
-                &start_time,
+                &stored_start,
                 duration_minutes,
             )?;
-            let when = spoken_time(&start_time);
-            let content = format!("{title}, {duration_minutes} minutes, {when}");
+            let when = speech::when_rfc3339(&start_time, Utc::now());
+            // The activity record keeps the date itself: "tomorrow" would be wrong next week.
+            let content = format!("{title}, {duration_minutes} minutes, starting {start_time}");
             let interaction = interactions::insert(
                 conn,
                 ctx.org,
@@ -108,7 +161,7 @@ pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>, plan: Plan) -> ApiResult<Ex
                     channel: "meeting",
                     subject: Some(&title),
                     content: &content,
-                    metadata: json!({ "meeting_id": meeting.id, "start_time": start_time, "duration_minutes": duration_minutes }),
+                    metadata: json!({ "meeting_id": meeting.id, "start_time": stored_start, "duration_minutes": duration_minutes }),
                     is_read: true,
                     idempotency_key: None,
                     created_at: None,
@@ -123,8 +176,9 @@ pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>, plan: Plan) -> ApiResult<Ex
             }
             let r = NativeReply::result(
                 format!(
-                    "Booked a {duration_minutes} minute meeting with {} on {when}.",
-                    contact.display_name()
+                    "Booked a {duration_minutes} minute meeting with {} {}.",
+                    speech::name(contact.display_name()),
+                    on_when(&when)
                 ),
                 json!({ "meeting": meeting }),
             )
@@ -165,7 +219,7 @@ pub(crate) fn status_marked(
     previous: ContactStatus,
     status: ContactStatus,
 ) -> Executed {
-    let name = contact.display_name().to_string();
+    let name = speech::name(contact.display_name());
     let r = NativeReply::result(
         format!("{name} is now marked {}.", status.spoken()),
         json!({ "contact_id": contact.id, "previous_status": previous, "status": status }),
@@ -186,7 +240,7 @@ pub(crate) fn status_marked(
 
 /// The answer and undo of a note saved on `contact`.
 pub(crate) fn noted(contact: &Contact, note: interactions::Note) -> Executed {
-    let name = contact.display_name().to_string();
+    let name = speech::name(contact.display_name());
     let note_id = note.id.clone();
     let r = NativeReply::result(format!("Noted on {name}."), json!({ "note": note }))
         .with_id("note_id", note_id.clone())
@@ -197,5 +251,14 @@ pub(crate) fn noted(contact: &Contact, note: interactions::Note) -> Executed {
             format!("I deleted the note on {name}."),
             UndoOp::DeleteNote { note_id },
         )),
+    }
+}
+
+/// "on Tuesday, December 8 at 3:00 PM", but "today at 3:00 PM" without the "on".
+pub(crate) fn on_when(when: &str) -> String {
+    if when.starts_with("today") || when.starts_with("tomorrow") {
+        when.to_string()
+    } else {
+        format!("on {when}")
     }
 }

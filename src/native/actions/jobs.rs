@@ -9,6 +9,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::native::action::{ContactOnly, StartResearch};
 use crate::native::plan::{Plan, Step};
 use crate::native::reply::{NativeReply, ReplyMode};
+use crate::native::speech;
 use crate::native::undo::UndoOp;
 use crate::store::contacts::Contact;
 use crate::store::{contacts, native as rows};
@@ -62,13 +63,13 @@ pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>, plan: Plan) -> ApiResult<Ex
                 topic.as_deref(),
             )?;
             let subject = match (&contact, &company) {
-                (Some(c), _) => c.display_name().to_string(),
-                (None, Some(co)) => co.clone(),
+                (Some(c), _) => speech::name(c.display_name()),
+                (None, Some(co)) => speech::name(co),
                 (None, None) => "that".to_string(),
             };
             let about = topic
                 .as_deref()
-                .map(|t| format!(" about {}", crate::native::speech::snippet(t, 60)))
+                .map(|t| format!(" about {}", speech::quote(t, 60)))
                 .unwrap_or_default();
             let mut r = NativeReply::new(
                 ReplyMode::Queued,
@@ -97,7 +98,7 @@ pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>, plan: Plan) -> ApiResult<Ex
                 contact.company.as_deref(),
                 None,
             )?;
-            let name = contact.display_name().to_string();
+            let name = speech::name(contact.display_name());
             let r = NativeReply::new(
                 ReplyMode::Queued,
                 format!("I'm enriching {name}'s details now."),

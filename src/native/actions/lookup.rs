@@ -6,12 +6,13 @@ use serde_json::{json, Map, Value};
 
 use super::{contact_or_clarify, optional_contact, reply};
 use crate::error::ApiResult;
-use crate::ids::{parse_rfc3339, to_rfc3339};
+use crate::ids::to_rfc3339;
+use crate::native::action::parse_since;
 use crate::native::action::{LookupCompany, LookupPerson, RecentSignals, ReplyInbox};
 use crate::native::plan::Step;
 use crate::native::reply::NativeReply;
 use crate::native::resolve::{self, Resolved};
-use crate::native::speech::{article, count, snippet};
+use crate::native::speech::{self, article, count, quote};
 use crate::store::companies::Company;
 use crate::store::contacts::Contact;
 use crate::store::interactions::{self, ActivityFilter, Interaction};
@@ -56,12 +57,14 @@ pub(crate) fn person_reply(
     memberships: Value,
     recent: Vec<Interaction>,
 ) -> NativeReply {
-    let name = contact.display_name();
+    let name = speech::name(contact.display_name());
     let company = contact
         .company
         .clone()
-        .or_else(|| account.as_ref().and_then(|c| c.name.clone()));
-    let who = match (&contact.title, &company) {
+        .or_else(|| account.as_ref().and_then(|c| c.name.clone()))
+        .map(|c| speech::name(&c));
+    let title = contact.title.as_deref().map(speech::name);
+    let who = match (&title, &company) {
         (Some(t), Some(c)) => format!("{name} is {t} at {c}."),
         (Some(t), None) => format!("{name} is {t}."),
         (None, Some(c)) => format!("{name} works at {c}."),
@@ -120,16 +123,20 @@ pub(crate) fn company_reply(
     people: Vec<Contact>,
     recent_signals: Vec<Signal>,
 ) -> NativeReply {
-    let name = company.display_name().to_string();
-    let what = match &company.industry {
-        Some(i) => format!("{name} is {} {} company.", article(i), i.to_lowercase()),
+    let name = speech::name(company.display_name());
+    let what = match company.industry.as_deref().map(speech::name) {
+        Some(i) => format!("{name} is {} {} company.", article(&i), i.to_lowercase()),
         None => format!("{name} is in your CRM."),
     };
+    let contacts_said = if total == 0 {
+        "You have no contacts there".to_string()
+    } else {
+        format!("You have {} there", count(total, "contact", "contacts"))
+    };
     let spoken = format!(
-        "{what} You have {} there{}",
-        count(total, "contact", "contacts"),
+        "{what} {contacts_said}{}",
         match recent_signals.first() {
-            Some(s) => format!(", and the latest signal is: {}.", snippet(&s.title, 80)),
+            Some(s) => format!(", and the latest signal is: {}.", quote(&s.title, 80)),
             None => ".".into(),
         }
     );
@@ -142,8 +149,13 @@ pub(crate) fn company_reply(
 }
 
 pub fn recent_signals(conn: &Connection, org: &str, a: &RecentSignals) -> ApiResult<Step> {
+    let zone = crate::store::orgs::timezone(conn, org)?;
     let mut filter = SignalFilter {
-        since: a.since.as_deref().and_then(parse_rfc3339).map(to_rfc3339),
+        since: a
+            .since
+            .as_deref()
+            .and_then(|s| parse_since(s, zone))
+            .map(to_rfc3339),
         company: a.company.clone(),
         min_intent_score: a.min_intent_score,
         ..Default::default()
@@ -182,14 +194,15 @@ pub(crate) fn signals_reply(
     ids: Map<String, Value>,
 ) -> NativeReply {
     let scope = company
-        .map(|c| format!(" for {}", snippet(c, 40)))
+        .and_then(speech::echo)
+        .map(|c| format!(" for {c}"))
         .unwrap_or_default();
     let spoken = match items.first() {
         None => format!("No new signals{scope}."),
         Some(first) => format!(
             "{}{scope}. Latest: {}.",
             count(total, "signal", "signals"),
-            snippet(first.title.trim_end_matches('.'), 110)
+            quote(first.title.trim_end_matches('.'), 110)
         ),
     };
     let mut r = NativeReply::result(spoken, json!({ "signals": items, "total": total }));
@@ -248,8 +261,8 @@ pub(crate) fn inbox_reply(
     let latest_from = replies
         .first()
         .and_then(|(_, who)| who.as_ref())
-        .map(|c| c.display_name().to_string());
-    let latest = replies.first().map(|(i, _)| snippet(&i.content, 100));
+        .map(|c| speech::name(c.display_name()));
+    let latest = replies.first().map(|(i, _)| quote(&i.content, 100));
     let items: Vec<Value> = replies
         .into_iter()
         .map(|(i, who)| {
@@ -264,10 +277,11 @@ pub(crate) fn inbox_reply(
     } else {
         ("reply", "replies")
     };
+    // The quote is marked as theirs, so a question in it is not heard as the assistant's own.
     let spoken = match latest {
         None => format!("No {} right now.", noun.1),
         Some(content) => format!(
-            "You have {}. Latest from {}: {}",
+            "You have {}. In the latest, {} wrote: {}",
             count(total, noun.0, noun.1),
             latest_from.as_deref().unwrap_or("an unknown sender"),
             content

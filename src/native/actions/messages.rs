@@ -10,6 +10,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::native::action::{DraftMessage, SendMessage};
 use crate::native::plan::{channel_word, Plan, Step};
 use crate::native::reply::{NativeReply, ReplyMode};
+use crate::native::speech;
 use crate::native::undo::UndoOp;
 use crate::store::contacts::Contact;
 use crate::store::{contacts, native as rows, orgs};
@@ -105,8 +106,9 @@ pub fn plan_send(conn: &Connection, org: &str, a: &SendMessage) -> ApiResult<Ste
                 "the draft was written for another contact",
             )
             .with_spoken(format!(
-                "That draft is for {owner}, not {}.",
-                contact.display_name()
+                "That draft is for {}, not {}.",
+                speech::name(&owner),
+                speech::name(contact.display_name())
             )));
         }
         channel = channel.or_else(|| draft.channel.parse().ok());
@@ -134,14 +136,17 @@ pub(crate) fn send_step(
     if channel == Channel::Email && contact.email.is_none() {
         return Err(
             ApiError::validation("action.contactRef", "the contact has no email address")
-                .with_spoken(format!("{} has no email address.", contact.display_name())),
+                .with_spoken(format!(
+                    "{} has no email address.",
+                    speech::name(contact.display_name())
+                )),
         );
     }
     match mode {
         PilotMode::Off => {
             let r = NativeReply::result(
                 "Pilot is off, so I didn't send anything. Turn on review or auto mode to send messages.",
-                json!({ "pilot_mode": "off", "sent": false }),
+                json!({ "pilot_mode": "off", "sent": false, "reason": "pilot_off" }),
             )
             .with_id("contact_id", contact.id.clone());
             reply(r)
@@ -185,11 +190,15 @@ pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>, plan: Plan) -> ApiResult<Ex
                     status: "draft",
                 },
             )?;
-            let name = contact.display_name().to_string();
+            let name = speech::name(contact.display_name());
+            let about = subject
+                .as_deref()
+                .map(|s| format!(" about {}", speech::quote(s, 60)))
+                .unwrap_or_default();
             let r = NativeReply::result(
                 format!(
-                    "I drafted {} {} to {name}.",
-                    crate::native::speech::article(channel_word(channel)),
+                    "I drafted {} {} to {name}{about}.",
+                    speech::article(channel_word(channel)),
                     channel_word(channel)
                 ),
                 json!({ "draft": draft }),
@@ -231,13 +240,13 @@ pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>, plan: Plan) -> ApiResult<Ex
                     },
                 )?,
             };
-            let name = contact.display_name().to_string();
+            let name = speech::name(contact.display_name());
             let r = NativeReply::result(
                 format!(
                     "Pilot is in review mode, so I saved the {} to {name} as a draft for review.",
                     channel_word(channel)
                 ),
-                json!({ "pilot_mode": "review", "sent": false, "draft": draft }),
+                json!({ "pilot_mode": "review", "sent": false, "reason": "pilot_review", "draft": draft }),
             )
             .with_id("draft_id", draft.id.clone())
             .with_id("contact_id", contact.id.clone());
@@ -262,7 +271,7 @@ pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>, plan: Plan) -> ApiResult<Ex
             // Confirmed minutes after it was asked: the world may have changed since. Re-read
             // inside this transaction what sending depends on, and do nothing if it no longer
             // holds (DESIGN §15).
-            let name = contact.display_name().to_string();
+            let name = speech::name(contact.display_name());
             match orgs::pilot_mode(conn, ctx.org)? {
                 PilotMode::Auto => {}
                 mode => {
@@ -319,12 +328,16 @@ pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>, plan: Plan) -> ApiResult<Ex
             if let Some(d) = &draft_id {
                 rows::set_draft_status(conn, ctx.org, d, "queued")?;
             }
+            let about = subject
+                .as_deref()
+                .map(|s| format!(" about {}", speech::quote(s, 60)))
+                .unwrap_or_default();
             let mut r = NativeReply::new(
                 ReplyMode::Queued,
                 format!(
-                    "Your {} to {name} is queued and goes out in {}.",
+                    "Your {} to {name}{about} is queued and goes out in {}.",
                     channel_word(channel),
-                    crate::native::speech::count(ctx.outbox_hold_secs, "second", "seconds")
+                    speech::count(ctx.outbox_hold_secs, "second", "seconds")
                 ),
                 json!({ "message": msg }),
             )

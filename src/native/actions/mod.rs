@@ -9,13 +9,17 @@ pub mod lookup;
 pub mod messages;
 pub mod undo_last;
 
+#[cfg(test)]
+mod sentence_tests;
+
 use rusqlite::Connection;
 use serde_json::json;
 
 use super::action::Action;
 use super::plan::{Plan, Step};
-use super::reply::{Candidate, NativeReply, ReplyMode};
-use super::resolve::{self, Resolved};
+use super::reply::{NativeReply, ReplyMode};
+use super::resolve::{self, Ambiguity, Resolved};
+use super::speech;
 use super::undo::UndoOp;
 use crate::error::ApiResult;
 use crate::store::campaigns::Campaign;
@@ -121,29 +125,63 @@ pub(crate) fn campaign_or_clarify(
     }
 }
 
-/// "Which Sarah do you mean: Sarah Chen at Notion or Sarah Kim at Figma?"
-pub(crate) fn clarify(field: &str, query: &str, candidates: Vec<Candidate>) -> NativeReply {
-    let options: Vec<String> = candidates
-        .iter()
-        .map(|c| match &c.company {
-            Some(co) if field == "contactRef" => format!("{} at {}", c.name, co),
-            _ => c.name.clone(),
-        })
-        .collect();
-    let joined = if options.len() == 2 {
-        format!("{} or {}", options[0], options[1])
-    } else {
-        let (last, rest) = options
-            .split_last()
-            .map(|(l, r)| (l.clone(), r.to_vec()))
-            .unwrap_or_default();
-        format!("{}, or {}", rest.join(", "), last)
+/// "Which Sarah do you mean: Sarah Chen at Notion or Sarah Kim at Figma?" — or, when more fit
+/// than are offered, "There are 7 people called Uma; the first five are …. Which one?"
+/// `data.total_candidates` says how many fit; `candidates` holds the ones named.
+pub(crate) fn clarify(field: &str, query: &str, found: Ambiguity) -> NativeReply {
+    let Ambiguity { candidates, total } = found;
+    let kind = match field {
+        "contactRef" => ("person", "people"),
+        "campaignRef" => ("campaign", "campaigns"),
+        _ => ("company", "companies"),
     };
-    let what = crate::native::speech::snippet(query, 40);
+    let echoed = speech::echo(query);
+    let question = |with_company: bool| {
+        let options: Vec<String> = candidates
+            .iter()
+            .map(|c| match &c.company {
+                Some(co) if with_company && field == "contactRef" => {
+                    format!("{} at {}", speech::name(&c.name), speech::name(co))
+                }
+                _ => speech::name(&c.name),
+            })
+            .collect();
+        let joined = match options.as_slice() {
+            [a, b] => format!("{a} or {b}"),
+            _ => {
+                let (last, rest) = options
+                    .split_last()
+                    .map(|(l, r)| (l.clone(), r.to_vec()))
+                    .unwrap_or_default();
+                format!("{}, or {}", rest.join(", "), last)
+            }
+        };
+        if total > candidates.len() {
+            let called = echoed
+                .as_ref()
+                .map(|q| format!(" called {q}"))
+                .unwrap_or_else(|| " that fit".to_string());
+            format!(
+                "There are {total} {}{called}; the first {} are {joined}. Which one do you mean?",
+                kind.1,
+                speech::number_word(candidates.len())
+            )
+        } else {
+            match &echoed {
+                Some(q) => format!("Which {q} do you mean: {joined}?"),
+                None => format!("Which {} do you mean: {joined}?", kind.0),
+            }
+        }
+    };
+    // Companies help tell people apart, but the whole question must fit in one summary.
+    let mut spoken = question(true);
+    if spoken.chars().count() > speech::MAX_SPOKEN {
+        spoken = question(false);
+    }
     let mut reply = NativeReply::new(
         ReplyMode::ClarificationRequired,
-        format!("Which {what} do you mean: {joined}?"),
-        json!({ "field": field, "query": query }),
+        spoken,
+        json!({ "field": field, "query": query, "total_candidates": total }),
     );
     reply.candidates = candidates;
     reply
