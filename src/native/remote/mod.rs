@@ -8,15 +8,18 @@
 mod reads;
 mod resolve;
 mod undo;
+mod wire;
 mod writes;
 
 pub use self::undo::undo;
 
 use reqwest::Method;
 use serde::de::DeserializeOwned;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 use self::resolve::{campaign, contact, optional_contact};
+use self::wire::{Envelope, ListEnvelope, NativeAnswer, NativeRequest, UpstreamAction};
 use super::action::Action;
 use super::actions::{
     campaigns as campaign_actions, contacts as contact_actions, jobs, messages, reply, Executed,
@@ -54,15 +57,18 @@ pub struct RemoteCtx<'a> {
 }
 
 impl Remote<'_> {
-    async fn get(
+    /// `GET path?query`, its answer parsed as `T`.
+    async fn get<T: DeserializeOwned>(
         &self,
         op: &'static str,
         path: &str,
         query: &[(&str, String)],
-    ) -> ApiResult<Value> {
-        self.up
+    ) -> ApiResult<T> {
+        let answer = self
+            .up
             .get(op, self.token, path, query, self.deadline)
-            .await
+            .await?;
+        parse(answer, op)
     }
 
     /// A list endpoint's items and `meta.total`.
@@ -72,41 +78,45 @@ impl Remote<'_> {
         path: &str,
         query: &[(&str, String)],
     ) -> ApiResult<(Vec<T>, u64)> {
-        let v = self.get(op, path, query).await?;
-        let items: Vec<T> = data(&v, op)?;
-        let total = v
-            .pointer("/meta/total")
-            .and_then(Value::as_u64)
-            .unwrap_or(items.len() as u64);
-        Ok((items, total))
+        let page: ListEnvelope<T> = self.get(op, path, query).await?;
+        let total = page.meta.total.unwrap_or(page.data.len() as u64);
+        Ok((page.data, total))
     }
 
     /// One record, `None` when the upstream says 404.
     async fn one<T: DeserializeOwned>(&self, op: &'static str, path: &str) -> ApiResult<Option<T>> {
-        match self.get(op, path, &[]).await {
-            Ok(v) => data(&v, op).map(Some),
+        match self.get::<Envelope<T>>(op, path, &[]).await {
+            Ok(found) => Ok(Some(found.data)),
             Err(e) if e.code == ErrorCode::ResourceNotFound => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    async fn send(
+    /// A write with a JSON body, its answer parsed as `T`.
+    async fn send<T: DeserializeOwned>(
         &self,
         op: &'static str,
         method: Method,
         path: &str,
-        body: &Value,
-    ) -> ApiResult<Value> {
-        self.up
+        body: &(impl Serialize + ?Sized),
+    ) -> ApiResult<T> {
+        let answer = self
+            .up
             .send(op, method, self.token, path, body, self.deadline)
-            .await
+            .await?;
+        parse(answer, op)
     }
 }
 
-/// The `data` of an upstream envelope as `T`.
-fn data<T: DeserializeOwned>(v: &Value, op: &str) -> ApiResult<T> {
-    let d = v.get("data").cloned().unwrap_or(Value::Null);
-    serde_json::from_value(d).map_err(|e| unexpected_shape(op, e))
+/// An upstream answer as `T`, or `UPSTREAM_UNAVAILABLE` when it does not have that shape.
+fn parse<T: DeserializeOwned>(answer: Value, op: &str) -> ApiResult<T> {
+    serde_json::from_value(answer).map_err(|e| unexpected_shape(op, e))
+}
+
+/// A part of an upstream answer already parsed (such as a native answer's `data`) read as `T`,
+/// or `UPSTREAM_UNAVAILABLE` when it does not have that shape.
+fn parse_part<T: DeserializeOwned>(part: &Value, op: &str) -> ApiResult<T> {
+    T::deserialize(part).map_err(|e| unexpected_shape(op, e))
 }
 
 fn unexpected_shape(op: &str, e: serde_json::Error) -> ApiError {
@@ -131,7 +141,7 @@ fn q(k: &'static str, v: impl ToString) -> (&'static str, String) {
 pub async fn plan(r: &Remote<'_>, action: &Action, action_json: &Value) -> ApiResult<Step> {
     match plan_with_rest(r, action).await {
         Err(e) if e.code == ErrorCode::ScopeDenied && action.is_read() => {
-            let answer = ask_native(r, "native.read", action_json.clone(), false, None).await?;
+            let answer = ask_native(r, "native.read", action_json, false, None).await?;
             Ok(Step::Reply(answer))
         }
         other => other,
@@ -262,7 +272,11 @@ pub async fn execute(r: &Remote<'_>, ctx: &RemoteCtx<'_>, plan: Plan) -> ApiResu
 
 /// Sends an action the gateway resolved and confirmed to the upstream's native endpoint, as a
 /// one-step confirmed write with the gateway's effect key, and takes its answer as ours.
-async fn forward(r: &Remote<'_>, effect_key: &str, action: Value) -> ApiResult<NativeReply> {
+async fn forward(
+    r: &Remote<'_>,
+    effect_key: &str,
+    action: &UpstreamAction<'_>,
+) -> ApiResult<NativeReply> {
     ask_native(r, "native.forward", action, true, Some(effect_key)).await
 }
 
@@ -271,60 +285,93 @@ async fn forward(r: &Remote<'_>, effect_key: &str, action: Value) -> ApiResult<N
 async fn ask_native(
     r: &Remote<'_>,
     op: &'static str,
-    action: Value,
+    action: &(impl Serialize + ?Sized),
     confirmed: bool,
     idempotency_key: Option<&str>,
 ) -> ApiResult<NativeReply> {
-    let mut body = json!({ "action": action, "executionMode": "fast" });
-    if let Value::Object(m) = &mut body {
-        if confirmed {
-            m.insert("confirmed".into(), Value::Bool(true));
-        }
-        if let Some(k) = idempotency_key {
-            m.insert("idempotencyKey".into(), k.into());
-        }
-    }
-    let v = r
-        .send(op, Method::POST, "/native/outreachpilot", &body)
+    let request = NativeRequest {
+        action,
+        execution_mode: "fast",
+        confirmed,
+        idempotency_key,
+    };
+    let answer: Envelope<NativeAnswer> = r
+        .send(op, Method::POST, "/native/outreachpilot", &request)
         .await?;
-    native_reply(&v)
+    Ok(native_reply(answer.data))
 }
 
-/// Reads an upstream native envelope's `data` into a reply of ours.
-fn native_reply(v: &Value) -> ApiResult<NativeReply> {
-    let d = v.get("data").unwrap_or(&Value::Null);
-    let mode = match d.get("mode").and_then(Value::as_str) {
-        Some("queued") => ReplyMode::Queued,
-        Some("confirmation_required") => ReplyMode::ConfirmationRequired,
-        Some("clarification_required") => ReplyMode::ClarificationRequired,
-        // "duplicate" is the upstream replaying our own earlier attempt of this same write.
-        _ => ReplyMode::Result,
+/// An upstream native answer as a reply of ours.
+fn native_reply(answer: NativeAnswer) -> NativeReply {
+    let mode = match answer.mode {
+        // The upstream replaying our own earlier attempt of this same write: to our caller it
+        // is this turn's result (the gateway keeps its own replay record).
+        ReplyMode::Duplicate => ReplyMode::Result,
+        other => other,
     };
-    let spoken = d
-        .get("spoken_summary")
-        .and_then(Value::as_str)
-        .unwrap_or("Done.");
-    let mut reply = NativeReply::new(mode, spoken, d.get("data").cloned().unwrap_or(Value::Null));
-    if let Some(Value::Object(ids)) = d.get("ids") {
-        reply.ids = ids.clone();
-    }
-    if let Some(candidates) = d.get("candidates") {
-        reply.candidates = serde_json::from_value(candidates.clone()).unwrap_or_default();
-    }
-    Ok(reply)
+    let mut reply = NativeReply::new(mode, answer.spoken_summary, answer.data);
+    reply.ids = answer.ids;
+    reply.candidates = answer.candidates;
+    reply
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+
+    fn answer(v: Value) -> ApiResult<NativeReply> {
+        let envelope: Envelope<NativeAnswer> = parse(v, "native.test")?;
+        Ok(native_reply(envelope.data))
+    }
 
     #[test]
     fn native_replies_from_upstream_become_ours() {
         let v = json!({"ok": true, "data": {"mode": "duplicate", "spoken_summary": "Noted on Sarah Chen.",
                         "data": {"x": 1}, "ids": {"note_id": "n1"}}});
-        let r = native_reply(&v).unwrap();
+        let r = answer(v).unwrap();
         assert_eq!(r.mode, ReplyMode::Result);
         assert_eq!(r.spoken_summary, "Noted on Sarah Chen.");
+        assert_eq!(r.data, json!({"x": 1}));
         assert_eq!(r.ids.get("note_id"), Some(&json!("n1")));
+    }
+
+    #[test]
+    fn upstream_clarifications_keep_their_candidates() {
+        let v = json!({"ok": true, "data": {"mode": "clarification_required",
+            "spoken_summary": "Which Sarah?", "data": {},
+            "candidates": [{"id": "c1", "name": "Sarah Chen", "company": "Notion", "title": null}]}});
+        let r = answer(v).unwrap();
+        assert_eq!(r.mode, ReplyMode::ClarificationRequired);
+        assert_eq!(r.candidates.len(), 1);
+        assert_eq!(r.candidates[0].name, "Sarah Chen");
+    }
+
+    #[test]
+    fn native_answers_of_another_shape_are_upstream_unavailable() {
+        for v in [
+            json!({"ok": true}),
+            json!({"ok": true, "data": {"spoken_summary": "No mode."}}),
+            json!({"ok": true, "data": {"mode": "finished", "spoken_summary": "Unknown mode."}}),
+            json!({"ok": true, "data": {"mode": "result"}}),
+            json!({"ok": true, "data": {"mode": "result", "spoken_summary": "x", "candidates": [{"id": 1}]}}),
+        ] {
+            let e = answer(v.clone()).unwrap_err();
+            assert_eq!(e.code, ErrorCode::UpstreamUnavailable, "{v}");
+            assert_eq!(e.status(), 502, "{v}");
+        }
+    }
+
+    #[test]
+    fn list_totals_come_from_meta_or_the_page() {
+        let page: ListEnvelope<u32> =
+            parse(json!({"data": [1, 2], "meta": {"total": 9}}), "list.test").unwrap();
+        assert_eq!(page.meta.total, Some(9));
+        let page: ListEnvelope<u32> = parse(json!({"data": [1, 2]}), "list.test").unwrap();
+        assert_eq!(page.meta.total, None);
+        let e = parse::<ListEnvelope<u32>>(json!({"data": {"not": "a list"}}), "list.test")
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::UpstreamUnavailable);
     }
 }

@@ -7,13 +7,13 @@ use futures_util::future::join_all;
 use serde_json::{json, Map};
 
 use super::resolve::{campaign, company, contact, optional_contact};
+use super::wire::{CampaignStatusAnswer, Envelope};
 use super::{q, Remote};
 use crate::error::ApiResult;
 use crate::ids::{parse_rfc3339, to_rfc3339};
 use crate::native::action::{CampaignOnly, LookupCompany, LookupPerson, RecentSignals, ReplyInbox};
 use crate::native::actions::{campaigns as campaign_actions, lookup, reply};
 use crate::native::plan::Step;
-use crate::store::campaigns::AudienceStats;
 use crate::store::companies::Company;
 use crate::store::contacts::Contact;
 use crate::store::interactions::Interaction;
@@ -174,17 +174,8 @@ pub(super) async fn campaign_stats(r: &Remote<'_>, a: &CampaignOnly) -> ApiResul
         Ok(c) => c,
         Err(clarification) => return reply(clarification),
     };
-    let v = r
-        .get(
-            "campaigns.status",
-            &format!("/campaigns/{}/status", c.id),
-            &[],
-        )
-        .await?;
-    let stats: AudienceStats = v
-        .pointer("/data/audience")
-        .cloned()
-        .and_then(|a| serde_json::from_value(a).ok())
-        .unwrap_or_default();
+    let path = format!("/campaigns/{}/status", c.id);
+    let status: Envelope<CampaignStatusAnswer> = r.get("campaigns.status", &path, &[]).await?;
+    let stats = status.data.audience;
     Ok(Step::Reply(campaign_actions::stats_reply(c, stats)))
 }

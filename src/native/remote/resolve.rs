@@ -6,9 +6,9 @@ use std::collections::HashSet;
 
 use futures_util::future::join_all;
 use serde::de::DeserializeOwned;
-use serde_json::{json, Value};
 
-use super::{ask_native, q, unexpected_shape, Remote};
+use super::wire::{CampaignFound, PersonFound, UpstreamAction};
+use super::{ask_native, parse_part, q, Remote};
 use crate::error::{ApiResult, ErrorCode};
 use crate::ids::is_uuid;
 use crate::native::action::ContactCampaign;
@@ -99,11 +99,12 @@ async fn contact_via_native(
     reference: &str,
     company: Option<&str>,
 ) -> ApiResult<Result<Contact, NativeReply>> {
-    let mut action = json!({ "type": "lookup_person", "contactRef": reference });
-    if let (Some(c), Value::Object(m)) = (company, &mut action) {
-        m.insert("company".into(), c.into());
-    }
-    resolve_via_native(r, action, "contact").await
+    let action = UpstreamAction::LookupPerson {
+        contact_ref: reference,
+        company,
+    };
+    let found = resolve_via_native::<PersonFound>(r, &action).await?;
+    Ok(found.map(|f| f.contact))
 }
 
 /// Campaign resolution for a key without the `campaigns` scope, through the upstream's own
@@ -112,25 +113,24 @@ async fn campaign_via_native(
     r: &Remote<'_>,
     reference: &str,
 ) -> ApiResult<Result<Campaign, NativeReply>> {
-    let action = json!({ "type": "campaign_stats", "campaignRef": reference });
-    resolve_via_native(r, action, "campaign").await
+    let action = UpstreamAction::CampaignStats {
+        campaign_ref: reference,
+    };
+    let found = resolve_via_native::<CampaignFound>(r, &action).await?;
+    Ok(found.map(|f| f.campaign))
 }
 
-/// Asks the upstream's native endpoint a read and takes the record at `data.<field>` from its
-/// answer, or its clarification.
+/// Asks the upstream's native endpoint a read and takes its answer's `data` as `T`, or its
+/// clarification.
 async fn resolve_via_native<T: DeserializeOwned>(
     r: &Remote<'_>,
-    action: Value,
-    field: &str,
+    action: &UpstreamAction<'_>,
 ) -> ApiResult<Result<T, NativeReply>> {
     let answer = ask_native(r, "native.resolve", action, false, None).await?;
     if answer.mode != ReplyMode::Result {
         return Ok(Err(answer));
     }
-    let record = answer.data.get(field).cloned().unwrap_or(Value::Null);
-    serde_json::from_value(record)
-        .map(Ok)
-        .map_err(|e| unexpected_shape("native.resolve", e))
+    parse_part(&answer.data, "native.resolve").map(Ok)
 }
 
 async fn search_contacts(r: &Remote<'_>, search: &str) -> ApiResult<(Vec<Contact>, u64)> {

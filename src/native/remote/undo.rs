@@ -1,9 +1,11 @@
 //! Undo entries applied upstream, compare-and-set where the upstream lets a field be read first.
 
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde::de::IgnoredAny;
+use serde_json::json;
 
-use super::{ask_native, forward, Remote};
+use super::wire::{UndoAnswer, UpstreamAction};
+use super::{ask_native, forward, parse_part, Remote};
 use crate::domain::{CampaignStatus, ContactStatus};
 use crate::error::{ApiError, ApiResult};
 use crate::native::undo::{parse_stored, Applied, UndoOp};
@@ -34,12 +36,11 @@ pub async fn undo(
             contact_id,
             ..
         } => {
-            forward(
-                r,
-                effect_key,
-                json!({ "type": "remove_from_campaign", "contactId": contact_id, "campaignRef": campaign_id }),
-            )
-            .await?;
+            let action = UpstreamAction::RemoveFromCampaign {
+                contact_id,
+                campaign_ref: campaign_id,
+            };
+            forward(r, effect_key, &action).await?;
             Ok(done())
         }
         UndoOp::RestoreAudience {
@@ -47,7 +48,7 @@ pub async fn undo(
             contact_id,
             ..
         } => {
-            r.send(
+            r.send::<IgnoredAny>(
                 "campaigns.trigger",
                 Method::POST,
                 &format!("/campaigns/{campaign_id}/trigger"),
@@ -76,7 +77,7 @@ pub async fn undo(
                     )));
                 }
             }
-            r.send(
+            r.send::<IgnoredAny>(
                 "campaigns.update",
                 Method::PATCH,
                 &format!("/campaigns/{campaign_id}"),
@@ -106,7 +107,7 @@ pub async fn undo(
                     )));
                 }
             }
-            r.send(
+            r.send::<IgnoredAny>(
                 "contacts.update",
                 Method::PUT,
                 &format!("/contacts/{contact_id}"),
@@ -116,7 +117,7 @@ pub async fn undo(
             Ok(done())
         }
         UndoOp::DeleteNote { note_id } => {
-            r.send(
+            r.send::<IgnoredAny>(
                 "notes.delete",
                 Method::DELETE,
                 &format!("/notes/{note_id}"),
@@ -126,13 +127,12 @@ pub async fn undo(
             Ok(done())
         }
         UndoOp::UpstreamUndoLast => {
-            let action = json!({ "type": "undo_last" });
-            let answer = ask_native(r, "native.forward", action, false, Some(effect_key)).await?;
-            let reverted = answer
-                .data
-                .get("undone")
-                .and_then(Value::as_bool)
-                .unwrap_or(true);
+            let action = UpstreamAction::UndoLast;
+            let answer = ask_native(r, "native.forward", &action, false, Some(effect_key)).await?;
+            // An upstream that answers without saying is taken at its word (its spoken summary
+            // is passed on); one that says `undone: false` left the change in place.
+            let outcome: Option<UndoAnswer> = parse_part(&answer.data, "native.forward")?;
+            let reverted = outcome.and_then(|o| o.undone).unwrap_or(true);
             Ok(Applied {
                 spoken: answer.spoken_summary,
                 reverted,

@@ -4,10 +4,14 @@
 //! upstream's own native endpoint as an action the gateway already confirmed.
 
 use reqwest::Method;
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use super::resolve::{contact, contact_and_campaign};
-use super::{ask_native, data, forward, Remote, RemoteCtx};
+use super::wire::{
+    Envelope, NewNote, RemovalAnswer, SettingsAnswer, TriggerAnswer, UpstreamAction,
+};
+use super::{ask_native, forward, parse_part, Remote, RemoteCtx};
 use crate::domain::{CampaignStatus, Channel, ContactStatus, PilotMode};
 use crate::error::{ApiResult, ErrorCode};
 use crate::native::action::{ContactCampaign, SendMessage};
@@ -30,7 +34,7 @@ pub(super) async fn plan_add_to_campaign(r: &Remote<'_>, a: &ContactCampaign) ->
         Err(clarification) => return reply(clarification),
     };
     crate::store::campaigns::ensure_active(&campaign)?;
-    if let Some(no_op) = probe_membership(r, "add_to_campaign", &contact, &campaign).await? {
+    if let Some(no_op) = probe_membership(r, &contact, &campaign, true).await? {
         return reply(no_op);
     }
     Ok(Step::Execute(Plan::AddToCampaign { contact, campaign }))
@@ -45,7 +49,7 @@ pub(super) async fn plan_remove_from_campaign(
         Ok(x) => x,
         Err(clarification) => return reply(clarification),
     };
-    if let Some(no_op) = probe_membership(r, "remove_from_campaign", &contact, &campaign).await? {
+    if let Some(no_op) = probe_membership(r, &contact, &campaign, false).await? {
         return reply(no_op);
     }
     Ok(Step::Execute(Plan::RemoveFromCampaign {
@@ -56,7 +60,7 @@ pub(super) async fn plan_remove_from_campaign(
 
 /// Resolves the recipient and reads the pilot mode, which decides whether a send is asked first.
 pub(super) async fn plan_send_message(r: &Remote<'_>, a: &SendMessage) -> ApiResult<Step> {
-    let settings = r.get("settings.get", "/settings", &[]);
+    let settings = r.get::<Envelope<SettingsAnswer>>("settings.get", "/settings", &[]);
     let (c, settings) = tokio::join!(
         contact(r, a.contact.as_deref(), a.company.as_deref()),
         settings
@@ -65,19 +69,13 @@ pub(super) async fn plan_send_message(r: &Remote<'_>, a: &SendMessage) -> ApiRes
         Ok(c) => c,
         Err(clarification) => return reply(clarification),
     };
-    let settings = match settings {
+    let mode = match settings {
+        Ok(settings) => settings.data.pilot_mode,
         // Without the settings scope the pilot mode is unknown: ask as in auto mode;
         // the upstream applies its real mode when the confirmed send reaches it.
-        Err(e) if e.code == ErrorCode::ScopeDenied => {
-            json!({ "data": { "pilot_mode": "auto" } })
-        }
-        other => other?,
+        Err(e) if e.code == ErrorCode::ScopeDenied => PilotMode::Auto,
+        Err(e) => return Err(e),
     };
-    let mode: PilotMode = settings
-        .pointer("/data/pilot_mode")
-        .and_then(Value::as_str)
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(PilotMode::Review);
     let draft_id = a.draft_id.clone().filter(|d| !d.trim().is_empty());
     // A draft's text lives upstream; the upstream fills it in when the send runs.
     let body = a
@@ -94,16 +92,35 @@ pub(super) async fn plan_send_message(r: &Remote<'_>, a: &SendMessage) -> ApiRes
 /// which the gateway then does on its own (the upstream's pending action simply expires).
 async fn probe_membership(
     r: &Remote<'_>,
-    action_type: &str,
     contact: &Contact,
     campaign: &Campaign,
+    adding: bool,
 ) -> ApiResult<Option<NativeReply>> {
-    let action =
-        json!({ "type": action_type, "contactId": contact.id, "campaignRef": campaign.id });
+    let action = membership_action(contact, campaign, adding);
     // A fresh key: the upstream's keyless dedupe window would replay an earlier answer.
     let fresh = format!("pb_probe_{}", crate::ids::new_id());
-    let answer = ask_native(r, "native.probe", action, false, Some(&fresh)).await?;
+    let answer = ask_native(r, "native.probe", &action, false, Some(&fresh)).await?;
     Ok((answer.mode == ReplyMode::Result).then_some(answer))
+}
+
+/// The upstream's native `add_to_campaign` (`adding`) or `remove_from_campaign`.
+fn membership_action<'a>(
+    contact: &'a Contact,
+    campaign: &'a Campaign,
+    adding: bool,
+) -> UpstreamAction<'a> {
+    let (contact_id, campaign_ref) = (contact.id.as_str(), campaign.id.as_str());
+    if adding {
+        UpstreamAction::AddToCampaign {
+            contact_id,
+            campaign_ref,
+        }
+    } else {
+        UpstreamAction::RemoveFromCampaign {
+            contact_id,
+            campaign_ref,
+        }
+    }
 }
 
 // ---- execution --------------------------------------------------------------------------
@@ -124,28 +141,22 @@ pub(super) async fn add_to_campaign(
             path: format!("/campaigns/{}/trigger", campaign.id),
             body: json!({ "contact_id": contact.id }),
         },
-        json!({ "type": "add_to_campaign", "contactId": contact.id, "campaignRef": campaign.id }),
+        &membership_action(&contact, &campaign, true),
     )
     .await?;
-    let v = match sent {
-        Ok(v) => v,
+    let answer: Value = match sent {
+        Ok(Envelope { data }) => data,
         Err(forwarded) => return Ok(forwarded),
     };
-    let already = v
-        .pointer("/data/already_in_campaign")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let already = parse_part::<TriggerAnswer>(&answer, "campaigns.trigger")?.already_in_campaign;
     let name = contact.display_name().to_string();
     let spoken = if already {
         format!("{name} is already in {}.", campaign.name)
     } else {
         format!("{name} is now in {}.", campaign.name)
     };
-    let reply = campaign_actions::membership_ids(
-        &contact,
-        &campaign,
-        NativeReply::result(spoken, v.get("data").cloned().unwrap_or(Value::Null)),
-    );
+    let reply =
+        campaign_actions::membership_ids(&contact, &campaign, NativeReply::result(spoken, answer));
     let undo = (!already).then(|| {
         (
             format!("{name} is out of {} again.", campaign.name),
@@ -166,15 +177,11 @@ pub(super) async fn remove_from_campaign(
     contact: Contact,
     campaign: Campaign,
 ) -> ApiResult<Executed> {
-    let reply = forward(
-        r,
-        ctx.effect_key,
-        json!({ "type": "remove_from_campaign", "contactId": contact.id, "campaignRef": campaign.id }),
-    )
-    .await?;
+    let action = membership_action(&contact, &campaign, false);
+    let reply = forward(r, ctx.effect_key, &action).await?;
     // Forwarded, so the upstream's own undo_last reverses it (keeping both stacks in step).
-    let removed = reply.data.get("removed").and_then(Value::as_bool) == Some(true);
-    if removed {
+    let removal: RemovalAnswer = parse_part(&reply.data, "native.forward")?;
+    if removal.removed {
         return Ok(undone_upstream(
             reply,
             &format!("the removal from {}", campaign.name),
@@ -190,10 +197,11 @@ pub(super) async fn set_campaign_status(
     campaign: Campaign,
     to: CampaignStatus,
 ) -> ApiResult<Executed> {
-    let kind = if to == CampaignStatus::Paused {
-        "pause_campaign"
+    let campaign_ref = campaign.id.as_str();
+    let native_action = if to == CampaignStatus::Paused {
+        UpstreamAction::PauseCampaign { campaign_ref }
     } else {
-        "resume_campaign"
+        UpstreamAction::ResumeCampaign { campaign_ref }
     };
     let sent = rest_or_native(
         r,
@@ -204,14 +212,13 @@ pub(super) async fn set_campaign_status(
             path: format!("/campaigns/{}", campaign.id),
             body: json!({ "status": to }),
         },
-        json!({ "type": kind, "campaignRef": campaign.id }),
+        &native_action,
     )
     .await?;
-    let v = match sent {
-        Ok(v) => v,
+    let updated: Campaign = match sent {
+        Ok(Envelope { data }) => data,
         Err(forwarded) => return Ok(forwarded),
     };
-    let updated: Campaign = data(&v, "campaigns.update")?;
     Ok(campaign_actions::status_set(updated, campaign.status, to))
 }
 
@@ -231,14 +238,16 @@ pub(super) async fn mark_status(
             path: format!("/contacts/{}", contact.id),
             body: json!({ "status": status }),
         },
-        json!({ "type": "mark_status", "contactId": contact.id, "status": status }),
+        &UpstreamAction::MarkStatus {
+            contact_id: &contact.id,
+            status,
+        },
     )
     .await?;
-    let v = match sent {
-        Ok(v) => v,
+    let updated: Contact = match sent {
+        Ok(Envelope { data }) => data,
         Err(forwarded) => return Ok(forwarded),
     };
-    let updated: Contact = data(&v, "contacts.update")?;
     Ok(contact_actions::status_marked(
         &updated,
         contact.status,
@@ -253,16 +262,15 @@ pub(super) async fn note_on_contact(
     contact: Contact,
     note: String,
 ) -> ApiResult<Executed> {
-    let v = r
-        .send(
-            "notes.create",
-            Method::POST,
-            "/notes",
-            &json!({ "contact_id": contact.id, "note": note, "idempotency_key": ctx.effect_key }),
-        )
+    let new_note = NewNote {
+        contact_id: &contact.id,
+        note: &note,
+        idempotency_key: ctx.effect_key,
+    };
+    let saved: Envelope<Note> = r
+        .send("notes.create", Method::POST, "/notes", &new_note)
         .await?;
-    let saved: Note = data(&v, "notes.create")?;
-    Ok(contact_actions::noted(&contact, saved))
+    Ok(contact_actions::noted(&contact, saved.data))
 }
 
 /// Drafts a message through the upstream's native endpoint.
@@ -274,13 +282,13 @@ pub(super) async fn draft_message(
     subject: Option<String>,
     instructions: Option<String>,
 ) -> ApiResult<Executed> {
-    let reply = forward(
-        r,
-        ctx.effect_key,
-        json!({ "type": "draft_message", "contactId": contact.id, "channel": channel,
-                "subject": subject, "instructions": instructions }),
-    )
-    .await?;
+    let action = UpstreamAction::DraftMessage {
+        contact_id: &contact.id,
+        channel,
+        subject: subject.as_deref(),
+        instructions: instructions.as_deref(),
+    };
+    let reply = forward(r, ctx.effect_key, &action).await?;
     Ok(undone_upstream(reply, "the draft"))
 }
 
@@ -296,9 +304,14 @@ pub(super) async fn send_message(
 ) -> ApiResult<Executed> {
     // Absent and null are the same to the native parser; an empty body means "the
     // draft's text", which the upstream fills in.
-    let action = json!({ "type": "send_message", "contactId": contact.id, "channel": channel,
-                         "subject": subject, "body": body, "draftId": draft_id });
-    let reply = forward(r, ctx.effect_key, action).await?;
+    let action = UpstreamAction::SendMessage {
+        contact_id: &contact.id,
+        channel,
+        subject: subject.as_deref(),
+        body: &body,
+        draft_id: draft_id.as_deref(),
+    };
+    let reply = forward(r, ctx.effect_key, &action).await?;
     Ok(undone_upstream(reply, "the message"))
 }
 
@@ -311,13 +324,13 @@ pub(super) async fn book_meeting(
     duration_minutes: u32,
     title: String,
 ) -> ApiResult<Executed> {
-    let reply = forward(
-        r,
-        ctx.effect_key,
-        json!({ "type": "book_meeting", "contactId": contact.id, "startTime": start_time,
-                "durationMinutes": duration_minutes, "title": title }),
-    )
-    .await?;
+    let action = UpstreamAction::BookMeeting {
+        contact_id: &contact.id,
+        start_time: &start_time,
+        duration_minutes,
+        title: &title,
+    };
+    let reply = forward(r, ctx.effect_key, &action).await?;
     // Booked meetings involve another person's calendar: not undoable (DESIGN §5).
     Ok(Executed { reply, undo: None })
 }
@@ -330,9 +343,12 @@ pub(super) async fn start_research(
     company: Option<String>,
     topic: Option<String>,
 ) -> ApiResult<Executed> {
-    let action = json!({ "type": "start_research", "contactId": contact.map(|c| c.id),
-                         "company": company, "topic": topic });
-    let reply = forward(r, ctx.effect_key, action).await?;
+    let action = UpstreamAction::StartResearch {
+        contact_id: contact.as_ref().map(|c| c.id.as_str()),
+        company: company.as_deref(),
+        topic: topic.as_deref(),
+    };
+    let reply = forward(r, ctx.effect_key, &action).await?;
     Ok(undone_upstream(reply, "the research"))
 }
 
@@ -342,16 +358,14 @@ pub(super) async fn enrich_contact(
     ctx: &RemoteCtx<'_>,
     contact: Contact,
 ) -> ApiResult<Executed> {
-    let reply = forward(
-        r,
-        ctx.effect_key,
-        json!({ "type": "enrich_contact", "contactId": contact.id }),
-    )
-    .await?;
+    let action = UpstreamAction::EnrichContact {
+        contact_id: &contact.id,
+    };
+    let reply = forward(r, ctx.effect_key, &action).await?;
     Ok(undone_upstream(reply, "the enrichment"))
 }
 
-/// One REST v1 write.
+/// One REST v1 write; its bodies are single fields, so they stay `json!` literals.
 struct RestWrite {
     op: &'static str,
     method: Method,
@@ -363,12 +377,12 @@ struct RestWrite {
 /// (a voice key without `campaigns` or `contacts` scope), sends `native_action` to the upstream's
 /// native endpoint instead, which such a key may use: `Err(executed)` with its answer, undone
 /// through the upstream's own stack.
-async fn rest_or_native(
+async fn rest_or_native<T: DeserializeOwned>(
     r: &Remote<'_>,
     ctx: &RemoteCtx<'_>,
     write: RestWrite,
-    native_action: Value,
-) -> ApiResult<Result<Value, Executed>> {
+    native_action: &UpstreamAction<'_>,
+) -> ApiResult<Result<Envelope<T>, Executed>> {
     match r
         .send(write.op, write.method, &write.path, &write.body)
         .await
