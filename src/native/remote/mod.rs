@@ -237,7 +237,15 @@ pub async fn execute(r: &Remote<'_>, ctx: &RemoteCtx<'_>, plan: Plan) -> ApiResu
             subject,
             instructions,
             ..
-        } => writes::draft_message(r, ctx, contact, channel, subject, instructions).await,
+        } => {
+            let action = UpstreamAction::DraftMessage {
+                contact_id: &contact.id,
+                channel,
+                subject: subject.as_deref(),
+                instructions: instructions.as_deref(),
+            };
+            writes::forwarded(r, ctx, &action, Some("the draft")).await
+        }
         Plan::ReviewMessage {
             contact,
             channel,
@@ -251,19 +259,50 @@ pub async fn execute(r: &Remote<'_>, ctx: &RemoteCtx<'_>, plan: Plan) -> ApiResu
             subject,
             body,
             draft_id,
-        } => writes::send_message(r, ctx, contact, channel, subject, body, draft_id).await,
+        } => {
+            // An empty body means "the draft's text", which the upstream fills in.
+            let action = UpstreamAction::SendMessage {
+                contact_id: &contact.id,
+                channel,
+                subject: subject.as_deref(),
+                body: &body,
+                draft_id: draft_id.as_deref(),
+            };
+            writes::forwarded(r, ctx, &action, Some("the message")).await
+        }
         Plan::BookMeeting {
             contact,
             start_time,
             duration_minutes,
             title,
-        } => writes::book_meeting(r, ctx, contact, start_time, duration_minutes, title).await,
+        } => {
+            let action = UpstreamAction::BookMeeting {
+                contact_id: &contact.id,
+                start_time: &start_time,
+                duration_minutes,
+                title: &title,
+            };
+            // Booked meetings involve another person's calendar: not undoable (DESIGN §5).
+            writes::forwarded(r, ctx, &action, None).await
+        }
         Plan::StartResearch {
             contact,
             company,
             topic,
-        } => writes::start_research(r, ctx, contact, company, topic).await,
-        Plan::EnrichContact { contact } => writes::enrich_contact(r, ctx, contact).await,
+        } => {
+            let action = UpstreamAction::StartResearch {
+                contact_id: contact.as_ref().map(|c| c.id.as_str()),
+                company: company.as_deref(),
+                topic: topic.as_deref(),
+            };
+            writes::forwarded(r, ctx, &action, Some("the research")).await
+        }
+        Plan::EnrichContact { contact } => {
+            let action = UpstreamAction::EnrichContact {
+                contact_id: &contact.id,
+            };
+            writes::forwarded(r, ctx, &action, Some("the enrichment")).await
+        }
         Plan::UndoLast => Err(ApiError::internal("remote::execute got undo_last")),
     }
 }

@@ -12,7 +12,7 @@ use super::wire::{
     Envelope, NewNote, RemovalAnswer, SettingsAnswer, TriggerAnswer, UpstreamAction,
 };
 use super::{ask_native, forward, parse_part, Remote, RemoteCtx};
-use crate::domain::{CampaignStatus, Channel, ContactStatus, PilotMode};
+use crate::domain::{CampaignStatus, ContactStatus, PilotMode};
 use crate::error::{ApiResult, ErrorCode};
 use crate::native::action::{ContactCampaign, SendMessage};
 use crate::native::actions::{
@@ -273,96 +273,19 @@ pub(super) async fn note_on_contact(
     Ok(contact_actions::noted(&contact, saved.data))
 }
 
-/// Drafts a message through the upstream's native endpoint.
-pub(super) async fn draft_message(
+/// Runs a write REST v1 has no endpoint for through the upstream's own native endpoint;
+/// `undone_as` names it for the undo stack (`None`: not undoable).
+pub(super) async fn forwarded(
     r: &Remote<'_>,
     ctx: &RemoteCtx<'_>,
-    contact: Contact,
-    channel: Channel,
-    subject: Option<String>,
-    instructions: Option<String>,
+    action: &UpstreamAction<'_>,
+    undone_as: Option<&str>,
 ) -> ApiResult<Executed> {
-    let action = UpstreamAction::DraftMessage {
-        contact_id: &contact.id,
-        channel,
-        subject: subject.as_deref(),
-        instructions: instructions.as_deref(),
-    };
-    let reply = forward(r, ctx.effect_key, &action).await?;
-    Ok(undone_upstream(reply, "the draft"))
-}
-
-/// Sends (or queues for review) a message through the upstream's native endpoint.
-pub(super) async fn send_message(
-    r: &Remote<'_>,
-    ctx: &RemoteCtx<'_>,
-    contact: Contact,
-    channel: Channel,
-    subject: Option<String>,
-    body: String,
-    draft_id: Option<String>,
-) -> ApiResult<Executed> {
-    // Absent and null are the same to the native parser; an empty body means "the
-    // draft's text", which the upstream fills in.
-    let action = UpstreamAction::SendMessage {
-        contact_id: &contact.id,
-        channel,
-        subject: subject.as_deref(),
-        body: &body,
-        draft_id: draft_id.as_deref(),
-    };
-    let reply = forward(r, ctx.effect_key, &action).await?;
-    Ok(undone_upstream(reply, "the message"))
-}
-
-/// Books a meeting through the upstream's native endpoint.
-pub(super) async fn book_meeting(
-    r: &Remote<'_>,
-    ctx: &RemoteCtx<'_>,
-    contact: Contact,
-    start_time: String,
-    duration_minutes: u32,
-    title: String,
-) -> ApiResult<Executed> {
-    let action = UpstreamAction::BookMeeting {
-        contact_id: &contact.id,
-        start_time: &start_time,
-        duration_minutes,
-        title: &title,
-    };
-    let reply = forward(r, ctx.effect_key, &action).await?;
-    // Booked meetings involve another person's calendar: not undoable (DESIGN §5).
-    Ok(Executed { reply, undo: None })
-}
-
-/// Starts a research job through the upstream's native endpoint.
-pub(super) async fn start_research(
-    r: &Remote<'_>,
-    ctx: &RemoteCtx<'_>,
-    contact: Option<Contact>,
-    company: Option<String>,
-    topic: Option<String>,
-) -> ApiResult<Executed> {
-    let action = UpstreamAction::StartResearch {
-        contact_id: contact.as_ref().map(|c| c.id.as_str()),
-        company: company.as_deref(),
-        topic: topic.as_deref(),
-    };
-    let reply = forward(r, ctx.effect_key, &action).await?;
-    Ok(undone_upstream(reply, "the research"))
-}
-
-/// Starts an enrichment through the upstream's native endpoint.
-pub(super) async fn enrich_contact(
-    r: &Remote<'_>,
-    ctx: &RemoteCtx<'_>,
-    contact: Contact,
-) -> ApiResult<Executed> {
-    let action = UpstreamAction::EnrichContact {
-        contact_id: &contact.id,
-    };
-    let reply = forward(r, ctx.effect_key, &action).await?;
-    Ok(undone_upstream(reply, "the enrichment"))
+    let reply = forward(r, ctx.effect_key, action).await?;
+    Ok(match undone_as {
+        Some(what) => undone_upstream(reply, what),
+        None => Executed { reply, undo: None },
+    })
 }
 
 /// One REST v1 write; its bodies are single fields, so they stay `json!` literals.
