@@ -1148,6 +1148,7 @@ async fn an_upstream_answer_of_another_shape_is_a_502_envelope_not_a_default() {
     assert_eq!(r.body["ok"], false, "{}", r.text);
     let details = e["details"].as_str().expect("details");
     assert!(details.starts_with("contacts.search: "), "{e}");
+    assert!(details.contains("expected a sequence"), "{e}");
 
     // A native answer without a `mode` is not taken as a result.
     let r = g
