@@ -1094,3 +1094,68 @@ async fn a_native_only_key_works_through_the_gateway_and_a_rest_only_key_does_no
         .await;
     check_err(&r, 403, "SCOPE_DENIED");
 }
+
+// ---- an upstream that answers in another shape ---------------------------------------------
+
+/// An upstream whose answers have the right status and the wrong shape: the key check passes,
+/// a contact search answers an object where a list belongs, a search for "refused…" is refused
+/// for scope (so the gateway asks the native endpoint instead), and the native endpoint answers
+/// without a `mode`.
+async fn misshapen_upstream() -> String {
+    use axum::extract::Query;
+    use axum::http::StatusCode;
+    use axum::routing::{get, post};
+    use axum::{Json, Router};
+    use std::collections::HashMap;
+
+    async fn contacts(Query(q): Query<HashMap<String, String>>) -> (StatusCode, Json<Value>) {
+        let search = q
+            .get("search")
+            .map(|s| s.to_lowercase())
+            .unwrap_or_default();
+        if search.contains("refused") {
+            let refused = json!({ "ok": false,
+                "error": { "code": "SCOPE_DENIED", "message": "Missing scope: contacts" } });
+            (StatusCode::FORBIDDEN, Json(refused))
+        } else {
+            (
+                StatusCode::OK,
+                Json(json!({ "ok": true, "data": { "not": "a list" } })),
+            )
+        }
+    }
+    async fn native() -> Json<Value> {
+        Json(json!({ "ok": true, "data": { "spoken_summary": "An answer without a mode." } }))
+    }
+    let app = Router::new()
+        .route("/api/v1/contacts", get(contacts))
+        .route("/api/v1/native/outreachpilot", post(native));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_answer_of_another_shape_is_a_502_envelope_not_a_default() {
+    let g = gateway(misshapen_upstream().await, |_| {}).await;
+
+    // A REST list whose `data` is not a list.
+    let r = g
+        .send(json!({ "action": { "type": "lookup_person", "personName": "Sarah Chen" } }))
+        .await;
+    let e = check_err(&r, 502, "UPSTREAM_UNAVAILABLE");
+    assert_eq!(r.body["ok"], false, "{}", r.text);
+    let details = e["details"].as_str().expect("details");
+    assert!(details.starts_with("contacts.search: "), "{e}");
+    assert!(details.contains("expected a sequence"), "{e}");
+
+    // A native answer without a `mode` is not taken as a result.
+    let r = g
+        .send(json!({ "action": { "type": "lookup_person", "personName": "Refused Person" } }))
+        .await;
+    let e = check_err(&r, 502, "UPSTREAM_UNAVAILABLE");
+    let details = e["details"].as_str().expect("details");
+    assert!(details.starts_with("native.resolve: "), "{e}");
+    assert!(details.contains("mode"), "{e}");
+}

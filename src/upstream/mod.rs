@@ -159,7 +159,7 @@ impl Upstream {
         method: Method,
         token: &str,
         path: &str,
-        body: &Value,
+        body: &(impl serde::Serialize + ?Sized),
         deadline: Deadline,
     ) -> ApiResult<Value> {
         let bytes = Bytes::from(serde_json::to_vec(body).map_err(ApiError::internal)?);
