@@ -42,8 +42,9 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics", security(()),
     responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String)))]
 pub async fn metrics(State(app): State<AppState>) -> Response {
-    // Gauges that are cheap to read at scrape time and costly to keep current per request.
-    crate::telemetry::pending_actions(app.bridge.pending().open_count());
+    // Constant work per scrape: counters are kept current as things happen; these two reads
+    // are an atomic load and dropping the pending actions that expired since the last scrape.
+    crate::telemetry::OpenPending::global().refresh();
     crate::telemetry::ws_connections(app.ws_connections.open());
     let body = app.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
     (

@@ -606,6 +606,7 @@ impl Bridge {
             req.action_json.clone().unwrap_or(Value::Null),
             req.transcript.clone(),
         );
+        telemetry::OpenPending::global().opened(&pending.id, pending.expires_at);
         if let Value::Object(m) = &mut data {
             m.insert(
                 "expires_in_seconds".into(),
@@ -911,6 +912,7 @@ impl Bridge {
             // Cancel before releasing the claim, so a confirmation waiting for it sees the
             // cancellation once it gets the claim.
             self.pending.cancel(&pending);
+            telemetry::OpenPending::global().closed(&pending.id);
             guard.abandon();
             let question = pending.plan.question();
             let what = question.trim_end_matches('?');
@@ -948,6 +950,7 @@ impl Bridge {
                 result: result.clone(),
             });
             pending.settle();
+            telemetry::OpenPending::global().closed(&pending.id);
         } else {
             guard.abandon();
         }

@@ -11,6 +11,9 @@ use std::collections::HashSet;
 
 use futures_util::future::join_all;
 use reqwest::Method;
+// Every id placed in an upstream path goes through this (ids come from clients and from
+// upstream data alike).
+use crate::upstream::path_segment as seg;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 
@@ -143,7 +146,7 @@ async fn contact(
 ) -> ApiResult<Result<Contact, NativeReply>> {
     let reference = reference.unwrap_or("").trim();
     let pool: Vec<Contact> = if is_uuid(reference) {
-        let path = format!("/contacts/{}", reference.to_ascii_lowercase());
+        let path = format!("/contacts/{}", seg(&reference.to_ascii_lowercase()));
         match r.one("contacts.get", &path).await {
             Ok(c) => c.into_iter().collect(),
             Err(e) if e.code == ErrorCode::ScopeDenied => {
@@ -270,7 +273,7 @@ async fn campaign(
 ) -> ApiResult<Result<Campaign, NativeReply>> {
     let reference = reference.unwrap_or("").trim();
     let listed = if is_uuid(reference) {
-        let path = format!("/campaigns/{}", reference.to_ascii_lowercase());
+        let path = format!("/campaigns/{}", seg(&reference.to_ascii_lowercase()));
         r.one::<Campaign>("campaigns.get", &path)
             .await
             .map(|c| c.into_iter().collect())
@@ -297,7 +300,7 @@ async fn company(r: &Remote<'_>, reference: &str) -> ApiResult<Result<Company, N
     let pool: Vec<Company> = if is_uuid(reference) {
         r.one(
             "companies.get",
-            &format!("/companies/{}", reference.to_ascii_lowercase()),
+            &format!("/companies/{}", seg(&reference.to_ascii_lowercase())),
         )
         .await?
         .into_iter()
@@ -371,7 +374,7 @@ async fn plan_with_rest(r: &Remote<'_>, action: &Action) -> ApiResult<Step> {
             let account = async {
                 match &c.account_id {
                     Some(id) => {
-                        r.one::<Company>("companies.get", &format!("/companies/{id}"))
+                        r.one::<Company>("companies.get", &format!("/companies/{}", seg(id)))
                             .await
                     }
                     None => Ok(None),
@@ -480,7 +483,7 @@ async fn plan_with_rest(r: &Remote<'_>, action: &Action) -> ApiResult<Step> {
                     .filter(|id| seen.insert(id.clone()))
                     .collect()
             };
-            let paths: Vec<String> = senders.iter().map(|id| format!("/contacts/{id}")).collect();
+            let paths: Vec<String> = senders.iter().map(|id| format!("/contacts/{}", seg(id))).collect();
             let found = join_all(paths.iter().map(|p| r.one::<Contact>("contacts.get", p))).await;
             let mut by_id = std::collections::HashMap::new();
             for c in found {
@@ -510,7 +513,7 @@ async fn plan_with_rest(r: &Remote<'_>, action: &Action) -> ApiResult<Step> {
             let v = r
                 .get(
                     "campaigns.status",
-                    &format!("/campaigns/{}/status", c.id),
+                    &format!("/campaigns/{}/status", seg(&c.id)),
                     &[],
                 )
                 .await?;
@@ -684,7 +687,7 @@ pub async fn execute(r: &Remote<'_>, ctx: &RemoteCtx<'_>, plan: Plan) -> ApiResu
                 RestWrite {
                     op: "campaigns.trigger",
                     method: Method::POST,
-                    path: format!("/campaigns/{}/trigger", campaign.id),
+                    path: format!("/campaigns/{}/trigger", seg(&campaign.id)),
                     body: json!({ "contact_id": contact.id }),
                 },
                 json!({ "type": "add_to_campaign", "contactId": contact.id, "campaignRef": campaign.id }),
@@ -749,7 +752,7 @@ pub async fn execute(r: &Remote<'_>, ctx: &RemoteCtx<'_>, plan: Plan) -> ApiResu
                 RestWrite {
                     op: "campaigns.update",
                     method: Method::PATCH,
-                    path: format!("/campaigns/{}", campaign.id),
+                    path: format!("/campaigns/{}", seg(&campaign.id)),
                     body: json!({ "status": to }),
                 },
                 json!({ "type": kind, "campaignRef": campaign.id }),
@@ -769,7 +772,7 @@ pub async fn execute(r: &Remote<'_>, ctx: &RemoteCtx<'_>, plan: Plan) -> ApiResu
                 RestWrite {
                     op: "contacts.update",
                     method: Method::PUT,
-                    path: format!("/contacts/{}", contact.id),
+                    path: format!("/contacts/{}", seg(&contact.id)),
                     body: json!({ "status": status }),
                 },
                 json!({ "type": "mark_status", "contactId": contact.id, "status": status }),
@@ -996,7 +999,7 @@ pub async fn undo(
             r.send(
                 "campaigns.trigger",
                 Method::POST,
-                &format!("/campaigns/{campaign_id}/trigger"),
+                &format!("/campaigns/{}/trigger", seg(campaign_id)),
                 &json!({ "contact_id": contact_id }),
             )
             .await?;
@@ -1009,7 +1012,7 @@ pub async fn undo(
             r.send(
                 "campaigns.update",
                 Method::PATCH,
-                &format!("/campaigns/{campaign_id}"),
+                &format!("/campaigns/{}", seg(campaign_id)),
                 &json!({ "status": status }),
             )
             .await?;
@@ -1020,7 +1023,7 @@ pub async fn undo(
             r.send(
                 "contacts.update",
                 Method::PUT,
-                &format!("/contacts/{contact_id}"),
+                &format!("/contacts/{}", seg(contact_id)),
                 &json!({ "status": status }),
             )
             .await?;
@@ -1030,7 +1033,7 @@ pub async fn undo(
             r.send(
                 "notes.delete",
                 Method::DELETE,
-                &format!("/notes/{note_id}"),
+                &format!("/notes/{}", seg(note_id)),
                 &json!({}),
             )
             .await?;

@@ -265,6 +265,13 @@ CREATE INDEX signals_org_contact_detected ON signals(org_id, contact_id, detecte
 DROP INDEX signals_org_detected;
 CREATE INDEX signals_org_detected ON signals(org_id, detected_at, id);
 "#,
+    // Job retries (issue 19): a failing job is retried with backoff, then marked failed, and
+    // never stands in front of due jobs while it waits.
+    r#"
+ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN next_attempt_at TEXT;
+ALTER TABLE jobs ADD COLUMN last_error TEXT;
+"#,
 ];
 
 /// Brings the database up to the newest schema. Safe to call on every open, from several
