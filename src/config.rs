@@ -442,6 +442,173 @@ mod tests {
     }
 
     #[test]
+    fn huge_durations_are_refused_with_the_setting_and_its_range() {
+        for (field, set) in [
+            (
+                "native.undo_window_secs",
+                (|c: &mut Config| c.native.undo_window_secs = u64::MAX) as fn(&mut Config),
+            ),
+            ("native.outbox_hold_secs", |c| {
+                c.native.outbox_hold_secs = u64::MAX
+            }),
+            ("native.pending_ttl_secs", |c| {
+                c.native.pending_ttl_secs = u64::MAX
+            }),
+            ("native.idempotency_ttl_secs", |c| {
+                c.native.idempotency_ttl_secs = u64::MAX
+            }),
+            ("websocket.max_message_bytes", |c| {
+                c.websocket.max_message_bytes = usize::MAX
+            }),
+            ("upstream.breaker_open_ms", |c| {
+                c.upstream.breaker_open_ms = u64::MAX
+            }),
+            ("storage.wal_reset_bytes", |c| c.storage.wal_reset_bytes = 0),
+            ("upstream.max_response_bytes", |c| {
+                c.upstream.max_response_bytes = 10
+            }),
+        ] {
+            let mut c = Config::default();
+            set(&mut c);
+            let msg = c.validate().unwrap_err().to_string();
+            assert!(msg.starts_with(&format!("{field} must be between")), "{msg}");
+        }
+        let mut c = Config::default();
+        c.native.target_ms = f64::NAN;
+        assert!(c.validate().unwrap_err().to_string().contains("target_ms"));
+    }
+
+    mod random {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Values that probe the edges: zero, one, plausible, and anything up to `u64::MAX`.
+        fn num() -> impl Strategy<Value = u64> {
+            prop_oneof![
+                Just(0u64),
+                Just(1),
+                0u64..100_000,
+                1_000_000u64..10_000_000_000,
+                any::<u64>(),
+                Just(u64::MAX),
+            ]
+        }
+
+        /// The default configuration with a random subset of its numbers replaced.
+        fn config() -> impl Strategy<Value = Config> {
+            (
+                prop::collection::vec(prop::option::weighted(0.15, num()), 40),
+                prop::option::weighted(0.15, any::<f64>()),
+                any::<bool>(),
+            )
+                .prop_map(|(v, target, upstream)| {
+                    let mut c = Config::default();
+                    let mut it = v.into_iter();
+                    let mut next = || it.next().flatten();
+                    macro_rules! set {
+                        ($($field:expr),* $(,)?) => {$(
+                            if let Some(x) = next() {
+                                $field = x.try_into().unwrap_or_default();
+                            }
+                        )*};
+                    }
+                    let (l, st, a, n, w, u) = (
+                        &mut c.limits,
+                        &mut c.storage,
+                        &mut c.auth,
+                        &mut c.native,
+                        &mut c.websocket,
+                        &mut c.upstream,
+                    );
+                    if let Some(x) = next() {
+                        l.default_rate_limit = u32::try_from(x).unwrap_or(u32::MAX);
+                    }
+                    if let Some(x) = next() {
+                        n.job_max_attempts = u32::try_from(x).unwrap_or(u32::MAX);
+                    }
+                    if let Some(x) = next() {
+                        u.read_retries = u32::try_from(x).unwrap_or(u32::MAX);
+                    }
+                    if let Some(x) = next() {
+                        u.breaker_failure_threshold = u32::try_from(x).unwrap_or(u32::MAX);
+                    }
+                    set!(
+                        l.max_body_bytes,
+                        st.readers,
+                        st.wal_reset_bytes,
+                        a.key_cache_ttl_secs,
+                        a.negative_cache_ttl_ms,
+                        n.pending_ttl_secs,
+                        n.undo_window_secs,
+                        n.idempotency_wait_ms,
+                        n.idempotency_ttl_secs,
+                        n.idempotency_max_bytes,
+                        n.dedupe_window_secs,
+                        n.outbox_hold_secs,
+                        n.read_cache_ms,
+                        n.job_retry_base_ms,
+                        w.ping_interval_secs,
+                        w.max_message_bytes,
+                        w.max_in_flight,
+                        w.outbound_queue,
+                        w.auth_timeout_secs,
+                        w.max_connections_per_org,
+                        w.max_connections,
+                        u.connect_timeout_ms,
+                        u.request_timeout_ms,
+                        u.turn_budget_ms,
+                        u.retry_backoff_ms,
+                        u.breaker_open_ms,
+                        u.read_cache_ms,
+                        u.key_cache_ttl_secs,
+                        u.pool_max_idle_per_host,
+                        u.max_response_bytes,
+                    );
+                    if let Some(x) = next() {
+                        c.shutdown_delay_ms = x;
+                    }
+                    if let Some(t) = target {
+                        c.native.target_ms = t;
+                    }
+                    if upstream {
+                        c.backend = BackendKind::Upstream;
+                        c.upstream.base_url = "http://127.0.0.1:9".into();
+                    }
+                    c
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            /// `validate()` never panics and names the setting it refuses; whatever it accepts
+            /// builds a running application state without panicking (huge durations used to
+            /// overflow clocks in the caches and timers built from them).
+            #[test]
+            fn validate_refuses_clearly_and_what_it_accepts_can_start(c in config()) {
+                match c.validate() {
+                    Err(e) => {
+                        let msg = e.to_string();
+                        prop_assert!(msg.contains("must") || msg.contains("required"), "{}", msg);
+                    }
+                    Ok(()) => {
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .unwrap();
+                        let _guard = rt.enter();
+                        let (_dir, store) = crate::store::test_store();
+                        let app = crate::app::App::new(c.clone(), store, None);
+                        prop_assert!(app.is_ok(), "{:?}", app.err());
+                        let _ = c.job_retry().backoff(u32::MAX);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn validation_names_the_setting() {
         let mut c = Config::default();
         c.auth.key_cache_ttl_secs = 3600;

