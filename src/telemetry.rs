@@ -135,16 +135,16 @@ fn describe() {
     describe_gauge!(
         DB_WAL_BYTES,
         Unit::Bytes,
-        "Size of the SQLite write-ahead log; reset under load at storage.wal_reset_bytes, truncated to 0 when quiet."
+        "Size of the SQLite write-ahead log file; restarted under load at storage.wal_reset_bytes, truncated to 0 when quiet."
     );
     describe_counter!(
         DB_CHECKPOINTS,
-        "WAL checkpoints by mode (passive, truncate) and result (ok, busy, error)."
+        "WAL checkpoints by mode (passive, restart, truncate) and result (ok, busy, error)."
     );
     describe_histogram!(
         DB_CHECKPOINT_DURATION,
         Unit::Seconds,
-        "WAL checkpoint duration by mode; a truncate holds the writer for its duration."
+        "WAL checkpoint duration by mode; restart and truncate hold the writer for their duration."
     );
     describe_gauge!(
         UPSTREAM_BREAKER_OPEN,
@@ -353,7 +353,7 @@ pub fn db_sizes(db_bytes: u64, wal_bytes: u64) {
 /// Exports every checkpoint counter at 0 from the start, so rates and alerts see a series
 /// before the first busy or failed checkpoint ever happens.
 pub fn db_checkpoints_init() {
-    for mode in ["passive", "truncate"] {
+    for mode in ["passive", "restart", "truncate"] {
         for result in ["ok", "busy", "error"] {
             counter!(names::DB_CHECKPOINTS, "mode" => mode, "result" => result).increment(0);
         }

@@ -44,7 +44,7 @@ async fn wal_stays_bounded_under_mixed_load_and_is_truncated_after_it() {
 
     let resets_before = sample(
         &metrics_text(&d.s.root).await,
-        "pilot_bridge_db_checkpoints_total{mode=\"truncate\",result=\"ok\"}",
+        "pilot_bridge_db_checkpoints_total{mode=\"restart\",result=\"ok\"}",
     )
     .unwrap_or(0.0);
     let stop = Arc::new(AtomicBool::new(false));
@@ -107,7 +107,7 @@ async fn wal_stays_bounded_under_mixed_load_and_is_truncated_after_it() {
     let metrics = metrics_text(&d.s.root).await;
     let resets = sample(
         &metrics,
-        "pilot_bridge_db_checkpoints_total{mode=\"truncate\",result=\"ok\"}",
+        "pilot_bridge_db_checkpoints_total{mode=\"restart\",result=\"ok\"}",
     )
     .unwrap_or(0.0)
         - resets_before;

@@ -254,8 +254,8 @@ impl Store {
     }
 
     /// Runs one checkpoint in `mode`. `Passive` copies what it can without waiting for anyone;
-    /// `Truncate` holds this store's writer for its duration (other writes wait on the mutex,
-    /// not in SQLite's sleeping busy handler) and resets the log to zero bytes once every
+    /// `Restart` and `Truncate` hold this store's writer for their duration (other writes wait
+    /// on the mutex, not in SQLite's sleeping busy handler) and start the log over once every
     /// reader has moved past it.
     pub fn checkpoint(&self, mode: wal::Mode) -> ApiResult<wal::Outcome> {
         let started = std::time::Instant::now();
@@ -270,7 +270,7 @@ impl Store {
         };
         let result = match mode {
             wal::Mode::Passive => run(&lock(&self.inner.checkpointer)),
-            wal::Mode::Truncate => {
+            wal::Mode::Restart | wal::Mode::Truncate => {
                 // Writer first, then checkpointer: the only order in which both are taken.
                 let _writer = lock(&self.inner.writer);
                 run(&lock(&self.inner.checkpointer))
