@@ -106,8 +106,12 @@ async fn http_worker(w: usize, url: String, stats: Arc<Stats>, stop: Arc<AtomicB
         let started = Instant::now();
         let outcome = match n % 20 {
             // Keyless write, each one different (identical ones would be deduplicated).
-            0..=2 => native(&http, &url, json!({ "action": { "type": "note_on_contact",
-                "contactRef": "Sarah Chen", "note": format!("soak w{w} n{n}") } }))
+            0..=2 => native(
+                &http,
+                &url,
+                json!({ "action": { "type": "note_on_contact",
+                "contactRef": "Sarah Chen", "note": format!("soak w{w} n{n}") } }),
+            )
             .await
             .map(drop),
             // Keyed write, then its replay.
@@ -127,10 +131,17 @@ async fn http_worker(w: usize, url: String, stats: Arc<Stats>, stop: Arc<AtomicB
             }
             // A dangerous action: asked, then confirmed.
             4 => {
-                let asked = native(&http, &url, json!({ "action": { "type": "mark_status",
-                    "contactRef": "John Smith", "status": "disqualified" } }))
+                let asked = native(
+                    &http,
+                    &url,
+                    json!({ "action": { "type": "mark_status",
+                    "contactRef": "John Smith", "status": "disqualified" } }),
+                )
                 .await;
                 match asked {
+                    // Another worker may have disqualified him already: then there is nothing
+                    // to confirm and the answer says so.
+                    Ok(d) if d["mode"] != "confirmation_required" => Ok(()),
                     Ok(d) => match d["pending_action_id"].as_str() {
                         Some(pid) => native(
                             &http,
@@ -147,8 +158,12 @@ async fn http_worker(w: usize, url: String, stats: Arc<Stats>, stop: Arc<AtomicB
             5 => native(&http, &url, json!({ "action": { "type": "undo_last" } }))
                 .await
                 .map(drop),
-            6 => native(&http, &url, json!({ "action": { "type": "campaign_stats",
-                "campaignRef": "Seed founders" } }))
+            6 => native(
+                &http,
+                &url,
+                json!({ "action": { "type": "campaign_stats",
+                "campaignRef": "Seed founders" } }),
+            )
             .await
             .map(drop),
             _ => native(&http, &url, common::lookup_body()).await.map(drop),
@@ -162,9 +177,7 @@ async fn ws_worker(w: usize, url: String, stats: Arc<Stats>, stop: Arc<AtomicBoo
     let mut req = url.as_str().into_client_request().expect("ws request");
     req.headers_mut().insert(
         "authorization",
-        format!("Bearer {}", common::KEY)
-            .parse()
-            .expect("header"),
+        format!("Bearer {}", common::KEY).parse().expect("header"),
     );
     let (mut ws, _) = tokio_tungstenite::connect_async(req)
         .await

@@ -293,8 +293,20 @@ impl Config {
         );
         let ranges: &[(&str, u64, u64, u64, &str)] = &[
             ("shutdown_delay_ms", self.shutdown_delay_ms, 0, 60_000, ""),
-            ("limits.default_rate_limit", l.default_rate_limit.into(), 0, 1_000_000, ""),
-            ("limits.max_body_bytes", l.max_body_bytes as u64, KIB, 64 * MIB, ""),
+            (
+                "limits.default_rate_limit",
+                l.default_rate_limit.into(),
+                0,
+                1_000_000,
+                "",
+            ),
+            (
+                "limits.max_body_bytes",
+                l.max_body_bytes as u64,
+                KIB,
+                64 * MIB,
+                "",
+            ),
             ("storage.readers", st.readers as u64, 1, 64, ""),
             ("storage.wal_reset_bytes", st.wal_reset_bytes, MIB, GIB, ""),
             (
@@ -311,21 +323,105 @@ impl Config {
                 1_000,
                 " so new keys work within a second",
             ),
-            ("native.pending_ttl_secs", n.pending_ttl_secs, 1, DAY_SECS, ""),
-            ("native.undo_window_secs", n.undo_window_secs, 1, DAY_SECS, ""),
-            ("native.idempotency_wait_ms", n.idempotency_wait_ms, 0, 60_000, ""),
-            ("native.idempotency_ttl_secs", n.idempotency_ttl_secs, 60, 30 * DAY_SECS, ""),
-            ("native.idempotency_max_bytes", n.idempotency_max_bytes, MIB, 16 * GIB, ""),
-            ("native.dedupe_window_secs", n.dedupe_window_secs, 0, 3_600, ""),
-            ("native.outbox_hold_secs", n.outbox_hold_secs, 0, DAY_SECS, ""),
+            (
+                "native.pending_ttl_secs",
+                n.pending_ttl_secs,
+                1,
+                DAY_SECS,
+                "",
+            ),
+            (
+                "native.undo_window_secs",
+                n.undo_window_secs,
+                1,
+                DAY_SECS,
+                "",
+            ),
+            (
+                "native.idempotency_wait_ms",
+                n.idempotency_wait_ms,
+                0,
+                60_000,
+                "",
+            ),
+            (
+                "native.idempotency_ttl_secs",
+                n.idempotency_ttl_secs,
+                60,
+                30 * DAY_SECS,
+                "",
+            ),
+            (
+                "native.idempotency_max_bytes",
+                n.idempotency_max_bytes,
+                MIB,
+                16 * GIB,
+                "",
+            ),
+            (
+                "native.dedupe_window_secs",
+                n.dedupe_window_secs,
+                0,
+                3_600,
+                "",
+            ),
+            (
+                "native.outbox_hold_secs",
+                n.outbox_hold_secs,
+                0,
+                DAY_SECS,
+                "",
+            ),
             ("native.read_cache_ms", n.read_cache_ms, 0, 60_000, ""),
-            ("native.job_max_attempts", n.job_max_attempts.into(), 1, 100, ""),
-            ("native.job_retry_base_ms", n.job_retry_base_ms, 10, 600_000, ""),
-            ("websocket.ping_interval_secs", w.ping_interval_secs, 1, 3_600, ""),
-            ("websocket.max_message_bytes", w.max_message_bytes as u64, KIB, 16 * MIB, ""),
-            ("websocket.max_in_flight", w.max_in_flight as u64, 1, 1_024, ""),
-            ("websocket.outbound_queue", w.outbound_queue as u64, 1, 65_536, ""),
-            ("websocket.auth_timeout_secs", w.auth_timeout_secs, 1, 300, ""),
+            (
+                "native.job_max_attempts",
+                n.job_max_attempts.into(),
+                1,
+                100,
+                "",
+            ),
+            (
+                "native.job_retry_base_ms",
+                n.job_retry_base_ms,
+                10,
+                600_000,
+                "",
+            ),
+            (
+                "websocket.ping_interval_secs",
+                w.ping_interval_secs,
+                1,
+                3_600,
+                "",
+            ),
+            (
+                "websocket.max_message_bytes",
+                w.max_message_bytes as u64,
+                KIB,
+                16 * MIB,
+                "",
+            ),
+            (
+                "websocket.max_in_flight",
+                w.max_in_flight as u64,
+                1,
+                1_024,
+                "",
+            ),
+            (
+                "websocket.outbound_queue",
+                w.outbound_queue as u64,
+                1,
+                65_536,
+                "",
+            ),
+            (
+                "websocket.auth_timeout_secs",
+                w.auth_timeout_secs,
+                1,
+                300,
+                "",
+            ),
             (
                 "websocket.max_connections_per_org",
                 w.max_connections_per_org as u64,
@@ -333,12 +429,36 @@ impl Config {
                 1_000_000,
                 "",
             ),
-            ("websocket.max_connections", w.max_connections as u64, 1, 1_000_000, ""),
-            ("upstream.connect_timeout_ms", u.connect_timeout_ms, 1, 60_000, ""),
-            ("upstream.request_timeout_ms", u.request_timeout_ms, 1, 60_000, ""),
+            (
+                "websocket.max_connections",
+                w.max_connections as u64,
+                1,
+                1_000_000,
+                "",
+            ),
+            (
+                "upstream.connect_timeout_ms",
+                u.connect_timeout_ms,
+                1,
+                60_000,
+                "",
+            ),
+            (
+                "upstream.request_timeout_ms",
+                u.request_timeout_ms,
+                1,
+                60_000,
+                "",
+            ),
             ("upstream.turn_budget_ms", u.turn_budget_ms, 1, 60_000, ""),
             ("upstream.read_retries", u.read_retries.into(), 0, 5, ""),
-            ("upstream.retry_backoff_ms", u.retry_backoff_ms, 0, 1_000, ""),
+            (
+                "upstream.retry_backoff_ms",
+                u.retry_backoff_ms,
+                0,
+                1_000,
+                "",
+            ),
             (
                 "upstream.breaker_failure_threshold",
                 u.breaker_failure_threshold.into(),
@@ -346,7 +466,13 @@ impl Config {
                 1_000,
                 "",
             ),
-            ("upstream.breaker_open_ms", u.breaker_open_ms, 1, 3_600_000, ""),
+            (
+                "upstream.breaker_open_ms",
+                u.breaker_open_ms,
+                1,
+                3_600_000,
+                "",
+            ),
             ("upstream.read_cache_ms", u.read_cache_ms, 0, 60_000, ""),
             (
                 "upstream.key_cache_ttl_secs",
@@ -362,7 +488,13 @@ impl Config {
                 10_000,
                 "",
             ),
-            ("upstream.max_response_bytes", u.max_response_bytes, 64 * KIB, GIB, ""),
+            (
+                "upstream.max_response_bytes",
+                u.max_response_bytes,
+                64 * KIB,
+                GIB,
+                "",
+            ),
         ];
         for &(name, value, min, max, why) in ranges {
             if value < min || value > max {
@@ -471,7 +603,10 @@ mod tests {
             let mut c = Config::default();
             set(&mut c);
             let msg = c.validate().unwrap_err().to_string();
-            assert!(msg.starts_with(&format!("{field} must be between")), "{msg}");
+            assert!(
+                msg.starts_with(&format!("{field} must be between")),
+                "{msg}"
+            );
         }
         let mut c = Config::default();
         c.native.target_ms = f64::NAN;

@@ -274,9 +274,11 @@ impl OpenPending {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A pending action was stored; it expires at `expires_at` unless closed before.
+    /// A pending action was stored; it expires at `expires_at` unless closed before. Also
+    /// forgets expired ones, so the queue stays bounded even when nobody scrapes `/metrics`.
     pub fn opened(&self, id: &str, expires_at: tokio::time::Instant) {
         let mut g = self.lock();
+        g.forget_expired(tokio::time::Instant::now());
         if g.open.insert(id.to_string()) {
             g.by_expiry.push_back((expires_at, id.to_string()));
         }
@@ -292,16 +294,23 @@ impl OpenPending {
 
     /// Forgets actions whose time ran out and publishes the count; returns it.
     pub fn refresh(&self) -> usize {
-        let now = tokio::time::Instant::now();
         let mut g = self.lock();
-        while g.by_expiry.front().is_some_and(|(at, _)| *at <= now) {
-            if let Some((_, id)) = g.by_expiry.pop_front() {
-                g.open.remove(&id);
-            }
-        }
+        g.forget_expired(tokio::time::Instant::now());
         let n = g.open.len();
         gauge!(names::PENDING_ACTIONS).set(n as f64);
         n
+    }
+}
+
+impl OpenPendingInner {
+    /// Drops the queue's expired front. A closed action stays queued until its expiry and is
+    /// dropped then (the queue holds at most one lifetime's worth of actions).
+    fn forget_expired(&mut self, now: tokio::time::Instant) {
+        while self.by_expiry.front().is_some_and(|(at, _)| *at <= now) {
+            if let Some((_, id)) = self.by_expiry.pop_front() {
+                self.open.remove(&id);
+            }
+        }
     }
 }
 
@@ -406,5 +415,11 @@ mod tests {
         tokio::time::advance(Duration::from_secs(300)).await;
         assert_eq!(g.refresh(), 0);
         assert!(g.lock().by_expiry.is_empty());
+        // Without scrapes, opening new actions drops the expired ones.
+        for i in 0..10 {
+            g.opened(&format!("x{i}"), tokio::time::Instant::now() + ttl);
+            tokio::time::advance(ttl).await;
+        }
+        assert_eq!(g.lock().by_expiry.len(), 1);
     }
 }

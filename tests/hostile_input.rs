@@ -97,7 +97,8 @@ fn json_value() -> impl Strategy<Value = Value> {
             .prop_map(Value::from),
         prop::sample::select(ACTION_TYPES).prop_map(Value::from),
         ".{0,40}".prop_map(Value::String),
-        "[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}".prop_map(Value::String),
+        "[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
+            .prop_map(Value::String),
     ];
     leaf.prop_recursive(4, 48, 6, |inner| {
         prop_oneof![
@@ -146,7 +147,11 @@ fn harness() -> &'static Harness {
 /// A rejection is the error envelope with a code, a string `details` and something to say; a
 /// success is the success envelope. Never a 5xx.
 fn check_envelope(status: u16, content_type: &str, body: &[u8]) -> Result<(), TestCaseError> {
-    prop_assert!(status < 500, "status {status}: {}", String::from_utf8_lossy(body));
+    prop_assert!(
+        status < 500,
+        "status {status}: {}",
+        String::from_utf8_lossy(body)
+    );
     prop_assert!(
         content_type.starts_with("application/json") || status == 204,
         "content type {content_type:?} with {status}"
@@ -332,14 +337,20 @@ fn ws_frame() -> impl Strategy<Value = Message> {
 #[test]
 fn the_websocket_frame_handler_answers_arbitrary_frames_and_stays_open() {
     let h = harness();
-    let url = format!("ws://{}/api/v1/native/outreachpilot/ws", h.demo.s.server.addr);
+    let url = format!(
+        "ws://{}/api/v1/native/outreachpilot/ws",
+        h.demo.s.server.addr
+    );
     let ws = h.rt.block_on(async {
         let mut req = url.into_client_request().expect("request");
         req.headers_mut().insert(
             "authorization",
             format!("Bearer {KEY}").parse().expect("header"),
         );
-        tokio_tungstenite::connect_async(req).await.expect("upgrade").0
+        tokio_tungstenite::connect_async(req)
+            .await
+            .expect("upgrade")
+            .0
     });
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
         cases: 128,

@@ -112,7 +112,10 @@ async fn wal_stays_bounded_under_mixed_load_and_is_truncated_after_it() {
     .unwrap_or(0.0)
         - resets_before;
     eprintln!("{requests} requests, WAL peak {peak} bytes, {resets} resets");
-    for line in metrics.lines().filter(|l| l.starts_with("pilot_bridge_db_checkpoint")) {
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("pilot_bridge_db_checkpoint"))
+    {
         eprintln!("{line}");
     }
     // The load wrote many reset sizes' worth of log, and the log was reset under it.
@@ -188,30 +191,29 @@ async fn a_poison_job_is_retried_then_failed_and_never_blocks_a_good_one() {
     .await;
     let poisoned = d.contact_id("sarah.kim@figma.com").await;
     let good = d.contact_id("john@acme.com").await;
-    let (poison_job, good_job) = d
-        .s
-        .store()
-        .write(move |tx| {
-            // A stored status nobody can read: enriching this contact fails every time.
-            tx.execute(
-                "UPDATE contacts SET status = 'not-a-status' WHERE id = ?1",
-                [&poisoned],
-            )?;
-            let bad = rows::insert_job(tx, "demo", "enrichment", Some(&poisoned), None, None)?;
-            let ok = rows::insert_job(tx, "demo", "enrichment", Some(&good), None, None)?;
-            // Past their hold, the poison one first in line.
-            tx.execute(
-                "UPDATE jobs SET created_at = '2026-01-01T00:00:00.000Z' WHERE id = ?1",
-                [&bad.id],
-            )?;
-            tx.execute(
-                "UPDATE jobs SET created_at = '2026-01-01T00:00:01.000Z' WHERE id = ?1",
-                [&ok.id],
-            )?;
-            Ok((bad.id, ok.id))
-        })
-        .await
-        .expect("jobs");
+    let (poison_job, good_job) =
+        d.s.store()
+            .write(move |tx| {
+                // A stored status nobody can read: enriching this contact fails every time.
+                tx.execute(
+                    "UPDATE contacts SET status = 'not-a-status' WHERE id = ?1",
+                    [&poisoned],
+                )?;
+                let bad = rows::insert_job(tx, "demo", "enrichment", Some(&poisoned), None, None)?;
+                let ok = rows::insert_job(tx, "demo", "enrichment", Some(&good), None, None)?;
+                // Past their hold, the poison one first in line.
+                tx.execute(
+                    "UPDATE jobs SET created_at = '2026-01-01T00:00:00.000Z' WHERE id = ?1",
+                    [&bad.id],
+                )?;
+                tx.execute(
+                    "UPDATE jobs SET created_at = '2026-01-01T00:00:01.000Z' WHERE id = ?1",
+                    [&ok.id],
+                )?;
+                Ok((bad.id, ok.id))
+            })
+            .await
+            .expect("jobs");
 
     let job = |id: String| {
         let c = d.c.clone();
@@ -235,7 +237,10 @@ async fn a_poison_job_is_retried_then_failed_and_never_blocks_a_good_one() {
     })
     .await;
     assert_eq!(failed["result"]["attempts"], 3, "{failed}");
-    assert_eq!(failed["result"]["error"]["code"], "INTERNAL_ERROR", "{failed}");
+    assert_eq!(
+        failed["result"]["error"]["code"], "INTERNAL_ERROR",
+        "{failed}"
+    );
     assert!(failed["finished_at"].is_string(), "{failed}");
 }
 

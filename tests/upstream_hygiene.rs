@@ -88,7 +88,10 @@ async fn fake_upstream() -> FakeUpstream {
                 )
             }),
         )
-        .route("/api/v1/campaigns", post(|| async { StatusCode::NO_CONTENT }))
+        .route(
+            "/api/v1/campaigns",
+            post(|| async { StatusCode::NO_CONTENT }),
+        )
         .layer(axum::middleware::from_fn({
             let seen = seen.clone();
             move |req: Request, next: axum::middleware::Next| {

@@ -137,13 +137,23 @@ mod tests {
     fn upstream_locations_point_at_the_gateway() {
         let base = "http://10.0.0.5:8080/api/v1";
         for (theirs, ours) in [
-            ("http://10.0.0.5:8080/api/v1/contacts/abc", "/api/v1/contacts/abc"),
+            (
+                "http://10.0.0.5:8080/api/v1/contacts/abc",
+                "/api/v1/contacts/abc",
+            ),
             ("http://10.0.0.5:8080/api/v1?x=1", "/api/v1?x=1"),
             ("/api/v1/notes/n1", "/api/v1/notes/n1"),
             ("https://elsewhere.example/x", "https://elsewhere.example/x"),
-            ("http://10.0.0.5:8080/api/v10/x", "http://10.0.0.5:8080/api/v10/x"),
+            (
+                "http://10.0.0.5:8080/api/v10/x",
+                "http://10.0.0.5:8080/api/v10/x",
+            ),
         ] {
-            assert_eq!(our_location(theirs.as_bytes(), base), ours.as_bytes(), "{theirs}");
+            assert_eq!(
+                our_location(theirs.as_bytes(), base),
+                ours.as_bytes(),
+                "{theirs}"
+            );
         }
     }
 

@@ -483,7 +483,10 @@ async fn plan_with_rest(r: &Remote<'_>, action: &Action) -> ApiResult<Step> {
                     .filter(|id| seen.insert(id.clone()))
                     .collect()
             };
-            let paths: Vec<String> = senders.iter().map(|id| format!("/contacts/{}", seg(id))).collect();
+            let paths: Vec<String> = senders
+                .iter()
+                .map(|id| format!("/contacts/{}", seg(id)))
+                .collect();
             let found = join_all(paths.iter().map(|p| r.one::<Contact>("contacts.get", p))).await;
             let mut by_id = std::collections::HashMap::new();
             for c in found {

@@ -10,8 +10,8 @@ use crate::domain::ContactStatus;
 use crate::error::ApiResult;
 use crate::ids::{now_rfc3339, to_rfc3339};
 use crate::store::interactions::{self, ActivityFilter, NewInteraction};
-use crate::store::signals::{self, SignalFilter};
 use crate::store::jobs::{self, AfterFailure, RetryPolicy};
+use crate::store::signals::{self, SignalFilter};
 use crate::store::{companies, contacts, native as rows, PageRequest, Store};
 
 /// How often the workers look for due work.
@@ -99,9 +99,7 @@ async fn run_due_jobs(store: &Store, retry: &RetryPolicy) -> ApiResult<()> {
     let cutoff =
         to_rfc3339(chrono::Utc::now() - chrono::Duration::from_std(JOB_HOLD).unwrap_or_default());
     let now = now_rfc3339();
-    let due = store
-        .read(move |c| jobs::due(c, &cutoff, &now, 20))
-        .await?;
+    let due = store.read(move |c| jobs::due(c, &cutoff, &now, 20)).await?;
     for (org, job) in due {
         let id = job.id.clone();
         let Err(e) = run_job(store, org, job).await else {

@@ -168,16 +168,26 @@ mod tests {
                 let now = now_rfc3339();
                 assert_eq!(due(tx, later, &now, 10)?.len(), 2);
 
-                let AfterFailure::RetryAt(at) = record_failure(tx, &bad.id, &err, &policy())? else {
+                let AfterFailure::RetryAt(at) = record_failure(tx, &bad.id, &err, &policy())?
+                else {
                     panic!("first failure retries");
                 };
                 // Until its retry time only the good job is due.
-                let ids: Vec<String> = due(tx, later, &now, 10)?.into_iter().map(|(_, j)| j.id).collect();
+                let ids: Vec<String> = due(tx, later, &now, 10)?
+                    .into_iter()
+                    .map(|(_, j)| j.id)
+                    .collect();
                 assert_eq!(ids, vec![good.id.clone()]);
                 assert_eq!(due(tx, later, &at, 10)?.len(), 2);
 
-                assert!(matches!(record_failure(tx, &bad.id, &err, &policy())?, AfterFailure::RetryAt(_)));
-                assert_eq!(record_failure(tx, &bad.id, &err, &policy())?, AfterFailure::Failed);
+                assert!(matches!(
+                    record_failure(tx, &bad.id, &err, &policy())?,
+                    AfterFailure::RetryAt(_)
+                ));
+                assert_eq!(
+                    record_failure(tx, &bad.id, &err, &policy())?,
+                    AfterFailure::Failed
+                );
                 let job = rows::get_job(tx, "acme", &bad.id)?.unwrap();
                 assert_eq!(job.status, "failed");
                 let result = job.result.unwrap();
@@ -186,7 +196,10 @@ mod tests {
                 assert!(job.finished_at.is_some());
                 assert_eq!(due(tx, later, "9999-01-01T00:00:00.000Z", 10)?.len(), 1);
                 // A job no longer queued is left alone.
-                assert_eq!(record_failure(tx, &bad.id, &err, &policy())?, AfterFailure::Gone);
+                assert_eq!(
+                    record_failure(tx, &bad.id, &err, &policy())?,
+                    AfterFailure::Gone
+                );
                 Ok(())
             })
             .unwrap();

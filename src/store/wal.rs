@@ -179,11 +179,8 @@ pub fn spawn(
             }
             let sizes = store.file_sizes();
             telemetry::db_sizes(sizes.db_bytes, sizes.wal_bytes);
-            let action = policy.decide(
-                store.generation(),
-                sizes.wal_bytes,
-                store.wal_reset_bytes(),
-            );
+            let action =
+                policy.decide(store.generation(), sizes.wal_bytes, store.wal_reset_bytes());
             if action == Action::Nothing {
                 continue;
             }

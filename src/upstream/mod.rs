@@ -66,7 +66,9 @@ enum Failure {
     Connect(String),
     Breaker(breaker::Refused),
     /// The answer's body was larger than `max_response_bytes`.
-    TooLarge { limit: u64 },
+    TooLarge {
+        limit: u64,
+    },
 }
 
 /// Which breaker a request belongs to: native turns must keep working while someone's slow
@@ -358,7 +360,10 @@ impl Upstream {
         let started = std::time::Instant::now();
         let limit = self.cfg.max_response_bytes;
         let result = async {
-            let mut resp = req.send().await.map_err(|e| classify(e, timeout_is_upstreams))?;
+            let mut resp = req
+                .send()
+                .await
+                .map_err(|e| classify(e, timeout_is_upstreams))?;
             let status = resp.status();
             let headers = resp.headers().clone();
             if resp.content_length().is_some_and(|n| n > limit) {
@@ -663,7 +668,13 @@ mod tests {
             // 50 ms left of the turn: the request is cut by our budget, not the upstream's
             // request timeout.
             let e = up
-                .get("t", "k", "/contacts", &[], Deadline::after(Duration::from_millis(50)))
+                .get(
+                    "t",
+                    "k",
+                    "/contacts",
+                    &[],
+                    Deadline::after(Duration::from_millis(50)),
+                )
                 .await
                 .unwrap_err();
             assert_eq!(e.code, ErrorCode::UpstreamTimeout);
