@@ -212,7 +212,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn the_native_parser_never_panics_and_errors_name_a_field(v in json_value()) {
+    fn the_native_parser_never_panics_and_rejects_as_a_client_error(v in json_value()) {
         if let Err(e) = NativeRequest::parse(&v) {
             prop_assert!(e.status() < 500, "{:?}", e);
         }
