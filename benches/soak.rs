@@ -186,7 +186,7 @@ async fn ws_worker(w: usize, url: String, stats: Arc<Stats>, stop: Arc<AtomicBoo
     while !stop.load(Ordering::Relaxed) {
         n += 1;
         let id = format!("ws{w}-{n}");
-        let action = if n % 4 == 0 {
+        let action = if n.is_multiple_of(4) {
             json!({ "type": "note_on_contact", "contactRef": "Sarah Chen", "note": format!("ws w{w} n{n}") })
         } else {
             json!({ "type": "lookup_person", "personName": "John Smith" })

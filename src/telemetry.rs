@@ -195,7 +195,7 @@ pub fn method_label(method: &axum::http::Method) -> &'static str {
 /// The status code for the codes this service answers with, else its class (`2xx` … `5xx`,
 /// `other` outside 100–599).
 pub fn status_label(status: u16) -> &'static str {
-    match status {
+    let known = match status {
         101 => "101",
         200 => "200",
         201 => "201",
@@ -221,11 +221,17 @@ pub fn status_label(status: u16) -> &'static str {
         502 => "502",
         503 => "503",
         504 => "504",
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
+        _ => "",
+    };
+    if !known.is_empty() {
+        return known;
+    }
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        5 => "5xx",
         _ => "other",
     }
 }
