@@ -82,6 +82,9 @@ pub struct UpstreamConfig {
     pub key_cache_ttl_secs: u64,
     /// Idle keep-alive connections kept per upstream host.
     pub pool_max_idle_per_host: usize,
+    /// Largest upstream answer body read, in bytes; a larger one is refused with 502
+    /// `UPSTREAM_UNAVAILABLE` instead of being buffered.
+    pub max_response_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,6 +103,9 @@ pub struct StorageConfig {
     pub durability: Durability,
     /// Reader connections in the pool.
     pub readers: usize,
+    /// WAL size in bytes at which the background checkpointer resets the log even while
+    /// writes continue (a short pause of the writer); also the size a reset log is cut back to.
+    pub wal_reset_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,6 +139,11 @@ pub struct NativeConfig {
     /// How long a read action's answer may be reused while nothing was written through this
     /// server; also the bound on staleness after writes by other processes. 0 turns it off.
     pub read_cache_ms: u64,
+    /// Attempts a research or enrichment job gets before it is marked `failed`.
+    pub job_max_attempts: u32,
+    /// Wait before a failed job's second attempt; doubled after each further failure (at most
+    /// ten minutes).
+    pub job_retry_base_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -201,6 +212,7 @@ impl Default for UpstreamConfig {
             read_cache_ms: 500,
             key_cache_ttl_secs: 10,
             pool_max_idle_per_host: 64,
+            max_response_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -219,6 +231,7 @@ impl Default for StorageConfig {
         StorageConfig {
             durability: Durability::Normal,
             readers: 4,
+            wal_reset_bytes: crate::store::DEFAULT_WAL_RESET_BYTES,
         }
     }
 }
@@ -244,6 +257,8 @@ impl Default for NativeConfig {
             dedupe_window_secs: 10,
             outbox_hold_secs: 30,
             read_cache_ms: 1000,
+            job_max_attempts: 5,
+            job_retry_base_ms: 1000,
         }
     }
 }
@@ -264,43 +279,238 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Rejects values that cannot work, with a message naming the setting.
+    /// Rejects values that cannot work, with a message naming the setting: every duration and
+    /// size has a range (a huge one would overflow a clock or an allocation later), and the
+    /// upstream timings must fit inside a turn.
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.limits.max_body_bytes < 1024 {
-            bail!("limits.max_body_bytes must be at least 1024");
+        const KIB: u64 = 1024;
+        const MIB: u64 = 1024 * KIB;
+        const GIB: u64 = 1024 * MIB;
+        const DAY_SECS: u64 = 86_400;
+        let (l, st, a, n, w, u) = (
+            &self.limits,
+            &self.storage,
+            &self.auth,
+            &self.native,
+            &self.websocket,
+            &self.upstream,
+        );
+        let ranges: &[(&str, u64, u64, u64, &str)] = &[
+            ("shutdown_delay_ms", self.shutdown_delay_ms, 0, 60_000, ""),
+            (
+                "limits.default_rate_limit",
+                l.default_rate_limit.into(),
+                0,
+                1_000_000,
+                "",
+            ),
+            (
+                "limits.max_body_bytes",
+                l.max_body_bytes as u64,
+                KIB,
+                64 * MIB,
+                "",
+            ),
+            ("storage.readers", st.readers as u64, 1, 64, ""),
+            ("storage.wal_reset_bytes", st.wal_reset_bytes, MIB, GIB, ""),
+            (
+                "auth.key_cache_ttl_secs",
+                a.key_cache_ttl_secs,
+                0,
+                60,
+                " so revoked keys stop within a minute",
+            ),
+            (
+                "auth.negative_cache_ttl_ms",
+                a.negative_cache_ttl_ms,
+                0,
+                1_000,
+                " so new keys work within a second",
+            ),
+            (
+                "native.pending_ttl_secs",
+                n.pending_ttl_secs,
+                1,
+                DAY_SECS,
+                "",
+            ),
+            (
+                "native.undo_window_secs",
+                n.undo_window_secs,
+                1,
+                DAY_SECS,
+                "",
+            ),
+            (
+                "native.idempotency_wait_ms",
+                n.idempotency_wait_ms,
+                0,
+                60_000,
+                "",
+            ),
+            (
+                "native.idempotency_ttl_secs",
+                n.idempotency_ttl_secs,
+                60,
+                30 * DAY_SECS,
+                "",
+            ),
+            (
+                "native.idempotency_max_bytes",
+                n.idempotency_max_bytes,
+                MIB,
+                16 * GIB,
+                "",
+            ),
+            (
+                "native.dedupe_window_secs",
+                n.dedupe_window_secs,
+                0,
+                3_600,
+                "",
+            ),
+            (
+                "native.outbox_hold_secs",
+                n.outbox_hold_secs,
+                0,
+                DAY_SECS,
+                "",
+            ),
+            ("native.read_cache_ms", n.read_cache_ms, 0, 60_000, ""),
+            (
+                "native.job_max_attempts",
+                n.job_max_attempts.into(),
+                1,
+                100,
+                "",
+            ),
+            (
+                "native.job_retry_base_ms",
+                n.job_retry_base_ms,
+                10,
+                600_000,
+                "",
+            ),
+            (
+                "websocket.ping_interval_secs",
+                w.ping_interval_secs,
+                1,
+                3_600,
+                "",
+            ),
+            (
+                "websocket.max_message_bytes",
+                w.max_message_bytes as u64,
+                KIB,
+                16 * MIB,
+                "",
+            ),
+            (
+                "websocket.max_in_flight",
+                w.max_in_flight as u64,
+                1,
+                1_024,
+                "",
+            ),
+            (
+                "websocket.outbound_queue",
+                w.outbound_queue as u64,
+                1,
+                65_536,
+                "",
+            ),
+            (
+                "websocket.auth_timeout_secs",
+                w.auth_timeout_secs,
+                1,
+                300,
+                "",
+            ),
+            (
+                "websocket.max_connections_per_org",
+                w.max_connections_per_org as u64,
+                1,
+                1_000_000,
+                "",
+            ),
+            (
+                "websocket.max_connections",
+                w.max_connections as u64,
+                1,
+                1_000_000,
+                "",
+            ),
+            (
+                "upstream.connect_timeout_ms",
+                u.connect_timeout_ms,
+                1,
+                60_000,
+                "",
+            ),
+            (
+                "upstream.request_timeout_ms",
+                u.request_timeout_ms,
+                1,
+                60_000,
+                "",
+            ),
+            ("upstream.turn_budget_ms", u.turn_budget_ms, 1, 60_000, ""),
+            ("upstream.read_retries", u.read_retries.into(), 0, 5, ""),
+            (
+                "upstream.retry_backoff_ms",
+                u.retry_backoff_ms,
+                0,
+                1_000,
+                "",
+            ),
+            (
+                "upstream.breaker_failure_threshold",
+                u.breaker_failure_threshold.into(),
+                1,
+                1_000,
+                "",
+            ),
+            (
+                "upstream.breaker_open_ms",
+                u.breaker_open_ms,
+                1,
+                3_600_000,
+                "",
+            ),
+            ("upstream.read_cache_ms", u.read_cache_ms, 0, 60_000, ""),
+            (
+                "upstream.key_cache_ttl_secs",
+                u.key_cache_ttl_secs,
+                0,
+                60,
+                " so revoked keys stop within a minute",
+            ),
+            (
+                "upstream.pool_max_idle_per_host",
+                u.pool_max_idle_per_host as u64,
+                0,
+                10_000,
+                "",
+            ),
+            (
+                "upstream.max_response_bytes",
+                u.max_response_bytes,
+                64 * KIB,
+                GIB,
+                "",
+            ),
+        ];
+        for &(name, value, min, max, why) in ranges {
+            if value < min || value > max {
+                bail!("{name} must be between {min} and {max}{why} (got {value})");
+            }
         }
-        if self.storage.readers == 0 || self.storage.readers > 64 {
-            bail!("storage.readers must be between 1 and 64");
-        }
-        if self.auth.key_cache_ttl_secs > 60 {
+        // NaN fails both comparisons.
+        if !(self.native.target_ms > 0.0 && self.native.target_ms <= 60_000.0) {
             bail!(
-                "auth.key_cache_ttl_secs must be at most 60 so revoked keys stop within a minute"
+                "native.target_ms must be above 0 and at most 60000 (got {})",
+                self.native.target_ms
             );
-        }
-        if self.auth.negative_cache_ttl_ms > 1000 {
-            bail!(
-                "auth.negative_cache_ttl_ms must be at most 1000 so new keys work within a second"
-            );
-        }
-        if self.native.target_ms.is_nan() || self.native.target_ms <= 0.0 {
-            bail!("native.target_ms must be positive");
-        }
-        if self.websocket.ping_interval_secs == 0
-            || self.websocket.max_in_flight == 0
-            || self.websocket.outbound_queue == 0
-        {
-            bail!(
-                "websocket.ping_interval_secs, max_in_flight and outbound_queue must be positive"
-            );
-        }
-        if self.websocket.max_message_bytes < 1024 {
-            bail!("websocket.max_message_bytes must be at least 1024");
-        }
-        if self.shutdown_delay_ms > 60_000 {
-            bail!("shutdown_delay_ms must be at most 60000");
-        }
-        if self.native.pending_ttl_secs == 0 {
-            bail!("native.pending_ttl_secs must be positive");
         }
         if self.backend == BackendKind::Upstream {
             let url = self.upstream.base_url.trim();
@@ -313,32 +523,29 @@ impl Config {
                 bail!("upstream.base_url must be http:// or https://");
             }
         }
-        let u = &self.upstream;
-        if u.connect_timeout_ms == 0 || u.request_timeout_ms == 0 || u.turn_budget_ms == 0 {
-            bail!("upstream.connect_timeout_ms, request_timeout_ms and turn_budget_ms must be positive");
-        }
         if u.request_timeout_ms > u.turn_budget_ms {
             bail!("upstream.request_timeout_ms must not exceed upstream.turn_budget_ms");
         }
         if u.turn_budget_ms as f64 >= self.native.target_ms {
             bail!("upstream.turn_budget_ms must be below native.target_ms, so a turn that waited out its upstream budget still answers in time");
         }
-        if u.retry_backoff_ms > 1_000 || u.read_retries > 5 {
-            bail!("upstream.retry_backoff_ms must be at most 1000 and upstream.read_retries at most 5");
-        }
-        if u.breaker_failure_threshold == 0 {
-            bail!("upstream.breaker_failure_threshold must be at least 1");
-        }
-        if u.key_cache_ttl_secs > 60 {
-            bail!("upstream.key_cache_ttl_secs must be at most 60 so revoked keys stop within a minute");
-        }
         Ok(())
+    }
+
+    /// How the background worker retries failed jobs.
+    pub fn job_retry(&self) -> crate::store::jobs::RetryPolicy {
+        crate::store::jobs::RetryPolicy {
+            max_attempts: self.native.job_max_attempts,
+            base_backoff: std::time::Duration::from_millis(self.native.job_retry_base_ms),
+            max_backoff: std::time::Duration::from_secs(600),
+        }
     }
 
     pub fn store_options(&self) -> StoreOptions {
         StoreOptions {
             durability: self.storage.durability,
             readers: self.storage.readers,
+            wal_reset_bytes: self.storage.wal_reset_bytes,
         }
     }
 }
@@ -368,6 +575,176 @@ mod tests {
     fn unknown_keys_are_errors() {
         assert!(Config::from_toml("listn = \"x\"").is_err());
         assert!(Config::from_toml("[limits]\nrate = 3").is_err());
+    }
+
+    #[test]
+    fn huge_durations_are_refused_with_the_setting_and_its_range() {
+        for (field, set) in [
+            (
+                "native.undo_window_secs",
+                (|c: &mut Config| c.native.undo_window_secs = u64::MAX) as fn(&mut Config),
+            ),
+            ("native.outbox_hold_secs", |c| {
+                c.native.outbox_hold_secs = u64::MAX
+            }),
+            ("native.pending_ttl_secs", |c| {
+                c.native.pending_ttl_secs = u64::MAX
+            }),
+            ("native.idempotency_ttl_secs", |c| {
+                c.native.idempotency_ttl_secs = u64::MAX
+            }),
+            ("websocket.max_message_bytes", |c| {
+                c.websocket.max_message_bytes = usize::MAX
+            }),
+            ("upstream.breaker_open_ms", |c| {
+                c.upstream.breaker_open_ms = u64::MAX
+            }),
+            ("storage.wal_reset_bytes", |c| c.storage.wal_reset_bytes = 0),
+            ("upstream.max_response_bytes", |c| {
+                c.upstream.max_response_bytes = 10
+            }),
+        ] {
+            let mut c = Config::default();
+            set(&mut c);
+            let msg = c.validate().unwrap_err().to_string();
+            assert!(
+                msg.starts_with(&format!("{field} must be between")),
+                "{msg}"
+            );
+        }
+        let mut c = Config::default();
+        c.native.target_ms = f64::NAN;
+        assert!(c.validate().unwrap_err().to_string().contains("target_ms"));
+    }
+
+    mod random {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Values that probe the edges: zero, one, plausible, and anything up to `u64::MAX`.
+        fn num() -> impl Strategy<Value = u64> {
+            prop_oneof![
+                Just(0u64),
+                Just(1),
+                0u64..100_000,
+                1_000_000u64..10_000_000_000,
+                any::<u64>(),
+                Just(u64::MAX),
+            ]
+        }
+
+        /// The default configuration with a random subset of its numbers replaced.
+        fn config() -> impl Strategy<Value = Config> {
+            (
+                prop::collection::vec(prop::option::weighted(0.15, num()), 40),
+                prop::option::weighted(0.15, any::<f64>()),
+                any::<bool>(),
+            )
+                .prop_map(|(v, target, upstream)| {
+                    let mut c = Config::default();
+                    let mut it = v.into_iter();
+                    let mut next = || it.next().flatten();
+                    macro_rules! set {
+                        ($($field:expr),* $(,)?) => {$(
+                            if let Some(x) = next() {
+                                $field = x.try_into().unwrap_or_default();
+                            }
+                        )*};
+                    }
+                    let (l, st, a, n, w, u) = (
+                        &mut c.limits,
+                        &mut c.storage,
+                        &mut c.auth,
+                        &mut c.native,
+                        &mut c.websocket,
+                        &mut c.upstream,
+                    );
+                    if let Some(x) = next() {
+                        l.default_rate_limit = u32::try_from(x).unwrap_or(u32::MAX);
+                    }
+                    if let Some(x) = next() {
+                        n.job_max_attempts = u32::try_from(x).unwrap_or(u32::MAX);
+                    }
+                    if let Some(x) = next() {
+                        u.read_retries = u32::try_from(x).unwrap_or(u32::MAX);
+                    }
+                    if let Some(x) = next() {
+                        u.breaker_failure_threshold = u32::try_from(x).unwrap_or(u32::MAX);
+                    }
+                    set!(
+                        l.max_body_bytes,
+                        st.readers,
+                        st.wal_reset_bytes,
+                        a.key_cache_ttl_secs,
+                        a.negative_cache_ttl_ms,
+                        n.pending_ttl_secs,
+                        n.undo_window_secs,
+                        n.idempotency_wait_ms,
+                        n.idempotency_ttl_secs,
+                        n.idempotency_max_bytes,
+                        n.dedupe_window_secs,
+                        n.outbox_hold_secs,
+                        n.read_cache_ms,
+                        n.job_retry_base_ms,
+                        w.ping_interval_secs,
+                        w.max_message_bytes,
+                        w.max_in_flight,
+                        w.outbound_queue,
+                        w.auth_timeout_secs,
+                        w.max_connections_per_org,
+                        w.max_connections,
+                        u.connect_timeout_ms,
+                        u.request_timeout_ms,
+                        u.turn_budget_ms,
+                        u.retry_backoff_ms,
+                        u.breaker_open_ms,
+                        u.read_cache_ms,
+                        u.key_cache_ttl_secs,
+                        u.pool_max_idle_per_host,
+                        u.max_response_bytes,
+                    );
+                    if let Some(x) = next() {
+                        c.shutdown_delay_ms = x;
+                    }
+                    if let Some(t) = target {
+                        c.native.target_ms = t;
+                    }
+                    if upstream {
+                        c.backend = BackendKind::Upstream;
+                        c.upstream.base_url = "http://127.0.0.1:9".into();
+                    }
+                    c
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            /// `validate()` never panics and names the setting it refuses; whatever it accepts
+            /// builds a running application state without panicking (huge durations used to
+            /// overflow clocks in the caches and timers built from them).
+            #[test]
+            fn validate_refuses_clearly_and_what_it_accepts_can_start(c in config()) {
+                match c.validate() {
+                    Err(e) => {
+                        let msg = e.to_string();
+                        prop_assert!(msg.contains("must") || msg.contains("required"), "{}", msg);
+                    }
+                    Ok(()) => {
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .unwrap();
+                        let _guard = rt.enter();
+                        let (_dir, store) = crate::store::test_store();
+                        let app = crate::app::App::new(c.clone(), store, None);
+                        prop_assert!(app.is_ok(), "{:?}", app.err());
+                        let _ = c.job_retry().backoff(u32::MAX);
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -74,7 +74,12 @@ pub async fn start_on(
     config.validate()?;
     let addr = listener.local_addr()?;
     let app = App::new(config, store, crate::telemetry::install_metrics())?;
-    crate::native::workers::spawn(app.store.clone(), app.shutdown_signal());
+    crate::native::workers::spawn(
+        app.store.clone(),
+        app.config.job_retry(),
+        app.shutdown_signal(),
+    );
+    crate::store::wal::spawn(app.store.clone(), app.shutdown_signal());
     crate::state::spawn_maintenance(app.bridge.state().clone(), app.shutdown_signal());
     let task = tokio::spawn(serve(
         app.clone(),

@@ -34,6 +34,10 @@ pub mod names {
     pub const UPSTREAM_REQUESTS: &str = "pilot_bridge_upstream_requests_total";
     pub const UPSTREAM_DURATION: &str = "pilot_bridge_upstream_request_duration_seconds";
     pub const UPSTREAM_BREAKER_OPEN: &str = "pilot_bridge_upstream_breaker_open";
+    pub const DB_BYTES: &str = "pilot_bridge_db_bytes";
+    pub const DB_WAL_BYTES: &str = "pilot_bridge_db_wal_bytes";
+    pub const DB_CHECKPOINTS: &str = "pilot_bridge_db_checkpoints_total";
+    pub const DB_CHECKPOINT_DURATION: &str = "pilot_bridge_db_checkpoint_duration_seconds";
 }
 
 /// Installs the global tracing subscriber. Logs go to stderr so stdout stays clean for the CLI's
@@ -124,8 +128,27 @@ fn describe() {
         "Upstream CRM request duration by operation (upstream backend only)."
     );
     describe_gauge!(
+        DB_BYTES,
+        Unit::Bytes,
+        "Size of the SQLite database file (embedded store)."
+    );
+    describe_gauge!(
+        DB_WAL_BYTES,
+        Unit::Bytes,
+        "Size of the SQLite write-ahead log file; restarted under load at storage.wal_reset_bytes, truncated to 0 when quiet."
+    );
+    describe_counter!(
+        DB_CHECKPOINTS,
+        "WAL checkpoints by mode (passive, restart, truncate) and result (ok, busy, error)."
+    );
+    describe_histogram!(
+        DB_CHECKPOINT_DURATION,
+        Unit::Seconds,
+        "WAL checkpoint duration by mode; restart and truncate hold the writer for their duration."
+    );
+    describe_gauge!(
         UPSTREAM_BREAKER_OPEN,
-        "1 while the upstream circuit breaker is open or probing, else 0 (upstream backend only)."
+        "1 while the upstream circuit breaker of a route class (turns, proxy) is open or probing, else 0 (upstream backend only)."
     );
 }
 
@@ -142,22 +165,88 @@ pub fn native_turn(
         .record(elapsed.as_secs_f64());
 }
 
-pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
-    counter!(names::HTTP_REQUESTS, "route" => route.to_string(), "method" => method.to_string(), "status" => status.to_string()).increment(1);
-    histogram!(names::HTTP_DURATION, "route" => route.to_string(), "method" => method.to_string())
+/// Records one HTTP request. Every label value comes from a fixed set, whatever the client
+/// sends: `route` is a template of the router (or `unmatched`), `method` one of the nine
+/// standard methods (or `other`), `status` a code the service answers with (or its class).
+pub fn http_request(route: &str, method: &axum::http::Method, status: u16, elapsed: Duration) {
+    let method = method_label(method);
+    counter!(names::HTTP_REQUESTS, "route" => route.to_string(), "method" => method, "status" => status_label(status)).increment(1);
+    histogram!(names::HTTP_DURATION, "route" => route.to_string(), "method" => method)
         .record(elapsed.as_secs_f64());
+}
+
+/// A standard method's name, else `other` (methods are free-form tokens a client chooses).
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method as M;
+    match *method {
+        M::GET => "GET",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::PATCH => "PATCH",
+        M::DELETE => "DELETE",
+        M::HEAD => "HEAD",
+        M::OPTIONS => "OPTIONS",
+        M::CONNECT => "CONNECT",
+        M::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+/// The status code for the codes this service answers with, else its class (`2xx` … `5xx`,
+/// `other` outside 100–599).
+pub fn status_label(status: u16) -> &'static str {
+    let known = match status {
+        101 => "101",
+        200 => "200",
+        201 => "201",
+        202 => "202",
+        204 => "204",
+        301 => "301",
+        302 => "302",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        402 => "402",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        408 => "408",
+        409 => "409",
+        410 => "410",
+        413 => "413",
+        415 => "415",
+        422 => "422",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        _ => "",
+    };
+    if !known.is_empty() {
+        return known;
+    }
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        5 => "5xx",
+        _ => "other",
+    }
 }
 
 pub fn idempotency_replay() {
     counter!(names::IDEMPOTENCY_REPLAYS).increment(1);
 }
 
-pub fn idempotency_conflict(kind: &'static str) {
-    counter!(names::IDEMPOTENCY_CONFLICTS, "kind" => kind).increment(1);
-}
-
+/// Open (unexpired, unsettled) pending actions, as last counted by the state maintenance task.
 pub fn pending_actions(n: usize) {
     gauge!(names::PENDING_ACTIONS).set(n as f64);
+}
+
+pub fn idempotency_conflict(kind: &'static str) {
+    counter!(names::IDEMPOTENCY_CONFLICTS, "kind" => kind).increment(1);
 }
 
 pub fn confirmation(result: &'static str) {
@@ -190,6 +279,47 @@ pub fn upstream_request(operation: &'static str, outcome: &'static str, elapsed:
     histogram!(names::UPSTREAM_DURATION, "operation" => operation).record(elapsed.as_secs_f64());
 }
 
-pub fn upstream_breaker_open(open: bool) {
-    gauge!(names::UPSTREAM_BREAKER_OPEN).set(if open { 1.0 } else { 0.0 });
+pub fn upstream_breaker_open(class: &'static str, open: bool) {
+    gauge!(names::UPSTREAM_BREAKER_OPEN, "class" => class).set(if open { 1.0 } else { 0.0 });
+}
+
+pub fn db_sizes(db_bytes: u64, wal_bytes: u64) {
+    gauge!(names::DB_BYTES).set(db_bytes as f64);
+    gauge!(names::DB_WAL_BYTES).set(wal_bytes as f64);
+}
+
+/// Exports every checkpoint counter at 0 from the start, so rates and alerts see a series
+/// before the first busy or failed checkpoint ever happens.
+pub fn db_checkpoints_init() {
+    for mode in ["passive", "restart", "truncate"] {
+        for result in ["ok", "busy", "error"] {
+            counter!(names::DB_CHECKPOINTS, "mode" => mode, "result" => result).increment(0);
+        }
+    }
+}
+
+pub fn db_checkpoint(mode: &'static str, result: &'static str, elapsed: Duration) {
+    counter!(names::DB_CHECKPOINTS, "mode" => mode, "result" => result).increment(1);
+    histogram!(names::DB_CHECKPOINT_DURATION, "mode" => mode).record(elapsed.as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn junk_methods_and_odd_statuses_map_to_fixed_labels() {
+        for m in ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"] {
+            let method = axum::http::Method::from_bytes(m.as_bytes()).unwrap();
+            assert_eq!(method_label(&method), m);
+        }
+        for junk in ["JUNK0", "get", "PROPFIND", "X"] {
+            let method = axum::http::Method::from_bytes(junk.as_bytes()).unwrap();
+            assert_eq!(method_label(&method), "other");
+        }
+        assert_eq!(status_label(404), "404");
+        assert_eq!(status_label(418), "4xx");
+        assert_eq!(status_label(299), "2xx");
+        assert_eq!(status_label(999), "other");
+    }
 }

@@ -797,6 +797,7 @@ async fn native_state_survives_sigterm_and_kill_9() {
         assert_eq!(twice.ok(200)["mode"], "duplicate", "{}", twice.text);
     }
     server.kill9();
+}
 
 // ---------------------------------------------------------------------------------------------
 // First run: nothing is created by commands that only read or change existing records.

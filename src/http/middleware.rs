@@ -29,11 +29,8 @@ pub async fn request_context(State(app): State<AppState>, req: Request, next: Ne
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     // The matched route template, never the raw path (ids would explode label cardinality).
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     let span = tracing::info_span!(
         "request",
         request_id = %id,
@@ -59,7 +56,7 @@ pub async fn request_context(State(app): State<AppState>, req: Request, next: Ne
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
     span.record("status", status);
-    crate::telemetry::http_request(&route, method.as_str(), status, elapsed);
+    crate::telemetry::http_request(route, &method, status, elapsed);
     let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
     // The access line: method, route template, request id (from the span), status, elapsed.
     // Sampled by `access_log_sample`, since at full rate on the fast path it can cost more

@@ -11,8 +11,10 @@ use crate::app::AppState;
 use crate::error::{ApiError, ErrorCode};
 
 /// Upstream response headers worth passing on; hop-by-hop and framing headers are not.
+/// `Location` is passed on separately, rewritten to point at this gateway.
 const PASSED_HEADERS: &[&str] = &[
     "content-type",
+    "cache-control",
     "allow",
     "idempotent-replayed",
     "x-ratelimit-limit",
@@ -70,6 +72,12 @@ pub async fn forward(
                     out = out.header(HeaderName::from_static(name), v.as_bytes());
                 }
             }
+            if let Some(location) = resp.headers.get(header::LOCATION) {
+                out = out.header(
+                    header::LOCATION,
+                    our_location(location.as_bytes(), upstream.api_base()),
+                );
+            }
             out.body(axum::body::Body::from(with_our_request_id(resp.body)))
                 .unwrap_or_else(|e| ApiError::internal(e).into_response())
         }
@@ -92,6 +100,18 @@ fn with_our_request_id(body: Bytes) -> Bytes {
     serde_json::to_vec(&env).map(Bytes::from).unwrap_or(body)
 }
 
+/// An upstream `Location` as a client of this gateway must follow it: an absolute URL into the
+/// upstream's REST v1 becomes the same path under our `/api/v1`; anything else (a relative
+/// reference, another host) is passed on as it is.
+fn our_location(location: &[u8], upstream_api_base: &str) -> Vec<u8> {
+    match location.strip_prefix(upstream_api_base.as_bytes()) {
+        Some(rest) if rest.is_empty() || rest.starts_with(b"/") || rest.starts_with(b"?") => {
+            [b"/api/v1".as_slice(), rest].concat()
+        }
+        _ => location.to_vec(),
+    }
+}
+
 fn is_json(h: &reqwest::header::HeaderMap) -> bool {
     h.get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -111,7 +131,31 @@ fn escapes_api(path: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::escapes_api;
+    use super::{escapes_api, our_location};
+
+    #[test]
+    fn upstream_locations_point_at_the_gateway() {
+        let base = "http://10.0.0.5:8080/api/v1";
+        for (theirs, ours) in [
+            (
+                "http://10.0.0.5:8080/api/v1/contacts/abc",
+                "/api/v1/contacts/abc",
+            ),
+            ("http://10.0.0.5:8080/api/v1?x=1", "/api/v1?x=1"),
+            ("/api/v1/notes/n1", "/api/v1/notes/n1"),
+            ("https://elsewhere.example/x", "https://elsewhere.example/x"),
+            (
+                "http://10.0.0.5:8080/api/v10/x",
+                "http://10.0.0.5:8080/api/v10/x",
+            ),
+        ] {
+            assert_eq!(
+                our_location(theirs.as_bytes(), base),
+                ours.as_bytes(),
+                "{theirs}"
+            );
+        }
+    }
 
     #[test]
     fn dot_segments_cannot_leave_the_api() {

@@ -243,9 +243,12 @@ pub struct JobDoc {
     company: Option<String>,
     #[schema(required = true)]
     topic: Option<String>,
-    /// `queued`, `running`, `completed`, `failed` or `cancelled`.
+    /// `queued`, `running`, `completed`, `failed` or `cancelled`. A job whose attempt fails
+    /// stays `queued` and is retried with exponential backoff; after its last attempt it is
+    /// `failed`.
     status: String,
-    /// The job's output once it completed.
+    /// The job's output once it completed; for a `failed` job
+    /// `{"error": {"code", "message"}, "attempts"}`.
     #[schema(value_type = Option<Object>, required = true)]
     result: (),
     #[schema(format = DateTime)]

@@ -10,51 +10,33 @@ use crate::domain::ContactStatus;
 use crate::error::ApiResult;
 use crate::ids::{now_rfc3339, to_rfc3339};
 use crate::store::interactions::{self, ActivityFilter, NewInteraction};
+use crate::store::jobs::{self, AfterFailure, RetryPolicy};
 use crate::store::signals::{self, SignalFilter};
 use crate::store::{companies, contacts, native as rows, PageRequest, Store};
 
 /// How often the workers look for due work.
 const TICK: Duration = Duration::from_millis(250);
-/// Writes after which a checkpoint runs even without a quiet moment (a few tens of MB of WAL).
-const CHECKPOINT_AFTER_WRITES: u64 = 2_000;
 /// Jobs wait this long before they start, so `undo_last` can still cancel them.
 pub const JOB_HOLD: Duration = Duration::from_secs(3);
 
 /// Spawns the worker loop; it ends when `shutdown` fires.
 pub fn spawn(
     store: Store,
+    retry: RetryPolicy,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut seen_generation = store.generation();
-        let mut checkpointed_generation = seen_generation;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            // A checkpoint fsyncs the WAL, and on ext4 a commit appending to the WAL meanwhile
-            // waits for that fsync (~10 ms here, seen as write stalls in benches/latency.rs).
-            // So checkpoints wait for a quiet tick, unless too many writes piled up.
-            let generation = store.generation();
-            let quiet = generation == seen_generation;
-            seen_generation = generation;
-            let pending = generation - checkpointed_generation;
-            if pending > 0 && (quiet || pending >= CHECKPOINT_AFTER_WRITES) {
-                checkpointed_generation = generation;
-                let store = store.clone();
-                match tokio::task::spawn_blocking(move || store.checkpoint_sync()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::warn!(error = %e, "WAL checkpoint failed"),
-                    Err(e) => tracing::warn!(error = %e, "WAL checkpoint task failed"),
-                }
-            }
             if let Err(e) = deliver_if_due(&store).await {
                 tracing::warn!(error = %e, "outbox delivery failed");
             }
-            if let Err(e) = run_due_jobs(&store).await {
+            if let Err(e) = run_due_jobs(&store, &retry).await {
                 tracing::warn!(error = %e, "job run failed");
             }
         }
@@ -110,20 +92,46 @@ pub fn deliver_due_messages(conn: &rusqlite::Connection) -> ApiResult<usize> {
     Ok(n)
 }
 
-async fn run_due_jobs(store: &Store) -> ApiResult<()> {
+/// Runs the jobs that are due. One job's failure never stops the others: it is counted against
+/// that job, which waits out its backoff (so it cannot hog the queue) and is marked `failed`
+/// after its last attempt. Only failing to read the queue at all ends this round early.
+async fn run_due_jobs(store: &Store, retry: &RetryPolicy) -> ApiResult<()> {
     let cutoff =
         to_rfc3339(chrono::Utc::now() - chrono::Duration::from_std(JOB_HOLD).unwrap_or_default());
-    let due = store.read(move |c| rows::due_jobs(c, &cutoff, 20)).await?;
+    let now = now_rfc3339();
+    let due = store.read(move |c| jobs::due(c, &cutoff, &now, 20)).await?;
     for (org, job) in due {
-        // The work (several queries) runs on a reader; only the short update holds the writer,
-        // so a job never makes a voice turn's write wait.
-        let (o, j) = (org.clone(), job.clone());
-        let prepared = store.read(move |c| prepare_job(c, &o, &j)).await?;
-        store
-            .write(move |tx| apply_job(tx, &org, &job, prepared))
-            .await?;
+        let id = job.id.clone();
+        let Err(e) = run_job(store, org, job).await else {
+            continue;
+        };
+        let (policy, err) = (*retry, e.clone());
+        let job_id = id.clone();
+        match store
+            .write(move |tx| jobs::record_failure(tx, &job_id, &err, &policy))
+            .await
+        {
+            Ok(AfterFailure::RetryAt(at)) => {
+                tracing::warn!(job_id = %id, error = %e, retry_at = %at, "job failed; will retry")
+            }
+            Ok(AfterFailure::Failed) => {
+                tracing::error!(job_id = %id, error = %e, "job failed for good")
+            }
+            Ok(AfterFailure::Gone) => {}
+            Err(e2) => tracing::warn!(job_id = %id, error = %e2, "cannot record job failure"),
+        }
     }
     Ok(())
+}
+
+async fn run_job(store: &Store, org: String, job: rows::Job) -> ApiResult<()> {
+    // The work (several queries) runs on a reader; only the short update holds the writer,
+    // so a job never makes a voice turn's write wait.
+    let (o, j) = (org.clone(), job.clone());
+    let prepared = store.read(move |c| prepare_job(c, &o, &j)).await?;
+    store
+        .write(move |tx| apply_job(tx, &org, &job, prepared))
+        .await
 }
 
 /// What a job produced, computed without writing anything.

@@ -13,11 +13,13 @@ pub mod campaigns;
 pub mod companies;
 pub mod contacts;
 pub mod interactions;
+pub mod jobs;
 pub mod keys;
 pub mod native;
 pub mod orgs;
 pub mod schema;
 pub mod signals;
+pub mod wal;
 pub mod webhooks;
 
 use std::path::{Path, PathBuf};
@@ -48,19 +50,30 @@ pub enum Durability {
 pub struct StoreOptions {
     pub durability: Durability,
     pub readers: usize,
+    /// WAL size at which the background checkpointer resets the log even while writes go on
+    /// (see [`wal`]); also SQLite's `journal_size_limit`, the size a reset log is cut back to.
+    pub wal_reset_bytes: u64,
 }
+
+/// Default of [`StoreOptions::wal_reset_bytes`]: 64 MiB, so the log peaks far below 256 MiB
+/// under sustained writes while resets (each a short pause of the writer) stay rare.
+pub const DEFAULT_WAL_RESET_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             durability: Durability::Normal,
             readers: 4,
+            wal_reset_bytes: DEFAULT_WAL_RESET_BYTES,
         }
     }
 }
 
 struct Inner {
     path: PathBuf,
+    /// The `-wal` file next to `path`.
+    wal_path: PathBuf,
+    wal_reset_bytes: u64,
     writer: Mutex<Connection>,
     /// Runs WAL checkpoints off the request path.
     checkpointer: Mutex<Connection>,
@@ -149,16 +162,28 @@ impl Store {
         // cost milliseconds on the request that happened to cross the threshold. The server
         // runs them in the background instead (see `checkpoint`).
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // When a checkpoint resets the log, the next commit cuts the file back to this size, so
+        // one burst does not leave a huge file behind (the checkpointer truncates idle logs to 0).
+        let limit = i64::try_from(opts.wal_reset_bytes).unwrap_or(i64::MAX);
+        writer.pragma_update(None, "journal_size_limit", limit)?;
         let checkpointer = Connection::open_with_flags(&path, flags)?;
         configure(&checkpointer, opts.durability)?;
+        checkpointer.pragma_update(None, "journal_size_limit", limit)?;
+        // RESTART/TRUNCATE checkpoints wait for readers still on an older snapshot; SQLite's
+        // default busy handler sleeps in steps of 1 ms and more, and the writer waits meanwhile.
+        checkpointer.busy_handler(Some(wal::checkpoint_busy_handler))?;
         let mut readers = Vec::with_capacity(opts.readers.max(1));
         for _ in 0..opts.readers.max(1) {
             let r = Connection::open_with_flags(&path, flags)?;
             configure(&r, opts.durability)?;
             readers.push(Mutex::new(r));
         }
+        let mut wal_name = path.as_os_str().to_owned();
+        wal_name.push("-wal");
         Ok(Store {
             inner: Arc::new(Inner {
+                wal_path: PathBuf::from(wal_name),
+                wal_reset_bytes: opts.wal_reset_bytes,
                 path,
                 writer: Mutex::new(writer),
                 checkpointer: Mutex::new(checkpointer),
@@ -259,12 +284,58 @@ impl Store {
         self.inner.generation.load(Ordering::Acquire)
     }
 
-    /// Copies committed WAL pages into the database file without blocking readers or the
-    /// writer (`PASSIVE`), so the WAL stays small. Called periodically by the server.
+    /// Copies the whole WAL into the database file and truncates the log to zero bytes, waiting
+    /// briefly for in-flight writes and readers. For one-off tools (the CLI after a bulk
+    /// import); the server's background checkpointer is [`wal::spawn`]. A log kept busy by
+    /// another process's readers is left for that process's checkpointer: not an error.
     pub fn checkpoint_sync(&self) -> ApiResult<()> {
-        let conn = lock(&self.inner.checkpointer);
-        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        let outcome = self.checkpoint(wal::Mode::Truncate)?;
+        if outcome.busy {
+            tracing::debug!("WAL checkpoint left unfinished: readers still use the log");
+        }
         Ok(())
+    }
+
+    /// Runs one checkpoint in `mode`. `Passive` copies what it can without waiting for anyone;
+    /// `Restart` and `Truncate` hold this store's writer for their duration (other writes wait
+    /// on the mutex, not in SQLite's sleeping busy handler) and start the log over once every
+    /// reader has moved past it.
+    pub fn checkpoint(&self, mode: wal::Mode) -> ApiResult<wal::Outcome> {
+        let started = std::time::Instant::now();
+        let run = |conn: &Connection| -> rusqlite::Result<wal::Outcome> {
+            conn.query_row(mode.pragma(), [], |r| {
+                Ok(wal::Outcome {
+                    busy: r.get::<_, i64>(0)? != 0,
+                    log_frames: r.get(1)?,
+                    checkpointed_frames: r.get(2)?,
+                })
+            })
+        };
+        let result = match mode {
+            wal::Mode::Passive => run(&lock(&self.inner.checkpointer)),
+            wal::Mode::Restart | wal::Mode::Truncate => {
+                // Writer first, then checkpointer: the only order in which both are taken.
+                let _writer = lock(&self.inner.writer);
+                run(&lock(&self.inner.checkpointer))
+            }
+        };
+        wal::record(mode, result.as_ref().ok(), started.elapsed());
+        Ok(result?)
+    }
+
+    /// Current size in bytes of the database file and of its WAL (0 when the log is absent).
+    /// Two `stat` calls: cheap enough for every tick of the checkpointer.
+    pub fn file_sizes(&self) -> wal::FileSizes {
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        wal::FileSizes {
+            db_bytes: size(&self.inner.path),
+            wal_bytes: size(&self.inner.wal_path),
+        }
+    }
+
+    /// See [`StoreOptions::wal_reset_bytes`].
+    pub fn wal_reset_bytes(&self) -> u64 {
+        self.inner.wal_reset_bytes
     }
 
     /// True when the database answers a trivial query (used by `/readyz`).

@@ -308,6 +308,13 @@ ALTER TABLE undo_entries ADD COLUMN reverted INTEGER;
 ALTER TABLE orgs ADD COLUMN timezone TEXT NOT NULL DEFAULT 'UTC';
 ALTER TABLE api_keys ADD COLUMN last_used_at TEXT;
 "#,
+    // 5: job retries (issue 19): a failing job is retried with backoff, then marked failed, and
+    // never stands in front of due jobs while it waits.
+    r#"
+ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN next_attempt_at TEXT;
+ALTER TABLE jobs ADD COLUMN last_error TEXT;
+"#,
 ];
 
 /// Brings the database up to the newest schema. Safe to call on every open, from several

@@ -21,9 +21,12 @@ enum State {
     },
 }
 
-/// Breaker state shared by every upstream call of the process.
+/// Breaker state shared by every upstream call of one route class (native turns, or the REST
+/// pass-through) in the process.
 #[derive(Debug)]
 pub struct Breaker {
+    /// The `class` label of its gauge: `turns` or `proxy`.
+    class: &'static str,
     state: Mutex<State>,
     threshold: u32,
     open_for: Duration,
@@ -38,8 +41,15 @@ pub struct Refused {
 }
 
 impl Breaker {
-    pub fn new(threshold: u32, open_for: Duration, probe_timeout: Duration) -> Self {
+    pub fn new(
+        class: &'static str,
+        threshold: u32,
+        open_for: Duration,
+        probe_timeout: Duration,
+    ) -> Self {
+        crate::telemetry::upstream_breaker_open(class, false);
         Breaker {
+            class,
             state: Mutex::new(State::Closed { failures: 0 }),
             threshold: threshold.max(1),
             open_for,
@@ -78,7 +88,19 @@ impl Breaker {
     /// The upstream answered (any status below 500).
     pub fn success(&self) {
         *self.lock() = State::Closed { failures: 0 };
-        crate::telemetry::upstream_breaker_open(false);
+        crate::telemetry::upstream_breaker_open(self.class, false);
+    }
+
+    /// The request ended without saying anything about the upstream (the turn's own budget ran
+    /// out, or the gateway's pass-through timeout for slow requests fired): a closed breaker
+    /// stays as it is, and a probe frees its slot at once so the next request may probe.
+    pub fn inconclusive(&self) {
+        let mut s = self.lock();
+        if let State::HalfOpen { .. } = *s {
+            *s = State::Open {
+                until: Instant::now(),
+            };
+        }
     }
 
     /// The upstream failed: no connection, a timeout or a 5xx.
@@ -99,10 +121,11 @@ impl Breaker {
         drop(s);
         if opened {
             tracing::warn!(
+                class = self.class,
                 open_ms = self.open_for.as_millis() as u64,
                 "upstream circuit breaker opened"
             );
-            crate::telemetry::upstream_breaker_open(true);
+            crate::telemetry::upstream_breaker_open(self.class, true);
         }
     }
 
@@ -116,7 +139,7 @@ mod tests {
     use super::*;
 
     fn breaker() -> Breaker {
-        Breaker::new(3, Duration::from_secs(2), Duration::from_secs(1))
+        Breaker::new("turns", 3, Duration::from_secs(2), Duration::from_secs(1))
     }
 
     #[tokio::test(start_paused = true)]
@@ -156,6 +179,25 @@ mod tests {
             b.allow().is_ok(),
             "a new probe may go after the probe timeout"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn inconclusive_outcomes_neither_open_nor_hold_the_probe() {
+        let b = breaker();
+        for _ in 0..10 {
+            b.inconclusive();
+        }
+        assert!(!b.is_open(), "budget exhaustion never opens it");
+        for _ in 0..3 {
+            b.failure();
+        }
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(b.allow().is_ok(), "the probe goes out");
+        assert!(b.allow().is_err());
+        b.inconclusive();
+        assert!(b.allow().is_ok(), "its slot is free again at once");
+        b.success();
+        assert!(!b.is_open());
     }
 
     #[tokio::test(start_paused = true)]

@@ -56,11 +56,44 @@ pub enum KeyCheck {
     Refused(ApiError),
 }
 
-/// Why an attempt got no HTTP answer.
+/// Why an attempt got no usable HTTP answer.
 enum Failure {
+    /// The upstream did not answer within its own `request_timeout_ms`: its fault.
     Timeout,
+    /// Our side's time ran out first (the turn's budget, or the pass-through's limit for slow
+    /// requests): says nothing about the upstream's health.
+    OutOfTime,
     Connect(String),
     Breaker(breaker::Refused),
+    /// The answer's body was larger than `max_response_bytes`.
+    TooLarge {
+        limit: u64,
+    },
+}
+
+/// Which breaker a request belongs to: native turns must keep working while someone's slow
+/// REST bulk import struggles, and the other way round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RouteClass {
+    Turns,
+    Proxy,
+}
+
+/// Percent-encodes `id` for use as one path segment of an upstream URL: everything but RFC 3986
+/// unreserved characters is escaped, so an id taken from upstream data (or from a client) cannot
+/// add segments (`/`, `..`), a query (`?`) or a fragment (`#`).
+pub fn path_segment(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else if b == b'.' && !(id == "." || id == "..") {
+            out.push('.');
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 pub struct Upstream {
@@ -68,7 +101,10 @@ pub struct Upstream {
     /// `<base_url>/api/v1`, without a trailing slash.
     api_base: String,
     cfg: UpstreamConfig,
+    /// Native turns (reads, writes, key checks).
     breaker: Breaker,
+    /// The REST v1 pass-through.
+    proxy_breaker: Breaker,
 }
 
 impl Upstream {
@@ -86,14 +122,20 @@ impl Upstream {
             .build()?;
         let base = cfg.base_url.trim().trim_end_matches('/');
         let base = base.strip_suffix("/api/v1").unwrap_or(base);
-        telemetry::upstream_breaker_open(false);
         Ok(Upstream {
             http,
             api_base: format!("{base}/api/v1"),
             breaker: Breaker::new(
+                "turns",
                 cfg.breaker_failure_threshold,
                 Duration::from_millis(cfg.breaker_open_ms),
                 Duration::from_millis(cfg.request_timeout_ms.max(cfg.turn_budget_ms)),
+            ),
+            proxy_breaker: Breaker::new(
+                "proxy",
+                cfg.breaker_failure_threshold,
+                Duration::from_millis(cfg.breaker_open_ms),
+                PROXY_TIMEOUT,
             ),
             cfg: cfg.clone(),
         })
@@ -103,8 +145,16 @@ impl Upstream {
         &self.cfg
     }
 
+    /// Whether the breaker of native turns is open (the pass-through has its own).
     pub fn breaker_open(&self) -> bool {
         self.breaker.is_open()
+    }
+
+    fn breaker(&self, class: RouteClass) -> &Breaker {
+        match class {
+            RouteClass::Turns => &self.breaker,
+            RouteClass::Proxy => &self.proxy_breaker,
+        }
     }
 
     /// A deadline for one native turn's upstream work.
@@ -135,7 +185,7 @@ impl Upstream {
             let retryable = match &r {
                 Err(Failure::Timeout | Failure::Connect(_)) => true,
                 Ok(resp) => resp.status.is_server_error(),
-                Err(Failure::Breaker(_)) => false,
+                Err(Failure::Breaker(_) | Failure::OutOfTime | Failure::TooLarge { .. }) => false,
             };
             if retryable && attempt < self.cfg.read_retries {
                 let backoff = self.backoff(attempt);
@@ -213,6 +263,8 @@ impl Upstream {
     }
 
     /// Forwards a REST v1 request as it came (path relative to `/api/v1`, with its query).
+    /// Its timeout is the gateway's limit for slow requests (bulk imports), not a sign of an
+    /// unhealthy upstream, so it does not count against the breaker.
     pub async fn proxy(
         &self,
         method: Method,
@@ -221,7 +273,7 @@ impl Upstream {
         path_and_query: &str,
         body: Bytes,
     ) -> ApiResult<RawResponse> {
-        if let Err(refused) = self.breaker.allow() {
+        if let Err(refused) = self.proxy_breaker.allow() {
             return Err(breaker_error(refused));
         }
         let url = format!("{}{}", self.api_base, path_and_query);
@@ -235,7 +287,15 @@ impl Upstream {
         if !body.is_empty() {
             req = req.body(body);
         }
-        self.exchange("proxy", req).await.map_err(failure_error)
+        self.exchange("proxy", RouteClass::Proxy, req, false)
+            .await
+            .map_err(failure_error)
+    }
+
+    /// The upstream's URL prefix of REST v1 (`<base_url>/api/v1`), to turn its absolute
+    /// `Location` headers into ours.
+    pub fn api_base(&self) -> &str {
+        &self.api_base
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -255,13 +315,16 @@ impl Upstream {
         body: Option<Bytes>,
         deadline: Deadline,
     ) -> Result<RawResponse, Failure> {
-        let budget = deadline
-            .remaining()
-            .min(Duration::from_millis(self.cfg.request_timeout_ms));
-        if budget < Duration::from_millis(1) {
+        let own_timeout = Duration::from_millis(self.cfg.request_timeout_ms);
+        let remaining = deadline.remaining();
+        if remaining < Duration::from_millis(1) {
             // Our own budget ran out: not the upstream's fault, and no probe slot is taken.
-            return Err(Failure::Timeout);
+            return Err(Failure::OutOfTime);
         }
+        // A timeout is the upstream's fault only when it had its full request timeout; cut
+        // shorter by what is left of the turn, it is ours.
+        let full_time = remaining >= own_timeout;
+        let budget = remaining.min(own_timeout);
         self.breaker.allow().map_err(Failure::Breaker)?;
         let mut req = self
             .http
@@ -276,48 +339,74 @@ impl Upstream {
                 .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
                 .body(b);
         }
-        self.exchange(op, req).await
+        self.exchange(op, RouteClass::Turns, req, full_time).await
     }
 
-    /// Sends one request and reads its whole answer, recording the outcome in the metrics and
-    /// the breaker.
+    /// Sends one request and reads its answer (at most `max_response_bytes` of body), recording
+    /// the outcome in the metrics and in the breaker of `class`. `timeout_is_upstreams` says
+    /// whether a timeout of this request would be the upstream's fault. A request dropped
+    /// half-way (the caller went away) records nothing.
     async fn exchange(
         &self,
         op: &'static str,
-        req: reqwest::RequestBuilder,
+        class: RouteClass,
+        mut req: reqwest::RequestBuilder,
+        timeout_is_upstreams: bool,
     ) -> Result<RawResponse, Failure> {
+        if let Some(id) = current_request_id() {
+            // The upstream logs it next to its own id: one request, traceable across both.
+            req = req.header("x-request-id", id);
+        }
         let started = std::time::Instant::now();
+        let limit = self.cfg.max_response_bytes;
         let result = async {
-            let resp = req.send().await?;
+            let mut resp = req
+                .send()
+                .await
+                .map_err(|e| classify(e, timeout_is_upstreams))?;
             let status = resp.status();
             let headers = resp.headers().clone();
-            let body = resp.bytes().await?;
-            Ok::<_, reqwest::Error>(RawResponse {
+            if resp.content_length().is_some_and(|n| n > limit) {
+                return Err(Failure::TooLarge { limit });
+            }
+            // Read chunk by chunk so an endless or huge body stops at the cap, not in memory.
+            let mut body = bytes::BytesMut::new();
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .map_err(|e| classify(e, timeout_is_upstreams))?
+            {
+                if (body.len() + chunk.len()) as u64 > limit {
+                    return Err(Failure::TooLarge { limit });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(RawResponse {
                 status,
                 headers,
-                body,
+                body: body.freeze(),
             })
         }
         .await;
         match result {
             Ok(r) => {
-                self.record(op, r.status, started.elapsed());
+                self.record(op, class, r.status, started.elapsed());
                 Ok(r)
             }
-            Err(e) => {
-                let f = classify(e);
-                self.record_failure(op, &f, started.elapsed());
+            Err(f) => {
+                self.record_failure(op, class, &f, started.elapsed());
                 Err(f)
             }
         }
     }
 
-    fn record(&self, op: &'static str, status: StatusCode, elapsed: Duration) {
+    fn record(&self, op: &'static str, class: RouteClass, status: StatusCode, elapsed: Duration) {
+        let breaker = self.breaker(class);
         let outcome = if status.is_server_error() {
-            self.breaker.failure();
+            breaker.failure();
             "server_error"
         } else {
-            self.breaker.success();
+            breaker.success();
             if status == StatusCode::TOO_MANY_REQUESTS {
                 "rate_limited"
             } else if status.is_client_error() {
@@ -329,20 +418,50 @@ impl Upstream {
         telemetry::upstream_request(op, outcome, elapsed);
     }
 
-    fn record_failure(&self, op: &'static str, f: &Failure, elapsed: Duration) {
-        self.breaker.failure();
+    /// Only what the upstream caused counts against the breaker: no connection, and its own
+    /// request timeout. Our budget running out, and an answer too large for us (the upstream
+    /// is alive and answering), are inconclusive.
+    fn record_failure(&self, op: &'static str, class: RouteClass, f: &Failure, elapsed: Duration) {
+        let breaker = self.breaker(class);
         let outcome = match f {
-            Failure::Timeout => "timeout",
-            Failure::Connect(_) => "connect_error",
+            Failure::Timeout => {
+                breaker.failure();
+                "timeout"
+            }
+            Failure::Connect(_) => {
+                breaker.failure();
+                "connect_error"
+            }
+            Failure::OutOfTime => {
+                breaker.inconclusive();
+                "out_of_time"
+            }
+            Failure::TooLarge { .. } => {
+                breaker.inconclusive();
+                "too_large"
+            }
             Failure::Breaker(_) => "breaker_open",
         };
         telemetry::upstream_request(op, outcome, elapsed);
     }
 }
 
-fn classify(e: reqwest::Error) -> Failure {
+/// The id of the request being served, when there is one (HTTP and WebSocket turns run inside
+/// its scope).
+fn current_request_id() -> Option<HeaderValue> {
+    crate::http::envelope::REQUEST
+        .try_with(|c| HeaderValue::from_str(&c.request_id).ok())
+        .ok()
+        .flatten()
+}
+
+fn classify(e: reqwest::Error, timeout_is_upstreams: bool) -> Failure {
     if e.is_timeout() {
-        Failure::Timeout
+        if timeout_is_upstreams {
+            Failure::Timeout
+        } else {
+            Failure::OutOfTime
+        }
     } else {
         // Connection refused or reset, DNS, a body cut short: the upstream is not answering.
         // The URL is left out of the message: its query may hold a name or an email.
@@ -366,9 +485,22 @@ fn breaker_error(refused: breaker::Refused) -> ApiError {
 
 fn failure_error(f: Failure) -> ApiError {
     match f {
-        Failure::Timeout => ApiError::new(ErrorCode::UpstreamTimeout, "Upstream CRM timed out")
-            .with_details("the upstream did not answer within the turn's time budget")
-            .with_spoken("OutreachPilot is taking too long to answer. Please try again."),
+        Failure::Timeout | Failure::OutOfTime => {
+            ApiError::new(ErrorCode::UpstreamTimeout, "Upstream CRM timed out")
+                .with_details("the upstream did not answer within the turn's time budget")
+                .with_spoken("OutreachPilot is taking too long to answer. Please try again.")
+        }
+        Failure::TooLarge { limit } => {
+            tracing::warn!(limit, "upstream answer over the size limit");
+            ApiError::new(
+                ErrorCode::UpstreamUnavailable,
+                "Upstream CRM sent an answer that is too large",
+            )
+            .with_details(format!(
+                "the upstream's answer exceeds upstream.max_response_bytes ({limit} bytes)"
+            ))
+            .with_spoken("OutreachPilot sent more than I can handle. Please narrow the request.")
+        }
         Failure::Connect(cause) => {
             tracing::warn!(error = %cause, "upstream unreachable");
             ApiError::new(
@@ -486,6 +618,107 @@ mod tests {
         let e = upstream_error(StatusCode::SERVICE_UNAVAILABLE, &HeaderMap::new(), None);
         assert_eq!(e.code, ErrorCode::UpstreamUnavailable);
         assert_eq!(e.status(), 502);
+    }
+
+    #[test]
+    fn path_segments_cannot_add_segments_queries_or_fragments() {
+        assert_eq!(path_segment("3f2b-AZ_09~x.y"), "3f2b-AZ_09~x.y");
+        assert_eq!(path_segment("../admin"), "..%2Fadmin");
+        assert_eq!(path_segment(".."), "%2E%2E");
+        assert_eq!(path_segment("."), "%2E");
+        assert_eq!(path_segment("a?b#c d%"), "a%3Fb%23c%20d%25");
+        assert_eq!(path_segment("é"), "%C3%A9");
+        assert_eq!(path_segment(""), "");
+    }
+
+    /// A real local HTTP server that answers every request after `delay`, with `status`.
+    async fn slow_server(delay: Duration, status: u16) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().fallback(move || async move {
+            tokio::time::sleep(delay).await;
+            (
+                axum::http::StatusCode::from_u16(status).unwrap(),
+                [(CONTENT_TYPE, "application/json")],
+                r#"{"ok":true,"data":{}}"#,
+            )
+        });
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        url
+    }
+
+    fn client(base_url: String) -> Upstream {
+        Upstream::new(&UpstreamConfig {
+            base_url,
+            request_timeout_ms: 200,
+            turn_budget_ms: 600,
+            read_retries: 0,
+            breaker_failure_threshold: 2,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn running_out_of_our_own_budget_never_opens_the_breaker() {
+        let up = client(slow_server(Duration::from_millis(400), 200).await);
+        for _ in 0..4 {
+            // 50 ms left of the turn: the request is cut by our budget, not the upstream's
+            // request timeout.
+            let e = up
+                .get(
+                    "t",
+                    "k",
+                    "/contacts",
+                    &[],
+                    Deadline::after(Duration::from_millis(50)),
+                )
+                .await
+                .unwrap_err();
+            assert_eq!(e.code, ErrorCode::UpstreamTimeout);
+        }
+        assert!(!up.breaker_open());
+        // With the full request timeout to spare, the upstream is the slow one: it counts.
+        for _ in 0..2 {
+            let e = up
+                .get("t", "k", "/contacts", &[], up.turn_deadline())
+                .await
+                .unwrap_err();
+            assert_eq!(e.code, ErrorCode::UpstreamTimeout);
+        }
+        assert!(up.breaker_open());
+    }
+
+    #[tokio::test]
+    async fn pass_through_failures_do_not_open_the_breaker_of_turns() {
+        let up = client(slow_server(Duration::ZERO, 503).await);
+        // The threshold is 2.
+        for _ in 0..2 {
+            let r = up
+                .proxy(Method::GET, None, None, "/contacts", Bytes::new())
+                .await
+                .unwrap();
+            assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        }
+        assert!(up.proxy_breaker.is_open(), "5xx count for the pass-through");
+        assert!(!up.breaker_open(), "turns keep their own breaker");
+        let e = up
+            .proxy(Method::GET, None, None, "/contacts", Bytes::new())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::UpstreamUnavailable);
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_goes_away_records_nothing() {
+        let up = client(slow_server(Duration::from_millis(300), 200).await);
+        for _ in 0..4 {
+            let call = up.get("t", "k", "/contacts", &[], up.turn_deadline());
+            let _ = tokio::time::timeout(Duration::from_millis(20), call).await;
+        }
+        assert!(!up.breaker_open());
     }
 
     #[test]

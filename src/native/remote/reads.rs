@@ -18,6 +18,9 @@ use crate::store::companies::Company;
 use crate::store::contacts::Contact;
 use crate::store::interactions::Interaction;
 use crate::store::signals::Signal;
+// Every id placed in an upstream path goes through this (ids come from clients and from
+// upstream data alike).
+use crate::upstream::path_segment as seg;
 
 /// A person, their account and their last three interactions.
 pub(super) async fn lookup_person(r: &Remote<'_>, a: &LookupPerson) -> ApiResult<Step> {
@@ -30,7 +33,7 @@ pub(super) async fn lookup_person(r: &Remote<'_>, a: &LookupPerson) -> ApiResult
     let account = async {
         match &c.account_id {
             Some(id) => {
-                r.one::<Company>("companies.get", &format!("/companies/{id}"))
+                r.one::<Company>("companies.get", &format!("/companies/{}", seg(id)))
                     .await
             }
             None => Ok(None),
@@ -150,7 +153,10 @@ pub(super) async fn reply_inbox(r: &Remote<'_>, a: &ReplyInbox) -> ApiResult<Ste
             .filter(|id| seen.insert(id.clone()))
             .collect()
     };
-    let paths: Vec<String> = senders.iter().map(|id| format!("/contacts/{id}")).collect();
+    let paths: Vec<String> = senders
+        .iter()
+        .map(|id| format!("/contacts/{}", seg(id)))
+        .collect();
     let found = join_all(paths.iter().map(|p| r.one::<Contact>("contacts.get", p))).await;
     let mut by_id = std::collections::HashMap::new();
     for c in found {
@@ -179,7 +185,7 @@ pub(super) async fn campaign_stats(r: &Remote<'_>, a: &CampaignOnly) -> ApiResul
         Ok(c) => c,
         Err(clarification) => return reply(clarification),
     };
-    let path = format!("/campaigns/{}/status", c.id);
+    let path = format!("/campaigns/{}/status", seg(&c.id));
     let status: Envelope<CampaignStatusAnswer> = r.get("campaigns.status", &path, &[]).await?;
     let stats = status.data.audience;
     Ok(Step::Reply(campaign_actions::stats_reply(c, stats)))

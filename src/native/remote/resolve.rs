@@ -19,6 +19,9 @@ use crate::store::campaigns::Campaign;
 use crate::store::companies::Company;
 use crate::store::contacts::Contact;
 use crate::text::{normalize, tokens};
+// Every id placed in an upstream path goes through this (ids come from clients and from
+// upstream data alike).
+use crate::upstream::path_segment as seg;
 
 /// Most records one resolution search asks for.
 const SEARCH_LIMIT: u32 = 100;
@@ -33,7 +36,7 @@ pub(super) async fn contact(
 ) -> ApiResult<Result<Contact, NativeReply>> {
     let reference = reference.unwrap_or("").trim();
     let pool: Vec<Contact> = if is_uuid(reference) {
-        let path = format!("/contacts/{}", reference.to_ascii_lowercase());
+        let path = format!("/contacts/{}", seg(&reference.to_ascii_lowercase()));
         match r.one("contacts.get", &path).await {
             Ok(c) => c.into_iter().collect(),
             Err(e) if e.code == ErrorCode::ScopeDenied => {
@@ -160,7 +163,7 @@ pub(super) async fn campaign(
 ) -> ApiResult<Result<Campaign, NativeReply>> {
     let reference = reference.unwrap_or("").trim();
     let listed = if is_uuid(reference) {
-        let path = format!("/campaigns/{}", reference.to_ascii_lowercase());
+        let path = format!("/campaigns/{}", seg(&reference.to_ascii_lowercase()));
         r.one::<Campaign>("campaigns.get", &path)
             .await
             .map(|c| c.into_iter().collect())
@@ -190,7 +193,7 @@ pub(super) async fn company(
     let pool: Vec<Company> = if is_uuid(reference) {
         r.one(
             "companies.get",
-            &format!("/companies/{}", reference.to_ascii_lowercase()),
+            &format!("/companies/{}", seg(&reference.to_ascii_lowercase())),
         )
         .await?
         .into_iter()

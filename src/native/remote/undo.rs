@@ -11,6 +11,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::native::undo::{parse_stored, Applied, UndoOp};
 use crate::store::campaigns::Campaign;
 use crate::store::contacts::Contact;
+// Every id placed in an upstream path goes through this (ids come from clients and from
+// upstream data alike).
+use crate::upstream::path_segment as seg;
 
 /// Applies one undo entry upstream and says what happened. Compare-and-set as in embedded
 /// mode (DESIGN §15): a field is reverted only while it still holds the value the write set,
@@ -51,7 +54,7 @@ pub async fn undo(
             r.send::<IgnoredAny>(
                 "campaigns.trigger",
                 Method::POST,
-                &format!("/campaigns/{campaign_id}/trigger"),
+                &format!("/campaigns/{}/trigger", seg(campaign_id)),
                 &json!({ "contact_id": contact_id }),
             )
             .await?;
@@ -65,7 +68,7 @@ pub async fn undo(
             let status: CampaignStatus = parse_stored("campaign status", status)?;
             if let Some(expected) = expected {
                 let expected: CampaignStatus = parse_stored("campaign status", expected)?;
-                let path = format!("/campaigns/{campaign_id}");
+                let path = format!("/campaigns/{}", seg(campaign_id));
                 let current: Campaign = r
                     .one("campaigns.get", &path)
                     .await?
@@ -80,7 +83,7 @@ pub async fn undo(
             r.send::<IgnoredAny>(
                 "campaigns.update",
                 Method::PATCH,
-                &format!("/campaigns/{campaign_id}"),
+                &format!("/campaigns/{}", seg(campaign_id)),
                 &json!({ "status": status }),
             )
             .await?;
@@ -94,7 +97,7 @@ pub async fn undo(
             let status: ContactStatus = parse_stored("contact status", status)?;
             if let Some(expected) = expected {
                 let expected: ContactStatus = parse_stored("contact status", expected)?;
-                let path = format!("/contacts/{contact_id}");
+                let path = format!("/contacts/{}", seg(contact_id));
                 let current: Contact = r
                     .one("contacts.get", &path)
                     .await?
@@ -110,7 +113,7 @@ pub async fn undo(
             r.send::<IgnoredAny>(
                 "contacts.update",
                 Method::PUT,
-                &format!("/contacts/{contact_id}"),
+                &format!("/contacts/{}", seg(contact_id)),
                 &json!({ "status": status }),
             )
             .await?;
@@ -120,7 +123,7 @@ pub async fn undo(
             r.send::<IgnoredAny>(
                 "notes.delete",
                 Method::DELETE,
-                &format!("/notes/{note_id}"),
+                &format!("/notes/{}", seg(note_id)),
                 &json!({}),
             )
             .await?;

@@ -24,6 +24,9 @@ use crate::native::undo::UndoOp;
 use crate::store::campaigns::Campaign;
 use crate::store::contacts::Contact;
 use crate::store::interactions::Note;
+// Every id placed in an upstream path goes through this (ids come from clients and from
+// upstream data alike).
+use crate::upstream::path_segment as seg;
 
 // ---- planning ---------------------------------------------------------------------------
 
@@ -138,7 +141,7 @@ pub(super) async fn add_to_campaign(
         RestWrite {
             op: "campaigns.trigger",
             method: Method::POST,
-            path: format!("/campaigns/{}/trigger", campaign.id),
+            path: format!("/campaigns/{}/trigger", seg(&campaign.id)),
             body: json!({ "contact_id": contact.id }),
         },
         &membership_action(&contact, &campaign, true),
@@ -209,7 +212,7 @@ pub(super) async fn set_campaign_status(
         RestWrite {
             op: "campaigns.update",
             method: Method::PATCH,
-            path: format!("/campaigns/{}", campaign.id),
+            path: format!("/campaigns/{}", seg(&campaign.id)),
             body: json!({ "status": to }),
         },
         &native_action,
@@ -235,7 +238,7 @@ pub(super) async fn mark_status(
         RestWrite {
             op: "contacts.update",
             method: Method::PUT,
-            path: format!("/contacts/{}", contact.id),
+            path: format!("/contacts/{}", seg(&contact.id)),
             body: json!({ "status": status }),
         },
         &UpstreamAction::MarkStatus {
