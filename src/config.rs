@@ -358,9 +358,9 @@ impl Config {
             (
                 "native.idempotency_max_bytes",
                 n.idempotency_max_bytes,
-                MIB,
+                0,
                 16 * GIB,
-                "",
+                " (a front cache only: the database keeps every record)",
             ),
             (
                 "native.dedupe_window_secs",

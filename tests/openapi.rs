@@ -171,7 +171,10 @@ fn routes_are_only_registered_through_the_spec() {
     let mut found = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file).expect("read source");
-        for (n, line) in text.lines().enumerate() {
+        // Unit-test modules may stand up throwaway servers (a fake upstream); they serve no
+        // route of ours.
+        let served = text.split("#[cfg(test)]").next().unwrap_or("");
+        for (n, line) in served.lines().enumerate() {
             // (utoipa-axum's `OpenApiRouter` is the allowed way.)
             let code = line
                 .split("//")

@@ -3,10 +3,10 @@
 //! and replay it. A claim is memory by nature — it dies with its process — so correctness after
 //! a crash rests on the durable record, which the owner's effect commits with it.
 //!
-//! A claimer first asks the store for a finished record, then looks here. An owner publishes its
-//! record to the store before it leaves the running map, so a claimer can miss both only in the
-//! instant between; the store's compare-and-set catches that case (the second execution's seal
-//! fails and it replays instead).
+//! A claimer asks the store for a finished record, takes a slot here, and asks the store again.
+//! An owner publishes its record to the store before it leaves the running map, so a claimer
+//! cannot miss both. Across processes sharing one database, the store's compare-and-set under
+//! the effect's own lock is what holds (a second execution's seal finds the record and replays).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,12 +80,25 @@ impl Claims {
                         progress: watch::channel(Progress::Running).0,
                     });
                     e.insert(running.clone());
-                    return Ok(Claim::Owner(ClaimGuard {
+                    let guard = ClaimGuard {
                         claims: self.clone(),
                         scope: scope.clone(),
                         running,
                         finished: false,
-                    }));
+                    };
+                    // An owner records before it leaves the map, so a twin that finished
+                    // between the lookup above and this slot is in the store now. (Dropping the
+                    // guard releases the slot and wakes anyone who queued behind it.)
+                    if let Some(found) = store.lookup(scope).await? {
+                        drop(guard);
+                        let found = Arc::new(found);
+                        return Ok(if found.fingerprint == fingerprint {
+                            Claim::Replay(found)
+                        } else {
+                            Claim::Reused(found)
+                        });
+                    }
+                    return Ok(Claim::Owner(guard));
                 }
             };
             if running.fingerprint != fingerprint {

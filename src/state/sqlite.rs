@@ -27,6 +27,8 @@ struct Cached {
 const PRUNE_BATCH: i64 = 2_000;
 
 #[derive(Clone)]
+/// Its writes go through `Store::write_bookkeeping`: no read action shows conversation state,
+/// so recording it must not empty the native read cache.
 pub struct SqliteState {
     store: Store,
     /// Finished records by scope. Bounded by bytes with LRU eviction, which admits every new
@@ -120,7 +122,7 @@ impl StateStore for SqliteState {
         let (s, r) = (scope.clone(), record.clone());
         let inserted = self
             .store
-            .write(move |tx| insert_record(tx, &s, &r, expires_at))
+            .write_bookkeeping(move |tx| insert_record(tx, &s, &r, expires_at))
             .await?;
         if inserted {
             self.cache(scope, record.clone(), expires_at);
@@ -137,7 +139,7 @@ impl StateStore for SqliteState {
         let rec = record.map(|(s, r, ttl)| (s.clone(), r.clone(), expiry_ms(ttl)));
         let rec2 = rec.clone();
         self.store
-            .write(move |tx| {
+            .write_bookkeeping(move |tx| {
                 insert_pending(tx, &p)?;
                 if let Some((s, r, expires_at)) = &rec2 {
                     insert_record(tx, s, r, *expires_at)?;
@@ -160,13 +162,15 @@ impl StateStore for SqliteState {
 
     async fn settle_pending(&self, id: &str, to: PendingState) -> ApiResult<bool> {
         let id = id.to_string();
-        self.store.write(move |tx| settle(tx, &id, to)).await
+        self.store
+            .write_bookkeeping(move |tx| settle(tx, &id, to))
+            .await
     }
 
     async fn push_undo(&self, org: &str, key_id: &str, entry: &UndoEntry) -> ApiResult<()> {
         let (org, key_id, entry) = (org.to_string(), key_id.to_string(), entry.clone());
         self.store
-            .write(move |tx| insert_undo(tx, &org, &key_id, &entry))
+            .write_bookkeeping(move |tx| insert_undo(tx, &org, &key_id, &entry))
             .await
     }
 
@@ -185,7 +189,7 @@ impl StateStore for SqliteState {
     async fn mark_undone(&self, id: &str, reverted: bool) -> ApiResult<bool> {
         let id = id.to_string();
         self.store
-            .write(move |tx| mark_undone(tx, &id, reverted))
+            .write_bookkeeping(move |tx| mark_undone(tx, &id, reverted))
             .await
     }
 
@@ -221,7 +225,7 @@ impl StateStore for SqliteState {
                 - chrono::Duration::from_std(self.retention).unwrap_or(chrono::Duration::days(1)),
         );
         self.store
-            .write(move |tx| {
+            .write_bookkeeping(move |tx| {
                 let mut n = tx
                     .prepare_cached(
                         "DELETE FROM idempotency_records WHERE (org_id, key_id, name) IN

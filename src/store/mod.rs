@@ -260,7 +260,8 @@ impl Store {
     }
 
     /// Like [`Store::write`] for bookkeeping that no cached read can show (when a key was last
-    /// used): it does not count as a write for `generation`, so read caches stay warm.
+    /// used, conversation state): it does not count as a write for `generation`, so read caches
+    /// stay warm.
     pub async fn write_bookkeeping<T, F>(&self, f: F) -> ApiResult<T>
     where
         T: Send + 'static,
