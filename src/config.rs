@@ -139,12 +139,28 @@ pub struct WebSocketConfig {
     pub ping_interval_secs: u64,
     /// Largest accepted frame/message; larger ones close the connection with 1009.
     pub max_message_bytes: usize,
-    /// Requests one connection may have in flight; further frames wait (backpressure).
+    /// Frames one connection may have running or waiting to be written; while that many are,
+    /// the server stops reading the socket (backpressure).
     pub max_in_flight: usize,
-    /// Replies queued for a client that is not reading before it is disconnected.
+    /// Frames queued for the socket writer; a reply waits for space here, it is never dropped.
     pub outbound_queue: usize,
-    /// Time a client without an `Authorization` header has to send its auth frame.
+    /// A write to the socket that makes no progress for this long disconnects the client.
+    pub write_timeout_secs: u64,
+    /// Time a client without an `Authorization` header has to send its auth frame, counted from
+    /// the upgrade (pings do not extend it).
     pub auth_timeout_secs: u64,
+    /// Open connections that have not authenticated yet, in total (their own cap, not an org's).
+    pub max_unauthenticated: usize,
+    /// Failed auth frames one connection may send before it is closed with 1008.
+    pub max_auth_failures_per_connection: u32,
+    /// Failed auth frames one source address may send per minute; beyond that its auth frames
+    /// are refused unchecked (`RATE_LIMITED`, close 1008).
+    pub max_auth_failures_per_address: u32,
+    /// A `progress` frame goes out when a request's reply is not ready after this long; 0 = never.
+    pub ack_after_ms: u64,
+    /// Server-pushed events buffered per API key for a socket that reads slowly; a socket that
+    /// falls further behind skips the oldest.
+    pub event_buffer: usize,
     /// Open connections allowed per org.
     pub max_connections_per_org: usize,
     /// Open connections allowed in total.
@@ -158,7 +174,13 @@ impl Default for WebSocketConfig {
             max_message_bytes: 64 * 1024,
             max_in_flight: 32,
             outbound_queue: 64,
+            write_timeout_secs: 10,
             auth_timeout_secs: 5,
+            max_unauthenticated: 1_000,
+            max_auth_failures_per_connection: 3,
+            max_auth_failures_per_address: 20,
+            ack_after_ms: 300,
+            event_buffer: 64,
             max_connections_per_org: 1_000,
             max_connections: 20_000,
         }
@@ -281,13 +303,20 @@ impl Config {
         if self.native.target_ms.is_nan() || self.native.target_ms <= 0.0 {
             bail!("native.target_ms must be positive");
         }
-        if self.websocket.ping_interval_secs == 0
-            || self.websocket.max_in_flight == 0
-            || self.websocket.outbound_queue == 0
+        let ws = &self.websocket;
+        if ws.ping_interval_secs == 0
+            || ws.max_in_flight == 0
+            || ws.outbound_queue == 0
+            || ws.write_timeout_secs == 0
+            || ws.auth_timeout_secs == 0
+            || ws.event_buffer == 0
         {
             bail!(
-                "websocket.ping_interval_secs, max_in_flight and outbound_queue must be positive"
+                "websocket.ping_interval_secs, max_in_flight, outbound_queue, write_timeout_secs, auth_timeout_secs and event_buffer must be positive"
             );
+        }
+        if ws.max_auth_failures_per_connection == 0 || ws.max_auth_failures_per_address == 0 {
+            bail!("websocket.max_auth_failures_per_connection and max_auth_failures_per_address must be positive");
         }
         if self.websocket.max_message_bytes < 1024 {
             bail!("websocket.max_message_bytes must be at least 1024");

@@ -15,6 +15,7 @@
 //! input.rs        field-by-field JSON reading with field-path errors
 //! auth/           API keys (SHA-256 lookup, cached verdicts), scopes, plans, rate limiting
 //! native/         the bridge core: 17 actions, resolution, confirmation, idempotency, undo
+//! events.rs       server-pushed events per API key (job.completed, message.sent, …)
 //! store/          embedded SQLite (WAL): schema migrations and one module per table family
 //! upstream/       backend = "upstream": pooled reqwest client for a remote REST v1 API,
 //!                 deadlines, read retries, circuit breaker, upstream error mapping
@@ -37,6 +38,7 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod ids;
 pub mod input;

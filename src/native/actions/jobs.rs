@@ -61,6 +61,7 @@ pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>, plan: Plan) -> ApiResult<Ex
                 company.as_deref(),
                 topic.as_deref(),
             )?;
+            crate::store::events::set_job_owner(conn, &job.id, ctx.key_id)?;
             let subject = match (&contact, &company) {
                 (Some(c), _) => c.display_name().to_string(),
                 (None, Some(co)) => co.clone(),
@@ -97,6 +98,7 @@ pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>, plan: Plan) -> ApiResult<Ex
                 contact.company.as_deref(),
                 None,
             )?;
+            crate::store::events::set_job_owner(conn, &job.id, ctx.key_id)?;
             let name = contact.display_name().to_string();
             let r = NativeReply::new(
                 ReplyMode::Queued,

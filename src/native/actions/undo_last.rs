@@ -7,7 +7,8 @@ use super::{ExecCtx, Executed};
 use crate::error::ApiResult;
 use crate::native::reply::NativeReply;
 use crate::native::undo::{self, UndoOp};
-use crate::store::native as rows;
+use crate::events::EventKind;
+use crate::store::{contacts, events, native as rows};
 
 pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>) -> ApiResult<Executed> {
     let since = crate::ids::to_rfc3339(
@@ -21,10 +22,20 @@ pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>) -> ApiResult<Executed> {
         });
     };
     let op: Option<UndoOp> = serde_json::from_value(entry.undo.clone()).ok();
+    // A message still queued before the undo is cancelled by it: its sessions hear about it.
+    let queued_message = match &op {
+        Some(UndoOp::CancelMessage { message_id }) => {
+            rows::get_outbox(conn, ctx.org, message_id)?.filter(|m| m.status == "queued")
+        }
+        _ => None,
+    };
     let spoken = match &op {
         Some(op) => undo::apply(conn, ctx.org, op, &entry.summary)?,
         None => "I couldn't undo that.".to_string(),
     };
+    if let Some(m) = queued_message {
+        announce_cancelled(conn, ctx, &m.id)?;
+    }
     rows::mark_undone(conn, &entry.id)?;
     Ok(Executed {
         reply: NativeReply::result(
@@ -34,4 +45,25 @@ pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>) -> ApiResult<Executed> {
         .with_id("undo_id", entry.id),
         undo: None,
     })
+}
+
+/// Records `message.cancelled` for the sessions of the key that queued the message, if the undo
+/// did cancel it.
+fn announce_cancelled(conn: &Connection, ctx: &ExecCtx<'_>, message_id: &str) -> ApiResult<()> {
+    let Some(m) = rows::get_outbox(conn, ctx.org, message_id)?.filter(|m| m.status == "cancelled")
+    else {
+        return Ok(());
+    };
+    let owner = events::message_owner(conn, &m.id)?.unwrap_or_else(|| ctx.key_id.to_string());
+    let contact = match &m.contact_id {
+        Some(id) => contacts::get(conn, ctx.org, id)?,
+        None => None,
+    };
+    let event = crate::native::workers::message_event(
+        EventKind::MessageCancelled,
+        owner,
+        &m,
+        contact.as_ref(),
+    );
+    events::enqueue(conn, &event)
 }
