@@ -120,6 +120,8 @@ pub trait EventBus: Send + Sync {
     fn publish(&self, event: Event);
     /// Events for `key_id` from now on, until the subscription is dropped.
     fn subscribe(&self, key_id: &str) -> EventSubscription;
+    /// API keys with at least one subscriber in this process.
+    fn keys_with_subscribers(&self) -> usize;
 }
 
 type Channels = DashMap<String, broadcast::Sender<Arc<PublishedEvent>>>;
@@ -138,11 +140,6 @@ impl LocalEventHub {
             channels: Arc::new(DashMap::new()),
             buffer: buffer.max(1),
         }
-    }
-
-    /// API keys that currently have a channel (at least one subscriber).
-    pub fn keys_with_subscribers(&self) -> usize {
-        self.channels.len()
     }
 }
 
@@ -168,6 +165,10 @@ impl EventBus for LocalEventHub {
             key_id: key_id.to_string(),
             channels: self.channels.clone(),
         }
+    }
+
+    fn keys_with_subscribers(&self) -> usize {
+        self.channels.len()
     }
 }
 
