@@ -165,6 +165,11 @@ pub struct WebSocketConfig {
     pub max_connections_per_org: usize,
     /// Open connections allowed in total.
     pub max_connections: usize,
+    /// Conformance testing only: authenticated sessions echo data messages instead of running
+    /// turns, so Autobahn|Testsuite's echo-based cases can complete (scripts/autobahn.py).
+    /// Everything else (auth, flow control, close codes) is the production path. Never on in
+    /// production.
+    pub conformance_echo: bool,
 }
 
 impl Default for WebSocketConfig {
@@ -183,6 +188,7 @@ impl Default for WebSocketConfig {
             event_buffer: 64,
             max_connections_per_org: 1_000,
             max_connections: 20_000,
+            conformance_echo: false,
         }
     }
 }

@@ -167,6 +167,12 @@ where
                         queue(&out_tx, frames::error_frame(&e, None, &new_request_id()), permit.take()).await;
                         break Ending::Close(close::POLICY, "authentication required");
                     }
+                    Message::Binary(data) if cfg.conformance_echo => {
+                        queue(&out_tx, Message::Binary(data), permit.take()).await;
+                    }
+                    Message::Text(text) if cfg.conformance_echo && authed.is_some() => {
+                        queue(&out_tx, Message::Text(text), permit.take()).await;
+                    }
                     Message::Binary(_) => {
                         let e = ApiError::new(ErrorCode::UnsupportedMediaType, "Binary frames are not supported")
                             .with_details("send JSON in text frames");
