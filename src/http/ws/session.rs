@@ -575,3 +575,165 @@ async fn reauth(
     let _ = end.try_send(Ending::Close(close::POLICY, "too many failed auth frames"));
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::{Context, Poll};
+
+    use futures_util::stream;
+    use tungstenite::error::{CapacityError, ProtocolError};
+
+    use super::*;
+    use crate::app::App;
+    use crate::config::Config;
+    use crate::domain::{Plan, Scope};
+
+    fn app(adjust: impl FnOnce(&mut Config)) -> (tempfile::TempDir, AppState) {
+        let (dir, store) = crate::store::test_store();
+        let mut config = Config::default();
+        adjust(&mut config);
+        (dir, App::new(config, store, None).expect("app"))
+    }
+
+    fn header_credentials() -> Credentials {
+        Credentials::Header {
+            principal: Arc::new(Principal {
+                org_id: "o".into(),
+                key_id: "k".into(),
+                scopes: Scope::ALL.to_vec(),
+                plan: Plan::Pro,
+                rate_limit: Some(0),
+                upstream_key: None,
+            }),
+            token: "op_live_unused".into(),
+        }
+    }
+
+    /// A sink that hands every written frame to a channel.
+    fn channel_sink(
+        tx: mpsc::UnboundedSender<Message>,
+    ) -> Pin<Box<dyn Sink<Message, Error = axum::Error> + Send>> {
+        Box::pin(futures_util::sink::unfold(tx, |tx, msg: Message| async move {
+            tx.send(msg)
+                .map_err(|_| axum::Error::new(std::io::Error::other("reader gone")))?;
+            Ok::<_, axum::Error>(tx)
+        }))
+    }
+
+    /// A peer that never reads: no write ever completes.
+    struct StuckSink;
+
+    impl Sink<Message> for StuckSink {
+        type Error = axum::Error;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+            Poll::Pending
+        }
+        fn start_send(self: Pin<&mut Self>, _: Message) -> Result<(), axum::Error> {
+            Ok(())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+            Poll::Pending
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+            Poll::Pending
+        }
+    }
+
+    fn close_code(m: &Message) -> Option<u16> {
+        match m {
+            Message::Close(Some(f)) => Some(f.code),
+            _ => None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn read_errors_close_with_their_rfc6455_code() {
+        let cases = [
+            (
+                tungstenite::Error::Protocol(ProtocolError::NonZeroReservedBits),
+                1002,
+            ),
+            (tungstenite::Error::Utf8("bad".into()), 1007),
+            (
+                tungstenite::Error::Capacity(CapacityError::MessageTooLong {
+                    size: 2,
+                    max_size: 1,
+                }),
+                1009,
+            ),
+        ];
+        for (error, code) in cases {
+            let (_dir, app) = app(|_| {});
+            let slot = app.ws_connections.acquire_total().unwrap();
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let frames = stream::iter(vec![Err(axum::Error::new(error))]);
+            let ending = run(app, channel_sink(tx), frames, header_credentials(), slot, None).await;
+            assert!(matches!(ending, Ending::Close(c, _) if c == code), "{ending:?}");
+            let mut written = Vec::new();
+            while let Some(m) = rx.recv().await {
+                written.push(m);
+            }
+            assert_eq!(written.last().and_then(close_code), Some(code), "{written:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_do_not_extend_the_auth_deadline() {
+        let (_dir, app) = app(|c| c.websocket.auth_timeout_secs = 5);
+        let slot = app.ws_connections.acquire_unauthenticated().unwrap();
+        let started = tokio::time::Instant::now();
+        // A ping every 0.7 s, for ever.
+        let pings = stream::unfold((), |()| async {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            Some((Ok(Message::Ping(Default::default())), ()))
+        });
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let deadline = started + Duration::from_secs(5);
+        let ending = run(
+            app.clone(),
+            channel_sink(tx),
+            Box::pin(pings),
+            Credentials::FirstFrame { deadline },
+            slot,
+            None,
+        )
+        .await;
+        assert_eq!(ending, Ending::Close(1008, "authentication required"));
+        let closed_after = started.elapsed();
+        assert!(closed_after >= Duration::from_secs(5), "{closed_after:?}");
+        assert!(closed_after < Duration::from_secs(5) + CLOSE_HANDSHAKE + Duration::from_secs(1));
+        let error = rx.recv().await.unwrap();
+        let Message::Text(t) = error else {
+            panic!("{error:?}")
+        };
+        let v: Value = serde_json::from_str(t.as_str()).unwrap();
+        assert_eq!(v["error"]["code"], "MISSING_AUTH");
+        assert_eq!(rx.recv().await.as_ref().and_then(close_code), Some(1008));
+        assert_eq!(app.ws_connections.unauthenticated(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_never_reads_stops_being_read_and_is_dropped_after_the_write_timeout() {
+        let (_dir, app) = app(|c| {
+            c.websocket.max_in_flight = 2;
+            c.websocket.write_timeout_secs = 10;
+        });
+        let slot = app.ws_connections.acquire_total().unwrap();
+        let read = Arc::new(AtomicUsize::new(0));
+        let counter = read.clone();
+        // An endless supply of binary frames, each answered with an error frame.
+        let frames = stream::repeat_with(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Ok(Message::Binary(vec![1].into()))
+        });
+        let started = tokio::time::Instant::now();
+        let ending = run(app.clone(), StuckSink, frames, header_credentials(), slot, None).await;
+        assert_eq!(ending, Ending::WriterGone);
+        // Reading stopped once `max_in_flight` answers were waiting to be written.
+        assert_eq!(read.load(Ordering::SeqCst), 2);
+        assert!(started.elapsed() >= Duration::from_secs(10));
+        assert_eq!(app.ws_connections.open(), 0);
+    }
+}
