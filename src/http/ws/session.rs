@@ -455,6 +455,12 @@ async fn turn(
         }
         Err(e) => return Some(frames::error_frame(&e, None, &request_id)),
     };
+    let frame_type = body.get("type").and_then(Value::as_str);
+    if frame_type == Some("ping") {
+        // A keepalive touches nothing, so it needs no fresh verdict on the key (and keeps
+        // answering while the key source is unreachable).
+        return Some(frames::pong(body.get("id")));
+    }
     let id_str = body.get("id").and_then(Value::as_str);
     // The key is checked again on every frame through the auth cache (no database work while
     // the verdict is cached), so a revoked key stops working on open connections as over HTTP.
@@ -471,10 +477,8 @@ async fn turn(
         }
         Err(e) => return Some(frames::error_frame(&e, id_str, &request_id)),
     };
-    match body.get("type").and_then(Value::as_str) {
-        Some("ping") => return Some(frames::pong(body.get("id"))),
-        Some("auth") => return reauth(app, authed, &body, &request_id, out, end, peer).await,
-        _ => {}
+    if frame_type == Some("auth") {
+        return reauth(app, authed, &body, &request_id, out, end, peer).await;
     }
     let id = match body.get("id") {
         Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_ID_LEN => {
