@@ -63,11 +63,7 @@ pub async fn start(config: Config, store: Option<Store>) -> anyhow::Result<Runni
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let app = App::new(config, store, crate::telemetry::install_metrics())?;
-    crate::native::workers::spawn(
-        app.store.clone(),
-        app.events.clone(),
-        app.shutdown_signal(),
-    );
+    crate::native::workers::spawn(app.store.clone(), app.events.clone(), app.shutdown_signal());
     let task = tokio::spawn(serve(
         app.clone(),
         listener,

@@ -490,7 +490,9 @@ async fn a_second_auth_frame_is_checked_too() {
 /// Sends a raw frame the tungstenite client would refuse to build as a message.
 async fn send_raw(ws: &mut Ws, opcode: OpCode, payload: Vec<u8>) {
     let frame = Frame::message(payload, opcode, true);
-    ws.send(Message::Frame(frame)).await.expect("send raw frame");
+    ws.send(Message::Frame(frame))
+        .await
+        .expect("send raw frame");
 }
 
 #[tokio::test]
@@ -522,7 +524,12 @@ async fn protocol_errors_close_with_1002_and_invalid_utf8_with_1007() {
     assert_eq!(close_code(&mut ws).await.0, 1002);
 
     let mut ws = connect(&s, Some(KEY)).await;
-    send_raw(&mut ws, OpCode::Data(OpData::Text), vec![0xce, 0xba, 0xff, 0xfe]).await;
+    send_raw(
+        &mut ws,
+        OpCode::Data(OpData::Text),
+        vec![0xce, 0xba, 0xff, 0xfe],
+    )
+    .await;
     assert_eq!(close_code(&mut ws).await.0, 1007);
 
     // Before authenticating too.
@@ -617,10 +624,21 @@ async fn failed_auth_frames_are_limited_per_address() {
 async fn repeated_failed_auth_frames_close_the_connection() {
     let s = demo_server(|c| c.websocket.max_auth_failures_per_connection = 2, 0).await;
     let mut ws = connect(&s, Some(KEY)).await;
-    send(&mut ws, json!({ "type": "auth", "token": "op_live_guess1", "id": "g1" })).await;
+    send(
+        &mut ws,
+        json!({ "type": "auth", "token": "op_live_guess1", "id": "g1" }),
+    )
+    .await;
     let e = next_json(&mut ws).await;
-    assert_eq!((e["id"].as_str(), e["error"]["code"].as_str()), (Some("g1"), Some("INVALID_API_KEY")));
-    send(&mut ws, json!({ "type": "auth", "token": "op_live_guess2", "id": "g2" })).await;
+    assert_eq!(
+        (e["id"].as_str(), e["error"]["code"].as_str()),
+        (Some("g1"), Some("INVALID_API_KEY"))
+    );
+    send(
+        &mut ws,
+        json!({ "type": "auth", "token": "op_live_guess2", "id": "g2" }),
+    )
+    .await;
     let (code, frames) = close_code(&mut ws).await;
     assert_eq!(code, 1008);
     assert_eq!(frames[0]["id"], "g2");
@@ -703,7 +721,10 @@ async fn job_completed_and_message_events_reach_the_key_that_started_the_work() 
     .await;
     let queued = next_json(&mut ws).await;
     assert_eq!(queued["data"]["mode"], "queued", "{queued}");
-    let job_id = queued["data"]["ids"]["job_id"].as_str().unwrap().to_string();
+    let job_id = queued["data"]["ids"]["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let e = next_event(&mut ws).await;
     assert_eq!(e["event"], "job.completed", "{e}");
     assert!(e.get("id").is_none());
@@ -711,7 +732,10 @@ async fn job_completed_and_message_events_reach_the_key_that_started_the_work() 
     assert_eq!(e["data"]["job"]["kind"], "research");
     assert!(e["data"]["findings"]["signals"].is_array(), "{e}");
     let spoken = e["spoken_summary"].as_str().unwrap();
-    assert!(spoken.starts_with("Research on Notion is ready: "), "{spoken}");
+    assert!(
+        spoken.starts_with("Research on Notion is ready: "),
+        "{spoken}"
+    );
     assert!(spoken.chars().count() <= 200);
     assert!(e["meta"]["timestamp"].is_string());
 
@@ -722,11 +746,21 @@ async fn job_completed_and_message_events_reach_the_key_that_started_the_work() 
     )
     .await;
     let ask = next_json(&mut ws).await;
-    let pending = ask["data"]["pending_action_id"].as_str().unwrap().to_string();
-    send(&mut ws, json!({ "id": "c", "pendingActionId": pending, "confirmed": true })).await;
+    let pending = ask["data"]["pending_action_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    send(
+        &mut ws,
+        json!({ "id": "c", "pendingActionId": pending, "confirmed": true }),
+    )
+    .await;
     let queued = next_json(&mut ws).await;
     assert_eq!(queued["data"]["mode"], "queued", "{queued}");
-    let message_id = queued["data"]["ids"]["message_id"].as_str().unwrap().to_string();
+    let message_id = queued["data"]["ids"]["message_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let e = next_event(&mut ws).await;
     assert_eq!(e["event"], "message.sent", "{e}");
     assert_eq!(e["data"]["message"]["id"], message_id.as_str());
@@ -741,7 +775,11 @@ async fn job_completed_and_message_events_reach_the_key_that_started_the_work() 
     .await;
     let queued = next_json(&mut ws).await;
     assert_eq!(queued["data"]["mode"], "queued", "{queued}");
-    send(&mut ws, json!({ "id": "u", "action": { "type": "undo_last" } })).await;
+    send(
+        &mut ws,
+        json!({ "id": "u", "action": { "type": "undo_last" } }),
+    )
+    .await;
     let undone = next_json(&mut ws).await;
     assert_eq!(undone["id"], "u", "{undone}");
     let e = next_event(&mut ws).await;
@@ -754,7 +792,10 @@ async fn job_completed_and_message_events_reach_the_key_that_started_the_work() 
 
     // Another key of the same org heard none of it.
     send(&mut bystander, json!({ "type": "ping", "id": "b" })).await;
-    assert_eq!(next_json(&mut bystander).await, json!({ "type": "pong", "id": "b" }));
+    assert_eq!(
+        next_json(&mut bystander).await,
+        json!({ "type": "pong", "id": "b" })
+    );
     assert!(
         tokio::time::timeout(Duration::from_millis(300), bystander.next())
             .await

@@ -1097,9 +1097,8 @@ async fn a_native_only_key_works_through_the_gateway_and_a_rest_only_key_does_no
 
 // ---- WebSocket sessions through the gateway ----------------------------------------------
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A WebSocket to the gateway, authenticated on the upgrade request.
 async fn gateway_ws(g: &Demo) -> Ws {
@@ -1157,7 +1156,11 @@ async fn an_upstream_outage_is_an_error_frame_and_the_socket_recovers() {
     let mut ws = gateway_ws(&g).await;
     ws_send(&mut ws, ws_lookup("before")).await;
     let r = ws_next(&mut ws).await;
-    assert_eq!((r["id"].as_str(), r["ok"].as_bool()), (Some("before"), Some(true)), "{r}");
+    assert_eq!(
+        (r["id"].as_str(), r["ok"].as_bool()),
+        (Some("before"), Some(true)),
+        "{r}"
+    );
 
     // The upstream goes away, and the gateway's verdict on the key expires meanwhile.
     proxy.set(DOWN);
@@ -1207,7 +1210,11 @@ async fn a_slow_upstream_turn_gets_one_progress_frame_before_its_reply() {
     // A quick turn gets its reply and no progress frame.
     ws_send(&mut ws, ws_lookup("quick")).await;
     let r = ws_next(&mut ws).await;
-    assert_eq!((r["id"].as_str(), r["ok"].as_bool()), (Some("quick"), Some(true)), "{r}");
+    assert_eq!(
+        (r["id"].as_str(), r["ok"].as_bool()),
+        (Some("quick"), Some(true)),
+        "{r}"
+    );
 
     proxy.set(DELAY);
     ws_send(&mut ws, ws_lookup("slow")).await;

@@ -131,7 +131,9 @@ mod tests {
         assert_eq!(got[1].1.as_ref().unwrap().kind, EventKind::MessageCancelled);
         assert!(got[2].1.is_none());
         let first_seq = got[0].0;
-        store.write_sync(|tx| delete_through(tx, first_seq)).unwrap();
+        store
+            .write_sync(|tx| delete_through(tx, first_seq))
+            .unwrap();
         assert_eq!(store.read_sync(|c| waiting(c, 10)).unwrap().len(), 2);
     }
 }

@@ -101,13 +101,17 @@ pub fn json_frame<T: Serialize>(v: &T) -> Message {
     Message::Text(serde_json::to_string(v).unwrap_or_default().into())
 }
 
-/// An error frame: the error envelope plus the request's `id` when one could be read.
+/// An error frame: the error envelope, after the request's `id` when one could be read (first,
+/// as in reply frames).
 pub fn error_frame(e: &ApiError, id: Option<&str>, request_id: &str) -> Message {
-    let mut v = error_body_for(e, request_id.to_string());
-    if let (Some(id), Value::Object(m)) = (id, &mut v) {
-        m.insert("id".into(), Value::String(id.to_string()));
-    }
-    json_frame(&v)
+    let body = error_body_for(e, request_id.to_string());
+    let (Some(id), Value::Object(fields)) = (id, &body) else {
+        return json_frame(&body);
+    };
+    let mut framed = serde_json::Map::with_capacity(fields.len() + 1);
+    framed.insert("id".into(), Value::String(id.to_string()));
+    framed.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+    json_frame(&framed)
 }
 
 #[derive(Serialize)]
@@ -249,10 +253,7 @@ mod tests {
             text(progress(&id)),
             serde_json::json!({ "type": "progress", "id": "r1", "spoken_summary": "One moment." })
         );
-        assert_eq!(
-            text(pong(None)),
-            serde_json::json!({ "type": "pong" })
-        );
+        assert_eq!(text(pong(None)), serde_json::json!({ "type": "pong" }));
         assert_eq!(
             text(auth_ok("demo", Some(&id))),
             serde_json::json!({ "type": "auth_ok", "org_id": "demo", "id": "r1" })

@@ -19,8 +19,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use super::frames::{self, close, ReadFailure};
 use super::authorize;
+use super::frames::{self, close, ReadFailure};
 use crate::app::AppState;
 use crate::auth::connections::ConnectionSlot;
 use crate::auth::Principal;
@@ -344,7 +344,9 @@ fn reason_label(reason: &'static str) -> &'static str {
     match reason {
         "server shutting down" => "shutdown",
         "no activity" => "idle",
-        "authentication required" | "credentials no longer valid" | "too many failed auth frames" => "auth",
+        "authentication required"
+        | "credentials no longer valid"
+        | "too many failed auth frames" => "auth",
         "too many connections" => "cap",
         "message too big" => "too_big",
         "invalid UTF-8" => "invalid_utf8",
@@ -375,8 +377,17 @@ async fn first_frame(
     let head: Option<ControlFrame> = serde_json::from_str(raw).ok();
     let id = head.as_ref().and_then(|h| h.id.as_ref());
     let id_str = id.and_then(Value::as_str);
-    let refuse = |e: ApiError| (frames::error_frame(&e, id_str, &rid), close::POLICY, "authentication required");
-    let token = match head.as_ref().map(|h| (h.frame_type.as_deref(), h.token.as_deref())) {
+    let refuse = |e: ApiError| {
+        (
+            frames::error_frame(&e, id_str, &rid),
+            close::POLICY,
+            "authentication required",
+        )
+    };
+    let token = match head
+        .as_ref()
+        .map(|h| (h.frame_type.as_deref(), h.token.as_deref()))
+    {
         Some((Some("auth"), Some(t))) => t,
         _ => {
             return Err(refuse(
@@ -411,13 +422,15 @@ async fn checked_auth(
     if let Some(ip) = peer {
         if let Err(retry) = app.ws_auth_failures.check(ip) {
             telemetry::ws_auth_failure("limited");
-            return Err(ApiError::new(ErrorCode::RateLimited, "Too many failed auth frames")
-                .with_details(format!(
+            return Err(
+                ApiError::new(ErrorCode::RateLimited, "Too many failed auth frames")
+                    .with_details(format!(
                     "at most {} failed auth frames per minute from one address; retry in {retry} s",
                     app.config.websocket.max_auth_failures_per_address
                 ))
-                .with_spoken("Too many sign-in attempts. Please wait a minute.")
-                .with_retry_after(retry));
+                    .with_spoken("Too many sign-in attempts. Please wait a minute.")
+                    .with_retry_after(retry),
+            );
         }
     }
     let result = authorize(app, None, Some(token)).await;
@@ -619,11 +632,14 @@ mod tests {
     fn channel_sink(
         tx: mpsc::UnboundedSender<Message>,
     ) -> Pin<Box<dyn Sink<Message, Error = axum::Error> + Send>> {
-        Box::pin(futures_util::sink::unfold(tx, |tx, msg: Message| async move {
-            tx.send(msg)
-                .map_err(|_| axum::Error::new(std::io::Error::other("reader gone")))?;
-            Ok::<_, axum::Error>(tx)
-        }))
+        Box::pin(futures_util::sink::unfold(
+            tx,
+            |tx, msg: Message| async move {
+                tx.send(msg)
+                    .map_err(|_| axum::Error::new(std::io::Error::other("reader gone")))?;
+                Ok::<_, axum::Error>(tx)
+            },
+        ))
     }
 
     /// A peer that never reads: no write ever completes.
@@ -673,13 +689,28 @@ mod tests {
             let slot = app.ws_connections.acquire_total().unwrap();
             let (tx, mut rx) = mpsc::unbounded_channel();
             let frames = stream::iter(vec![Err(axum::Error::new(error))]);
-            let ending = run(app, channel_sink(tx), frames, header_credentials(), slot, None).await;
-            assert!(matches!(ending, Ending::Close(c, _) if c == code), "{ending:?}");
+            let ending = run(
+                app,
+                channel_sink(tx),
+                frames,
+                header_credentials(),
+                slot,
+                None,
+            )
+            .await;
+            assert!(
+                matches!(ending, Ending::Close(c, _) if c == code),
+                "{ending:?}"
+            );
             let mut written = Vec::new();
             while let Some(m) = rx.recv().await {
                 written.push(m);
             }
-            assert_eq!(written.last().and_then(close_code), Some(code), "{written:?}");
+            assert_eq!(
+                written.last().and_then(close_code),
+                Some(code),
+                "{written:?}"
+            );
         }
     }
 
@@ -733,7 +764,15 @@ mod tests {
             Ok(Message::Binary(vec![1].into()))
         });
         let started = tokio::time::Instant::now();
-        let ending = run(app.clone(), StuckSink, frames, header_credentials(), slot, None).await;
+        let ending = run(
+            app.clone(),
+            StuckSink,
+            frames,
+            header_credentials(),
+            slot,
+            None,
+        )
+        .await;
         assert_eq!(ending, Ending::WriterGone);
         // Reading stopped once `max_in_flight` answers were waiting to be written.
         assert_eq!(read.load(Ordering::SeqCst), 2);

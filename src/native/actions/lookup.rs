@@ -322,7 +322,11 @@ mod tests {
         let items = v["data"]["replies"].as_array().expect("replies");
         let first = &items[0];
         assert_eq!(
-            first["interaction"]["content"].as_str().unwrap().chars().count(),
+            first["interaction"]["content"]
+                .as_str()
+                .unwrap()
+                .chars()
+                .count(),
             INBOX_PREVIEW_CHARS
         );
         assert_eq!(first["content_truncated"], true);

@@ -5,9 +5,9 @@ use serde_json::json;
 
 use super::{ExecCtx, Executed};
 use crate::error::ApiResult;
+use crate::events::EventKind;
 use crate::native::reply::NativeReply;
 use crate::native::undo::{self, UndoOp};
-use crate::events::EventKind;
 use crate::store::{contacts, events, native as rows};
 
 pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>) -> ApiResult<Executed> {
