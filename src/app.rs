@@ -4,11 +4,12 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::auth::connections::ConnectionLimiter;
+use crate::auth::connections::{AuthFailureLimiter, ConnectionLimiter};
 use crate::auth::rate_limit::{RateDecision, RateLimiter};
 use crate::auth::{Authenticator, Principal};
 use crate::config::{BackendKind, Config};
 use crate::error::ApiError;
+use crate::events::{EventBus, LocalEventHub};
 use crate::native::Bridge;
 use crate::store::Store;
 use crate::upstream::Upstream;
@@ -20,6 +21,10 @@ pub struct App {
     pub limiter: RateLimiter,
     pub bridge: Arc<Bridge>,
     pub ws_connections: Arc<ConnectionLimiter>,
+    /// Failed WebSocket auth frames per source address.
+    pub ws_auth_failures: AuthFailureLimiter,
+    /// Server-pushed events, per API key, for open WebSocket sessions.
+    pub events: Arc<dyn EventBus>,
     /// Flips to true when shutdown begins; long-lived connections watch it to close cleanly.
     shutdown: tokio::sync::watch::Sender<bool>,
     /// Renders `/metrics`; `None` when no recorder is installed (some tests).
@@ -59,7 +64,12 @@ impl App {
             ws_connections: ConnectionLimiter::new(
                 config.websocket.max_connections_per_org,
                 config.websocket.max_connections,
+                config.websocket.max_unauthenticated,
             ),
+            ws_auth_failures: AuthFailureLimiter::new(
+                config.websocket.max_auth_failures_per_address,
+            ),
+            events: Arc::new(LocalEventHub::new(config.websocket.event_buffer)),
             shutdown: tokio::sync::watch::channel(false).0,
             config,
             store,

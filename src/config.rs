@@ -153,16 +153,37 @@ pub struct WebSocketConfig {
     pub ping_interval_secs: u64,
     /// Largest accepted frame/message; larger ones close the connection with 1009.
     pub max_message_bytes: usize,
-    /// Requests one connection may have in flight; further frames wait (backpressure).
+    /// Frames one connection may have running or waiting to be written; while that many are,
+    /// the server stops reading the socket (backpressure).
     pub max_in_flight: usize,
-    /// Replies queued for a client that is not reading before it is disconnected.
+    /// Frames queued for the socket writer; a reply waits for space here, it is never dropped.
     pub outbound_queue: usize,
-    /// Time a client without an `Authorization` header has to send its auth frame.
+    /// A write to the socket that makes no progress for this long disconnects the client.
+    pub write_timeout_secs: u64,
+    /// Time a client without an `Authorization` header has to send its auth frame, counted from
+    /// the upgrade (pings do not extend it).
     pub auth_timeout_secs: u64,
+    /// Open connections that have not authenticated yet, in total (their own cap, not an org's).
+    pub max_unauthenticated: usize,
+    /// Failed auth frames one connection may send before it is closed with 1008.
+    pub max_auth_failures_per_connection: u32,
+    /// Failed auth frames one source address may send per minute; beyond that its auth frames
+    /// are refused unchecked (`RATE_LIMITED`, close 1008).
+    pub max_auth_failures_per_address: u32,
+    /// A `progress` frame goes out when a request's reply is not ready after this long; 0 = never.
+    pub ack_after_ms: u64,
+    /// Server-pushed events buffered per API key for a socket that reads slowly; a socket that
+    /// falls further behind skips the oldest.
+    pub event_buffer: usize,
     /// Open connections allowed per org.
     pub max_connections_per_org: usize,
     /// Open connections allowed in total.
     pub max_connections: usize,
+    /// Conformance testing only: authenticated sessions echo data messages instead of running
+    /// turns, so Autobahn|Testsuite's echo-based cases can complete (scripts/autobahn.py).
+    /// Everything else (auth, flow control, close codes) is the production path. Never on in
+    /// production.
+    pub conformance_echo: bool,
 }
 
 impl Default for WebSocketConfig {
@@ -172,9 +193,16 @@ impl Default for WebSocketConfig {
             max_message_bytes: 64 * 1024,
             max_in_flight: 32,
             outbound_queue: 64,
+            write_timeout_secs: 10,
             auth_timeout_secs: 5,
+            max_unauthenticated: 1_000,
+            max_auth_failures_per_connection: 3,
+            max_auth_failures_per_address: 20,
+            ack_after_ms: 300,
+            event_buffer: 64,
             max_connections_per_org: 1_000,
             max_connections: 20_000,
+            conformance_echo: false,
         }
     }
 }
@@ -436,6 +464,48 @@ impl Config {
             (
                 "websocket.max_connections",
                 w.max_connections as u64,
+                1,
+                1_000_000,
+                "",
+            ),
+            (
+                "websocket.write_timeout_secs",
+                w.write_timeout_secs,
+                1,
+                3_600,
+                "",
+            ),
+            (
+                "websocket.max_unauthenticated",
+                w.max_unauthenticated as u64,
+                1,
+                1_000_000,
+                "",
+            ),
+            (
+                "websocket.max_auth_failures_per_connection",
+                u64::from(w.max_auth_failures_per_connection),
+                1,
+                1_000,
+                "",
+            ),
+            (
+                "websocket.max_auth_failures_per_address",
+                u64::from(w.max_auth_failures_per_address),
+                1,
+                1_000_000,
+                "",
+            ),
+            (
+                "websocket.ack_after_ms",
+                w.ack_after_ms,
+                0,
+                60_000,
+                " (0 turns progress frames off)",
+            ),
+            (
+                "websocket.event_buffer",
+                w.event_buffer as u64,
                 1,
                 1_000_000,
                 "",

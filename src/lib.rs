@@ -20,6 +20,7 @@
 //!                 upstream (remote REST v1 API)
 //! state/          the `StateStore` trait: durable idempotency records, pending actions, undo
 //!                 entries, dedupe window (SQLite), and the per-process running claims
+//! events.rs       server-pushed events per API key (job.completed, message.sent, …)
 //! store/          embedded SQLite (WAL): schema migrations and one module per table family
 //! upstream/       backend = "upstream": pooled reqwest client for a remote REST v1 API,
 //!                 deadlines, read retries, circuit breaker, upstream error mapping
@@ -43,6 +44,7 @@ pub mod crm;
 pub mod demo;
 pub mod domain;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod ids;
 pub mod input;

@@ -76,6 +76,7 @@ pub async fn start_on(
     let app = App::new(config, store, crate::telemetry::install_metrics())?;
     crate::native::workers::spawn(
         app.store.clone(),
+        app.events.clone(),
         app.config.job_retry(),
         app.shutdown_signal(),
     );

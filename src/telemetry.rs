@@ -28,6 +28,11 @@ pub mod names {
     pub const CONFIRMATIONS: &str = "pilot_bridge_confirmations_total";
     pub const WS_CONNECTIONS: &str = "pilot_bridge_websocket_connections";
     pub const WS_FRAMES: &str = "pilot_bridge_websocket_frames_total";
+    pub const WS_CLOSES: &str = "pilot_bridge_websocket_closes_total";
+    pub const WS_AUTH_FAILURES: &str = "pilot_bridge_websocket_auth_failures_total";
+    pub const EVENTS_PUBLISHED: &str = "pilot_bridge_events_published_total";
+    pub const EVENTS_DELIVERED: &str = "pilot_bridge_events_delivered_total";
+    pub const EVENTS_SKIPPED: &str = "pilot_bridge_events_skipped_total";
     pub const RATE_LIMITED: &str = "pilot_bridge_rate_limited_requests_total";
     pub const BACKEND_TIME: &str = "pilot_bridge_backend_operation_duration_seconds";
     pub const AUDIT_WRITES: &str = "pilot_bridge_audit_writes_total";
@@ -259,6 +264,28 @@ pub fn ws_connections(n: usize) {
 
 pub fn ws_frame(direction: &'static str, kind: &'static str) {
     counter!(names::WS_FRAMES, "direction" => direction, "kind" => kind).increment(1);
+}
+
+/// A WebSocket session ended; `code` is the close code sent (or echoed), `reason` a fixed token.
+pub fn ws_close(code: &'static str, reason: &'static str) {
+    counter!(names::WS_CLOSES, "code" => code, "reason" => reason).increment(1);
+}
+
+/// A failed WebSocket auth frame; `outcome` is `refused` (checked and wrong) or `limited`
+/// (not checked: too many failures from the connection or address).
+pub fn ws_auth_failure(outcome: &'static str) {
+    counter!(names::WS_AUTH_FAILURES, "outcome" => outcome).increment(1);
+}
+
+/// An event was published and handed to `subscribers` sessions.
+pub fn event_published(event: &'static str, subscribers: usize) {
+    counter!(names::EVENTS_PUBLISHED, "event" => event).increment(1);
+    counter!(names::EVENTS_DELIVERED, "event" => event).increment(subscribers as u64);
+}
+
+/// Events a slow session skipped because its buffer overflowed.
+pub fn events_skipped(n: u64) {
+    counter!(names::EVENTS_SKIPPED).increment(n);
 }
 
 pub fn rate_limited(transport: &'static str) {

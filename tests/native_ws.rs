@@ -1,6 +1,8 @@
 //! The Native Voice Bridge over WebSocket: auth at the door and in the first frame, request and
-//! reply frames matched by id, pipelining, malformed/binary/oversized frames, app pings, rate
-//! limiting per frame, reconnect without double effects, and graceful shutdown with 1001.
+//! reply frames matched by id, pipelining under backpressure, malformed/binary/oversized frames,
+//! RFC 6455 close codes, app pings, rate limiting per frame and of failed auth frames, the
+//! absolute auth deadline and the unauthenticated cap, replies of any size, server-pushed events,
+//! reconnect without double effects, and graceful shutdown with 1001.
 
 mod common;
 
@@ -13,7 +15,9 @@ use pilot_bridge::domain::{Plan, Scope};
 use pilot_bridge::store::orgs;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 type Ws =
@@ -188,10 +192,32 @@ async fn silent_unauthenticated_clients_are_closed_after_the_auth_timeout() {
     assert_eq!(frames[0]["error"]["code"], "MISSING_AUTH");
 }
 
+/// A client socket with a small receive buffer, so the server's writes back up quickly.
+async fn connect_small_buffer(s: &common::TestServer) -> Ws {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(s.server.addr).await.unwrap();
+    let mut req = ws_url(s).into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    let (ws, _) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    ws
+}
+
 #[tokio::test]
 async fn pipelined_requests_all_get_their_own_reply() {
-    let s = demo_server(|_| {}, 0).await;
-    let mut ws = connect(&s, Some(KEY)).await;
+    // Small queues and a small client receive buffer: the server must wait for the client
+    // rather than drop it while 200 replies (about 2 KB each) back up.
+    let s = demo_server(
+        |c| {
+            c.websocket.outbound_queue = 4;
+            c.websocket.max_in_flight = 4;
+        },
+        0,
+    )
+    .await;
+    let mut ws = connect_small_buffer(&s).await;
     let n = 200;
     for i in 0..n {
         send(&mut ws, lookup(&format!("p{i}"))).await;
@@ -356,23 +382,17 @@ async fn shutdown_closes_sockets_with_1001() {
 }
 
 #[tokio::test]
-async fn a_client_that_never_reads_is_disconnected() {
+async fn a_client_that_never_reads_is_disconnected_after_the_write_timeout() {
     let s = demo_server(
         |c| {
             c.websocket.outbound_queue = 4;
-            c.websocket.max_in_flight = 4
+            c.websocket.max_in_flight = 4;
+            c.websocket.write_timeout_secs = 1;
         },
         0,
     )
     .await;
-    // A small receive buffer on our side, so the server's writes back up quickly.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(s.server.addr).await.unwrap();
-    let mut req = ws_url(&s).into_client_request().unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    let mut ws = connect_small_buffer(&s).await;
     // Every frame replays the same stored 9 KB reply (one note, one key), so replies are big
     // and cheap; we never read them.
     let note = "n".repeat(9_000);
@@ -392,10 +412,9 @@ async fn a_client_that_never_reads_is_disconnected() {
     }
     assert!(
         refused,
-        "the server kept accepting frames from a client that never reads"
+        "the server kept reading frames from a client that never reads its replies"
     );
-    assert!(s.server.app.ws_connections.open() <= 1);
-    // The server lets go of the connection.
+    // The server lets go of the connection once a write made no progress for 1 s.
     let deadline = tokio::time::Instant::now() + WAIT;
     while s.server.app.ws_connections.open() > 0 {
         assert!(
@@ -464,4 +483,332 @@ async fn a_second_auth_frame_is_checked_too() {
     assert_eq!(next_json(&mut ws).await["type"], "auth_ok");
     send(&mut ws, lookup("still-works")).await;
     assert_eq!(next_json(&mut ws).await["ok"], true);
+}
+
+// ---- RFC 6455 close codes ------------------------------------------------------------------
+
+/// Sends a raw frame the tungstenite client would refuse to build as a message.
+async fn send_raw(ws: &mut Ws, opcode: OpCode, payload: Vec<u8>) {
+    let frame = Frame::message(payload, opcode, true);
+    ws.send(Message::Frame(frame))
+        .await
+        .expect("send raw frame");
+}
+
+#[tokio::test]
+async fn a_clients_close_is_echoed_with_its_code() {
+    let s = demo_server(|_| {}, 0).await;
+    for code in [CloseCode::Normal, CloseCode::Away, CloseCode::Library(4000)] {
+        let mut ws = connect(&s, Some(KEY)).await;
+        ws.send(Message::Close(Some(CloseFrame {
+            code,
+            reason: "bye".into(),
+        })))
+        .await
+        .unwrap();
+        let (echoed, _) = close_code(&mut ws).await;
+        assert_eq!(echoed, u16::from(code));
+    }
+}
+
+#[tokio::test]
+async fn protocol_errors_close_with_1002_and_invalid_utf8_with_1007() {
+    let s = demo_server(|_| {}, 0).await;
+
+    let mut ws = connect(&s, Some(KEY)).await;
+    send_raw(&mut ws, OpCode::Data(OpData::Reserved(3)), b"x".to_vec()).await;
+    assert_eq!(close_code(&mut ws).await.0, 1002);
+
+    let mut ws = connect(&s, Some(KEY)).await;
+    send_raw(&mut ws, OpCode::Data(OpData::Continue), b"x".to_vec()).await;
+    assert_eq!(close_code(&mut ws).await.0, 1002);
+
+    let mut ws = connect(&s, Some(KEY)).await;
+    send_raw(
+        &mut ws,
+        OpCode::Data(OpData::Text),
+        vec![0xce, 0xba, 0xff, 0xfe],
+    )
+    .await;
+    assert_eq!(close_code(&mut ws).await.0, 1007);
+
+    // Before authenticating too.
+    let mut ws = connect(&s, None).await;
+    send_raw(&mut ws, OpCode::Data(OpData::Text), vec![0xff]).await;
+    assert_eq!(close_code(&mut ws).await.0, 1007);
+}
+
+// ---- authentication --------------------------------------------------------------------------
+
+#[tokio::test]
+async fn pings_do_not_extend_the_auth_deadline() {
+    let s = demo_server(|c| c.websocket.auth_timeout_secs = 1, 0).await;
+    let mut ws = connect(&s, None).await;
+    let started = tokio::time::Instant::now();
+    let mut seen = Vec::new();
+    let code = loop {
+        assert!(
+            started.elapsed() < WAIT,
+            "an unauthenticated socket sending pings stayed open"
+        );
+        let _ = ws.send(Message::Ping(b"keepalive".to_vec().into())).await;
+        match tokio::time::timeout(Duration::from_millis(300), ws.next()).await {
+            Err(_) => continue,
+            Ok(Some(Ok(Message::Text(t)))) => seen.push(serde_json::from_str::<Value>(&t).unwrap()),
+            Ok(Some(Ok(Message::Close(Some(f))))) => break u16::from(f.code),
+            Ok(Some(Ok(_))) => continue,
+            Ok(other) => panic!("closed without a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(code, 1008);
+    assert_eq!(seen[0]["ok"], false);
+    assert_eq!(seen[0]["error"]["code"], "MISSING_AUTH");
+    assert!(seen[0]["error"]["spoken_summary"].is_string());
+    assert!(seen[0]["error"]["details"]
+        .as_str()
+        .unwrap()
+        .contains("within 1 s"));
+}
+
+#[tokio::test]
+async fn unauthenticated_sockets_have_their_own_cap() {
+    let s = demo_server(|c| c.websocket.max_unauthenticated = 1, 0).await;
+    let _waiting = connect(&s, None).await;
+    match tokio_tungstenite::connect_async(ws_url(&s)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 503);
+            assert!(resp.headers().get("retry-after").is_some());
+            let body: Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap_or(b"{}")).unwrap();
+            assert_eq!(body["ok"], false);
+            assert_eq!(body["error"]["code"], "SERVICE_UNAVAILABLE");
+            assert!(body["error"]["spoken_summary"].is_string());
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+    // Sockets with the key on the upgrade are not affected.
+    let mut ws = connect(&s, Some(KEY)).await;
+    send(&mut ws, lookup("ok")).await;
+    assert_eq!(next_json(&mut ws).await["ok"], true);
+}
+
+#[tokio::test]
+async fn failed_auth_frames_are_limited_per_address() {
+    let s = demo_server(|c| c.websocket.max_auth_failures_per_address = 2, 0).await;
+    for _ in 0..2 {
+        let mut ws = connect(&s, None).await;
+        send(&mut ws, json!({ "type": "auth", "token": "op_live_guess" })).await;
+        let (code, frames) = close_code(&mut ws).await;
+        assert_eq!(code, 1008);
+        assert_eq!(frames[0]["error"]["code"], "INVALID_API_KEY");
+    }
+    // The address used up its failures: even the right key is not checked now.
+    let mut ws = connect(&s, None).await;
+    send(&mut ws, json!({ "type": "auth", "token": KEY, "id": "a" })).await;
+    let (code, frames) = close_code(&mut ws).await;
+    assert_eq!(code, 1008);
+    assert_eq!(frames[0]["id"], "a");
+    assert_eq!(frames[0]["ok"], false);
+    assert_eq!(frames[0]["error"]["code"], "RATE_LIMITED");
+    assert!(frames[0]["error"]["details"]
+        .as_str()
+        .unwrap()
+        .contains("retry in"));
+    // Keys on the upgrade request are still welcome.
+    let mut ws = connect(&s, Some(KEY)).await;
+    send(&mut ws, lookup("ok")).await;
+    assert_eq!(next_json(&mut ws).await["ok"], true);
+}
+
+#[tokio::test]
+async fn repeated_failed_auth_frames_close_the_connection() {
+    let s = demo_server(|c| c.websocket.max_auth_failures_per_connection = 2, 0).await;
+    let mut ws = connect(&s, Some(KEY)).await;
+    send(
+        &mut ws,
+        json!({ "type": "auth", "token": "op_live_guess1", "id": "g1" }),
+    )
+    .await;
+    let e = next_json(&mut ws).await;
+    assert_eq!(
+        (e["id"].as_str(), e["error"]["code"].as_str()),
+        (Some("g1"), Some("INVALID_API_KEY"))
+    );
+    send(
+        &mut ws,
+        json!({ "type": "auth", "token": "op_live_guess2", "id": "g2" }),
+    )
+    .await;
+    let (code, frames) = close_code(&mut ws).await;
+    assert_eq!(code, 1008);
+    assert_eq!(frames[0]["id"], "g2");
+    assert_eq!(frames[0]["error"]["code"], "INVALID_API_KEY");
+}
+
+// ---- replies of any size ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_reply_of_more_than_300_kib_goes_out() {
+    let s = demo_server(|_| {}, 0).await;
+    s.store()
+        .write(|tx| {
+            let content = "Notion is hiring platform engineers. ".repeat(110);
+            for i in 0..100 {
+                pilot_bridge::store::signals::insert(
+                    tx,
+                    demo::DEMO_ORG,
+                    &pilot_bridge::store::signals::NewSignal {
+                        contact_id: None,
+                        company: Some("Notion"),
+                        platform: "web",
+                        signal_type: "hiring",
+                        title: &format!("Hiring signal {i}"),
+                        content: Some(&content),
+                        url: None,
+                        intent_score: 60,
+                        detected_at: &pilot_bridge::ids::now_rfc3339(),
+                    },
+                )?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let mut ws = connect(&s, Some(KEY)).await;
+    send(
+        &mut ws,
+        json!({ "id": "big", "action": { "type": "recent_signals", "company": "Notion", "limit": 100 } }),
+    )
+    .await;
+    let msg = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let text = msg.into_text().unwrap();
+    assert!(text.len() > 300 * 1024, "reply of {} bytes", text.len());
+    let reply: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(reply["id"], "big");
+    assert_eq!(reply["ok"], true);
+    // The connection carries on.
+    send(&mut ws, lookup("after")).await;
+    assert_eq!(next_json(&mut ws).await["id"], "after");
+}
+
+// ---- server-pushed events --------------------------------------------------------------------
+
+/// The next event frame, skipping replies and progress frames.
+async fn next_event(ws: &mut Ws) -> Value {
+    loop {
+        let v = next_json(ws).await;
+        if v["type"] == "event" {
+            return v;
+        }
+    }
+}
+
+#[tokio::test]
+async fn job_completed_and_message_events_reach_the_key_that_started_the_work() {
+    let s = demo_server(|c| c.native.outbox_hold_secs = 1, 0).await;
+    let other_key = s.create_key(demo::DEMO_ORG, Scope::ALL).await;
+    let mut ws = connect(&s, Some(KEY)).await;
+    let mut bystander = connect(&s, Some(&other_key)).await;
+
+    send(
+        &mut ws,
+        json!({ "id": "r", "action": { "type": "start_research", "company": "Notion" } }),
+    )
+    .await;
+    let queued = next_json(&mut ws).await;
+    assert_eq!(queued["data"]["mode"], "queued", "{queued}");
+    let job_id = queued["data"]["ids"]["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let e = next_event(&mut ws).await;
+    assert_eq!(e["event"], "job.completed", "{e}");
+    assert!(e.get("id").is_none());
+    assert_eq!(e["data"]["job"]["id"], job_id.as_str());
+    assert_eq!(e["data"]["job"]["kind"], "research");
+    assert!(e["data"]["findings"]["signals"].is_array(), "{e}");
+    let spoken = e["spoken_summary"].as_str().unwrap();
+    assert!(
+        spoken.starts_with("Research on Notion is ready: "),
+        "{spoken}"
+    );
+    assert!(spoken.chars().count() <= 200);
+    assert!(e["meta"]["timestamp"].is_string());
+
+    // send_message in auto pilot mode: confirm, queue, and hear it go out.
+    send(
+        &mut ws,
+        json!({ "id": "m", "action": { "type": "send_message", "contactRef": "Sarah Chen", "subject": "Hi", "body": "Quick follow-up on the demo." } }),
+    )
+    .await;
+    let ask = next_json(&mut ws).await;
+    let pending = ask["data"]["pending_action_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    send(
+        &mut ws,
+        json!({ "id": "c", "pendingActionId": pending, "confirmed": true }),
+    )
+    .await;
+    let queued = next_json(&mut ws).await;
+    assert_eq!(queued["data"]["mode"], "queued", "{queued}");
+    let message_id = queued["data"]["ids"]["message_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let e = next_event(&mut ws).await;
+    assert_eq!(e["event"], "message.sent", "{e}");
+    assert_eq!(e["data"]["message"]["id"], message_id.as_str());
+    assert_eq!(e["data"]["message"]["status"], "sent");
+    assert_eq!(e["spoken_summary"], "Your email to Sarah Chen went out.");
+
+    // A second message, taken back with undo_last before it goes out.
+    send(
+        &mut ws,
+        json!({ "id": "m2", "confirmed": true, "action": { "type": "send_message", "contactRef": "John Smith", "body": "See you Monday." } }),
+    )
+    .await;
+    let queued = next_json(&mut ws).await;
+    assert_eq!(queued["data"]["mode"], "queued", "{queued}");
+    send(
+        &mut ws,
+        json!({ "id": "u", "action": { "type": "undo_last" } }),
+    )
+    .await;
+    let undone = next_json(&mut ws).await;
+    assert_eq!(undone["id"], "u", "{undone}");
+    let e = next_event(&mut ws).await;
+    assert_eq!(e["event"], "message.cancelled", "{e}");
+    assert_eq!(e["data"]["message"]["status"], "cancelled");
+    assert_eq!(
+        e["spoken_summary"],
+        "Your email to John Smith was cancelled before it went out."
+    );
+
+    // Another key of the same org heard none of it.
+    send(&mut bystander, json!({ "type": "ping", "id": "b" })).await;
+    assert_eq!(
+        next_json(&mut bystander).await,
+        json!({ "type": "pong", "id": "b" })
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), bystander.next())
+            .await
+            .is_err(),
+        "another key's socket received an event"
+    );
+    // Closed sessions leave no channel behind.
+    drop(ws);
+    drop(bystander);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while s.server.app.ws_connections.open() > 0 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.server.app.events.keys_with_subscribers(), 0);
 }

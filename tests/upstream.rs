@@ -1158,4 +1158,137 @@ async fn an_upstream_answer_of_another_shape_is_a_502_envelope_not_a_default() {
     let details = e["details"].as_str().expect("details");
     assert!(details.starts_with("native.resolve: "), "{e}");
     assert!(details.contains("mode"), "{e}");
+
+// ---- WebSocket sessions through the gateway ----------------------------------------------
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket to the gateway, authenticated on the upgrade request.
+async fn gateway_ws(g: &Demo) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{}/api/v1{PATH}/ws", g.s.server.addr)
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {KEY}").parse().expect("header"),
+    );
+    tokio_tungstenite::connect_async(req)
+        .await
+        .expect("ws connect")
+        .0
+}
+
+async fn ws_send(ws: &mut Ws, v: Value) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::text(v.to_string()))
+        .await
+        .expect("send");
+}
+
+/// The next text frame as JSON; a close frame or the end of the connection fails the test.
+async fn ws_next(ws: &mut Ws) -> Value {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(15), ws.next())
+            .await
+            .expect("a frame in time");
+        match msg {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).expect("json"),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("the socket ended: {other:?}"),
+        }
+    }
+}
+
+fn ws_lookup(id: &str) -> Value {
+    json!({ "id": id, "action": { "type": "lookup_person", "personName": "Sarah Chen" } })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_outage_is_an_error_frame_and_the_socket_recovers() {
+    let up = UpstreamProcess::start().await;
+    let proxy = FaultProxy::start(up.addr()).await;
+    let g = gateway(proxy.url(), |c| {
+        c.upstream.key_cache_ttl_secs = 1;
+        c.upstream.read_cache_ms = 0;
+        c.native.read_cache_ms = 0;
+    })
+    .await;
+    let mut ws = gateway_ws(&g).await;
+    ws_send(&mut ws, ws_lookup("before")).await;
+    let r = ws_next(&mut ws).await;
+    assert_eq!(
+        (r["id"].as_str(), r["ok"].as_bool()),
+        (Some("before"), Some(true)),
+        "{r}"
+    );
+
+    // The upstream goes away, and the gateway's verdict on the key expires meanwhile.
+    proxy.set(DOWN);
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    ws_send(&mut ws, ws_lookup("during")).await;
+    let e = ws_next(&mut ws).await;
+    assert_eq!(e["id"], "during", "{e}");
+    assert_eq!(e["ok"], false);
+    assert_eq!(e["error"]["code"], "UPSTREAM_UNAVAILABLE", "{e}");
+    assert!(e["error"]["spoken_summary"].is_string());
+    assert!(e["meta"]["request_id"].is_string());
+
+    // Back again: the same socket answers once the breaker lets a probe through.
+    proxy.set(PASS);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let id = format!("after-{attempt}");
+        ws_send(&mut ws, ws_lookup(&id)).await;
+        let r = ws_next(&mut ws).await;
+        assert_eq!(r["id"], id.as_str(), "{r}");
+        if r["ok"] == true {
+            assert_eq!(r["data"]["mode"], "result");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery: {r}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upstream_turn_gets_one_progress_frame_before_its_reply() {
+    let up = UpstreamProcess::start().await;
+    let proxy = FaultProxy::start(up.addr()).await;
+    // Budgets long enough for the delayed upstream to answer; filler after 1 s.
+    let g = gateway(proxy.url(), |c| {
+        c.websocket.ack_after_ms = 1_000;
+        c.upstream.read_cache_ms = 0;
+        c.native.read_cache_ms = 0;
+        c.upstream.request_timeout_ms = 5_000;
+        c.upstream.turn_budget_ms = 9_000;
+        c.native.target_ms = 10_000.0;
+    })
+    .await;
+    let mut ws = gateway_ws(&g).await;
+    // A quick turn gets its reply and no progress frame.
+    ws_send(&mut ws, ws_lookup("quick")).await;
+    let r = ws_next(&mut ws).await;
+    assert_eq!(
+        (r["id"].as_str(), r["ok"].as_bool()),
+        (Some("quick"), Some(true)),
+        "{r}"
+    );
+
+    proxy.set(DELAY);
+    ws_send(&mut ws, ws_lookup("slow")).await;
+    let progress = ws_next(&mut ws).await;
+    assert_eq!(
+        progress,
+        json!({ "type": "progress", "id": "slow", "spoken_summary": "One moment." })
+    );
+    let r = ws_next(&mut ws).await;
+    assert_eq!(r["id"], "slow", "{r}");
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["data"]["mode"], "result");
 }

@@ -1,27 +1,35 @@
 //! Background work of the embedded backend: delivering queued messages once their hold expires,
-//! and running research and enrichment jobs. Both poll the database, so work queued before a
-//! restart is picked up after it.
+//! running research and enrichment jobs, and publishing the events (`crate::events`) those and
+//! other committed changes left in the event outbox. All poll the database, so work queued
+//! before a restart is picked up after it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::domain::ContactStatus;
 use crate::error::ApiResult;
+use crate::events::{Event, EventBus, EventKind};
 use crate::ids::{now_rfc3339, to_rfc3339};
 use crate::store::interactions::{self, ActivityFilter, NewInteraction};
 use crate::store::jobs::{self, AfterFailure, RetryPolicy};
 use crate::store::signals::{self, SignalFilter};
-use crate::store::{companies, contacts, native as rows, PageRequest, Store};
+use crate::store::{companies, contacts, events as event_rows, native as rows, PageRequest, Store};
 
 /// How often the workers look for due work.
 const TICK: Duration = Duration::from_millis(250);
 /// Jobs wait this long before they start, so `undo_last` can still cancel them.
 pub const JOB_HOLD: Duration = Duration::from_secs(3);
+/// Events published per tick at most (the rest wait for the next tick).
+const EVENTS_PER_TICK: usize = 500;
+/// Characters of a message body an event carries; the full text is over REST.
+const BODY_PREVIEW_CHARS: usize = 500;
 
 /// Spawns the worker loop; it ends when `shutdown` fires.
 pub fn spawn(
     store: Store,
+    events: Arc<dyn EventBus>,
     retry: RetryPolicy,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -39,8 +47,135 @@ pub fn spawn(
             if let Err(e) = run_due_jobs(&store, &retry).await {
                 tracing::warn!(error = %e, "job run failed");
             }
+            if let Err(e) = publish_waiting_events(&store, events.as_ref()).await {
+                tracing::warn!(error = %e, "event publication failed");
+            }
         }
     })
+}
+
+/// Publishes the events committed since the last tick, then deletes them. Opens a write
+/// transaction only when there are some (a commit empties the native read cache).
+pub async fn publish_waiting_events(store: &Store, bus: &dyn EventBus) -> ApiResult<usize> {
+    let waiting = store
+        .read(|c| event_rows::waiting(c, EVENTS_PER_TICK))
+        .await?;
+    let Some(last) = waiting.last().map(|(seq, _)| *seq) else {
+        return Ok(0);
+    };
+    let n = waiting.len();
+    // Delete first: an event is a notification for open sessions, so losing one to a crash
+    // between these two steps is better than announcing it twice after a restart.
+    store
+        .write(move |tx| event_rows::delete_through(tx, last))
+        .await?;
+    for event in waiting.into_iter().filter_map(|(_, e)| e) {
+        bus.publish(event);
+    }
+    Ok(n)
+}
+
+/// "email" or "LinkedIn message", for a stored channel.
+fn message_word(channel: &str) -> &'static str {
+    match channel {
+        "linkedin" => "LinkedIn message",
+        _ => "email",
+    }
+}
+
+/// `message.sent` or `message.cancelled` for a queued message, with a preview of its body.
+pub fn message_event(
+    kind: EventKind,
+    key_id: String,
+    message: &rows::OutboxMessage,
+    contact: Option<&contacts::Contact>,
+) -> Event {
+    let word = message_word(&message.channel);
+    let to = contact
+        .map(|c| format!(" to {}", c.display_name()))
+        .unwrap_or_default();
+    let spoken_summary = match kind {
+        EventKind::MessageCancelled => {
+            format!("Your {word}{to} was cancelled before it went out.")
+        }
+        _ => format!("Your {word}{to} went out."),
+    };
+    let preview = crate::native::speech::snippet(&message.body, BODY_PREVIEW_CHARS);
+    Event {
+        kind,
+        key_id,
+        data: json!({
+            "message": {
+                "id": message.id,
+                "contact_id": message.contact_id,
+                "draft_id": message.draft_id,
+                "channel": message.channel,
+                "subject": message.subject,
+                "body_preview": preview,
+                "body_truncated": message.body.chars().count() > BODY_PREVIEW_CHARS,
+                "status": message.status,
+                "created_at": message.created_at,
+                "sent_at": message.sent_at,
+            },
+            "contact": contact.map(|c| json!({ "id": c.id, "name": c.display_name(), "company": c.company })),
+        }),
+        spoken_summary: crate::native::speech::snippet(&spoken_summary, 200),
+    }
+}
+
+/// `job.completed` with the job's findings.
+fn job_event(
+    key_id: String,
+    job: &rows::Job,
+    result: &Value,
+    contact: Option<&contacts::Contact>,
+) -> Event {
+    let subject = contact
+        .map(|c| c.display_name().to_string())
+        .or_else(|| job.company.clone())
+        .unwrap_or_else(|| "the account".into());
+    let spoken = match job.kind.as_str() {
+        "enrichment" => {
+            let fields: Vec<&str> = result["updated_fields"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            if fields.is_empty() {
+                format!("I finished enriching {subject}; there was nothing new to add.")
+            } else {
+                format!(
+                    "I finished enriching {subject}: updated {}.",
+                    fields.join(" and ").replace('_', " ")
+                )
+            }
+        }
+        _ => {
+            // The research summary starts with the subject ("Notion: 2 recent signals ...").
+            let summary = result["summary"].as_str().unwrap_or("");
+            let findings = summary
+                .split_once(": ")
+                .map(|(_, rest)| rest)
+                .unwrap_or(summary);
+            format!("Research on {subject} is ready: {findings}")
+        }
+    };
+    Event {
+        kind: EventKind::JobCompleted,
+        key_id,
+        data: json!({
+            "job": {
+                "id": job.id,
+                "kind": job.kind,
+                "status": "completed",
+                "contact_id": job.contact_id,
+                "company": job.company,
+                "topic": job.topic,
+                "created_at": job.created_at,
+            },
+            "findings": result,
+        }),
+        spoken_summary: crate::native::speech::snippet(&spoken, 200),
+    }
 }
 
 /// Delivers due messages, opening a write transaction only when there are some: every commit
@@ -80,12 +215,19 @@ pub fn deliver_due_messages(conn: &rusqlite::Connection) -> ApiResult<usize> {
                 created_at: None,
             },
         )?;
-        if let Some(cid) = &m.contact_id {
-            if let Some(c) = contacts::get(conn, &org, cid)? {
-                if c.status == ContactStatus::New {
-                    contacts::set_status(conn, &org, cid, ContactStatus::Contacted)?;
-                }
+        let contact = match &m.contact_id {
+            Some(cid) => contacts::get(conn, &org, cid)?,
+            None => None,
+        };
+        if let Some(c) = &contact {
+            if c.status == ContactStatus::New {
+                contacts::set_status(conn, &org, &c.id, ContactStatus::Contacted)?;
             }
+        }
+        if let Some(key_id) = event_rows::message_owner(conn, &m.id)? {
+            let sent = rows::get_outbox(conn, &org, &m.id)?.unwrap_or(m);
+            let event = message_event(EventKind::MessageSent, key_id, &sent, contact.as_ref());
+            event_rows::enqueue(conn, &event)?;
         }
         n += 1;
     }
@@ -189,7 +331,16 @@ pub fn apply_job(
         "completed",
         &prepared.result,
         prepared.previous.as_ref(),
-    )
+    )?;
+    if let Some(key_id) = event_rows::job_owner(conn, &job.id)? {
+        let contact = match &job.contact_id {
+            Some(id) => contacts::get(conn, org, id)?,
+            None => None,
+        };
+        let event = job_event(key_id, job, &prepared.result, contact.as_ref());
+        event_rows::enqueue(conn, &event)?;
+    }
+    Ok(())
 }
 
 /// Works out what can be derived locally: the company from the email domain and the account

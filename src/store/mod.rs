@@ -12,6 +12,7 @@ pub mod audit;
 pub mod campaigns;
 pub mod companies;
 pub mod contacts;
+pub mod events;
 pub mod interactions;
 pub mod jobs;
 pub mod keys;

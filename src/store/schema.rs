@@ -315,6 +315,21 @@ ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN next_attempt_at TEXT;
 ALTER TABLE jobs ADD COLUMN last_error TEXT;
 "#,
+    // 6 (issue 13, WebSocket events): who started queued work, so its completion is announced
+    // to that API key's sessions; and the events themselves, committed with the change they
+    // announce and published by the background worker.
+    r#"
+ALTER TABLE jobs ADD COLUMN key_id TEXT;
+ALTER TABLE outbox ADD COLUMN key_id TEXT;
+CREATE TABLE event_outbox (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    key_id          TEXT NOT NULL,
+    event           TEXT NOT NULL,
+    data            TEXT NOT NULL,
+    spoken_summary  TEXT NOT NULL,
+    created_at      TEXT NOT NULL
+);
+"#,
 ];
 
 /// Brings the database up to the newest schema. Safe to call on every open, from several

@@ -62,6 +62,7 @@ pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>, plan: Plan) -> ApiResult<Ex
                 company.as_deref(),
                 topic.as_deref(),
             )?;
+            crate::store::events::set_job_owner(conn, &job.id, ctx.key_id)?;
             let subject = match (&contact, &company) {
                 (Some(c), _) => speech::name(c.display_name()),
                 (None, Some(co)) => speech::name(co),
@@ -98,6 +99,7 @@ pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>, plan: Plan) -> ApiResult<Ex
                 contact.company.as_deref(),
                 None,
             )?;
+            crate::store::events::set_job_owner(conn, &job.id, ctx.key_id)?;
             let name = speech::name(contact.display_name());
             let r = NativeReply::new(
                 ReplyMode::Queued,

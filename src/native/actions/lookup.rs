@@ -251,7 +251,11 @@ pub fn reply_inbox(conn: &Connection, org: &str, a: &ReplyInbox) -> ApiResult<St
     )))
 }
 
-/// The answer to `reply_inbox`: the replies with who sent each.
+/// Characters of an inbound reply's body that `reply_inbox` returns (DESIGN §17).
+pub const INBOX_PREVIEW_CHARS: usize = 500;
+
+/// The answer to `reply_inbox`: the replies with who sent each, bodies cut to a preview of
+/// [`INBOX_PREVIEW_CHARS`] characters.
 pub(crate) fn inbox_reply(
     replies: Vec<(Interaction, Option<Contact>)>,
     total: u64,
@@ -265,9 +269,17 @@ pub(crate) fn inbox_reply(
     let latest = replies.first().map(|(i, _)| quote(&i.content, 100));
     let items: Vec<Value> = replies
         .into_iter()
-        .map(|(i, who)| {
+        .map(|(mut i, who)| {
+            // A voice reply carries a preview; the full text is at GET /activity.
+            let chars = i.content.chars().count();
+            let truncated = chars > INBOX_PREVIEW_CHARS;
+            if truncated {
+                i.content = i.content.chars().take(INBOX_PREVIEW_CHARS).collect();
+            }
             json!({
                 "interaction": i,
+                "content_truncated": truncated,
+                "content_chars": chars,
                 "contact": who.map(|c| json!({ "id": c.id, "name": c.display_name(), "company": c.company })),
             })
         })
@@ -290,4 +302,50 @@ pub(crate) fn inbox_reply(
     let mut r = NativeReply::result(spoken, json!({ "replies": items, "total": total }));
     r.ids = ids;
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inbound(content: String) -> Interaction {
+        Interaction {
+            id: "i1".into(),
+            contact_id: None,
+            campaign_id: None,
+            direction: "inbound".into(),
+            channel: "email".into(),
+            subject: None,
+            content,
+            metadata: Value::Null,
+            is_read: false,
+            created_at: "2026-11-29T12:00:00.000Z".into(),
+        }
+    }
+
+    #[test]
+    fn inbox_bodies_are_previews_of_500_characters() {
+        let long = "é".repeat(2_000);
+        let reply = inbox_reply(
+            vec![(inbound(long), None), (inbound("Sounds good".into()), None)],
+            2,
+            false,
+            Map::new(),
+        );
+        let v = serde_json::to_value(&reply).unwrap();
+        let items = v["data"]["replies"].as_array().expect("replies");
+        let first = &items[0];
+        assert_eq!(
+            first["interaction"]["content"]
+                .as_str()
+                .unwrap()
+                .chars()
+                .count(),
+            INBOX_PREVIEW_CHARS
+        );
+        assert_eq!(first["content_truncated"], true);
+        assert_eq!(first["content_chars"], 2_000);
+        assert_eq!(items[1]["interaction"]["content"], "Sounds good");
+        assert_eq!(items[1]["content_truncated"], false);
+    }
 }

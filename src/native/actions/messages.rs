@@ -325,6 +325,7 @@ pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>, plan: Plan) -> ApiResult<Ex
                     deliver_after: &deliver_after,
                 },
             )?;
+            crate::store::events::set_message_owner(conn, &msg.id, ctx.key_id)?;
             if let Some(d) = &draft_id {
                 rows::set_draft_status(conn, ctx.org, d, "queued")?;
             }

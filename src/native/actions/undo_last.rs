@@ -4,8 +4,10 @@ use rusqlite::Connection;
 
 use super::{ExecCtx, Executed};
 use crate::error::ApiResult;
-use crate::native::undo;
+use crate::events::EventKind;
+use crate::native::undo::{self, UndoOp};
 use crate::state::sqlite as state_rows;
+use crate::store::{contacts, events, native as rows};
 
 pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>) -> ApiResult<Executed> {
     let since = undo::undo_since(std::time::Duration::from_secs(ctx.undo_window_secs));
@@ -15,11 +17,42 @@ pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>) -> ApiResult<Executed> {
             undo: None,
         });
     };
+    // A message still queued before the undo is cancelled by it: its sessions hear about it.
+    let queued_message = match &entry.op {
+        UndoOp::CancelMessage { message_id } => {
+            rows::get_outbox(conn, ctx.org, message_id)?.filter(|m| m.status == "queued")
+        }
+        _ => None,
+    };
     let applied = undo::apply(conn, ctx.org, &entry.op, &entry.summary)?;
+    if let Some(m) = queued_message {
+        announce_cancelled(conn, ctx, &m.id)?;
+    }
     // The entry is used up either way: reverted, or left alone because the world moved on.
     state_rows::mark_undone(conn, &entry.id, applied.reverted)?;
     Ok(Executed {
         reply: undo::undone_reply(entry, applied),
         undo: None,
     })
+}
+
+/// Records `message.cancelled` for the sessions of the key that queued the message, if the undo
+/// did cancel it.
+fn announce_cancelled(conn: &Connection, ctx: &ExecCtx<'_>, message_id: &str) -> ApiResult<()> {
+    let Some(m) = rows::get_outbox(conn, ctx.org, message_id)?.filter(|m| m.status == "cancelled")
+    else {
+        return Ok(());
+    };
+    let owner = events::message_owner(conn, &m.id)?.unwrap_or_else(|| ctx.key_id.to_string());
+    let contact = match &m.contact_id {
+        Some(id) => contacts::get(conn, ctx.org, id)?,
+        None => None,
+    };
+    let event = crate::native::workers::message_event(
+        EventKind::MessageCancelled,
+        owner,
+        &m,
+        contact.as_ref(),
+    );
+    events::enqueue(conn, &event)
 }
