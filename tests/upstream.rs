@@ -1158,6 +1158,7 @@ async fn an_upstream_answer_of_another_shape_is_a_502_envelope_not_a_default() {
     let details = e["details"].as_str().expect("details");
     assert!(details.starts_with("native.resolve: "), "{e}");
     assert!(details.contains("mode"), "{e}");
+}
 
 // ---- WebSocket sessions through the gateway ----------------------------------------------
 
