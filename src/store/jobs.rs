@@ -5,7 +5,7 @@
 use rusqlite::{params, Connection};
 use serde_json::json;
 
-use super::native::Job;
+use super::native::{job_row, Job, JOB_COLUMNS};
 use crate::error::{ApiError, ApiResult};
 use crate::ids::now_rfc3339;
 
@@ -18,33 +18,17 @@ pub fn due(
     now: &str,
     cap: usize,
 ) -> ApiResult<Vec<(String, Job)>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT org_id, id, kind, contact_id, company, topic, status, result, created_at,
-                started_at, finished_at
-           FROM jobs
+    // The job's own columns first, so the one row reader of `super::native` reads them.
+    let sql = format!(
+        "SELECT {JOB_COLUMNS}, org_id FROM jobs
           WHERE status = 'queued' AND created_at <= ?1
             AND (next_attempt_at IS NULL OR next_attempt_at <= ?2)
           ORDER BY COALESCE(next_attempt_at, created_at), id
-          LIMIT ?3",
-    )?;
+          LIMIT ?3"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![created_before, now, cap as i64], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            Job {
-                id: r.get(1)?,
-                kind: r.get(2)?,
-                contact_id: r.get(3)?,
-                company: r.get(4)?,
-                topic: r.get(5)?,
-                status: r.get(6)?,
-                result: r
-                    .get::<_, Option<String>>(7)?
-                    .and_then(|s| serde_json::from_str(&s).ok()),
-                created_at: r.get(8)?,
-                started_at: r.get(9)?,
-                finished_at: r.get(10)?,
-            },
-        ))
+        Ok((r.get::<_, String>(10)?, job_row(r)?))
     })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }

@@ -245,10 +245,10 @@ pub struct Job {
     pub finished_at: Option<String>,
 }
 
-const JOB_COLUMNS: &str =
+pub(crate) const JOB_COLUMNS: &str =
     "id, kind, contact_id, company, topic, status, result, created_at, started_at, finished_at";
 
-fn job_row(r: &Row<'_>) -> rusqlite::Result<Job> {
+pub(crate) fn job_row(r: &Row<'_>) -> rusqlite::Result<Job> {
     Ok(Job {
         id: r.get(0)?,
         kind: r.get(1)?,
@@ -296,37 +296,6 @@ pub fn get_job(conn: &Connection, org: &str, id: &str) -> ApiResult<Option<Job>>
         .prepare_cached(&sql)?
         .query_row([id, org], job_row)
         .optional()?)
-}
-
-/// Queued jobs created at or before `created_before`, oldest first: (org, job).
-pub fn due_jobs(
-    conn: &Connection,
-    created_before: &str,
-    cap: usize,
-) -> ApiResult<Vec<(String, Job)>> {
-    let sql = format!(
-        "SELECT org_id, {JOB_COLUMNS} FROM jobs WHERE status = 'queued' AND created_at <= ?1 ORDER BY created_at LIMIT ?2"
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params![created_before, cap as i64], |r| {
-        let org: String = r.get(0)?;
-        let job = Job {
-            id: r.get(1)?,
-            kind: r.get(2)?,
-            contact_id: r.get(3)?,
-            company: r.get(4)?,
-            topic: r.get(5)?,
-            status: r.get(6)?,
-            result: r
-                .get::<_, Option<String>>(7)?
-                .and_then(|s| serde_json::from_str(&s).ok()),
-            created_at: r.get(8)?,
-            started_at: r.get(9)?,
-            finished_at: r.get(10)?,
-        };
-        Ok((org, job))
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// Moves a job from `from` to `to`; false when it was not in `from` (e.g. cancelled meanwhile).
