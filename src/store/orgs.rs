@@ -186,24 +186,26 @@ pub fn timezone(conn: &Connection, id: &str) -> ApiResult<TimeZone> {
 }
 
 pub fn set_timezone(conn: &Connection, id: &str, zone: TimeZone) -> ApiResult<()> {
-    let n = conn.execute(
+    set_one(
+        conn,
+        id,
         "UPDATE orgs SET timezone = ?2, updated_at = ?3 WHERE id = ?1",
-        params![id, zone, now_rfc3339()],
-    )?;
-    if n == 0 {
-        return Err(ApiError::new(
-            ErrorCode::OrgNotFound,
-            "organization not found",
-        ));
-    }
-    Ok(())
+        &zone,
+    )
 }
 
 pub fn set_pilot_mode(conn: &Connection, id: &str, mode: PilotMode) -> ApiResult<()> {
-    let n = conn.execute(
+    set_one(
+        conn,
+        id,
         "UPDATE orgs SET pilot_mode = ?2, updated_at = ?3 WHERE id = ?1",
-        params![id, mode, now_rfc3339()],
-    )?;
+        &mode,
+    )
+}
+
+/// Runs one org setting's `UPDATE` (`?1` id, `?2` value, `?3` now); an unknown org is an error.
+fn set_one(conn: &Connection, id: &str, sql: &str, value: &dyn rusqlite::ToSql) -> ApiResult<()> {
+    let n = conn.execute(sql, params![id, value, now_rfc3339()])?;
     if n == 0 {
         return Err(ApiError::new(
             ErrorCode::OrgNotFound,
