@@ -40,6 +40,7 @@ pub struct Config {
     /// Where the CRM lives: this process's SQLite store, or a remote REST v1 API.
     pub backend: BackendKind,
     pub upstream: UpstreamConfig,
+    pub webhooks: WebhooksConfig,
 }
 
 /// Which CRM backend serves the native bridge and REST v1 (DESIGN §11).
@@ -79,6 +80,35 @@ pub struct UpstreamConfig {
     pub key_cache_ttl_secs: u64,
     /// Idle keep-alive connections kept per upstream host.
     pub pool_max_idle_per_host: usize,
+}
+
+/// Webhook delivery (DESIGN §18).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Seconds to wait before each retry of a failed delivery; after the last one the delivery
+    /// is `failed`. A `Retry-After` from the receiver can only lengthen a wait.
+    pub retry_schedule_secs: Vec<u64>,
+    /// Deliver to (and accept registrations of) targets that resolve to loopback, private,
+    /// link-local or cloud-metadata addresses. Off in production; `serve --demo` turns it on
+    /// for that process.
+    pub allow_private_targets: bool,
+    /// Longest wait for one delivery attempt, connection included.
+    pub timeout_secs: u64,
+    /// Deliveries in flight at once, across all subscriptions (each subscription has at most
+    /// one).
+    pub max_concurrency: usize,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            retry_schedule_secs: vec![5, 300, 1800, 7200, 18000, 36000, 36000],
+            allow_private_targets: false,
+            timeout_secs: 15,
+            max_concurrency: 16,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -179,6 +209,7 @@ impl Default for Config {
             websocket: WebSocketConfig::default(),
             backend: BackendKind::Embedded,
             upstream: UpstreamConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
@@ -327,6 +358,19 @@ impl Config {
         }
         if u.key_cache_ttl_secs > 60 {
             bail!("upstream.key_cache_ttl_secs must be at most 60 so revoked keys stop within a minute");
+        }
+        let w = &self.webhooks;
+        if w.retry_schedule_secs.len() > 20 {
+            bail!("webhooks.retry_schedule_secs may hold at most 20 retries");
+        }
+        if w.retry_schedule_secs.iter().any(|s| *s > 7 * 24 * 3600) {
+            bail!("webhooks.retry_schedule_secs entries must be at most 604800 (a week)");
+        }
+        if w.timeout_secs == 0 || w.timeout_secs > 60 {
+            bail!("webhooks.timeout_secs must be between 1 and 60");
+        }
+        if w.max_concurrency == 0 || w.max_concurrency > 1024 {
+            bail!("webhooks.max_concurrency must be between 1 and 1024");
         }
         Ok(())
     }

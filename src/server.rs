@@ -64,6 +64,11 @@ pub async fn start(config: Config, store: Option<Store>) -> anyhow::Result<Runni
     let addr = listener.local_addr()?;
     let app = App::new(config, store, crate::telemetry::install_metrics())?;
     crate::native::workers::spawn(app.store.clone(), app.shutdown_signal());
+    if app.config.backend == crate::config::BackendKind::Embedded {
+        // In upstream mode the upstream stores subscriptions and delivers.
+        let worker = crate::webhooks::worker::Worker::new(app.store.clone(), &app.config.webhooks)?;
+        crate::webhooks::worker::spawn(worker, app.shutdown_signal());
+    }
     let task = tokio::spawn(serve(
         app.clone(),
         listener,

@@ -34,7 +34,16 @@ pub mod names {
     pub const UPSTREAM_REQUESTS: &str = "pilot_bridge_upstream_requests_total";
     pub const UPSTREAM_DURATION: &str = "pilot_bridge_upstream_request_duration_seconds";
     pub const UPSTREAM_BREAKER_OPEN: &str = "pilot_bridge_upstream_breaker_open";
+    pub const WEBHOOK_DELIVERIES: &str = "pilot_bridge_webhook_deliveries_total";
+    pub const WEBHOOK_DELIVERY_DURATION: &str = "pilot_bridge_webhook_delivery_duration_seconds";
+    pub const WEBHOOK_QUEUE_DEPTH: &str = "pilot_bridge_webhook_queue_depth";
 }
+
+/// Buckets of webhook delivery attempts, which wait on someone else's server for up to the
+/// 15 s timeout.
+pub const WEBHOOK_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0,
+];
 
 /// Installs the global tracing subscriber. Logs go to stderr so stdout stays clean for the CLI's
 /// machine-readable output (`keys create` prints only the key).
@@ -62,6 +71,12 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .ok()?
+                // Full-name matchers take precedence over suffix ones.
+                .set_buckets_for_metric(
+                    Matcher::Full(names::WEBHOOK_DELIVERY_DURATION.into()),
+                    WEBHOOK_BUCKETS,
+                )
                 .ok()?
                 .install_recorder()
                 .ok()?;
@@ -126,6 +141,19 @@ fn describe() {
     describe_gauge!(
         UPSTREAM_BREAKER_OPEN,
         "1 while the upstream circuit breaker is open or probing, else 0 (upstream backend only)."
+    );
+    describe_counter!(
+        WEBHOOK_DELIVERIES,
+        "Webhook delivery attempts by outcome (succeeded, http_error, gone, timeout, network_error, refused, invalid)."
+    );
+    describe_histogram!(
+        WEBHOOK_DELIVERY_DURATION,
+        Unit::Seconds,
+        "Duration of one webhook delivery attempt, until the receiver's status line or the error."
+    );
+    describe_gauge!(
+        WEBHOOK_QUEUE_DEPTH,
+        "Webhook deliveries waiting to be sent or retried."
     );
 }
 
@@ -192,4 +220,13 @@ pub fn upstream_request(operation: &'static str, outcome: &'static str, elapsed:
 
 pub fn upstream_breaker_open(open: bool) {
     gauge!(names::UPSTREAM_BREAKER_OPEN).set(if open { 1.0 } else { 0.0 });
+}
+
+pub fn webhook_delivery(outcome: &'static str, elapsed: Duration) {
+    counter!(names::WEBHOOK_DELIVERIES, "outcome" => outcome).increment(1);
+    histogram!(names::WEBHOOK_DELIVERY_DURATION).record(elapsed.as_secs_f64());
+}
+
+pub fn webhook_queue_depth(n: u64) {
+    gauge!(names::WEBHOOK_QUEUE_DEPTH).set(n as f64);
 }

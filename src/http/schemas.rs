@@ -226,6 +226,9 @@ pub struct WebhookDoc {
     created_at: String,
     #[schema(format = DateTime)]
     updated_at: String,
+    /// The newest delivery to this subscription; null before the first event.
+    #[schema(required = true)]
+    last_delivery: Option<crate::store::webhooks::LastDelivery>,
 }
 
 /// A research or enrichment job started by a native action.
@@ -471,7 +474,9 @@ pub struct WebhookInput {
     /// One or more of the events listed by `GET /webhooks`.
     #[schema(min_items = 1)]
     events: Vec<String>,
-    /// Sent back in a signature header so the receiver can verify deliveries.
+    /// The key deliveries are signed with (Standard Webhooks): `whsec_<base64>` is decoded,
+    /// any other string is used as raw bytes. Without one the server generates a `whsec_`
+    /// secret and returns it once, in the creation reply.
     #[schema(max_length = 256)]
     secret: Option<String>,
 }
@@ -663,6 +668,7 @@ mod tests {
                 active: true,
                 created_at: s("t"),
                 updated_at: s("t"),
+                last_delivery: None,
             },
         );
         check(

@@ -12,6 +12,7 @@ use crate::ids::{now_rfc3339, to_rfc3339};
 use crate::store::interactions::{self, ActivityFilter, NewInteraction};
 use crate::store::signals::{self, SignalFilter};
 use crate::store::{companies, contacts, native as rows, PageRequest, Store};
+use crate::webhooks::{self, EventType};
 
 /// How often the workers look for due work.
 const TICK: Duration = Duration::from_millis(250);
@@ -82,7 +83,7 @@ pub fn deliver_due_messages(conn: &rusqlite::Connection) -> ApiResult<usize> {
         if !rows::mark_sent(conn, &m.id)? {
             continue;
         }
-        interactions::insert(
+        let sent = interactions::insert(
             conn,
             &org,
             &NewInteraction {
@@ -98,10 +99,16 @@ pub fn deliver_due_messages(conn: &rusqlite::Connection) -> ApiResult<usize> {
                 created_at: None,
             },
         )?;
+        // The outbound message as `GET /activity` lists it. No event type exists for LinkedIn
+        // messages going out.
+        if m.channel == "email" {
+            webhooks::emit(conn, &org, EventType::EmailSent, &sent)?;
+        }
         if let Some(cid) = &m.contact_id {
             if let Some(c) = contacts::get(conn, &org, cid)? {
                 if c.status == ContactStatus::New {
                     contacts::set_status(conn, &org, cid, ContactStatus::Contacted)?;
+                    webhooks::contact_changed_since(conn, &org, &c)?;
                 }
             }
         }
@@ -163,6 +170,7 @@ pub fn apply_job(
         return Ok(());
     }
     if let Some((contact_id, company, account_id)) = &prepared.contact_update {
+        let before = contacts::get(conn, org, contact_id)?;
         conn.execute(
             "UPDATE contacts SET company = ?3, company_norm = ?4, account_id = ?5, updated_at = ?6 WHERE id = ?1 AND org_id = ?2",
             rusqlite::params![
@@ -174,6 +182,9 @@ pub fn apply_job(
                 now_rfc3339()
             ],
         )?;
+        if let Some(before) = before {
+            webhooks::contact_changed_since(conn, org, &before)?;
+        }
     }
     rows::finish_job(
         conn,
@@ -181,7 +192,11 @@ pub fn apply_job(
         "completed",
         &prepared.result,
         prepared.previous.as_ref(),
-    )
+    )?;
+    // The job as `GET /jobs/{id}` returns it, with its result.
+    webhooks::emit_with(conn, org, EventType::JobCompleted, || {
+        rows::get_job(conn, org, &job.id)
+    })
 }
 
 /// Works out what can be derived locally: the company from the email domain and the account
