@@ -155,7 +155,10 @@ async fn webhooks_register_list_deactivate() {
         .await;
     let mut second = r.ok(201).clone();
     // Without a secret the server generates one and shows it this once.
-    let generated = second["secret"].as_str().expect("generated secret").to_string();
+    let generated = second["secret"]
+        .as_str()
+        .expect("generated secret")
+        .to_string();
     assert!(generated.starts_with("whsec_"));
     second.as_object_mut().unwrap().remove("secret");
     assert_eq!(second["has_secret"], true);

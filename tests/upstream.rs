@@ -1109,8 +1109,8 @@ async fn webhook_registration_is_forwarded_and_the_upstream_delivers() {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-    let receiver = axum::Router::new().fallback(
-        move |headers: axum::http::HeaderMap, body: String| {
+    let receiver =
+        axum::Router::new().fallback(move |headers: axum::http::HeaderMap, body: String| {
             let tx = tx.clone();
             async move {
                 let id = headers
@@ -1121,35 +1121,40 @@ async fn webhook_registration_is_forwarded_and_the_upstream_delivers() {
                 let _ = tx.send((id, body));
                 axum::http::StatusCode::NO_CONTENT
             }
-        },
-    );
+        });
     tokio::spawn(async move {
         let _ = axum::serve(listener, receiver).await;
     });
 
-    let r = g
-        .c
-        .post("/webhooks", json!({ "url": url, "events": ["note.created"] }))
+    let r =
+        g.c.post(
+            "/webhooks",
+            json!({ "url": url, "events": ["note.created"] }),
+        )
         .await;
     let hook = r.ok(201).clone();
-    assert!(hook["secret"].as_str().is_some_and(|s| s.starts_with("whsec_")));
+    assert!(hook["secret"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("whsec_")));
     // Stored upstream, listed through the gateway and on the upstream alike.
     let listed = g.c.get("/webhooks").await;
     assert_eq!(listed.ok(200)["webhooks"][0]["id"], hook["id"]);
     let direct = up.client().get("/webhooks").await;
     assert_eq!(direct.ok(200)["webhooks"][0]["id"], hook["id"]);
-    let local: i64 = g
-        .s
-        .store()
-        .read(|c| Ok(c.query_row("SELECT count(*) FROM webhooks", [], |r| r.get(0))?))
-        .await
-        .expect("count");
+    let local: i64 =
+        g.s.store()
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM webhooks", [], |r| r.get(0))?))
+            .await
+            .expect("count");
     assert_eq!(local, 0, "the gateway keeps no subscriptions of its own");
 
     let reply = g
         .send(json!({ "action": { "type": "note_on_contact", "contactRef": "Sarah Chen", "note": "Through the gateway." } }))
         .await;
-    let note_id = check_ok(&reply)["ids"]["note_id"].as_str().unwrap().to_string();
+    let note_id = check_ok(&reply)["ids"]["note_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (id, body) = tokio::time::timeout(Duration::from_secs(20), rx.recv())
         .await
         .expect("delivered by the upstream")

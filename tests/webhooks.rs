@@ -155,7 +155,10 @@ fn key_of(secret: &str) -> Vec<u8> {
 /// within five minutes of now.
 fn verify(secret: &str, r: &Received) {
     assert!(r.id.starts_with("msg_"), "webhook-id {:?}", r.id);
-    let ts: i64 = r.timestamp.parse().expect("webhook-timestamp is unix seconds");
+    let ts: i64 = r
+        .timestamp
+        .parse()
+        .expect("webhook-timestamp is unix seconds");
     let now = chrono::Utc::now().timestamp();
     assert!((now - ts).abs() <= 300, "timestamp {ts} is not current");
     let mut mac = Hmac::<Sha256>::new_from_slice(&key_of(secret)).expect("key");
@@ -227,7 +230,10 @@ async fn wait_for_hook(c: &Client, id: &str, done: impl Fn(&Value) -> bool) -> V
         if done(&hook) {
             return hook;
         }
-        assert!(Instant::now() < deadline, "subscription never got there: {hook}");
+        assert!(
+            Instant::now() < deadline,
+            "subscription never got there: {hook}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -246,10 +252,22 @@ async fn native_and_rest_writes_are_delivered_signed() {
     let s = server(&[1]).await;
     let c = s.demo_client().await;
     let mut rx = Receiver::start().await;
-    let secret = format!("whsec_{}", STANDARD.encode(b"a thirty-two byte key for tests!"));
-    let hook = subscribe(&c, &rx.url(), &["note.created", "contact.created"], Some(&secret)).await;
+    let secret = format!(
+        "whsec_{}",
+        STANDARD.encode(b"a thirty-two byte key for tests!")
+    );
+    let hook = subscribe(
+        &c,
+        &rx.url(),
+        &["note.created", "contact.created"],
+        Some(&secret),
+    )
+    .await;
     assert_eq!(hook["has_secret"], true);
-    assert!(hook.get("secret").is_none(), "a given secret is never echoed");
+    assert!(
+        hook.get("secret").is_none(),
+        "a given secret is never echoed"
+    );
     assert_eq!(hook["last_delivery"], Value::Null);
 
     // A native write.
@@ -318,9 +336,15 @@ async fn a_failure_is_retried_with_the_same_id_and_a_fresh_signature() {
     verify("hmac_s3cret_value", &second);
     assert_eq!(second.id, first.id, "webhook-id is stable across retries");
     assert_eq!(second.body, first.body, "the body is the same");
-    assert_ne!(second.timestamp, first.timestamp, "each attempt is stamped anew");
+    assert_ne!(
+        second.timestamp, first.timestamp,
+        "each attempt is stamped anew"
+    );
     assert_ne!(second.signature, first.signature);
-    assert!(second.at - first.at >= Duration::from_millis(900), "waited for the schedule");
+    assert!(
+        second.at - first.at >= Duration::from_millis(900),
+        "waited for the schedule"
+    );
     let hook = wait_for_hook(&c, hook["id"].as_str().unwrap(), |h| {
         h["last_delivery"]["status"] == "succeeded"
     })
@@ -347,7 +371,11 @@ async fn retries_end_in_failed_and_redirects_are_failures() {
     )
     .await;
     for _ in 0..3 {
-        assert_eq!(rx.next().await.path, "/hook", "a redirect is never followed");
+        assert_eq!(
+            rx.next().await.path,
+            "/hook",
+            "a redirect is never followed"
+        );
     }
     rx.nothing_for(Duration::from_millis(1500)).await;
     let hook = wait_for_hook(&c, hook["id"].as_str().unwrap(), |h| {
@@ -392,7 +420,11 @@ async fn gone_disables_the_subscription() {
     native(&c, note.clone()).await;
     rx.next().await;
     wait_for_hook(&c, hook["id"].as_str().unwrap(), Value::is_null).await;
-    native(&c, json!({ "type": "note_on_contact", "contactRef": "John Smith", "note": "Still there?" })).await;
+    native(
+        &c,
+        json!({ "type": "note_on_contact", "contactRef": "John Smith", "note": "Still there?" }),
+    )
+    .await;
     rx.nothing_for(Duration::from_millis(1500)).await;
     let deleted = c
         .delete(&format!("/webhooks?id={}", hook["id"].as_str().unwrap()))
@@ -406,12 +438,18 @@ async fn a_generated_secret_is_returned_once_and_verifies() {
     let c = s.demo_client().await;
     let mut rx = Receiver::start().await;
     let hook = subscribe(&c, &rx.url(), &["contact.created"], None).await;
-    let secret = hook["secret"].as_str().expect("a generated secret").to_string();
+    let secret = hook["secret"]
+        .as_str()
+        .expect("a generated secret")
+        .to_string();
     assert!(secret.starts_with("whsec_"), "{secret}");
     assert_eq!(STANDARD.decode(&secret[6..]).expect("base64").len(), 32);
     assert_eq!(hook["has_secret"], true);
     let list = c.get("/webhooks").await;
-    assert!(!list.text.contains(&secret), "listing never shows the secret");
+    assert!(
+        !list.text.contains(&secret),
+        "listing never shows the secret"
+    );
     assert!(list.ok(200)["webhooks"][0].get("secret").is_none());
     c.post("/contacts", json!({ "email": "grace@hopper.dev" }))
         .await
@@ -432,7 +470,12 @@ async fn secrets_in_the_whsec_format_must_decode() {
         )
         .await;
     r.err(422, "VALIDATION_ERROR");
-    assert!(r.details().starts_with("secret: a whsec_ secret must be base64"), "{}", r.details());
+    assert!(
+        r.details()
+            .starts_with("secret: a whsec_ secret must be base64"),
+        "{}",
+        r.details()
+    );
 }
 
 #[tokio::test]
@@ -446,15 +489,22 @@ async fn private_targets_are_refused_without_the_flag() {
         ("http://[::1]/hook".to_string(), "loopback"),
         ("http://10.0.0.7/hook".to_string(), "private"),
         ("https://192.168.1.20/hook".to_string(), "private"),
-        ("http://169.254.169.254/latest/meta-data".to_string(), "cloud metadata"),
+        (
+            "http://169.254.169.254/latest/meta-data".to_string(),
+            "cloud metadata",
+        ),
         ("http://169.254.10.1/".to_string(), "link-local"),
     ] {
         let r = c
-            .post("/webhooks", json!({ "url": url, "events": ["note.created"] }))
+            .post(
+                "/webhooks",
+                json!({ "url": url, "events": ["note.created"] }),
+            )
             .await;
         r.err(422, "VALIDATION_ERROR");
         assert!(
-            r.details().starts_with("url: ") && r.details().contains(&format!("a {reason} address")),
+            r.details().starts_with("url: ")
+                && r.details().contains(&format!("a {reason} address")),
             "{url}: {}",
             r.details()
         );
@@ -536,7 +586,10 @@ async fn only_subscribed_events_of_the_same_org_are_delivered() {
         .post("/contacts", json!({ "email": "mine@other.dev" }))
         .await
         .ok(201);
-    assert_eq!(other_rx.next().await.json()["data"]["email"], "mine@other.dev");
+    assert_eq!(
+        other_rx.next().await.json()["data"]["email"],
+        "mine@other.dev"
+    );
     demo_rx.nothing_for(Duration::from_millis(300)).await;
 }
 
@@ -558,32 +611,50 @@ async fn writes_map_to_the_events_a_user_expects() {
         .map(|e| e.as_str().unwrap())
         .collect();
     assert_eq!(all.len(), 17);
-    for e in ["job.completed", "message.cancelled", "contact.status_changed"] {
+    for e in [
+        "job.completed",
+        "message.cancelled",
+        "contact.status_changed",
+    ] {
         assert!(all.contains(&e), "{e}");
     }
     subscribe(&c, &rx.url(), &all, None).await;
 
     // pause_campaign → campaign.paused; undo_last → campaign.started.
-    native(&c, json!({ "type": "pause_campaign", "campaignRef": "Seed founders" })).await;
+    native(
+        &c,
+        json!({ "type": "pause_campaign", "campaignRef": "Seed founders" }),
+    )
+    .await;
     let got = rx.next().await.json();
     assert_eq!(got["type"], "campaign.paused");
     assert_eq!(got["data"]["name"], "Seed founders");
     assert_eq!(got["data"]["status"], "paused");
     native(&c, json!({ "type": "undo_last" })).await;
     let got = rx.next().await.json();
-    assert_eq!((got["type"].as_str(), got["data"]["status"].as_str()), (Some("campaign.started"), Some("active")));
+    assert_eq!(
+        (got["type"].as_str(), got["data"]["status"].as_str()),
+        (Some("campaign.started"), Some("active"))
+    );
 
     // PATCH /campaigns/{id} with a status → its event; other changes → none.
     let id = s.campaign_id("demo", "Q4 Enterprise").await;
-    c.patch(&format!("/campaigns/{id}"), json!({ "status": "completed" }))
-        .await
-        .ok(200);
+    c.patch(
+        &format!("/campaigns/{id}"),
+        json!({ "status": "completed" }),
+    )
+    .await
+    .ok(200);
     let got = rx.next().await.json();
     assert_eq!(got["type"], "campaign.completed");
     assert_eq!(got["data"]["id"], id.as_str());
 
     // mark_status → contact.updated and contact.status_changed (with the previous status).
-    native(&c, json!({ "type": "mark_status", "contactRef": "John Smith", "status": "interested" })).await;
+    native(
+        &c,
+        json!({ "type": "mark_status", "contactRef": "John Smith", "status": "interested" }),
+    )
+    .await;
     let updated = rx.next().await.json();
     assert_eq!(updated["type"], "contact.updated");
     assert_eq!(updated["data"]["status"], "interested");
@@ -594,7 +665,11 @@ async fn writes_map_to_the_events_a_user_expects() {
 
     // book_meeting → meeting.booked, and the status change it makes.
     let start = (chrono::Utc::now() + chrono::Duration::days(2)).to_rfc3339();
-    native(&c, json!({ "type": "book_meeting", "contactRef": "John Smith", "startTime": start })).await;
+    native(
+        &c,
+        json!({ "type": "book_meeting", "contactRef": "John Smith", "startTime": start }),
+    )
+    .await;
     let got = rx.next().await.json();
     assert_eq!(got["type"], "meeting.booked");
     assert_eq!(got["data"]["duration_minutes"], 30);
@@ -604,12 +679,20 @@ async fn writes_map_to_the_events_a_user_expects() {
     assert_eq!(got["data"]["status"], "meeting_booked");
 
     // send_message (auto mode) → email.sent when the outbox delivers it; undone before → message.cancelled.
-    native(&c, json!({ "type": "send_message", "contactRef": "Sarah Chen", "body": "Take it back." })).await;
+    native(
+        &c,
+        json!({ "type": "send_message", "contactRef": "Sarah Chen", "body": "Take it back." }),
+    )
+    .await;
     native(&c, json!({ "type": "undo_last" })).await;
     let got = rx.next().await.json();
     assert_eq!(got["type"], "message.cancelled");
     assert_eq!(got["data"]["status"], "cancelled");
-    native(&c, json!({ "type": "send_message", "contactRef": "Sarah Chen", "body": "Hello there." })).await;
+    native(
+        &c,
+        json!({ "type": "send_message", "contactRef": "Sarah Chen", "body": "Hello there." }),
+    )
+    .await;
     let got = rx.next_of("email.sent").await.json();
     assert_eq!(got["data"]["content"], "Hello there.");
     assert_eq!(got["data"]["direction"], "outbound");
@@ -623,7 +706,10 @@ async fn writes_map_to_the_events_a_user_expects() {
 
     // PUT /contacts/{id} → contact.updated; an upsert that changes nothing → nothing.
     let ada = c
-        .post("/contacts", json!({ "email": "ada@lovelace.dev", "first_name": "Ada" }))
+        .post(
+            "/contacts",
+            json!({ "email": "ada@lovelace.dev", "first_name": "Ada" }),
+        )
         .await
         .ok(201)["contacts"][0]["id"]
         .as_str()
@@ -636,9 +722,12 @@ async fn writes_map_to_the_events_a_user_expects() {
     let got = rx.next().await.json();
     assert_eq!(got["type"], "contact.updated");
     assert_eq!(got["data"]["title"], "Countess");
-    c.post("/contacts", json!({ "email": "ada@lovelace.dev", "first_name": "Ada", "upsert": true }))
-        .await
-        .ok(201);
+    c.post(
+        "/contacts",
+        json!({ "email": "ada@lovelace.dev", "first_name": "Ada", "upsert": true }),
+    )
+    .await
+    .ok(201);
     rx.nothing_for(Duration::from_millis(800)).await;
 }
 
@@ -669,7 +758,13 @@ Webhook(secret.encode() if raw else secret).verify(body, headers)
         "webhook-signature": r.signature,
     });
     let out = Command::new("python3")
-        .args(["-c", script, secret, if raw { "raw" } else { "whsec" }, &r.body])
+        .args([
+            "-c",
+            script,
+            secret,
+            if raw { "raw" } else { "whsec" },
+            &r.body,
+        ])
         .arg(headers.to_string())
         .output()
         .expect("run python3");
@@ -689,7 +784,13 @@ async fn the_reference_python_verifier_accepts_deliveries() {
         .unwrap()
         .to_string();
     let mut raw_rx = Receiver::start().await;
-    subscribe(&c, &raw_rx.url(), &["note.created"], Some("plain text secret")).await;
+    subscribe(
+        &c,
+        &raw_rx.url(),
+        &["note.created"],
+        Some("plain text secret"),
+    )
+    .await;
     native(
         &c,
         json!({ "type": "note_on_contact", "contactRef": "Sarah Chen", "note": "Caf\u{e9} \"quoted\" <b>" }),
@@ -711,7 +812,9 @@ async fn the_reference_python_verifier_accepts_deliveries() {
             assert_ne!(tampered.body, got.body);
             assert_eq!(python_verifies(&generated, false, &tampered), Some(false));
         }
-        _ => eprintln!("standardwebhooks (Python) is not installed: verified by this file's own verifier only"),
+        _ => eprintln!(
+            "standardwebhooks (Python) is not installed: verified by this file's own verifier only"
+        ),
     }
 }
 
@@ -760,7 +863,11 @@ async fn wait_ready(port: u16) {
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
-        if let Ok(r) = http.get(format!("http://127.0.0.1:{port}/healthz")).send().await {
+        if let Ok(r) = http
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+        {
             if r.status() == 200 {
                 return;
             }
@@ -790,7 +897,9 @@ async fn a_pending_delivery_survives_kill_9() {
         format!("http://127.0.0.1:{port}/api/v1"),
         Some(format!("Bearer {KEY}")),
     );
-    c.patch("/settings", json!({ "pilot_mode": "auto" })).await.ok(200);
+    c.patch("/settings", json!({ "pilot_mode": "auto" }))
+        .await
+        .ok(200);
     let url = format!("http://127.0.0.1:{receiver_port}/hook");
     let hook = subscribe(&c, &url, &["note.created"], None).await;
     let secret = hook["secret"].as_str().unwrap().to_string();
@@ -799,14 +908,20 @@ async fn a_pending_delivery_survives_kill_9() {
         .unwrap()
         .to_string();
     let note = c
-        .post("/notes", json!({ "contact_id": contact, "note": "Survive the crash." }))
+        .post(
+            "/notes",
+            json!({ "contact_id": contact, "note": "Survive the crash." }),
+        )
         .await
         .ok(201)["id"]
         .as_str()
         .unwrap()
         .to_string();
     let id = hook["id"].as_str().unwrap();
-    wait_for_hook(&c, id, |h| h["last_delivery"]["attempts"].as_u64() >= Some(1)).await;
+    wait_for_hook(&c, id, |h| {
+        h["last_delivery"]["attempts"].as_u64() >= Some(1)
+    })
+    .await;
 
     // kill -9 with the delivery pending, then a receiver appears and the server restarts.
     server.0.kill().expect("kill -9");

@@ -290,7 +290,9 @@ CREATE TABLE webhook_deliveries (
     last_attempt_at  TEXT,
     created_at       TEXT NOT NULL
 );
-CREATE INDEX webhook_deliveries_due ON webhook_deliveries(next_attempt_ms) WHERE status = 'pending';
+-- Each subscription's next pending delivery, without reading its whole backlog.
+CREATE INDEX webhook_deliveries_pending ON webhook_deliveries(webhook_id, next_attempt_ms, seq)
+    WHERE status = 'pending';
 CREATE INDEX webhook_deliveries_hook ON webhook_deliveries(webhook_id, seq);
 CREATE INDEX webhook_deliveries_event ON webhook_deliveries(event_id);
 "#,

@@ -59,7 +59,8 @@ pub struct Webhook {
     pub last_delivery: Option<LastDelivery>,
 }
 
-const LIST_SQL: &str = "SELECT w.id, w.url, w.events, w.secret IS NOT NULL, w.active, w.created_at, w.updated_at,
+const LIST_SQL: &str =
+    "SELECT w.id, w.url, w.events, w.secret IS NOT NULL, w.active, w.created_at, w.updated_at,
         d.status, d.attempts, d.response_status, COALESCE(d.last_attempt_at, d.created_at)
    FROM webhooks w
    LEFT JOIN webhook_deliveries d
@@ -94,9 +95,8 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<(Webhook, String)> {
 
 /// The stored event list; an unreadable one is an error, never an empty subscription.
 fn parse_events(id: &str, raw: &str) -> ApiResult<Vec<String>> {
-    serde_json::from_str(raw).map_err(|e| {
-        ApiError::internal(format!("webhook {id}: unreadable events column: {e}"))
-    })
+    serde_json::from_str(raw)
+        .map_err(|e| ApiError::internal(format!("webhook {id}: unreadable events column: {e}")))
 }
 
 pub fn list_active(conn: &Connection, org: &str) -> ApiResult<Vec<Webhook>> {
@@ -164,7 +164,11 @@ pub fn disable(conn: &Connection, id: &str) -> ApiResult<()> {
         "UPDATE webhooks SET active = 0, updated_at = ?2 WHERE id = ?1",
         params![id, now_rfc3339()],
     )?;
-    fail_pending(conn, id, "the receiver answered 410 Gone; subscription disabled")
+    fail_pending(
+        conn,
+        id,
+        "the receiver answered 410 Gone; subscription disabled",
+    )
 }
 
 fn fail_pending(conn: &Connection, webhook_id: &str, why: &str) -> ApiResult<()> {
@@ -227,11 +231,17 @@ pub struct Due {
     pub webhook_id: String,
 }
 
-/// Pending deliveries due at `now_ms`, oldest first.
+/// For each active subscription whose next pending delivery is due at `now_ms`, that
+/// delivery; soonest first. One per subscription, so a subscription with a long backlog cannot
+/// crowd the others out; the cost grows with the number of subscriptions, not of deliveries.
 pub fn due(conn: &Connection, now_ms: i64, limit: usize) -> ApiResult<Vec<Due>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT d.seq, d.webhook_id FROM webhook_deliveries d
-          WHERE d.status = 'pending' AND d.next_attempt_ms <= ?1
+        "SELECT d.seq, d.webhook_id FROM webhooks w
+           JOIN webhook_deliveries d ON d.seq = (
+                SELECT n.seq FROM webhook_deliveries n
+                 WHERE n.webhook_id = w.id AND n.status = 'pending'
+                 ORDER BY n.next_attempt_ms, n.seq LIMIT 1)
+          WHERE w.active = 1 AND d.next_attempt_ms <= ?1
           ORDER BY d.next_attempt_ms, d.seq LIMIT ?2",
     )?;
     let rows = stmt
@@ -314,9 +324,18 @@ pub fn record_attempt(
         "UPDATE webhook_deliveries
             SET attempts = attempts + 1, status = ?2, response_status = ?3, last_error = ?4,
                 last_attempt_at = ?5, next_attempt_ms = COALESCE(?6, next_attempt_ms)
-          WHERE seq = ?1",
+          WHERE seq = ?1 AND status = 'pending'",
     )?
-    .execute(params![seq, status, response_status, error, now_rfc3339(), next])?;
+    // Only a pending delivery: one given up meanwhile (its subscription was deactivated while
+    // this attempt was in flight) stays given up.
+    .execute(params![
+        seq,
+        status,
+        response_status,
+        error,
+        now_rfc3339(),
+        next
+    ])?;
     Ok(())
 }
 
@@ -370,9 +389,27 @@ mod tests {
             .write_sync(|tx| {
                 orgs::create(tx, &orgs::NewOrg::named("acme"))?;
                 orgs::create(tx, &orgs::NewOrg::named("other"))?;
-                let a = insert(tx, "acme", "https://a.example", &["note.created".into()], "s")?;
-                insert(tx, "acme", "https://b.example", &["contact.created".into()], "s")?;
-                insert(tx, "other", "https://c.example", &["note.created".into()], "s")?;
+                let a = insert(
+                    tx,
+                    "acme",
+                    "https://a.example",
+                    &["note.created".into()],
+                    "s",
+                )?;
+                insert(
+                    tx,
+                    "acme",
+                    "https://b.example",
+                    &["contact.created".into()],
+                    "s",
+                )?;
+                insert(
+                    tx,
+                    "other",
+                    "https://c.example",
+                    &["note.created".into()],
+                    "s",
+                )?;
                 assert_eq!(subscribers(tx, "acme", "note.created")?, [a.id.clone()]);
                 assert!(subscribers(tx, "acme", "email.sent")?.is_empty());
                 assert!(deactivate(tx, "acme", &a.id)?);
@@ -388,7 +425,13 @@ mod tests {
         store
             .write_sync(|tx| {
                 orgs::create(tx, &orgs::NewOrg::named("acme"))?;
-                let w = insert(tx, "acme", "https://a.example", &["note.created".into()], "s")?;
+                let w = insert(
+                    tx,
+                    "acme",
+                    "https://a.example",
+                    &["note.created".into()],
+                    "s",
+                )?;
                 assert_eq!(list_active(tx, "acme")?[0].last_delivery, None);
                 insert_event(tx, &event("msg_1", "acme"), std::slice::from_ref(&w.id))?;
                 assert_eq!(queue_depth(tx)?, 1);
@@ -396,10 +439,19 @@ mod tests {
                 assert_eq!(due_now.len(), 1);
                 let a = attempt(tx, due_now[0].seq)?.expect("pending");
                 assert_eq!((a.event_id.as_str(), a.attempts), ("msg_1", 0));
-                record_attempt(tx, a.seq, Some(500), Some("HTTP 500"), &Settled::RetryAt(99))?;
+                record_attempt(
+                    tx,
+                    a.seq,
+                    Some(500),
+                    Some("HTTP 500"),
+                    &Settled::RetryAt(99),
+                )?;
                 assert!(due(tx, 98, 10)?.is_empty(), "not due before its retry");
                 assert_eq!(due(tx, 99, 10)?.len(), 1);
-                let last = list_active(tx, "acme")?[0].last_delivery.clone().expect("last");
+                let last = list_active(tx, "acme")?[0]
+                    .last_delivery
+                    .clone()
+                    .expect("last");
                 assert_eq!(
                     (last.status.as_str(), last.attempts, last.response_status),
                     ("pending", 1, Some(500))
@@ -407,8 +459,74 @@ mod tests {
                 record_attempt(tx, a.seq, Some(204), None, &Settled::Succeeded)?;
                 assert_eq!(queue_depth(tx)?, 0);
                 assert!(attempt(tx, a.seq)?.is_none());
-                let last = list_active(tx, "acme")?[0].last_delivery.clone().expect("last");
+                let last = list_active(tx, "acme")?[0]
+                    .last_delivery
+                    .clone()
+                    .expect("last");
                 assert_eq!((last.status.as_str(), last.attempts), ("succeeded", 2));
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn due_takes_the_next_delivery_of_each_subscription() {
+        let (_dir, store) = test_store();
+        store
+            .write_sync(|tx| {
+                orgs::create(tx, &orgs::NewOrg::named("acme"))?;
+                let busy = insert(
+                    tx,
+                    "acme",
+                    "https://a.example",
+                    &["note.created".into()],
+                    "s",
+                )?;
+                let quiet = insert(
+                    tx,
+                    "acme",
+                    "https://b.example",
+                    &["note.created".into()],
+                    "s",
+                )?;
+                for i in 0..50 {
+                    let id = format!("msg_busy_{i}");
+                    insert_event(tx, &event(&id, "acme"), std::slice::from_ref(&busy.id))?;
+                }
+                let mut late = event("msg_quiet", "acme");
+                late.first_attempt_ms = 5;
+                insert_event(tx, &late, std::slice::from_ref(&quiet.id))?;
+                let hooks = |now| -> ApiResult<Vec<String>> {
+                    Ok(due(tx, now, 10)?
+                        .into_iter()
+                        .map(|d| d.webhook_id)
+                        .collect())
+                };
+                assert_eq!(hooks(4)?, [busy.id.clone()], "the quiet one is not due yet");
+                assert_eq!(
+                    hooks(5)?,
+                    [busy.id.clone(), quiet.id.clone()],
+                    "never crowded out"
+                );
+                let first = due(tx, 5, 10)?[0].clone();
+                record_attempt(tx, first.seq, Some(500), None, &Settled::RetryAt(1_000))?;
+                let next = due(tx, 5, 10)?[0].clone();
+                assert_ne!(
+                    next.seq, first.seq,
+                    "a delivery waiting to retry does not block later ones"
+                );
+                deactivate(tx, "acme", &busy.id)?;
+                record_attempt(tx, next.seq, Some(204), None, &Settled::Succeeded)?;
+                assert_eq!(hooks(5)?, [quiet.id.clone()]);
+                let status: String = tx.query_row(
+                    "SELECT status FROM webhook_deliveries WHERE seq = ?1",
+                    [next.seq],
+                    |r| r.get(0),
+                )?;
+                assert_eq!(
+                    status, "failed",
+                    "an attempt finishing after deactivation changes nothing"
+                );
                 Ok(())
             })
             .unwrap();
@@ -420,7 +538,13 @@ mod tests {
         store
             .write_sync(|tx| {
                 orgs::create(tx, &orgs::NewOrg::named("acme"))?;
-                let w = insert(tx, "acme", "https://a.example", &["note.created".into()], "s")?;
+                let w = insert(
+                    tx,
+                    "acme",
+                    "https://a.example",
+                    &["note.created".into()],
+                    "s",
+                )?;
                 let ids = std::slice::from_ref(&w.id);
                 insert_event(tx, &event("msg_1", "acme"), ids)?;
                 insert_event(tx, &event("msg_2", "acme"), ids)?;

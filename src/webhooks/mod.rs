@@ -256,7 +256,13 @@ mod tests {
         let hook = store
             .write_sync(|tx| {
                 orgs::create(tx, &orgs::NewOrg::named("acme"))?;
-                webhooks::insert(tx, "acme", "https://a.example", &["note.created".into()], "s")
+                webhooks::insert(
+                    tx,
+                    "acme",
+                    "https://a.example",
+                    &["note.created".into()],
+                    "s",
+                )
             })
             .unwrap();
         let count = |s: &crate::store::Store| {
@@ -272,14 +278,24 @@ mod tests {
             .unwrap();
         assert_eq!(count(&store), 0, "no subscriber wants contact.created");
         let failed: ApiResult<()> = store.write_sync(|tx| {
-            emit(tx, "acme", EventType::NoteCreated, &serde_json::json!({"id": "n1"}))?;
+            emit(
+                tx,
+                "acme",
+                EventType::NoteCreated,
+                &serde_json::json!({"id": "n1"}),
+            )?;
             Err(ApiError::validation("x", "the effect failed"))
         });
         assert!(failed.is_err());
         assert_eq!(count(&store), 0, "the event rolled back with its effect");
         store
             .write_sync(|tx| {
-                emit(tx, "acme", EventType::NoteCreated, &serde_json::json!({"id": "n1"}))
+                emit(
+                    tx,
+                    "acme",
+                    EventType::NoteCreated,
+                    &serde_json::json!({"id": "n1"}),
+                )
             })
             .unwrap();
         let (id, payload, webhook_id): (String, String, String) = store

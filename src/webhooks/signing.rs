@@ -30,9 +30,9 @@ impl SigningKey {
     pub fn from_secret(secret: &str) -> Result<SigningKey, String> {
         match secret.strip_prefix(SECRET_PREFIX) {
             Some(b64) => {
-                let bytes = STANDARD
-                    .decode(b64)
-                    .map_err(|e| format!("a whsec_ secret must be base64 after the prefix ({e})"))?;
+                let bytes = STANDARD.decode(b64).map_err(|e| {
+                    format!("a whsec_ secret must be base64 after the prefix ({e})")
+                })?;
                 if bytes.is_empty() {
                     return Err("a whsec_ secret must not be empty".into());
                 }

@@ -46,8 +46,7 @@ fn refusal_v4(ip: Ipv4Addr) -> Option<&'static str> {
     if a == 0 {
         return Some("unspecified");
     }
-    if ip.is_multicast() || a >= 240 || (a, b, c) == (192, 0, 0) || (a == 198 && (b & 0xfe) == 18)
-    {
+    if ip.is_multicast() || a >= 240 || (a, b, c) == (192, 0, 0) || (a == 198 && (b & 0xfe) == 18) {
         // Multicast, reserved and broadcast, IETF protocol assignments, benchmarking.
         return Some("reserved");
     }
@@ -193,9 +192,8 @@ impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             if let Some(r) = first_refused(&host, addrs.iter().map(SocketAddr::ip)) {
                 return Err(Box::new(r) as Box<dyn std::error::Error + Send + Sync>);
             }
@@ -270,10 +268,16 @@ mod tests {
     #[test]
     fn literal_hosts_and_localhost_are_checked_without_dns() {
         let check = |u: &str| check_literal(&Url::parse(u).unwrap());
-        assert_eq!(check("http://127.0.0.1:9/x").unwrap_err().reason, "loopback");
+        assert_eq!(
+            check("http://127.0.0.1:9/x").unwrap_err().reason,
+            "loopback"
+        );
         assert_eq!(check("http://[::1]/").unwrap_err().reason, "loopback");
         assert_eq!(check("http://LOCALHOST./").unwrap_err().reason, "loopback");
-        assert_eq!(check("http://api.localhost/").unwrap_err().reason, "loopback");
+        assert_eq!(
+            check("http://api.localhost/").unwrap_err().reason,
+            "loopback"
+        );
         assert_eq!(
             check("http://169.254.169.254/latest/meta-data")
                 .unwrap_err()

@@ -108,7 +108,9 @@ pub fn settle(schedule: &[u64], attempts_before: u32, outcome: &Outcome, now_ms:
             {
                 wait = wait.max((*asked).min(MAX_RETRY_AFTER));
             }
-            Settled::RetryAt(now_ms.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)))
+            Settled::RetryAt(
+                now_ms.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)),
+            )
         }
     }
 }
@@ -120,7 +122,11 @@ pub fn retry_after(headers: &HeaderMap, now: chrono::DateTime<chrono::Utc>) -> O
         return Some(Duration::from_secs(secs));
     }
     let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-    Some((at.with_timezone(&chrono::Utc) - now).to_std().unwrap_or(Duration::ZERO))
+    Some(
+        (at.with_timezone(&chrono::Utc) - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 pub struct Worker {
@@ -207,11 +213,7 @@ impl Worker {
 
     /// Makes one attempt of delivery `seq` and records it.
     async fn deliver(&self, seq: i64) -> ApiResult<()> {
-        let Some(a) = self
-            .store
-            .read(move |c| webhooks::attempt(c, seq))
-            .await?
-        else {
+        let Some(a) = self.store.read(move |c| webhooks::attempt(c, seq)).await? else {
             return Ok(());
         };
         let started = Instant::now();
@@ -313,9 +315,8 @@ impl Worker {
     }
 
     async fn prune(&self) {
-        let before = crate::ids::to_rfc3339(
-            chrono::Utc::now() - chrono::Duration::days(RETENTION_DAYS),
-        );
+        let before =
+            crate::ids::to_rfc3339(chrono::Utc::now() - chrono::Duration::days(RETENTION_DAYS));
         if let Err(e) = self
             .store
             .write(move |tx| webhooks::prune(tx, &before))

@@ -22,11 +22,14 @@ enum Snapshot {
 impl Snapshot {
     fn read(conn: &Connection, org: &str, op: &UndoOp) -> ApiResult<Snapshot> {
         Ok(match op {
-            UndoOp::SetCampaignStatus { campaign_id, .. } => campaigns::get(conn, org, campaign_id)?
-                .map_or(Snapshot::Nothing, Snapshot::Campaign),
+            UndoOp::SetCampaignStatus { campaign_id, .. } => {
+                campaigns::get(conn, org, campaign_id)?
+                    .map_or(Snapshot::Nothing, Snapshot::Campaign)
+            }
             UndoOp::RestoreStatus { contact_id, .. }
-            | UndoOp::RevertEnrichment { contact_id, .. } => contacts::get(conn, org, contact_id)?
-                .map_or(Snapshot::Nothing, Snapshot::Contact),
+            | UndoOp::RevertEnrichment { contact_id, .. } => {
+                contacts::get(conn, org, contact_id)?.map_or(Snapshot::Nothing, Snapshot::Contact)
+            }
             UndoOp::CancelMessage { message_id } => rows::get_outbox(conn, org, message_id)?
                 .map_or(Snapshot::Nothing, Snapshot::Message),
             // Audience changes, drafts, notes and jobs being cancelled have no event type.
