@@ -410,7 +410,7 @@ mod tests {
                     &["note.created".into()],
                     "s",
                 )?;
-                assert_eq!(subscribers(tx, "acme", "note.created")?, [a.id.clone()]);
+                assert_eq!(subscribers(tx, "acme", "note.created")?, [a.id.as_str()]);
                 assert!(subscribers(tx, "acme", "email.sent")?.is_empty());
                 assert!(deactivate(tx, "acme", &a.id)?);
                 assert!(subscribers(tx, "acme", "note.created")?.is_empty());
@@ -502,10 +502,14 @@ mod tests {
                         .map(|d| d.webhook_id)
                         .collect())
                 };
-                assert_eq!(hooks(4)?, [busy.id.clone()], "the quiet one is not due yet");
+                assert_eq!(
+                    hooks(4)?,
+                    [busy.id.as_str()],
+                    "the quiet one is not due yet"
+                );
                 assert_eq!(
                     hooks(5)?,
-                    [busy.id.clone(), quiet.id.clone()],
+                    [busy.id.as_str(), quiet.id.as_str()],
                     "never crowded out"
                 );
                 let first = due(tx, 5, 10)?[0].clone();
@@ -517,7 +521,7 @@ mod tests {
                 );
                 deactivate(tx, "acme", &busy.id)?;
                 record_attempt(tx, next.seq, Some(204), None, &Settled::Succeeded)?;
-                assert_eq!(hooks(5)?, [quiet.id.clone()]);
+                assert_eq!(hooks(5)?, [quiet.id.as_str()]);
                 let status: String = tx.query_row(
                     "SELECT status FROM webhook_deliveries WHERE seq = ?1",
                     [next.seq],

@@ -362,7 +362,7 @@ pub fn spawn(
             if let Err(e) = worker.dispatch_due().await {
                 tracing::warn!(error = %e, "looking for due webhook deliveries failed");
             }
-            if ticks % GAUGE_EVERY_TICKS == 0 {
+            if ticks.is_multiple_of(GAUGE_EVERY_TICKS) {
                 worker.refresh_gauge().await;
             }
             ticks = ticks.wrapping_add(1);
