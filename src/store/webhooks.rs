@@ -32,7 +32,7 @@ pub const AVAILABLE_EVENTS: &[&str] = &[
 ];
 
 /// Where a subscription's deliveries stand: its newest delivery.
-#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct LastDelivery {
     /// `pending` (queued or waiting for a retry), `succeeded` or `failed` (retries exhausted,
     /// refused by the receiver with 410, or the subscription was deactivated).
