@@ -297,6 +297,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     {
         cfg.upstream.base_url = u;
     }
+    if args.demo {
+        // The demo is tried against receivers on the same machine (a local listener, a tunnel
+        // client); this process only, nothing is stored.
+        cfg.webhooks.allow_private_targets = true;
+    }
     cfg.validate()?;
     crate::telemetry::init_tracing(cfg.log_format);
     // Bind first: a busy port must fail before anything is created, seeded or printed.

@@ -43,6 +43,7 @@ pub struct Config {
     /// Where the CRM lives: this process's SQLite store, or a remote REST v1 API.
     pub backend: BackendKind,
     pub upstream: UpstreamConfig,
+    pub webhooks: WebhooksConfig,
 }
 
 /// Which CRM backend serves the native bridge and REST v1 (DESIGN §11).
@@ -85,6 +86,35 @@ pub struct UpstreamConfig {
     /// Largest upstream answer body read, in bytes; a larger one is refused with 502
     /// `UPSTREAM_UNAVAILABLE` instead of being buffered.
     pub max_response_bytes: u64,
+}
+
+/// Webhook delivery (DESIGN §18).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Seconds to wait before each retry of a failed delivery; after the last one the delivery
+    /// is `failed`. A `Retry-After` from the receiver can only lengthen a wait.
+    pub retry_schedule_secs: Vec<u64>,
+    /// Deliver to (and accept registrations of) targets that resolve to loopback, private,
+    /// link-local or cloud-metadata addresses. Off in production; `serve --demo` turns it on
+    /// for that process.
+    pub allow_private_targets: bool,
+    /// Longest wait for one delivery attempt, connection included.
+    pub timeout_secs: u64,
+    /// Deliveries in flight at once, across all subscriptions (each subscription has at most
+    /// one).
+    pub max_concurrency: usize,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            retry_schedule_secs: vec![5, 300, 1800, 7200, 18000, 36000, 36000],
+            allow_private_targets: false,
+            timeout_secs: 15,
+            max_concurrency: 16,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -222,6 +252,7 @@ impl Default for Config {
             websocket: WebSocketConfig::default(),
             backend: BackendKind::Embedded,
             upstream: UpstreamConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
@@ -598,6 +629,19 @@ impl Config {
         }
         if u.turn_budget_ms as f64 >= self.native.target_ms {
             bail!("upstream.turn_budget_ms must be below native.target_ms, so a turn that waited out its upstream budget still answers in time");
+        }
+        let w = &self.webhooks;
+        if w.retry_schedule_secs.len() > 20 {
+            bail!("webhooks.retry_schedule_secs may hold at most 20 retries");
+        }
+        if w.retry_schedule_secs.iter().any(|s| *s > 7 * 24 * 3600) {
+            bail!("webhooks.retry_schedule_secs entries must be at most 604800 (a week)");
+        }
+        if w.timeout_secs == 0 || w.timeout_secs > 60 {
+            bail!("webhooks.timeout_secs must be between 1 and 60");
+        }
+        if w.max_concurrency == 0 || w.max_concurrency > 1024 {
+            bail!("webhooks.max_concurrency must be between 1 and 1024");
         }
         Ok(())
     }

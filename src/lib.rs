@@ -27,6 +27,7 @@
 //! http/           axum transport: router, envelope, extractors, middleware, REST v1 handlers
 //! demo.rs         the demo workspace seeded by `serve --demo`
 //! telemetry.rs    tracing subscriber and Prometheus recorder
+//! webhooks/       event outbox (`emit`), Standard Webhooks signing, SSRF guard, delivery worker
 //! ```
 
 #![forbid(unsafe_code)]
@@ -55,6 +56,7 @@ pub mod store;
 pub mod telemetry;
 pub mod text;
 pub mod upstream;
+pub mod webhooks;
 
 pub use app::{App, AppState};
 pub use config::Config;

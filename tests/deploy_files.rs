@@ -464,7 +464,7 @@ const KEY: &str = "op_live_DeployFilesTestKey0123456789abcdefghij";
 /// Drives traffic that makes every metric of the embedded mode appear, then returns the sample
 /// names `/metrics` exports.
 async fn exported_metrics() -> BTreeSet<String> {
-    let s = common::start().await;
+    let s = common::start_with(|c: &mut Config| c.webhooks.allow_private_targets = true).await;
     s.store()
         .write(|tx| {
             pilot_bridge::demo::seed(tx)?;
@@ -482,6 +482,29 @@ async fn exported_metrics() -> BTreeSet<String> {
         .expect("seed demo");
     let api = s.client(KEY);
     let native = "/native/outreachpilot";
+
+    // A webhook receiver on loopback; the note below is delivered to it.
+    let (delivered_tx, mut delivered) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let receiver = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind receiver");
+    let receiver_url = format!("http://{}/hook", receiver.local_addr().expect("addr"));
+    let hook = axum::Router::new().fallback(move || {
+        let tx = delivered_tx.clone();
+        async move {
+            let _ = tx.send(());
+            axum::http::StatusCode::NO_CONTENT
+        }
+    });
+    tokio::spawn(async move {
+        let _ = axum::serve(receiver, hook).await;
+    });
+    api.post(
+        "/webhooks",
+        json!({ "url": receiver_url, "events": ["note.created"] }),
+    )
+    .await
+    .ok(201);
 
     // A read, a write replayed by its idempotency key, and the key reused for another write.
     api.post(
@@ -548,6 +571,12 @@ async fn exported_metrics() -> BTreeSet<String> {
     tight.get("/credits").await.ok(200);
     tight.get("/credits").await.err(429, "RATE_LIMITED");
 
+    // The note's webhook delivery reached the receiver (its attempt is recorded just after).
+    tokio::time::timeout(Duration::from_secs(10), delivered.recv())
+        .await
+        .expect("webhook delivered in time");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
     // Scraped while the WebSocket is open.
     let text = reqwest::get(format!("{}/metrics", s.root))
         .await
@@ -577,6 +606,8 @@ async fn dashboard_and_alerts_use_exported_metrics() {
         "pilot_bridge_confirmations_total",
         "pilot_bridge_rate_limited_requests_total",
         "pilot_bridge_websocket_frames_total",
+        "pilot_bridge_webhook_deliveries_total",
+        "pilot_bridge_webhook_queue_depth",
     ] {
         assert!(exported.contains(name), "traffic did not produce {name}");
     }
