@@ -40,6 +40,34 @@ pub struct Config {
     /// Where the CRM lives: this process's SQLite store, or a remote REST v1 API.
     pub backend: BackendKind,
     pub upstream: UpstreamConfig,
+    pub state: StateConfig,
+}
+
+/// Where conversation state (idempotency records, pending actions, undo entries, the dedupe
+/// window) lives: the service's SQLite database, or Redis shared by replicas (DESIGN §16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    Sqlite,
+    Redis,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    pub backend: StateBackend,
+    /// `redis://[user:password@]host:port/db` or `unix:///path`; used when
+    /// `backend = "redis"`. (No TLS: reach Redis over a private network.)
+    pub redis_url: String,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            backend: StateBackend::Sqlite,
+            redis_url: "redis://127.0.0.1:6379/0".to_string(),
+        }
+    }
 }
 
 /// Which CRM backend serves the native bridge and REST v1 (DESIGN §11).
@@ -179,6 +207,7 @@ impl Default for Config {
             websocket: WebSocketConfig::default(),
             backend: BackendKind::Embedded,
             upstream: UpstreamConfig::default(),
+            state: StateConfig::default(),
         }
     }
 }
@@ -328,6 +357,13 @@ impl Config {
         if u.key_cache_ttl_secs > 60 {
             bail!("upstream.key_cache_ttl_secs must be at most 60 so revoked keys stop within a minute");
         }
+        if self.state.backend == StateBackend::Redis {
+            let url = self.state.redis_url.trim();
+            let scheme_ok = url.starts_with("redis://") || url.starts_with("unix://");
+            if !scheme_ok {
+                bail!("state.redis_url must be a redis:// (or unix://) URL when state.backend = \"redis\"");
+            }
+        }
         Ok(())
     }
 
@@ -364,6 +400,22 @@ mod tests {
     fn unknown_keys_are_errors() {
         assert!(Config::from_toml("listn = \"x\"").is_err());
         assert!(Config::from_toml("[limits]\nrate = 3").is_err());
+    }
+
+    #[test]
+    fn state_section_parses_and_is_checked() {
+        let c = Config::from_toml(
+            "[state]\nbackend = \"redis\"\nredis_url = \"redis://10.0.0.5:6380/2\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.state.backend, StateBackend::Redis);
+        assert_eq!(c.state.redis_url, "redis://10.0.0.5:6380/2");
+        c.validate().unwrap();
+        assert_eq!(Config::default().state.backend, StateBackend::Sqlite);
+        assert!(Config::from_toml("[state]\nbackend = \"memcached\"\n").is_err());
+        let mut bad = c.clone();
+        bad.state.redis_url = "http://x".into();
+        assert!(bad.validate().unwrap_err().to_string().contains("redis_url"));
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub mod names {
     pub const UPSTREAM_REQUESTS: &str = "pilot_bridge_upstream_requests_total";
     pub const UPSTREAM_DURATION: &str = "pilot_bridge_upstream_request_duration_seconds";
     pub const UPSTREAM_BREAKER_OPEN: &str = "pilot_bridge_upstream_breaker_open";
+    pub const REDIS_DURATION: &str = "pilot_bridge_redis_operation_duration_seconds";
+    pub const REDIS_ERRORS: &str = "pilot_bridge_redis_errors_total";
 }
 
 /// Installs the global tracing subscriber. Logs go to stderr so stdout stays clean for the CLI's
@@ -127,6 +129,15 @@ fn describe() {
         UPSTREAM_BREAKER_OPEN,
         "1 while the upstream circuit breaker is open or probing, else 0 (upstream backend only)."
     );
+    describe_histogram!(
+        REDIS_DURATION,
+        Unit::Seconds,
+        "Redis round trips of the shared state store by operation (state backend redis only)."
+    );
+    describe_counter!(
+        REDIS_ERRORS,
+        "Redis operations that failed or timed out, by operation (state backend redis only)."
+    );
 }
 
 /// Records one native turn.
@@ -192,4 +203,12 @@ pub fn upstream_request(operation: &'static str, outcome: &'static str, elapsed:
 
 pub fn upstream_breaker_open(open: bool) {
     gauge!(names::UPSTREAM_BREAKER_OPEN).set(if open { 1.0 } else { 0.0 });
+}
+
+/// One Redis round trip of the shared state store (`operation` is a fixed name).
+pub fn redis_operation(operation: &'static str, elapsed: Duration, ok: bool) {
+    histogram!(names::REDIS_DURATION, "operation" => operation).record(elapsed.as_secs_f64());
+    if !ok {
+        counter!(names::REDIS_ERRORS, "operation" => operation).increment(1);
+    }
 }

@@ -104,7 +104,7 @@ impl Bridge {
         let t = Instant::now();
         let claim = self
             .claims
-            .claim(self.state.as_ref(), &derived, fingerprint, wait)
+            .claim(&derived, fingerprint, wait)
             .await;
         timing.record("idem", t.elapsed());
         let guard = match claim {
@@ -141,7 +141,7 @@ impl Bridge {
         if req.confirmed == Some(false) {
             return match self
                 .state
-                .settle_pending(&pending.id, PendingState::Cancelled)
+                .settle_pending(&p.org_id, &pending.id, PendingState::Cancelled)
                 .await
             {
                 Ok(true) => {
@@ -227,7 +227,11 @@ impl Bridge {
             tracing::warn!(error = %e, "confirmation record not stored");
         }
         if let Some(pid) = &seal.settle {
-            if let Err(e) = self.state.settle_pending(pid, PendingState::Executed).await {
+            if let Err(e) = self
+                .state
+                .settle_pending(&derived.org, pid, PendingState::Executed)
+                .await
+            {
                 tracing::warn!(error = %e, "pending action not settled");
             }
         }

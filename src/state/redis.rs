@@ -1,0 +1,663 @@
+//! The replica-shared [`StateStore`] (DESIGN §16): conversation state in Redis, so several
+//! gateways behind a plain load balancer agree on idempotency, pending actions, undo stacks and
+//! the keyless dedupe window.
+//!
+//! Every key starts `pb:{ORG}:` — the braces are a Redis Cluster hash tag, so all keys of one
+//! org live in one slot and the multi-key scripts below are legal on a cluster.
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `pb:{org}:rec:<len>:<key_id>:<name>` | string, PX = retention | a finished [`Record`] (JSON) |
+//! | `pb:{org}:claim:<len>:<key_id>:<name>` | string, PX = lease | `<token> <fingerprint hex>` of the running owner |
+//! | `pb:{org}:pending:<id>` | hash, PX = expiry + retention | a pending action and its state |
+//! | `pb:{org}:pending-open` | sorted set | open pending ids by expiry (the gauge) |
+//! | `pb:{org}:undo:<key_id>` | list, bounded, PX = retention | undo entries, newest first |
+//! | `pb:{org}:undone:<id>` | string, PX = retention | `1` reverted / `0` left alone by `undo_last` |
+//! | `pb:{org}:rate:<minute>` | counter, PX = 61 s | the org's requests in that wall-clock minute |
+//!
+//! Expiry is Redis's own (`PX`), so [`StateStore::prune`] has nothing to do. Every operation is
+//! bounded by a timeout that fits the turn budget; a failure is `STATE_UNAVAILABLE` (503,
+//! `Retry-After`), and since claims fail with it, nothing executes while Redis is away.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use dashmap::DashSet;
+use redis::aio::ConnectionManager;
+use redis::{RedisResult, Script};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    now_ms, Lease, PendingAction, PendingState, Record, Scope, StateStore, UndoEntry,
+};
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::native::plan::Plan;
+use crate::native::undo::UndoOp;
+
+/// Longest wait for one Redis round trip (and for a new connection). A turn that meets a dead
+/// Redis still answers well inside its 750 ms target.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Undo entries kept per API key; older ones fall off the list.
+const UNDO_STACK: isize = 100;
+
+/// Distinct orgs whose open pending actions this replica counts for the gauge.
+const GAUGE_ORGS: usize = 10_000;
+
+/// The 503 every Redis failure becomes. Writes fail closed with it; nothing executes.
+pub fn unavailable(cause: impl std::fmt::Display) -> ApiError {
+    tracing::warn!(error = %cause, "shared state store (Redis) unavailable");
+    ApiError::new(
+        ErrorCode::StateUnavailable,
+        "Conversation state store unavailable",
+    )
+    .with_details("the shared state store (Redis) did not answer; nothing was executed")
+    .with_retry_after(1)
+}
+
+/// One connection to Redis shared by the state store and the rate limiter: a reconnecting
+/// multiplexed connection with TCP_NODELAY, every call bounded by [`OPERATION_TIMEOUT`].
+#[derive(Clone)]
+pub struct RedisLink {
+    conn: ConnectionManager,
+    /// False after a failed call until one succeeds (logged once per outage).
+    healthy: Arc<AtomicBool>,
+}
+
+impl RedisLink {
+    /// Prepares a connection to `url` without waiting for it: the server starts (not ready)
+    /// while Redis is down, and reconnects on its own.
+    pub fn connect(url: &str) -> anyhow::Result<Self> {
+        use redis::IntoConnectionInfo;
+        let info = url
+            .into_connection_info()
+            .map_err(|e| anyhow::anyhow!("state.redis_url {url:?}: {e}"))?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(OPERATION_TIMEOUT))
+            .set_response_timeout(Some(OPERATION_TIMEOUT))
+            // One quick retry; after that the next call tries again, so an outage costs each
+            // call at most the timeout and recovery needs no restart.
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(20))
+            .set_max_delay(Duration::from_millis(200));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(RedisLink {
+            conn,
+            healthy: Arc::new(AtomicBool::new(true)),
+        })
+    }
+
+    /// Runs one Redis call (built by `call` on a connection handle) under the timeout, with
+    /// its latency and errors in the metrics. Failures are `STATE_UNAVAILABLE`.
+    pub async fn call<T, F, Fut>(&self, operation: &'static str, call: F) -> ApiResult<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let started = Instant::now();
+        let result = tokio::time::timeout(OPERATION_TIMEOUT, call(self.conn.clone())).await;
+        let ok = matches!(result, Ok(Ok(_)));
+        crate::telemetry::redis_operation(operation, started.elapsed(), ok);
+        match result {
+            Ok(Ok(v)) => {
+                if !self.healthy.swap(true, Ordering::AcqRel) {
+                    tracing::info!("shared state store (Redis) answers again");
+                }
+                Ok(v)
+            }
+            Ok(Err(e)) => Err(self.failed(operation, e)),
+            Err(_) => Err(self.failed(operation, "timed out")),
+        }
+    }
+
+    fn failed(&self, operation: &'static str, cause: impl std::fmt::Display) -> ApiError {
+        if self.healthy.swap(false, Ordering::AcqRel) {
+            unavailable(format!("{operation}: {cause}"))
+        } else {
+            // Already reported for this outage: keep the logs readable.
+            ApiError::new(
+                ErrorCode::StateUnavailable,
+                "Conversation state store unavailable",
+            )
+            .with_details("the shared state store (Redis) did not answer; nothing was executed")
+            .with_retry_after(1)
+        }
+    }
+
+    /// True when Redis answers a PING in time.
+    pub async fn ping(&self) -> bool {
+        self.call("ping", |mut c| async move {
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        })
+        .await
+        .is_ok()
+    }
+}
+
+/// The `{org}` hash-tagged prefix of every key of an org.
+fn prefix(org: &str) -> String {
+    format!("pb:{{{org}}}:")
+}
+
+/// `<len>:<key_id>:<name>`: the length keeps (key_id, name) pairs apart whatever they contain.
+fn scoped(scope: &Scope) -> String {
+    format!("{}:{}:{}", scope.key_id.len(), scope.key_id, scope.name)
+}
+
+fn record_key(scope: &Scope) -> String {
+    format!("{}rec:{}", prefix(&scope.org), scoped(scope))
+}
+
+fn claim_key(scope: &Scope) -> String {
+    format!("{}claim:{}", prefix(&scope.org), scoped(scope))
+}
+
+fn pending_key(org: &str, id: &str) -> String {
+    format!("{}pending:{id}", prefix(org))
+}
+
+fn open_set_key(org: &str) -> String {
+    format!("{}pending-open", prefix(org))
+}
+
+fn undo_key(org: &str, key_id: &str) -> String {
+    format!("{}undo:{key_id}", prefix(org))
+}
+
+fn undone_key(org: &str, id: &str) -> String {
+    format!("{}undone:{id}", prefix(org))
+}
+
+/// The org's rate-window counter for the wall-clock minute `minute` (unix seconds / 60).
+pub fn rate_key(org: &str, minute: i64) -> String {
+    format!("{}rate:{minute}", prefix(org))
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(format!("unreadable {what} in Redis: {e}"))
+}
+
+/// Takes the lease unless a record is there: one round trip, and atomic, so a twin can never
+/// see "no record" and "no claim" after the owner recorded and released.
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local rec = redis.call('GET', KEYS[1])
+if rec then return {'recorded', rec} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'granted', ''} end
+local holder = redis.call('GET', KEYS[2])
+return {'held', holder or ''}
+",
+    )
+});
+
+/// Extends the lease only while this attempt's token holds it (the holder is
+/// `<token> <fingerprint>`).
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local h = redis.call('GET', KEYS[1])
+if h and string.sub(h, 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+",
+    )
+});
+
+/// Drops the lease only while this attempt's token holds it (a lapsed lease may be another's).
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local h = redis.call('GET', KEYS[1])
+if h and string.sub(h, 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+",
+    )
+});
+
+/// Compare-and-set of a record: inserted only where none is live.
+static RECORD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+",
+    )
+});
+
+/// Parks a pending action (and, with a third key, the ask's record) in one step.
+static PUT_PENDING: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+redis.call('HSET', KEYS[1], 'key_id', ARGV[1], 'body', ARGV[2], 'state', 'open', 'expires_at', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+if KEYS[3] then redis.call('SET', KEYS[3], ARGV[6], 'NX', 'PX', ARGV[7]) end
+return 1
+",
+    )
+});
+
+/// Settles a pending action once: only an `open` one changes, whoever asks first.
+static SETTLE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('HGET', KEYS[1], 'state') ~= 'open' then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+return 1
+",
+    )
+});
+
+/// A pending action's body as stored (the state and owner sit in their own hash fields, so
+/// settling never rewrites the body).
+#[derive(Serialize, Deserialize)]
+struct PendingBody {
+    plan: Plan,
+    action: serde_json::Value,
+    transcript: Option<String>,
+}
+
+/// An undo entry as stored in a key's list.
+#[derive(Serialize, Deserialize)]
+struct StoredUndo {
+    id: String,
+    action_type: String,
+    summary: String,
+    op: serde_json::Value,
+    created_at: String,
+}
+
+/// Conversation state shared by replicas through Redis. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisState {
+    link: RedisLink,
+    /// How long undo entries, undo marks and settled pending actions are kept.
+    retention: Duration,
+    /// Orgs that parked pending actions through this replica, for the open-pending gauge.
+    orgs: Arc<DashSet<String>>,
+}
+
+impl RedisState {
+    pub fn new(link: RedisLink, retention: Duration) -> Self {
+        RedisState {
+            link,
+            retention,
+            orgs: Arc::new(DashSet::new()),
+        }
+    }
+
+    pub fn link(&self) -> &RedisLink {
+        &self.link
+    }
+}
+
+#[async_trait]
+impl StateStore for RedisState {
+    async fn lookup(&self, scope: &Scope) -> ApiResult<Option<Record>> {
+        let key = record_key(scope);
+        let raw: Option<String> = self
+            .link
+            .call("lookup", |mut c| async move {
+                redis::cmd("GET").arg(key).query_async(&mut c).await
+            })
+            .await?;
+        raw.map(|r| serde_json::from_str(&r).map_err(|e| corrupt("idempotency record", e)))
+            .transpose()
+    }
+
+    async fn record(&self, scope: &Scope, record: &Record, ttl: Duration) -> ApiResult<bool> {
+        let key = record_key(scope);
+        let body = serde_json::to_string(record).map_err(ApiError::internal)?;
+        let inserted: i64 = self
+            .link
+            .call("record", |mut c| async move {
+                RECORD
+                    .key(key)
+                    .arg(body)
+                    .arg(millis(ttl))
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(inserted == 1)
+    }
+
+    async fn put_pending(
+        &self,
+        pending: &PendingAction,
+        record: Option<(&Scope, &Record, Duration)>,
+    ) -> ApiResult<()> {
+        let body = serde_json::to_string(&PendingBody {
+            plan: pending.plan.clone(),
+            action: pending.action_json.clone(),
+            transcript: pending.transcript.clone(),
+        })
+        .map_err(ApiError::internal)?;
+        // Kept past its expiry for the retention, so a late confirmation hears "expired".
+        let keep = (pending.expires_at_ms - now_ms()).max(0) + millis(self.retention);
+        let record = match record {
+            Some((scope, r, ttl)) => Some((
+                record_key(scope),
+                serde_json::to_string(r).map_err(ApiError::internal)?,
+                millis(ttl),
+            )),
+            None => None,
+        };
+        let (pkey, okey) = (
+            pending_key(&pending.org_id, &pending.id),
+            open_set_key(&pending.org_id),
+        );
+        let (key_id, expires, id) = (
+            pending.key_id.clone(),
+            pending.expires_at_ms,
+            pending.id.clone(),
+        );
+        let _: i64 = self
+            .link
+            .call("put_pending", |mut c| async move {
+                let mut inv = PUT_PENDING.key(pkey);
+                inv.key(okey)
+                    .arg(key_id)
+                    .arg(body)
+                    .arg(expires)
+                    .arg(keep)
+                    .arg(id);
+                if let Some((rkey, rbody, rttl)) = record {
+                    inv.key(rkey).arg(rbody).arg(rttl);
+                }
+                inv.invoke_async(&mut c).await
+            })
+            .await?;
+        if self.orgs.len() < GAUGE_ORGS {
+            self.orgs.insert(pending.org_id.clone());
+        }
+        Ok(())
+    }
+
+    async fn pending(&self, org: &str, key_id: &str, id: &str) -> ApiResult<Option<PendingAction>> {
+        let key = pending_key(org, id);
+        let fields: std::collections::HashMap<String, String> = self
+            .link
+            .call("pending", |mut c| async move {
+                redis::cmd("HGETALL").arg(key).query_async(&mut c).await
+            })
+            .await?;
+        // Another key's pending action is not found, exactly like a missing one.
+        if fields.get("key_id").map(String::as_str) != Some(key_id) {
+            return Ok(None);
+        }
+        let field = |name: &str| {
+            fields
+                .get(name)
+                .ok_or_else(|| corrupt("pending action", format!("no {name}")))
+        };
+        let body: PendingBody =
+            serde_json::from_str(field("body")?).map_err(|e| corrupt("pending action", e))?;
+        let expires_at_ms = field("expires_at")?
+            .parse::<i64>()
+            .map_err(|e| corrupt("pending action", e))?;
+        Ok(Some(PendingAction {
+            id: id.to_string(),
+            org_id: org.to_string(),
+            key_id: key_id.to_string(),
+            plan: body.plan,
+            action_json: body.action,
+            transcript: body.transcript,
+            expires_at_ms,
+            state: PendingState::parse(field("state")?)?,
+        }))
+    }
+
+    async fn settle_pending(&self, org: &str, id: &str, to: PendingState) -> ApiResult<bool> {
+        let (pkey, okey, id) = (pending_key(org, id), open_set_key(org), id.to_string());
+        let settled: i64 = self
+            .link
+            .call("settle_pending", |mut c| async move {
+                SETTLE
+                    .key(pkey)
+                    .key(okey)
+                    .arg(to.as_str())
+                    .arg(id)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(settled == 1)
+    }
+
+    async fn push_undo(&self, org: &str, key_id: &str, entry: &UndoEntry) -> ApiResult<()> {
+        let stored = StoredUndo {
+            id: entry.id.clone(),
+            action_type: entry.action_type.clone(),
+            summary: entry.summary.clone(),
+            op: serde_json::to_value(&entry.op).map_err(ApiError::internal)?,
+            created_at: entry.created_at.clone(),
+        };
+        let body = serde_json::to_string(&stored).map_err(ApiError::internal)?;
+        let key = undo_key(org, key_id);
+        let keep = millis(self.retention);
+        self.link
+            .call("push_undo", |mut c| async move {
+                redis::pipe()
+                    .atomic()
+                    .lpush(&key, body)
+                    .ignore()
+                    .ltrim(&key, 0, UNDO_STACK - 1)
+                    .ignore()
+                    .pexpire(&key, keep)
+                    .ignore()
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await
+    }
+
+    async fn latest_undo(
+        &self,
+        org: &str,
+        key_id: &str,
+        since: &str,
+    ) -> ApiResult<Option<UndoEntry>> {
+        let key = undo_key(org, key_id);
+        let raw: Vec<String> = self
+            .link
+            .call("latest_undo", |mut c| async move {
+                redis::cmd("LRANGE")
+                    .arg(key)
+                    .arg(0)
+                    .arg(UNDO_STACK - 1)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        // Newest first; stop at the first entry older than the window.
+        let mut candidates = Vec::new();
+        for r in raw {
+            let e: StoredUndo = serde_json::from_str(&r).map_err(|e| corrupt("undo entry", e))?;
+            if e.created_at.as_str() < since {
+                break;
+            }
+            candidates.push(e);
+        }
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        let marks: Vec<String> = candidates.iter().map(|e| undone_key(org, &e.id)).collect();
+        let used: Vec<Option<String>> = self
+            .link
+            .call("latest_undo", |mut c| async move {
+                redis::cmd("MGET").arg(marks).query_async(&mut c).await
+            })
+            .await?;
+        let Some(e) = candidates
+            .into_iter()
+            .zip(used)
+            .find_map(|(e, used)| used.is_none().then_some(e))
+        else {
+            return Ok(None);
+        };
+        // An operation that cannot be read is an error: guessing could undo the wrong thing.
+        let op: UndoOp = serde_json::from_value(e.op).map_err(|err| corrupt("undo entry", err))?;
+        Ok(Some(UndoEntry {
+            id: e.id,
+            action_type: e.action_type,
+            summary: e.summary,
+            op,
+            created_at: e.created_at,
+        }))
+    }
+
+    async fn mark_undone(&self, org: &str, id: &str, reverted: bool) -> ApiResult<bool> {
+        let key = undone_key(org, id);
+        let keep = millis(self.retention);
+        let set: Option<String> = self
+            .link
+            .call("mark_undone", |mut c| async move {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(if reverted { "1" } else { "0" })
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(keep)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(set.is_some())
+    }
+
+    async fn is_undone(&self, org: &str, id: &str) -> ApiResult<bool> {
+        let key = undone_key(org, id);
+        let mark: Option<String> = self
+            .link
+            .call("is_undone", |mut c| async move {
+                redis::cmd("GET").arg(key).query_async(&mut c).await
+            })
+            .await?;
+        Ok(mark.as_deref() == Some("1"))
+    }
+
+    /// Approximate: the open pending actions of the orgs that asked through this replica since
+    /// it started (each replica reports its own view; the sum over replicas double-counts orgs
+    /// served by several).
+    async fn open_pending(&self) -> ApiResult<u64> {
+        let orgs: Vec<String> = self.orgs.iter().map(|o| o.key().clone()).collect();
+        if orgs.is_empty() {
+            return Ok(0);
+        }
+        let now = now_ms();
+        let counts: Vec<u64> = self
+            .link
+            .call("open_pending", |mut c| async move {
+                let mut p = redis::pipe();
+                for org in &orgs {
+                    let key = open_set_key(org);
+                    p.cmd("ZREMRANGEBYSCORE")
+                        .arg(&key)
+                        .arg("-inf")
+                        .arg(now)
+                        .ignore();
+                    p.cmd("ZCARD").arg(&key);
+                }
+                p.query_async(&mut c).await
+            })
+            .await?;
+        Ok(counts.into_iter().sum())
+    }
+
+    /// Redis expires every key itself.
+    async fn prune(&self) -> ApiResult<u64> {
+        Ok(0)
+    }
+
+    /// Nothing to note: every lookup asks Redis, since another replica may record meanwhile
+    /// only where none is (records never change once written, but a local copy would save a
+    /// round trip only on replays).
+    fn remember(&self, _scope: &Scope, _record: &Record, _ttl: Duration) {}
+
+    async fn acquire(
+        &self,
+        scope: &Scope,
+        token: &str,
+        fingerprint: [u8; 32],
+        lease: Duration,
+    ) -> ApiResult<Lease> {
+        let (rkey, ckey) = (record_key(scope), claim_key(scope));
+        let holder = format!("{token} {}", hex::encode(fingerprint));
+        let (what, value): (String, String) = self
+            .link
+            .call("acquire", |mut c| async move {
+                ACQUIRE
+                    .key(rkey)
+                    .key(ckey)
+                    .arg(holder)
+                    .arg(millis(lease))
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        match what.as_str() {
+            "recorded" => serde_json::from_str(&value)
+                .map(Lease::Recorded)
+                .map_err(|e| corrupt("idempotency record", e)),
+            "granted" => Ok(Lease::Granted),
+            _ => {
+                let mut fp = [0u8; 32];
+                let known = value
+                    .split_once(' ')
+                    .is_some_and(|(_, hex_fp)| hex::decode_to_slice(hex_fp, &mut fp).is_ok());
+                Ok(Lease::Held(known.then_some(fp)))
+            }
+        }
+    }
+
+    async fn renew(&self, scope: &Scope, token: &str, lease: Duration) -> ApiResult<bool> {
+        let (key, token) = (claim_key(scope), token.to_string());
+        let renewed: i64 = self
+            .link
+            .call("renew", |mut c| async move {
+                RENEW
+                    .key(key)
+                    .arg(token)
+                    .arg(millis(lease))
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    async fn release(&self, scope: &Scope, token: &str) -> ApiResult<()> {
+        let (key, token) = (claim_key(scope), token.to_string());
+        let _: i64 = self
+            .link
+            .call("release", |mut c| async move {
+                RELEASE.key(key).arg(token).invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(())
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn ping(&self) -> bool {
+        self.link.ping().await
+    }
+}
