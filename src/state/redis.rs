@@ -661,3 +661,376 @@ impl StateStore for RedisState {
         self.link.ping().await
     }
 }
+
+/// A throwaway `redis-server` on a free loopback port, for tests; killed when dropped.
+#[cfg(test)]
+pub(crate) mod test_server {
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    pub struct TestRedis {
+        child: Child,
+        pub port: u16,
+    }
+
+    impl TestRedis {
+        /// `None` (with a notice) when `redis-server` is not installed; CI installs it.
+        pub fn start() -> Option<TestRedis> {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .ok()?;
+            let child = match Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("SKIPPED: redis-server not available ({e}); install it to run this test");
+                    return None;
+                }
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "redis-server did not start");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Some(TestRedis { child, port })
+        }
+
+        pub fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}/0", self.port)
+        }
+    }
+
+    impl Drop for TestRedis {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_server::TestRedis;
+    use super::*;
+    use crate::native::reply::NativeReply;
+    use crate::state::claims::{Claim, Claims};
+    use crate::state::{expiry_ms, Outcome};
+
+    fn rec(fp: u8, text: &str) -> Record {
+        Record {
+            fingerprint: [fp; 32],
+            outcome: Outcome::Reply {
+                reply: NativeReply::result(text, serde_json::json!({ "n": fp })),
+            },
+            undo_id: Some(format!("u{fp}")),
+        }
+    }
+
+    fn state(redis: &TestRedis) -> RedisState {
+        let link = RedisLink::connect(&redis.url()).unwrap();
+        RedisState::new(link, Duration::from_secs(3600))
+    }
+
+    #[tokio::test]
+    async fn records_are_compare_and_set_per_key_and_expire() {
+        let Some(redis) = TestRedis::start() else {
+            return;
+        };
+        let s = state(&redis);
+        let scope = Scope::new("o", "k", "turn-1");
+        let ttl = Duration::from_secs(60);
+        assert!(s.lookup(&scope).await.unwrap().is_none());
+        assert!(s.record(&scope, &rec(1, "First."), ttl).await.unwrap());
+        assert!(!s.record(&scope, &rec(2, "Second."), ttl).await.unwrap());
+        let got = s.lookup(&scope).await.unwrap().unwrap();
+        assert_eq!(got.fingerprint, [1; 32]);
+        assert_eq!(got.undo_id.as_deref(), Some("u1"));
+        // Another API key, another org: other scopes.
+        assert!(s.lookup(&Scope::new("o", "k2", "turn-1")).await.unwrap().is_none());
+        assert!(s.lookup(&Scope::new("o2", "k", "turn-1")).await.unwrap().is_none());
+        // A key id that contains the separator cannot collide with another pair.
+        let a = Scope::new("o", "k:x", "y");
+        let b = Scope::new("o", "k", "x:y");
+        assert!(s.record(&a, &rec(3, "A."), ttl).await.unwrap());
+        assert!(s.lookup(&b).await.unwrap().is_none());
+        // Records expire with their TTL and can then be written again.
+        let short = Scope::new("o", "k", "short");
+        assert!(s
+            .record(&short, &rec(4, "Old."), Duration::from_millis(20))
+            .await
+            .unwrap());
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(s.lookup(&short).await.unwrap().is_none());
+        assert!(s.record(&short, &rec(5, "New."), ttl).await.unwrap());
+        assert_eq!(s.prune().await.unwrap(), 0, "Redis expires keys itself");
+    }
+
+    #[tokio::test]
+    async fn leases_are_exclusive_renewed_by_their_owner_and_give_way_to_the_record() {
+        let Some(redis) = TestRedis::start() else {
+            return;
+        };
+        let s = state(&redis);
+        let scope = Scope::new("o", "k", "turn-1");
+        let lease = Duration::from_secs(5);
+        assert!(matches!(
+            s.acquire(&scope, "t1", [1; 32], lease).await.unwrap(),
+            Lease::Granted
+        ));
+        // Another replica sees it held, with the holder's fingerprint.
+        assert!(matches!(
+            s.acquire(&scope, "t2", [1; 32], lease).await.unwrap(),
+            Lease::Held(Some(fp)) if fp == [1; 32]
+        ));
+        assert!(s.renew(&scope, "t1", lease).await.unwrap());
+        assert!(!s.renew(&scope, "t2", lease).await.unwrap());
+        // A stranger's release leaves the lease alone.
+        s.release(&scope, "t2").await.unwrap();
+        assert!(matches!(
+            s.acquire(&scope, "t3", [1; 32], lease).await.unwrap(),
+            Lease::Held(_)
+        ));
+        // Recorded, then released: everyone finds the record, nobody gets the lease.
+        assert!(s
+            .record(&scope, &rec(1, "Done."), Duration::from_secs(60))
+            .await
+            .unwrap());
+        s.release(&scope, "t1").await.unwrap();
+        assert!(matches!(
+            s.acquire(&scope, "t4", [1; 32], lease).await.unwrap(),
+            Lease::Recorded(r) if r.fingerprint == [1; 32]
+        ));
+        // A lapsed lease (its owner died) frees the scope.
+        let other = Scope::new("o", "k", "turn-2");
+        assert!(matches!(
+            s.acquire(&other, "t5", [2; 32], Duration::from_millis(20))
+                .await
+                .unwrap(),
+            Lease::Granted
+        ));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(matches!(
+            s.acquire(&other, "t6", [2; 32], lease).await.unwrap(),
+            Lease::Granted
+        ));
+    }
+
+    #[tokio::test]
+    async fn twins_on_two_replicas_execute_once_and_replay() {
+        let Some(redis) = TestRedis::start() else {
+            return;
+        };
+        let (a, b) = (state(&redis), state(&redis));
+        let (ca, cb) = (Claims::new(Arc::new(a.clone())), Claims::new(Arc::new(b)));
+        let scope = Scope::new("o", "k", "turn-1");
+        let wait = Duration::from_secs(5);
+        let Claim::Owner(guard) = ca.claim(&scope, [1; 32], wait).await.unwrap() else {
+            panic!("first claim owns the scope");
+        };
+        // A different request under the same key on the other replica: reused, at once.
+        assert!(matches!(
+            cb.claim(&scope, [2; 32], wait).await.unwrap(),
+            Claim::ReusedRunning
+        ));
+        let twin = {
+            let (cb, scope) = (cb.clone(), scope.clone());
+            tokio::spawn(async move { cb.claim(&scope, [1; 32], wait).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!twin.is_finished(), "the twin waits while the owner runs");
+        let r = rec(1, "Done.");
+        assert!(a.record(&scope, &r, Duration::from_secs(60)).await.unwrap());
+        guard.finish(r);
+        assert!(matches!(twin.await.unwrap().unwrap(), Claim::Replay(_)));
+        // An owner that gives up lets the other replica own the scope.
+        let scope2 = Scope::new("o", "k", "turn-2");
+        let Claim::Owner(g) = ca.claim(&scope2, [1; 32], wait).await.unwrap() else {
+            panic!("owner");
+        };
+        let waiter = {
+            let (cb, scope2) = (cb.clone(), scope2.clone());
+            tokio::spawn(async move { cb.claim(&scope2, [1; 32], wait).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        g.abandon();
+        assert!(matches!(waiter.await.unwrap().unwrap(), Claim::Owner(_)));
+        // Still running after the wait: in use.
+        let scope3 = Scope::new("o", "k", "turn-3");
+        let _held = ca.claim(&scope3, [1; 32], wait).await.unwrap();
+        assert!(matches!(
+            cb.claim(&scope3, [1; 32], Duration::from_millis(100))
+                .await
+                .unwrap(),
+            Claim::InUse
+        ));
+    }
+
+    #[tokio::test]
+    async fn pending_actions_belong_to_their_key_and_settle_once() {
+        let Some(redis) = TestRedis::start() else {
+            return;
+        };
+        let s = state(&redis);
+        let p = PendingAction {
+            id: "p1".into(),
+            org_id: "o".into(),
+            key_id: "k".into(),
+            plan: Plan::UndoLast,
+            action_json: serde_json::json!({ "type": "undo_last" }),
+            transcript: Some("undo".into()),
+            expires_at_ms: expiry_ms(Duration::from_secs(300)),
+            state: PendingState::Open,
+        };
+        let ask = Scope::new("o", "k", "ask-1");
+        s.put_pending(&p, Some((&ask, &rec(9, "Sure?"), Duration::from_secs(60))))
+            .await
+            .unwrap();
+        assert_eq!(s.lookup(&ask).await.unwrap().unwrap().fingerprint, [9; 32]);
+        assert!(s.pending("o", "k2", "p1").await.unwrap().is_none());
+        assert!(s.pending("o2", "k", "p1").await.unwrap().is_none());
+        let got = s.pending("o", "k", "p1").await.unwrap().unwrap();
+        assert_eq!(got.state, PendingState::Open);
+        assert_eq!(got.transcript.as_deref(), Some("undo"));
+        assert_eq!(got.expires_at_ms, p.expires_at_ms);
+        assert_eq!(s.open_pending().await.unwrap(), 1);
+        // Settled once, whoever asks first; a second settle (another replica) loses.
+        let (s1, s2) = (s.clone(), s.clone());
+        let (x, y) = tokio::join!(
+            s1.settle_pending("o", "p1", PendingState::Executed),
+            s2.settle_pending("o", "p1", PendingState::Cancelled)
+        );
+        assert!(x.unwrap() ^ y.unwrap(), "exactly one settles");
+        let got = s.pending("o", "k", "p1").await.unwrap().unwrap();
+        assert_ne!(got.state, PendingState::Open);
+        assert_eq!(s.open_pending().await.unwrap(), 0);
+        assert!(!s
+            .settle_pending("o", "missing", PendingState::Executed)
+            .await
+            .unwrap());
+    }
+
+    #[tokio::test]
+    async fn undo_entries_are_per_key_newest_first_and_marked_once() {
+        let Some(redis) = TestRedis::start() else {
+            return;
+        };
+        let s = state(&redis);
+        let entry = |id: &str, created_at: &str| UndoEntry {
+            id: id.into(),
+            action_type: "note_on_contact".into(),
+            summary: "The note is gone.".into(),
+            op: UndoOp::DeleteNote {
+                note_id: format!("n-{id}"),
+            },
+            created_at: created_at.into(),
+        };
+        s.push_undo("o", "k", &entry("u1", "2026-01-01T00:00:00.000Z"))
+            .await
+            .unwrap();
+        s.push_undo("o", "k", &entry("u2", "2026-01-01T00:00:01.000Z"))
+            .await
+            .unwrap();
+        assert!(s.latest_undo("o", "k2", "").await.unwrap().is_none());
+        assert_eq!(s.latest_undo("o", "k", "").await.unwrap().unwrap().id, "u2");
+        // Outside the window: nothing.
+        assert!(s
+            .latest_undo("o", "k", "2026-01-01T00:00:02.000Z")
+            .await
+            .unwrap()
+            .is_none());
+        assert!(!s.is_undone("o", "u2").await.unwrap());
+        assert!(s.mark_undone("o", "u2", true).await.unwrap());
+        assert!(!s.mark_undone("o", "u2", true).await.unwrap());
+        assert!(s.is_undone("o", "u2").await.unwrap());
+        // The next undo reaches the older entry; one left alone is used up but not undone.
+        let next = s.latest_undo("o", "k", "").await.unwrap().unwrap();
+        assert_eq!(next.id, "u1");
+        assert!(matches!(next.op, UndoOp::DeleteNote { note_id } if note_id == "n-u1"));
+        assert!(s.mark_undone("o", "u1", false).await.unwrap());
+        assert!(!s.is_undone("o", "u1").await.unwrap());
+        assert!(s.latest_undo("o", "k", "").await.unwrap().is_none());
+        // The stack is bounded.
+        for i in 0..(UNDO_STACK + 20) {
+            s.push_undo("o", "k3", &entry(&format!("b{i}"), "2026-01-01T00:00:00.000Z"))
+                .await
+                .unwrap();
+        }
+        let len: i64 = s
+            .link
+            .call("test", |mut c| async move {
+                redis::cmd("LLEN").arg(undo_key("o", "k3")).query_async(&mut c).await
+            })
+            .await
+            .unwrap();
+        assert_eq!(len, i64::try_from(UNDO_STACK).unwrap());
+    }
+
+    #[tokio::test]
+    async fn every_key_of_an_org_shares_one_cluster_slot() {
+        let scope = Scope::new("acme", "k", "n");
+        for key in [
+            record_key(&scope),
+            claim_key(&scope),
+            pending_key("acme", "p"),
+            open_set_key("acme"),
+            undo_key("acme", "k"),
+            undone_key("acme", "u"),
+            rate_key("acme", 1),
+        ] {
+            assert!(key.starts_with("pb:{acme}:"), "{key}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_redis_is_state_unavailable_and_recovery_is_automatic() {
+        let Some(redis) = TestRedis::start() else {
+            return;
+        };
+        let port = redis.port;
+        let s = state(&redis);
+        let scope = Scope::new("o", "k", "turn-1");
+        assert!(s.ping().await);
+        drop(redis);
+        let e = s.lookup(&scope).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::StateUnavailable);
+        assert_eq!(e.status(), 503);
+        assert_eq!(e.retry_after, Some(1));
+        let e = s
+            .acquire(&scope, "t", [1; 32], Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::StateUnavailable);
+        assert!(!s.ping().await);
+        // Back on the same port: the same store works again without a restart.
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        struct Kill(std::process::Child);
+        impl Drop for Kill {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let _back = Kill(child);
+        let mut ok = false;
+        for _ in 0..200 {
+            if s.lookup(&scope).await.is_ok() {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(ok, "the store recovers once Redis is back");
+        assert!(s.ping().await);
+    }
+}
