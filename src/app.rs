@@ -40,7 +40,10 @@ impl App {
         // With Redis, conversation state and the rate windows are shared with other replicas.
         let redis = match config.state.backend {
             StateBackend::Sqlite => None,
-            StateBackend::Redis => Some(RedisLink::connect(&config.state.redis_url)?),
+            StateBackend::Redis => Some(RedisLink::connect(
+                &config.state.redis_url,
+                std::time::Duration::from_millis(config.state.redis_timeout_ms),
+            )?),
         };
         let shared_state = redis.as_ref().map(|link| {
             let retention = Bridge::state_retention(&config.native);

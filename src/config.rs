@@ -59,6 +59,9 @@ pub struct StateConfig {
     /// `redis://[user:password@]host:port/db` or `unix:///path`; used when
     /// `backend = "redis"`. (No TLS: reach Redis over a private network.)
     pub redis_url: String,
+    /// Longest wait for one Redis call or connection attempt; a write that meets it answers
+    /// `503 STATE_UNAVAILABLE`.
+    pub redis_timeout_ms: u64,
 }
 
 impl Default for StateConfig {
@@ -66,6 +69,7 @@ impl Default for StateConfig {
         StateConfig {
             backend: StateBackend::Sqlite,
             redis_url: "redis://127.0.0.1:6379/0".to_string(),
+            redis_timeout_ms: 250,
         }
     }
 }
@@ -363,6 +367,9 @@ impl Config {
             if !scheme_ok {
                 bail!("state.redis_url must be a redis:// (or unix://) URL when state.backend = \"redis\"");
             }
+            if self.state.redis_timeout_ms == 0 || self.state.redis_timeout_ms > 10_000 {
+                bail!("state.redis_timeout_ms must be between 1 and 10000");
+            }
         }
         Ok(())
     }
@@ -415,7 +422,11 @@ mod tests {
         assert!(Config::from_toml("[state]\nbackend = \"memcached\"\n").is_err());
         let mut bad = c.clone();
         bad.state.redis_url = "http://x".into();
-        assert!(bad.validate().unwrap_err().to_string().contains("redis_url"));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("redis_url"));
     }
 
     #[test]

@@ -761,7 +761,10 @@ fn replicated_deployment_shares_redis() {
     let pod_labels = &spec["template"]["metadata"]["labels"];
     assert!(labels_match(&spec["selector"]["matchLabels"], pod_labels));
     let pdb = &objects["PodDisruptionBudget"];
-    assert!(labels_match(&pdb["spec"]["selector"]["matchLabels"], pod_labels));
+    assert!(labels_match(
+        &pdb["spec"]["selector"]["matchLabels"],
+        pod_labels
+    ));
     assert!(pdb["spec"]["minAvailable"].as_u64().unwrap_or(0) >= 2);
     let svc = &objects["Service"];
     assert!(labels_match(&svc["spec"]["selector"], pod_labels));

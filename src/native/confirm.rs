@@ -102,10 +102,7 @@ impl Bridge {
         let fingerprint = request::fingerprint(None, Some(&pending.id), Some(true));
         let wait = Duration::from_millis(self.cfg.idempotency_wait_ms);
         let t = Instant::now();
-        let claim = self
-            .claims
-            .claim(&derived, fingerprint, wait)
-            .await;
+        let claim = self.claims.claim(&derived, fingerprint, wait).await;
         timing.record("idem", t.elapsed());
         let guard = match claim {
             Err(e) => return Turn::rejected(e),

@@ -414,9 +414,7 @@ impl Bridge {
         let wait = Duration::from_millis(self.cfg.idempotency_wait_ms);
         let t = Instant::now();
         let claim = match &scope {
-            Some((s, _)) => Some(
-                self.claims.claim(s, req.fingerprint, wait).await,
-            ),
+            Some((s, _)) => Some(self.claims.claim(s, req.fingerprint, wait).await),
             None => None,
         };
         timing.record("idem", t.elapsed());

@@ -338,10 +338,7 @@ mod tests {
         let state = SqliteState::open_for_tests(dir.path(), 0);
         let claims = Claims::new(Arc::new(state.clone()));
         let scope = Scope::new("o", "k", "slow");
-        let _owner = claims
-            .claim(&scope, [1; 32], Duration::ZERO)
-            .await
-            .unwrap();
+        let _owner = claims.claim(&scope, [1; 32], Duration::ZERO).await.unwrap();
         let c = claims.clone();
         let sc = scope.clone();
         let waiter =

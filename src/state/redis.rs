@@ -30,16 +30,18 @@ use redis::aio::ConnectionManager;
 use redis::{RedisResult, Script};
 use serde::{Deserialize, Serialize};
 
-use super::{
-    now_ms, Lease, PendingAction, PendingState, Record, Scope, StateStore, UndoEntry,
-};
+use super::{now_ms, Lease, PendingAction, PendingState, Record, Scope, StateStore, UndoEntry};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::native::plan::Plan;
 use crate::native::undo::UndoOp;
 
-/// Longest wait for one Redis round trip (and for a new connection). A turn that meets a dead
-/// Redis still answers well inside its 750 ms target.
-pub const OPERATION_TIMEOUT: Duration = Duration::from_millis(250);
+/// Default longest wait for one Redis round trip (and for a new connection): a turn that meets
+/// a dead Redis still answers well inside its 750 ms target (`state.redis_timeout_ms`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// While Redis is unreachable, how often it is probed, so the connection is back before the
+/// next turn needs it.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
 
 /// Undo entries kept per API key; older ones fall off the list.
 const UNDO_STACK: isize = 100;
@@ -59,37 +61,61 @@ pub fn unavailable(cause: impl std::fmt::Display) -> ApiError {
 }
 
 /// One connection to Redis shared by the state store and the rate limiter: a reconnecting
-/// multiplexed connection with TCP_NODELAY, every call bounded by [`OPERATION_TIMEOUT`].
+/// multiplexed connection with TCP_NODELAY, every call bounded by the configured timeout.
 #[derive(Clone)]
 pub struct RedisLink {
+    inner: Arc<Link>,
+}
+
+struct Link {
     conn: ConnectionManager,
+    timeout: Duration,
     /// False after a failed call until one succeeds (logged once per outage).
-    healthy: Arc<AtomicBool>,
+    healthy: AtomicBool,
 }
 
 impl RedisLink {
     /// Prepares a connection to `url` without waiting for it: the server starts (not ready)
-    /// while Redis is down, and reconnects on its own.
-    pub fn connect(url: &str) -> anyhow::Result<Self> {
+    /// while Redis is down, and reconnects on its own. Needs a Tokio runtime (for the probe
+    /// that re-establishes the connection after an outage).
+    pub fn connect(url: &str, timeout: Duration) -> anyhow::Result<Self> {
         use redis::IntoConnectionInfo;
         let info = url
             .into_connection_info()
-            .map_err(|e| anyhow::anyhow!("state.redis_url {url:?}: {e}"))?
+            .map_err(|e| anyhow::anyhow!("state.redis_url: {e}"))?
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
         let client = redis::Client::open(info)?;
         let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(OPERATION_TIMEOUT))
-            .set_response_timeout(Some(OPERATION_TIMEOUT))
-            // One quick retry; after that the next call tries again, so an outage costs each
-            // call at most the timeout and recovery needs no restart.
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            // One quick retry; after that the probe below (or the next call) tries again, so an
+            // outage costs each call at most the timeout and recovery needs no restart.
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(20))
             .set_max_delay(Duration::from_millis(200));
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(RedisLink {
-            conn,
-            healthy: Arc::new(AtomicBool::new(true)),
-        })
+        let link = RedisLink {
+            inner: Arc::new(Link {
+                conn,
+                timeout,
+                healthy: AtomicBool::new(true),
+            }),
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&link.inner);
+            rt.spawn(async move {
+                loop {
+                    tokio::time::sleep(PROBE_EVERY).await;
+                    let Some(inner) = weak.upgrade() else {
+                        return;
+                    };
+                    if !inner.healthy.load(Ordering::Acquire) {
+                        RedisLink { inner }.ping().await;
+                    }
+                }
+            });
+        }
+        Ok(link)
     }
 
     /// Runs one Redis call (built by `call` on a connection handle) under the timeout, with
@@ -100,12 +126,12 @@ impl RedisLink {
         Fut: Future<Output = RedisResult<T>>,
     {
         let started = Instant::now();
-        let result = tokio::time::timeout(OPERATION_TIMEOUT, call(self.conn.clone())).await;
+        let result = tokio::time::timeout(self.inner.timeout, call(self.inner.conn.clone())).await;
         let ok = matches!(result, Ok(Ok(_)));
         crate::telemetry::redis_operation(operation, started.elapsed(), ok);
         match result {
             Ok(Ok(v)) => {
-                if !self.healthy.swap(true, Ordering::AcqRel) {
+                if !self.inner.healthy.swap(true, Ordering::AcqRel) {
                     tracing::info!("shared state store (Redis) answers again");
                 }
                 Ok(v)
@@ -116,7 +142,7 @@ impl RedisLink {
     }
 
     fn failed(&self, operation: &'static str, cause: impl std::fmt::Display) -> ApiError {
-        if self.healthy.swap(false, Ordering::AcqRel) {
+        if self.inner.healthy.swap(false, Ordering::AcqRel) {
             unavailable(format!("{operation}: {cause}"))
         } else {
             // Already reported for this outage: keep the logs readable.
@@ -689,7 +715,9 @@ pub(crate) mod test_server {
             {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("SKIPPED: redis-server not available ({e}); install it to run this test");
+                    eprintln!(
+                        "SKIPPED: redis-server not available ({e}); install it to run this test"
+                    );
                     return None;
                 }
             };
@@ -733,7 +761,7 @@ mod tests {
     }
 
     fn state(redis: &TestRedis) -> RedisState {
-        let link = RedisLink::connect(&redis.url()).unwrap();
+        let link = RedisLink::connect(&redis.url(), DEFAULT_TIMEOUT).unwrap();
         RedisState::new(link, Duration::from_secs(3600))
     }
 
@@ -752,8 +780,16 @@ mod tests {
         assert_eq!(got.fingerprint, [1; 32]);
         assert_eq!(got.undo_id.as_deref(), Some("u1"));
         // Another API key, another org: other scopes.
-        assert!(s.lookup(&Scope::new("o", "k2", "turn-1")).await.unwrap().is_none());
-        assert!(s.lookup(&Scope::new("o2", "k", "turn-1")).await.unwrap().is_none());
+        assert!(s
+            .lookup(&Scope::new("o", "k2", "turn-1"))
+            .await
+            .unwrap()
+            .is_none());
+        assert!(s
+            .lookup(&Scope::new("o2", "k", "turn-1"))
+            .await
+            .unwrap()
+            .is_none());
         // A key id that contains the separator cannot collide with another pair.
         let a = Scope::new("o", "k:x", "y");
         let b = Scope::new("o", "k", "x:y");
@@ -957,14 +993,21 @@ mod tests {
         assert!(s.latest_undo("o", "k", "").await.unwrap().is_none());
         // The stack is bounded.
         for i in 0..(UNDO_STACK + 20) {
-            s.push_undo("o", "k3", &entry(&format!("b{i}"), "2026-01-01T00:00:00.000Z"))
-                .await
-                .unwrap();
+            s.push_undo(
+                "o",
+                "k3",
+                &entry(&format!("b{i}"), "2026-01-01T00:00:00.000Z"),
+            )
+            .await
+            .unwrap();
         }
         let len: i64 = s
             .link
             .call("test", |mut c| async move {
-                redis::cmd("LLEN").arg(undo_key("o", "k3")).query_async(&mut c).await
+                redis::cmd("LLEN")
+                    .arg(undo_key("o", "k3"))
+                    .query_async(&mut c)
+                    .await
             })
             .await
             .unwrap();
