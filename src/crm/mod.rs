@@ -50,6 +50,8 @@ pub struct Executed {
 }
 
 /// The outcome of [`Backend::execute`].
+// One per write, returned once; boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Execution {
     Done(Executed),
     /// Checked under the effect's own lock: the seal's scope already holds a record, or its

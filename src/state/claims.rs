@@ -150,7 +150,7 @@ impl Claims {
                     return Ok(Claim::Owner(guard));
                 }
                 Lease::Recorded(record) => {
-                    let record = Arc::new(record);
+                    let record = Arc::new(*record);
                     // Twins here replay it too.
                     guard.publish(record.clone());
                     return Ok(if record.fingerprint == fingerprint {

@@ -90,6 +90,8 @@ impl StoredError {
 }
 
 /// A finished turn as stored for replay.
+// Short-lived and moved rarely; boxing the reply would cost an allocation per turn.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Outcome {
@@ -266,7 +268,7 @@ impl Seal {
 #[derive(Debug)]
 pub enum Lease {
     /// A finished record: replay it (or report the key reused), never execute.
-    Recorded(Record),
+    Recorded(Box<Record>),
     /// The caller holds the scope until it records, releases, or stops renewing.
     Granted,
     /// Another process holds the scope for a request with this fingerprint (`None` when the
@@ -346,7 +348,7 @@ pub trait StateStore: Send + Sync {
         _lease: Duration,
     ) -> ApiResult<Lease> {
         Ok(match self.lookup(scope).await? {
-            Some(record) => Lease::Recorded(record),
+            Some(record) => Lease::Recorded(Box::new(record)),
             None => Lease::Granted,
         })
     }

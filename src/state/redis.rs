@@ -639,7 +639,7 @@ impl StateStore for RedisState {
             .await?;
         match what.as_str() {
             "recorded" => serde_json::from_str(&value)
-                .map(Lease::Recorded)
+                .map(|r| Lease::Recorded(Box::new(r)))
                 .map_err(|e| corrupt("idempotency record", e)),
             "granted" => Ok(Lease::Granted),
             _ => {
