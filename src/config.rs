@@ -44,6 +44,38 @@ pub struct Config {
     pub backend: BackendKind,
     pub upstream: UpstreamConfig,
     pub webhooks: WebhooksConfig,
+    pub state: StateConfig,
+}
+
+/// Where conversation state (idempotency records, pending actions, undo entries, the dedupe
+/// window) lives: the service's SQLite database, or Redis shared by replicas (DESIGN §16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    Sqlite,
+    Redis,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    pub backend: StateBackend,
+    /// `redis://[user:password@]host:port/db` or `unix:///path`; used when
+    /// `backend = "redis"`. (No TLS: reach Redis over a private network.)
+    pub redis_url: String,
+    /// Longest wait for one Redis call or connection attempt; a write that meets it answers
+    /// `503 STATE_UNAVAILABLE`.
+    pub redis_timeout_ms: u64,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            backend: StateBackend::Sqlite,
+            redis_url: "redis://127.0.0.1:6379/0".to_string(),
+            redis_timeout_ms: 250,
+        }
+    }
 }
 
 /// Which CRM backend serves the native bridge and REST v1 (DESIGN §11).
@@ -253,6 +285,7 @@ impl Default for Config {
             backend: BackendKind::Embedded,
             upstream: UpstreamConfig::default(),
             webhooks: WebhooksConfig::default(),
+            state: StateConfig::default(),
         }
     }
 }
@@ -643,6 +676,16 @@ impl Config {
         if w.max_concurrency == 0 || w.max_concurrency > 1024 {
             bail!("webhooks.max_concurrency must be between 1 and 1024");
         }
+        if self.state.backend == StateBackend::Redis {
+            let url = self.state.redis_url.trim();
+            let scheme_ok = url.starts_with("redis://") || url.starts_with("unix://");
+            if !scheme_ok {
+                bail!("state.redis_url must be a redis:// (or unix://) URL when state.backend = \"redis\"");
+            }
+            if self.state.redis_timeout_ms == 0 || self.state.redis_timeout_ms > 10_000 {
+                bail!("state.redis_timeout_ms must be between 1 and 10000");
+            }
+        }
         Ok(())
     }
 
@@ -859,6 +902,26 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn state_section_parses_and_is_checked() {
+        let c = Config::from_toml(
+            "[state]\nbackend = \"redis\"\nredis_url = \"redis://10.0.0.5:6380/2\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.state.backend, StateBackend::Redis);
+        assert_eq!(c.state.redis_url, "redis://10.0.0.5:6380/2");
+        c.validate().unwrap();
+        assert_eq!(Config::default().state.backend, StateBackend::Sqlite);
+        assert!(Config::from_toml("[state]\nbackend = \"memcached\"\n").is_err());
+        let mut bad = c.clone();
+        bad.state.redis_url = "http://x".into();
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("redis_url"));
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub enum ErrorCode {
     UpstreamUnavailable,
     UpstreamTimeout,
     ServiceUnavailable,
+    StateUnavailable,
 }
 
 impl ErrorCode {
@@ -56,6 +57,7 @@ impl ErrorCode {
         ErrorCode::UpstreamUnavailable,
         ErrorCode::UpstreamTimeout,
         ErrorCode::ServiceUnavailable,
+        ErrorCode::StateUnavailable,
     ];
 
     /// The wire spelling, e.g. `VALIDATION_ERROR`.
@@ -81,6 +83,7 @@ impl ErrorCode {
             ErrorCode::PendingActionExpired => "PENDING_ACTION_EXPIRED",
             ErrorCode::UpstreamUnavailable | ErrorCode::UpstreamTimeout => "UPSTREAM_UNAVAILABLE",
             ErrorCode::ServiceUnavailable => "SERVICE_UNAVAILABLE",
+            ErrorCode::StateUnavailable => "STATE_UNAVAILABLE",
         }
     }
 
@@ -108,7 +111,7 @@ impl ErrorCode {
             ErrorCode::PendingActionExpired => 410,
             ErrorCode::UpstreamUnavailable => 502,
             ErrorCode::UpstreamTimeout => 504,
-            ErrorCode::ServiceUnavailable => 503,
+            ErrorCode::ServiceUnavailable | ErrorCode::StateUnavailable => 503,
         }
     }
 
@@ -141,6 +144,9 @@ impl ErrorCode {
                 "OutreachPilot isn't answering right now. Please try again shortly."
             }
             ErrorCode::ServiceUnavailable => "The service is shutting down. Please try again.",
+            ErrorCode::StateUnavailable => {
+                "I can't save changes right now, so I didn't do that. Please try again in a moment."
+            }
         }
     }
 }
@@ -303,11 +309,12 @@ mod tests {
                 UpstreamUnavailable => 18,
                 UpstreamTimeout => 19,
                 ServiceUnavailable => 20,
+                StateUnavailable => 21,
             }
         }
         let mut seen: Vec<usize> = ErrorCode::ALL.iter().map(|c| number(*c)).collect();
         seen.sort_unstable();
-        assert_eq!(seen, (0..=20).collect::<Vec<_>>());
+        assert_eq!(seen, (0..=21).collect::<Vec<_>>());
     }
 
     #[test]

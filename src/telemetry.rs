@@ -46,6 +46,8 @@ pub mod names {
     pub const WEBHOOK_DELIVERIES: &str = "pilot_bridge_webhook_deliveries_total";
     pub const WEBHOOK_DELIVERY_DURATION: &str = "pilot_bridge_webhook_delivery_duration_seconds";
     pub const WEBHOOK_QUEUE_DEPTH: &str = "pilot_bridge_webhook_queue_depth";
+    pub const REDIS_DURATION: &str = "pilot_bridge_redis_operation_duration_seconds";
+    pub const REDIS_ERRORS: &str = "pilot_bridge_redis_errors_total";
 }
 
 /// Buckets of webhook delivery attempts, which wait on someone else's server for up to the
@@ -182,6 +184,15 @@ fn describe() {
     describe_gauge!(
         WEBHOOK_QUEUE_DEPTH,
         "Webhook deliveries waiting to be sent or retried."
+    );
+    describe_histogram!(
+        REDIS_DURATION,
+        Unit::Seconds,
+        "Redis round trips of the shared state store by operation (state backend redis only)."
+    );
+    describe_counter!(
+        REDIS_ERRORS,
+        "Redis operations that failed or timed out, by operation (state backend redis only)."
     );
 }
 
@@ -365,6 +376,14 @@ pub fn webhook_delivery(outcome: &'static str, elapsed: Duration) {
 
 pub fn webhook_queue_depth(n: u64) {
     gauge!(names::WEBHOOK_QUEUE_DEPTH).set(n as f64);
+}
+
+/// One Redis round trip of the shared state store (`operation` is a fixed name).
+pub fn redis_operation(operation: &'static str, elapsed: Duration, ok: bool) {
+    histogram!(names::REDIS_DURATION, "operation" => operation).record(elapsed.as_secs_f64());
+    if !ok {
+        counter!(names::REDIS_ERRORS, "operation" => operation).increment(1);
+    }
 }
 
 #[cfg(test)]
