@@ -812,3 +812,65 @@ async fn job_completed_and_message_events_reach_the_key_that_started_the_work() 
     }
     assert_eq!(s.server.app.events.keys_with_subscribers(), 0);
 }
+
+#[tokio::test]
+async fn an_unanswered_confirmation_is_announced_once_when_it_expires() {
+    let s = demo_server(|c| c.native.pending_ttl_secs = 1, 0).await;
+    let mut ws = connect(&s, Some(KEY)).await;
+
+    // One question left unanswered, one answered in time.
+    send(
+        &mut ws,
+        json!({ "id": "ask", "action": { "type": "add_to_campaign", "contactRef": "Sarah Chen", "campaignRef": "Seed founders" } }),
+    )
+    .await;
+    let ask = next_json(&mut ws).await;
+    assert_eq!(ask["data"]["mode"], "confirmation_required", "{ask}");
+    let unanswered = ask["data"]["pending_action_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    send(
+        &mut ws,
+        json!({ "id": "ask2", "action": { "type": "pause_campaign", "campaignRef": "Seed founders" } }),
+    )
+    .await;
+    let ask2 = next_json(&mut ws).await;
+    let answered = ask2["data"]["pending_action_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    send(
+        &mut ws,
+        json!({ "id": "no", "pendingActionId": answered, "confirmed": false }),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["id"], "no");
+
+    let e = tokio::time::timeout(Duration::from_secs(10), next_event(&mut ws))
+        .await
+        .expect("pending.expired within 10 s");
+    assert_eq!(e["event"], "pending.expired", "{e}");
+    assert_eq!(e["data"]["pending_action_id"], unanswered.as_str());
+    assert_eq!(e["data"]["action_type"], "add_to_campaign");
+    assert_eq!(
+        e["spoken_summary"],
+        "The request to add Sarah Chen to Seed founders expired without a yes, so I didn't do it."
+    );
+    // Only once, and nothing for the question that was answered.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(2_500), next_event(&mut ws))
+            .await
+            .is_err(),
+        "a second pending.expired arrived"
+    );
+    // A late yes hears that it expired and executes nothing.
+    send(
+        &mut ws,
+        json!({ "id": "late", "pendingActionId": unanswered, "confirmed": true }),
+    )
+    .await;
+    let late = next_json(&mut ws).await;
+    assert_eq!(late["id"], "late", "{late}");
+    assert_ne!(late["data"]["mode"], "result", "{late}");
+}

@@ -329,6 +329,16 @@ pub trait StateStore: Send + Sync {
     /// Open (unexpired, unsettled) pending actions, for the gauge.
     async fn open_pending(&self) -> ApiResult<u64>;
 
+    /// Takes up to `limit` pending actions that are still open and expired before `before_ms`
+    /// (unix ms) and were not taken yet, so their expiry is announced once (the `pending.expired`
+    /// event) however many processes share the store. They stay stored: a late confirmation
+    /// still hears "expired".
+    async fn take_expired_pending(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> ApiResult<Vec<PendingAction>>;
+
     /// Deletes what has outlived its retention; returns how many rows went.
     async fn prune(&self) -> ApiResult<u64>;
 
@@ -388,21 +398,43 @@ pub fn expiry_ms(ttl: Duration) -> i64 {
 /// How often expired state is swept and the open-pending gauge refreshed.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(5);
 
-/// Spawns the state maintenance loop: prunes what outlived its retention (in small batches, so
-/// a sweep never holds the writer for long) and keeps the open-pending gauge current, so a
-/// `/metrics` scrape reads a number instead of counting. Ends when `shutdown` fires.
+/// How often expired confirmations are looked for, so `pending.expired` follows the expiry
+/// within about a second.
+const EXPIRY_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// A confirmation is announced as expired only this long after its expiry: a confirmation that
+/// passed the expiry check just before may still be executing (a turn ends well inside this).
+const EXPIRY_GRACE_MS: i64 = 2_000;
+
+/// Expired confirmations announced per check, at most.
+const EXPIRY_BATCH: usize = 100;
+
+/// Spawns the state maintenance loop: announces confirmations that expired unanswered
+/// (`pending.expired`, to the sessions of the key that was asked), prunes what outlived its
+/// retention (in small batches, so a sweep never holds the writer for long) and keeps the
+/// open-pending gauge current, so a `/metrics` scrape reads a number instead of counting. Ends
+/// when `shutdown` fires.
 pub fn spawn_maintenance(
     state: std::sync::Arc<dyn StateStore>,
+    events: std::sync::Arc<dyn crate::events::EventBus>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(MAINTENANCE_EVERY);
+        let mut tick = tokio::time::interval(EXPIRY_CHECK_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let sweep_every = (MAINTENANCE_EVERY.as_millis() / EXPIRY_CHECK_EVERY.as_millis()).max(1);
+        let mut ticks: u128 = 0;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 // Shutdown, or the sender is gone: either way, stop.
                 _ = shutdown.changed() => return,
+            }
+            announce_expired(state.as_ref(), events.as_ref()).await;
+            // The sweep and the gauge run on the first tick and every `sweep_every` after it.
+            ticks += 1;
+            if (ticks - 1) % sweep_every != 0 {
+                continue;
             }
             match state.prune().await {
                 Ok(0) => {}
@@ -417,4 +449,48 @@ pub fn spawn_maintenance(
             }
         }
     })
+}
+
+/// Publishes `pending.expired` for each confirmation that expired unanswered since the last
+/// check. The store hands each one out once, so replicas sharing it do not announce twice.
+async fn announce_expired(state: &dyn StateStore, events: &dyn crate::events::EventBus) {
+    let before = now_ms().saturating_sub(EXPIRY_GRACE_MS);
+    match state.take_expired_pending(before, EXPIRY_BATCH).await {
+        Ok(expired) => {
+            for pending in expired {
+                events.publish(expired_event(&pending));
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "looking for expired confirmations failed"),
+    }
+}
+
+/// The `pending.expired` event of a confirmation nobody answered.
+pub fn expired_event(pending: &PendingAction) -> crate::events::Event {
+    let question = pending.plan.question();
+    // "Add Sarah Chen to Seed founders?" reads as "the request to add Sarah Chen to Seed
+    // founders"; a question with more in it (a message preview) is not repeated.
+    let spoken = match question.strip_suffix('?') {
+        Some(q) if !q.contains(['?', ':', '"']) => {
+            let mut chars = q.chars();
+            let first = chars.next().map(|c| c.to_lowercase().collect::<String>());
+            format!(
+                "The request to {}{} expired without a yes, so I didn't do it.",
+                first.unwrap_or_default(),
+                chars.as_str()
+            )
+        }
+        _ => "A request waiting for your yes expired, so I didn't do it.".to_string(),
+    };
+    crate::events::Event {
+        kind: crate::events::EventKind::PendingExpired,
+        key_id: pending.key_id.clone(),
+        data: serde_json::json!({
+            "pending_action_id": pending.id,
+            "action_type": pending.action_type(),
+            "action": pending.plan.describe(),
+            "expired_at": pending.expires_at_rfc3339(),
+        }),
+        spoken_summary: spoken,
+    }
 }

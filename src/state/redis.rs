@@ -289,6 +289,47 @@ return 1
     )
 });
 
+/// Takes the members of an org's open set whose expiry score is at most ARGV[1] (up to ARGV[2]
+/// of them) out of the set and returns them: whoever removes a member announces its expiry, so
+/// replicas sharing Redis announce each once.
+static TAKE_EXPIRED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, id in ipairs(ids) do redis.call('ZREM', KEYS[1], id) end
+return ids
+",
+    )
+});
+
+/// A pending action from its stored hash fields.
+fn pending_from_fields(
+    org: &str,
+    id: &str,
+    fields: &std::collections::HashMap<String, String>,
+) -> ApiResult<PendingAction> {
+    let field = |name: &str| {
+        fields
+            .get(name)
+            .ok_or_else(|| corrupt("pending action", format!("no {name}")))
+    };
+    let body: PendingBody =
+        serde_json::from_str(field("body")?).map_err(|e| corrupt("pending action", e))?;
+    let expires_at_ms = field("expires_at")?
+        .parse::<i64>()
+        .map_err(|e| corrupt("pending action", e))?;
+    Ok(PendingAction {
+        id: id.to_string(),
+        org_id: org.to_string(),
+        key_id: field("key_id")?.clone(),
+        plan: body.plan,
+        action_json: body.action,
+        transcript: body.transcript,
+        expires_at_ms,
+        state: PendingState::parse(field("state")?)?,
+    })
+}
+
 /// A pending action's body as stored (the state and owner sit in their own hash fields, so
 /// settling never rewrites the body).
 #[derive(Serialize, Deserialize)]
@@ -329,6 +370,20 @@ impl RedisState {
 
     pub fn link(&self) -> &RedisLink {
         &self.link
+    }
+
+    /// The stored hash of pending action `id` of `org` (empty when there is none).
+    async fn pending_fields(
+        &self,
+        org: &str,
+        id: &str,
+    ) -> ApiResult<std::collections::HashMap<String, String>> {
+        let key = pending_key(org, id);
+        self.link
+            .call("pending", |mut c| async move {
+                redis::cmd("HGETALL").arg(key).query_async(&mut c).await
+            })
+            .await
     }
 }
 
@@ -416,37 +471,12 @@ impl StateStore for RedisState {
     }
 
     async fn pending(&self, org: &str, key_id: &str, id: &str) -> ApiResult<Option<PendingAction>> {
-        let key = pending_key(org, id);
-        let fields: std::collections::HashMap<String, String> = self
-            .link
-            .call("pending", |mut c| async move {
-                redis::cmd("HGETALL").arg(key).query_async(&mut c).await
-            })
-            .await?;
+        let fields = self.pending_fields(org, id).await?;
         // Another key's pending action is not found, exactly like a missing one.
         if fields.get("key_id").map(String::as_str) != Some(key_id) {
             return Ok(None);
         }
-        let field = |name: &str| {
-            fields
-                .get(name)
-                .ok_or_else(|| corrupt("pending action", format!("no {name}")))
-        };
-        let body: PendingBody =
-            serde_json::from_str(field("body")?).map_err(|e| corrupt("pending action", e))?;
-        let expires_at_ms = field("expires_at")?
-            .parse::<i64>()
-            .map_err(|e| corrupt("pending action", e))?;
-        Ok(Some(PendingAction {
-            id: id.to_string(),
-            org_id: org.to_string(),
-            key_id: key_id.to_string(),
-            plan: body.plan,
-            action_json: body.action,
-            transcript: body.transcript,
-            expires_at_ms,
-            state: PendingState::parse(field("state")?)?,
-        }))
+        pending_from_fields(org, id, &fields).map(Some)
     }
 
     async fn settle_pending(&self, org: &str, id: &str, to: PendingState) -> ApiResult<bool> {
@@ -593,17 +623,52 @@ impl StateStore for RedisState {
                 let mut p = redis::pipe();
                 for org in &orgs {
                     let key = open_set_key(org);
-                    p.cmd("ZREMRANGEBYSCORE")
-                        .arg(&key)
-                        .arg("-inf")
-                        .arg(now)
-                        .ignore();
-                    p.cmd("ZCARD").arg(&key);
+                    // Expired members stay until their expiry is announced.
+                    p.cmd("ZCOUNT").arg(&key).arg(format!("({now}")).arg("+inf");
                 }
                 p.query_async(&mut c).await
             })
             .await?;
         Ok(counts.into_iter().sum())
+    }
+
+    /// Only the orgs that asked through this replica are looked at (the same set as the gauge's):
+    /// the replica that asked announces, and its sessions are where the asking client most
+    /// likely is.
+    async fn take_expired_pending(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> ApiResult<Vec<PendingAction>> {
+        let orgs: Vec<String> = self.orgs.iter().map(|o| o.key().clone()).collect();
+        let mut taken = Vec::new();
+        for org in orgs {
+            if taken.len() >= limit {
+                break;
+            }
+            let key = open_set_key(&org);
+            let room = limit - taken.len();
+            let ids: Vec<String> = self
+                .link
+                .call("take_expired", |mut c| async move {
+                    TAKE_EXPIRED
+                        .key(key)
+                        .arg(before_ms)
+                        .arg(room)
+                        .invoke_async(&mut c)
+                        .await
+                })
+                .await?;
+            for id in ids {
+                let fields = self.pending_fields(&org, &id).await?;
+                // Settled meanwhile, or gone with its retention: nothing to announce.
+                if fields.get("state").map(String::as_str) != Some("open") {
+                    continue;
+                }
+                taken.push(pending_from_fields(&org, &id, &fields)?);
+            }
+        }
+        Ok(taken)
     }
 
     /// Redis expires every key itself.
@@ -949,6 +1014,63 @@ mod tests {
             .settle_pending("o", "missing", PendingState::Executed)
             .await
             .unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_expired_open_pending_action_is_taken_once_across_replicas() {
+        let Some(redis) = TestRedis::start() else {
+            return;
+        };
+        let (a, b) = (state(&redis), state(&redis));
+        let pending = |id: &str, expires_at_ms: i64| PendingAction {
+            id: id.into(),
+            org_id: "o".into(),
+            key_id: "k".into(),
+            plan: Plan::UndoLast,
+            action_json: serde_json::json!({ "type": "undo_last" }),
+            transcript: None,
+            expires_at_ms,
+            state: PendingState::Open,
+        };
+        let past = now_ms() - 10_000;
+        // Both replicas asked in org "o": both look at it.
+        a.put_pending(&pending("expired", past), None)
+            .await
+            .unwrap();
+        a.put_pending(&pending("settled", past), None)
+            .await
+            .unwrap();
+        b.put_pending(&pending("fresh", expiry_ms(Duration::from_secs(300))), None)
+            .await
+            .unwrap();
+        assert!(a
+            .settle_pending("o", "settled", PendingState::Cancelled)
+            .await
+            .unwrap());
+        // Expired members still count as taken-or-not, never as open.
+        assert_eq!(a.open_pending().await.unwrap(), 1);
+
+        let now = now_ms();
+        let (x, y) = tokio::join!(
+            a.take_expired_pending(now, 10),
+            b.take_expired_pending(now, 10)
+        );
+        let taken: Vec<String> = x
+            .unwrap()
+            .into_iter()
+            .chain(y.unwrap())
+            .map(|p| p.id)
+            .collect();
+        assert_eq!(
+            taken,
+            vec!["expired".to_string()],
+            "announced once, by one replica"
+        );
+        assert!(a.take_expired_pending(now, 10).await.unwrap().is_empty());
+        // It stays readable: a late confirmation hears "expired", not "not found".
+        let late = a.pending("o", "k", "expired").await.unwrap().unwrap();
+        assert_eq!(late.state, PendingState::Open);
+        assert!(late.is_expired(now));
     }
 
     #[tokio::test]

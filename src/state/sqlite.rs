@@ -216,6 +216,17 @@ impl StateStore for SqliteState {
         self.cache(scope, record.clone(), expiry_ms(ttl));
     }
 
+    async fn take_expired_pending(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> ApiResult<Vec<PendingAction>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.store
+            .write_bookkeeping(move |tx| take_expired(tx, before_ms, limit))
+            .await
+    }
+
     async fn prune(&self) -> ApiResult<u64> {
         let now = now_ms();
         let keep_ms = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
@@ -384,6 +395,38 @@ pub fn pending(
     }))
 }
 
+/// Marks up to `limit` open pending actions that expired before `before_ms` as announced and
+/// returns them; each is returned once.
+pub fn take_expired(
+    conn: &Connection,
+    before_ms: i64,
+    limit: i64,
+) -> ApiResult<Vec<PendingAction>> {
+    let rows = conn
+        .prepare_cached(
+            "UPDATE pending_actions SET expiry_announced = 1
+              WHERE id IN (SELECT id FROM pending_actions
+                            WHERE state = 'open' AND expires_at <= ?1 AND expiry_announced = 0
+                            ORDER BY expires_at LIMIT ?2)
+          RETURNING id, org_id, key_id",
+        )?
+        .query_map(params![before_ms, limit], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut taken = Vec::with_capacity(rows.len());
+    for (id, org, key_id) in rows {
+        if let Some(p) = pending(conn, &org, &key_id, &id)? {
+            taken.push(p);
+        }
+    }
+    Ok(taken)
+}
+
 /// Where pending action `id` stands now (inside a transaction: the value it will commit on).
 pub fn pending_state(conn: &Connection, id: &str) -> ApiResult<Option<PendingState>> {
     let state: Option<String> = conn
@@ -522,6 +565,48 @@ mod tests {
             s.lookup(&scope).await.unwrap().unwrap().fingerprint,
             [2; 32]
         );
+    }
+
+    #[tokio::test]
+    async fn an_expired_open_pending_action_is_taken_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteState::open_for_tests(dir.path(), 1 << 20);
+        let pending = |id: &str, expires_at_ms: i64| PendingAction {
+            id: id.into(),
+            org_id: "o".into(),
+            key_id: "k".into(),
+            plan: Plan::UndoLast,
+            action_json: serde_json::json!({ "type": "undo_last" }),
+            transcript: None,
+            expires_at_ms,
+            state: PendingState::Open,
+        };
+        let past = now_ms() - 10_000;
+        s.put_pending(&pending("expired", past), None)
+            .await
+            .unwrap();
+        s.put_pending(&pending("settled", past), None)
+            .await
+            .unwrap();
+        s.put_pending(&pending("fresh", expiry_ms(Duration::from_secs(300))), None)
+            .await
+            .unwrap();
+        assert!(s
+            .settle_pending("o", "settled", PendingState::Cancelled)
+            .await
+            .unwrap());
+        let now = now_ms();
+        let taken: Vec<String> = s
+            .take_expired_pending(now, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.id)
+            .collect();
+        assert_eq!(taken, vec!["expired".to_string()]);
+        assert!(s.take_expired_pending(now, 10).await.unwrap().is_empty());
+        let late = s.pending("o", "k", "expired").await.unwrap().unwrap();
+        assert_eq!(late.state, PendingState::Open);
     }
 
     #[tokio::test]

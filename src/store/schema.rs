@@ -361,6 +361,11 @@ CREATE INDEX webhook_deliveries_pending ON webhook_deliveries(webhook_id, next_a
 CREATE INDEX webhook_deliveries_hook ON webhook_deliveries(webhook_id, seq);
 CREATE INDEX webhook_deliveries_event ON webhook_deliveries(event_id);
 "#,
+    // 8 (issue 13, `pending.expired`): a confirmation's expiry is announced once; the row stays
+    // (a late confirmation still hears "expired") and remembers that it was announced.
+    r#"
+ALTER TABLE pending_actions ADD COLUMN expiry_announced INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Brings the database up to the newest schema. Safe to call on every open, from several
