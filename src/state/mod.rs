@@ -433,7 +433,7 @@ pub fn spawn_maintenance(
             announce_expired(state.as_ref(), events.as_ref()).await;
             // The sweep and the gauge run on the first tick and every `sweep_every` after it.
             ticks += 1;
-            if (ticks - 1) % sweep_every != 0 {
+            if !(ticks - 1).is_multiple_of(sweep_every) {
                 continue;
             }
             match state.prune().await {
