@@ -83,6 +83,9 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080]
     #[arg(long, env = "PILOT_BRIDGE_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Serve /metrics only on this second address (the main listener then answers 404 there)
+    #[arg(long, env = "PILOT_BRIDGE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Seed the demo workspace (when absent) and print a ready API key
     #[arg(long, env = "PILOT_BRIDGE_DEMO")]
     pub demo: bool,
@@ -281,6 +284,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(l) = args.listen {
         cfg.listen = l;
     }
+    if let Some(l) = args.metrics_listen {
+        cfg.metrics_listen = Some(l);
+    }
     if let Some(f) = args.log_format {
         cfg.log_format = f;
     }
@@ -358,6 +364,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let server = crate::server::start_on(listener, cfg, store).await?;
         tracing::info!(addr = %server.addr, "pilot-bridge listening");
+        if let Some(at) = server.metrics_addr {
+            tracing::info!(addr = %at, "metrics listening");
+        }
         crate::server::shutdown_signal().await;
         server.shutdown().await;
         tracing::info!("stopped");

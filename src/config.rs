@@ -26,6 +26,9 @@ pub enum LogFormat {
 pub struct Config {
     /// Address the HTTP/WebSocket listener binds.
     pub listen: SocketAddr,
+    /// A second listener serving only `/metrics`; when set, the main listener answers
+    /// `/metrics` with 404, so the scrape endpoint can stay off a public port.
+    pub metrics_listen: Option<SocketAddr>,
     /// Directory holding the SQLite database.
     pub data_dir: PathBuf,
     pub log_format: LogFormat,
@@ -273,6 +276,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics_listen: None,
             data_dir: PathBuf::from("./data"),
             log_format: LogFormat::Text,
             access_log_sample: 1,

@@ -16,6 +16,8 @@ use crate::store::Store;
 /// A running server: its address and a handle to stop it.
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served when `metrics_listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub app: AppState,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -73,6 +75,19 @@ pub async fn start_on(
 ) -> anyhow::Result<RunningServer> {
     config.validate()?;
     let addr = listener.local_addr()?;
+    // Bound before anything starts, so a busy metrics port fails the start.
+    let metrics_listener = match config.metrics_listen {
+        Some(at) => Some(
+            TcpListener::bind(at)
+                .await
+                .with_context(|| format!("cannot listen on {at} (metrics_listen)"))?,
+        ),
+        None => None,
+    };
+    let metrics_addr = match &metrics_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
     let app = App::new(config, store, crate::telemetry::install_metrics())?;
     crate::native::workers::spawn(
         app.store.clone(),
@@ -96,7 +111,24 @@ pub async fn start_on(
         listener,
         wait_for(app.shutdown_signal()),
     ));
-    Ok(RunningServer { addr, app, task })
+    if let Some(listener) = metrics_listener {
+        let router = crate::http::metrics_router(app.clone());
+        let stop = wait_for(app.shutdown_signal());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::warn!(error = %e, "the metrics listener failed");
+            }
+        });
+    }
+    Ok(RunningServer {
+        addr,
+        metrics_addr,
+        app,
+        task,
+    })
 }
 
 async fn wait_for(mut rx: watch::Receiver<bool>) {

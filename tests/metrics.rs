@@ -89,3 +89,31 @@ async fn metrics_are_exported_and_lint_clean() {
         Err(_) => eprintln!("promtool not found; skipping the lint (CI runs it)"),
     }
 }
+
+#[tokio::test]
+async fn a_metrics_listener_takes_metrics_off_the_main_port() {
+    let s = common::start_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let at = s.server.metrics_addr.expect("metrics listener bound");
+    assert_ne!(at, s.server.addr);
+
+    // The main listener no longer serves it: 404 in the envelope.
+    let main = reqwest::get(format!("{}/metrics", s.root)).await.unwrap();
+    assert_eq!(main.status(), 404);
+    let body: serde_json::Value = main.json().await.unwrap();
+    assert_eq!(body["ok"], false);
+    assert_eq!(body["error"]["code"], "RESOURCE_NOT_FOUND");
+
+    // The metrics listener serves Prometheus text, and nothing else.
+    let m = reqwest::get(format!("http://{at}/metrics")).await.unwrap();
+    assert_eq!(m.status(), 200);
+    assert!(m
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain")));
+    assert!(m.text().await.unwrap().contains("pilot_bridge_"));
+    let other = reqwest::get(format!("http://{at}/api/v1/contacts"))
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404);
+}

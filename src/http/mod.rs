@@ -72,6 +72,17 @@ pub fn build_router(app: AppState) -> Router {
         .with_state(app)
 }
 
+/// The router of the `metrics_listen` listener: `/metrics` and nothing else.
+pub fn metrics_router(app: AppState) -> Router {
+    let (router, _spec) = OpenApiRouter::new()
+        .routes(routes!(ops::metrics))
+        .split_for_parts();
+    router
+        .fallback(not_found)
+        .layer(axum::Extension(ops::MetricsListener))
+        .with_state(app)
+}
+
 async fn not_found(uri: axum::http::Uri, method: axum::http::Method) -> Response {
     ApiError::new(ErrorCode::ResourceNotFound, "No such route")
         .with_details(format!("{method} {} does not exist", uri.path()))

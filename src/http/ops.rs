@@ -42,10 +42,22 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     }
 }
 
+/// Marks requests that came in on the `metrics_listen` listener.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsListener;
+
 /// Prometheus metrics in the text exposition format.
 #[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics", security(()),
     responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String)))]
-pub async fn metrics(State(app): State<AppState>) -> Response {
+pub async fn metrics(
+    State(app): State<AppState>,
+    on_metrics_listener: Option<axum::Extension<MetricsListener>>,
+) -> Response {
+    if app.config.metrics_listen.is_some() && on_metrics_listener.is_none() {
+        return ApiError::new(ErrorCode::ResourceNotFound, "No such route")
+            .with_details("/metrics is served on the metrics listener (metrics_listen)")
+            .into_response();
+    }
     // Gauges that are cheap to read at scrape time and costly to keep current per request.
     // (Open pending actions are counted by the state maintenance task, not per scrape.)
     crate::telemetry::ws_connections(app.ws_connections.open());
