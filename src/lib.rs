@@ -48,6 +48,7 @@ pub mod events;
 pub mod http;
 pub mod ids;
 pub mod input;
+pub mod intent;
 pub mod native;
 pub mod server;
 pub mod state;
