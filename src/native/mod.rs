@@ -20,6 +20,7 @@ pub mod request;
 pub mod resolve;
 pub mod speech;
 pub mod timing;
+mod transcript;
 pub mod undo;
 pub mod workers;
 
@@ -51,6 +52,8 @@ use crate::upstream::Upstream;
 pub enum Transport {
     Http,
     WebSocket,
+    /// A tool call of `POST /chat`.
+    Chat,
 }
 
 impl Transport {
@@ -58,6 +61,7 @@ impl Transport {
         match self {
             Transport::Http => "http",
             Transport::WebSocket => "ws",
+            Transport::Chat => "chat",
         }
     }
 }
@@ -223,6 +227,21 @@ impl Bridge {
                 )
             }
         };
+        if req.needs_understanding() {
+            return self.transcript_turn(principal, req, timing, transport).await;
+        }
+        self.dispatch(principal, req, timing, transport).await
+    }
+
+    /// Runs a parsed request: a read inline, a write in its own task (see [`Bridge::handle`]).
+    async fn dispatch(
+        self: &Arc<Self>,
+        principal: Arc<Principal>,
+        req: NativeRequest,
+        timing: ServerTiming,
+        transport: Transport,
+    ) -> TurnOutcome {
+        let span = tracing::Span::current();
         if req.is_read() {
             return self.run(&principal, req, timing, transport).await;
         }

@@ -330,6 +330,28 @@ CREATE TABLE event_outbox (
     created_at      TEXT NOT NULL
 );
 "#,
+    // 6 (issue 16): chat threads (`POST /chat`): the last turns of each thread and the pending
+    // action its last question parked, owned by one API key; and the index behind "yes" without
+    // an id (the caller key's newest open pending action).
+    r#"
+CREATE TABLE chat_threads (
+    id                 TEXT PRIMARY KEY,
+    org_id             TEXT NOT NULL,
+    key_id             TEXT NOT NULL,
+    pending_action_id  TEXT,
+    created_at         TEXT NOT NULL,
+    updated_at         TEXT NOT NULL
+);
+CREATE TABLE chat_turns (
+    thread_id   TEXT NOT NULL REFERENCES chat_threads(id) ON DELETE CASCADE,
+    seq         INTEGER NOT NULL,
+    role        TEXT NOT NULL,
+    content     TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (thread_id, seq)
+);
+CREATE INDEX pending_actions_by_key ON pending_actions(org_id, key_id, created_at);
+"#,
 ];
 
 /// Brings the database up to the newest schema. Safe to call on every open, from several
