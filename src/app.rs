@@ -20,6 +20,8 @@ pub struct App {
     pub auth: Authenticator,
     pub limiter: RateLimiter,
     pub bridge: Arc<Bridge>,
+    /// `POST /chat`: threads, credits and the configured provider.
+    pub chat: crate::chat::Chat,
     pub ws_connections: Arc<ConnectionLimiter>,
     /// Failed WebSocket auth frames per source address.
     pub ws_auth_failures: AuthFailureLimiter,
@@ -57,7 +59,9 @@ impl App {
                 )
             }
         };
+        let chat = crate::chat::Chat::new(store.clone(), bridge.clone(), &config.chat)?;
         Ok(Arc::new(App {
+            chat,
             auth,
             limiter: RateLimiter::new(config.limits.default_rate_limit),
             bridge,

@@ -63,6 +63,7 @@ use crate::native::action::{self, ACTION_TYPES};
         (name = "campaigns", description = "Campaigns and their audiences"),
         (name = "feeds", description = "Signals, activity and notes"),
         (name = "account", description = "Credits and settings"),
+        (name = "chat", description = "AI chat with the 17 actions as tools"),
         (name = "webhooks", description = "Webhook subscriptions"),
         (name = "operations", description = "Health, readiness, metrics and this document; no API key"),
     )

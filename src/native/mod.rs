@@ -18,9 +18,10 @@ mod replay;
 pub mod reply;
 pub mod request;
 pub mod resolve;
+pub mod schema;
 pub mod speech;
 pub mod timing;
-mod transcript;
+pub mod transcript;
 pub mod undo;
 pub mod workers;
 

@@ -16,6 +16,19 @@ use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::intent::{self, Clock, Understanding};
 
+/// What an utterance means (see [`Bridge::interpret`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Interpretation {
+    /// An action object as a client would send it, and another reading of the same words.
+    Action {
+        action: Value,
+        alternative: Option<Value>,
+    },
+    /// "yes" (true) or "no" (false).
+    Confirm(bool),
+    Unrecognized,
+}
+
 /// What a transcript turns into.
 enum Reading {
     /// A request to run, with the action as understood (none for a confirmation) and another
@@ -76,12 +89,35 @@ impl Bridge {
         }
     }
 
+    /// What `text` means for this caller: an action (with spoken dates placed in the org's
+    /// time zone, and another reading to try when the first names nothing), a yes or no, or
+    /// nothing recognised.
+    pub async fn interpret(&self, p: &Principal, text: &str) -> ApiResult<Interpretation> {
+        Ok(match intent::understand(text) {
+            Understanding::Unrecognized => Interpretation::Unrecognized,
+            Understanding::Confirm(yes) => Interpretation::Confirm(yes),
+            Understanding::Action(intent) => {
+                let zone = if intent.needs_clock() {
+                    self.backend.time_zone(&p.org_id).await?
+                } else {
+                    crate::domain::TimeZone::UTC
+                };
+                let clock = Clock::new(chrono::Utc::now(), zone.0);
+                let (action, alternative) = intent.resolve(&clock);
+                Interpretation::Action {
+                    action: action.to_json(),
+                    alternative: alternative.map(|a| a.to_json()),
+                }
+            }
+        })
+    }
+
     async fn read_transcript(&self, p: &Principal, req: &NativeRequest) -> Reading {
         let text = req.transcript.as_deref().unwrap_or_default();
         let understood = match &req.pending_action_id {
             // With an id, only a yes or a no can answer it.
             Some(_) => match intent::confirmation_of(text) {
-                Some(yes) => Understanding::Confirm(yes),
+                Some(yes) => Interpretation::Confirm(yes),
                 None => {
                     return Reading::Answer(Err(ApiError::validation(
                         "confirmed",
@@ -90,39 +126,33 @@ impl Bridge {
                     .with_spoken("Should I go ahead or cancel?")))
                 }
             },
-            None => intent::understand(text),
+            None => match self.interpret(p, text).await {
+                Ok(i) => i,
+                Err(e) => return Reading::Answer(Err(e)),
+            },
         };
         match understood {
-            Understanding::Unrecognized => Reading::Answer(Ok(unrecognized())),
-            Understanding::Confirm(yes) => self.voice_confirmation(p, req, yes).await,
-            Understanding::Action(intent) => {
-                let zone = if intent.needs_clock() {
-                    match self.backend.time_zone(&p.org_id).await {
-                        Ok(z) => z,
-                        Err(e) => return Reading::Answer(Err(e)),
-                    }
-                } else {
-                    crate::domain::TimeZone::UTC
-                };
-                let clock = Clock::new(chrono::Utc::now(), zone.0);
-                let (action, alternative) = intent.resolve(&clock);
-                let parsed = action.to_json();
-                let req2 = match req.with_action(parsed.clone()) {
+            Interpretation::Unrecognized => Reading::Answer(Ok(unrecognized())),
+            Interpretation::Confirm(yes) => self.voice_confirmation(p, req, yes).await,
+            Interpretation::Action {
+                action,
+                alternative,
+            } => {
+                let req2 = match req.with_action(action.clone()) {
                     Ok(r) => r,
                     Err(e) if e.code == ErrorCode::ValidationError => {
-                        return Reading::Answer(Ok(incomplete(&e, parsed)))
+                        return Reading::Answer(Ok(incomplete(&e, action)))
                     }
                     Err(e) => return Reading::Answer(Err(e)),
                 };
-                let alternative = alternative.and_then(|a| {
-                    let json = a.to_json();
+                let alternative = alternative.and_then(|json| {
                     req.with_action(json.clone())
                         .ok()
                         .map(|r| (Box::new(r), json))
                 });
                 Reading::Run {
                     req: Box::new(req2),
-                    parsed: Some(parsed),
+                    parsed: Some(action),
                     alternative,
                 }
             }
@@ -155,7 +185,8 @@ impl Bridge {
     }
 }
 
-fn unrecognized() -> NativeReply {
+/// The reply to words that were not understood.
+pub fn unrecognized() -> NativeReply {
     NativeReply::new(
         ReplyMode::ClarificationRequired,
         intent::HINT,
@@ -165,7 +196,7 @@ fn unrecognized() -> NativeReply {
 
 /// An action understood but missing a detail ("send John an email" without what it says):
 /// a question for the user rather than an error, since the words were understood.
-fn incomplete(e: &ApiError, parsed: Value) -> NativeReply {
+pub fn incomplete(e: &ApiError, parsed: Value) -> NativeReply {
     let field = e
         .details
         .as_deref()
