@@ -100,7 +100,12 @@ impl ChatConfig {
             ("chat.max_rounds", self.max_rounds.into(), 1, 4),
             ("chat.deadline_ms", self.deadline_ms, 100, 300_000),
             ("chat.history_turns", self.history_turns.into(), 0, 200),
-            ("chat.max_message_chars", self.max_message_chars.into(), 1, 32_000),
+            (
+                "chat.max_message_chars",
+                self.max_message_chars.into(),
+                1,
+                32_000,
+            ),
         ];
         for &(name, value, min, max) in ranges {
             if value < min || value > max {

@@ -42,12 +42,18 @@ async fn builtin_runs_the_action_it_reads_and_passes_its_reply_through() {
     let before = credits(&d).await;
     let a = chat(&d, json!({ "message": "who is Sarah Chen at Notion" })).await;
     assert!(
-        a["response"].as_str().unwrap().contains("VP of Engineering"),
+        a["response"]
+            .as_str()
+            .unwrap()
+            .contains("VP of Engineering"),
         "{a}"
     );
     assert_eq!(a["model"], "pilot-bridge-builtin");
     assert!(a["thread_id"].as_str().is_some_and(|t| !t.is_empty()));
-    assert_eq!(a["usage"], json!({ "input_tokens": 6, "output_tokens": a["response"].as_str().unwrap().split_whitespace().count() }));
+    assert_eq!(
+        a["usage"],
+        json!({ "input_tokens": 6, "output_tokens": a["response"].as_str().unwrap().split_whitespace().count() })
+    );
     let calls = a["tool_calls"].as_array().unwrap();
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0]["name"], "lookup_person");
@@ -60,7 +66,10 @@ async fn builtin_runs_the_action_it_reads_and_passes_its_reply_through() {
     assert_eq!(credits(&d).await, before - 1, "one credit per message");
     // Not understood: a hint, no tool call, still one credit.
     let a = chat(&d, json!({ "message": "sing me a song" })).await;
-    assert!(a["response"].as_str().unwrap().contains("You can say"), "{a}");
+    assert!(
+        a["response"].as_str().unwrap().contains("You can say"),
+        "{a}"
+    );
     assert_eq!(a["tool_calls"], json!([]));
     assert_eq!(credits(&d).await, before - 2);
 }
@@ -73,14 +82,20 @@ async fn a_question_in_a_thread_is_answered_by_the_users_next_message() {
     let before = total(d.campaign(&seed).await);
     let a = chat(&d, json!({ "message": "add Sarah Chen to Seed founders" })).await;
     let tid = a["thread_id"].as_str().unwrap().to_string();
-    assert_eq!(a["tool_calls"][0]["result"]["mode"], "confirmation_required");
+    assert_eq!(
+        a["tool_calls"][0]["result"]["mode"],
+        "confirmation_required"
+    );
     assert_eq!(a["response"], "Add Sarah Chen to Seed founders?");
     assert_eq!(total(d.campaign(&seed).await), before, "asked, not done");
 
     // "yes" in another thread answers nothing.
     let other = chat(&d, json!({ "message": "yes" })).await;
     assert_eq!(other["tool_calls"], json!([]));
-    assert!(other["response"].as_str().unwrap().contains("nothing waiting"));
+    assert!(other["response"]
+        .as_str()
+        .unwrap()
+        .contains("nothing waiting"));
     assert_eq!(total(d.campaign(&seed).await), before);
 
     let yes = chat(&d, json!({ "message": "Yes, do it.", "thread_id": tid })).await;
@@ -96,11 +111,25 @@ async fn a_question_in_a_thread_is_answered_by_the_users_next_message() {
     assert_eq!(total(d.campaign(&seed).await), before + 1);
 
     // "no" cancels, and something else said in between drops the question.
-    let a = chat(&d, json!({ "message": "pause seed founders", "thread_id": tid })).await;
-    assert_eq!(a["tool_calls"][0]["result"]["mode"], "confirmation_required");
+    let a = chat(
+        &d,
+        json!({ "message": "pause seed founders", "thread_id": tid }),
+    )
+    .await;
+    assert_eq!(
+        a["tool_calls"][0]["result"]["mode"],
+        "confirmation_required"
+    );
     let no = chat(&d, json!({ "message": "no", "thread_id": tid })).await;
-    assert_eq!(no["tool_calls"][0]["result"]["data"]["cancelled"], true, "{no}");
-    chat(&d, json!({ "message": "pause seed founders", "thread_id": tid })).await;
+    assert_eq!(
+        no["tool_calls"][0]["result"]["data"]["cancelled"], true,
+        "{no}"
+    );
+    chat(
+        &d,
+        json!({ "message": "pause seed founders", "thread_id": tid }),
+    )
+    .await;
     chat(&d, json!({ "message": "any replies", "thread_id": tid })).await;
     let late = chat(&d, json!({ "message": "yes", "thread_id": tid })).await;
     assert_eq!(late["tool_calls"], json!([]));
@@ -127,8 +156,16 @@ async fn credits_run_out_with_a_402_and_are_set_by_the_cli() {
         .iter()
         .map(|r| r.status)
         .collect();
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == 402).count(), 5, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        3,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 402).count(),
+        5,
+        "{statuses:?}"
+    );
     assert_eq!(credits(&d).await, 0);
 }
 
@@ -148,7 +185,10 @@ fn org_set_credits_sets_the_balance() {
             .arg(dir.path())
             .output()
             .expect("run pilot-bridge");
-        (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned())
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
     };
     let (ok, out) = run(&["org", "create", "acme", "--credits", "12"]);
     assert!(ok, "{out}");
@@ -168,7 +208,10 @@ async fn bad_messages_are_422_and_cost_nothing() {
     let before = credits(&d).await;
     let cases = [
         (json!({ "message": "   " }), "message: must not be empty"),
-        (json!({ "message": "x".repeat(4001) }), "message: longer than 4000 characters"),
+        (
+            json!({ "message": "x".repeat(4001) }),
+            "message: longer than 4000 characters",
+        ),
         (json!({}), "body: missing field `message`"),
         (json!({ "message": "hi", "threadId": "t" }), "threadId"),
         (json!({ "message": 5 }), "message"),
@@ -187,37 +230,44 @@ async fn unknown_and_foreign_threads_are_404() {
     let a = chat(&d, json!({ "message": "any replies" })).await;
     let tid = a["thread_id"].as_str().unwrap().to_string();
     let before = credits(&d).await;
-    let r = d
-        .c
-        .post("/chat", json!({ "message": "hi", "thread_id": "no-such-thread" }))
+    let r =
+        d.c.post(
+            "/chat",
+            json!({ "message": "hi", "thread_id": "no-such-thread" }),
+        )
         .await;
     r.err(404, "RESOURCE_NOT_FOUND");
     assert!(r.details().starts_with("thread_id"), "{}", r.details());
     // Another key of the same org.
-    let key2 = d.s.create_key(DEMO_ORG, &[Scope::Chat, Scope::Native]).await;
-    let r = d
-        .s
-        .client(&key2)
-        .post("/chat", json!({ "message": "any replies", "thread_id": tid }))
-        .await;
+    let key2 =
+        d.s.create_key(DEMO_ORG, &[Scope::Chat, Scope::Native])
+            .await;
+    let r =
+        d.s.client(&key2)
+            .post(
+                "/chat",
+                json!({ "message": "any replies", "thread_id": tid }),
+            )
+            .await;
     r.err(404, "RESOURCE_NOT_FOUND");
     // Another org.
     d.s.create_org("other", Plan::Pro, Some(0)).await;
     let key3 = d.s.create_key("other", Scope::ALL).await;
-    let r = d
-        .s
-        .client(&key3)
-        .post("/chat", json!({ "message": "any replies", "thread_id": tid }))
-        .await;
+    let r =
+        d.s.client(&key3)
+            .post(
+                "/chat",
+                json!({ "message": "any replies", "thread_id": tid }),
+            )
+            .await;
     r.err(404, "RESOURCE_NOT_FOUND");
     assert_eq!(credits(&d).await, before, "refused messages cost nothing");
     // Without the chat scope.
     let key4 = d.s.create_key(DEMO_ORG, &[Scope::Native]).await;
-    let r = d
-        .s
-        .client(&key4)
-        .post("/chat", json!({ "message": "any replies" }))
-        .await;
+    let r =
+        d.s.client(&key4)
+            .post("/chat", json!({ "message": "any replies" }))
+            .await;
     r.err(403, "SCOPE_DENIED");
 }
 
@@ -226,12 +276,15 @@ async fn unknown_and_foreign_threads_are_404() {
 const FAKE_KEY: &str = "sk-test-fake-provider-key";
 const KEY_VAR: &str = "PILOT_BRIDGE_TEST_CHAT_PROVIDER_KEY";
 
-/// What the fake received: the Authorization header and the JSON body of each request.
+/// One request the fake received: its Authorization header and JSON body.
+type Received = (Option<String>, Value);
+
+/// What the fake received, in order.
 #[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<(Option<String>, Value)>>>);
+struct Seen(Arc<Mutex<Vec<Received>>>);
 
 impl Seen {
-    fn all(&self) -> Vec<(Option<String>, Value)> {
+    fn all(&self) -> Vec<Received> {
         self.0.lock().map(|v| v.clone()).unwrap_or_default()
     }
 }
@@ -241,8 +294,7 @@ fn last_user_message(body: &Value) -> String {
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|m| m["role"] == "user")
-        .last()
+        .rfind(|m| m["role"] == "user")
         .and_then(|m| m["content"].as_str())
         .unwrap_or_default()
         .to_string()
@@ -290,10 +342,16 @@ async fn fake_completions(
         .into_response();
     }
     let (name, args) = if user.contains("note") {
-        ("note_on_contact", json!({"contactRef": "John Smith", "note": "wants pricing by Friday"}))
+        (
+            "note_on_contact",
+            json!({"contactRef": "John Smith", "note": "wants pricing by Friday"}),
+        )
     } else {
         // A model trying to confirm on the user's behalf.
-        ("add_to_campaign", json!({"contactRef": "Sarah Chen", "campaignRef": "Seed founders", "confirmed": true}))
+        (
+            "add_to_campaign",
+            json!({"contactRef": "Sarah Chen", "campaignRef": "Seed founders", "confirmed": true}),
+        )
     };
     Json(json!({
         "id": "c1", "object": "chat.completion",
@@ -309,7 +367,10 @@ async fn fake_completions(
 async fn fake_provider() -> (String, Seen) {
     let seen = Seen::default();
     let app = axum::Router::new()
-        .route("/v1/chat/completions", axum::routing::post(fake_completions))
+        .route(
+            "/v1/chat/completions",
+            axum::routing::post(fake_completions),
+        )
         .with_state(seen.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -345,10 +406,17 @@ async fn openai_provider_sends_tools_runs_them_and_passes_the_answer_through() {
     let d = openai_demo(url).await;
     let john = d.contact_id("john@acme.com").await;
     let notes_before = d.notes(&john).await.len();
-    let a = chat(&d, json!({ "message": "add a note for John: wants pricing by Friday" })).await;
+    let a = chat(
+        &d,
+        json!({ "message": "add a note for John: wants pricing by Friday" }),
+    )
+    .await;
     assert_eq!(a["response"], "Done: I saved that note on John Smith.");
     assert_eq!(a["model"], "fake-model-1");
-    assert_eq!(a["usage"], json!({ "input_tokens": 220, "output_tokens": 31 }));
+    assert_eq!(
+        a["usage"],
+        json!({ "input_tokens": 220, "output_tokens": 31 })
+    );
     let call = &a["tool_calls"][0];
     assert_eq!(call["name"], "note_on_contact");
     assert_eq!(
@@ -412,7 +480,11 @@ async fn a_model_cannot_confirm_only_the_users_yes_does() {
     assert_eq!(call["name"], "add_to_campaign");
     assert!(call["arguments"].get("confirmed").is_none(), "{call}");
     assert_eq!(call["result"]["mode"], "confirmation_required");
-    assert_eq!(total(d.campaign(&seed).await), before, "the model's confirmed was ignored");
+    assert_eq!(
+        total(d.campaign(&seed).await),
+        before,
+        "the model's confirmed was ignored"
+    );
     // The model was told only the user can confirm.
     let requests = seen.all();
     let tool_msg = requests[1].1["messages"]
@@ -422,14 +494,25 @@ async fn a_model_cannot_confirm_only_the_users_yes_does() {
         .find(|m| m["role"] == "tool")
         .cloned()
         .unwrap();
-    assert!(tool_msg["content"].as_str().unwrap().contains("only the user's next message"));
+    assert!(tool_msg["content"]
+        .as_str()
+        .unwrap()
+        .contains("only the user's next message"));
     let tid = a["thread_id"].as_str().unwrap();
     let yes = chat(&d, json!({ "message": "yes", "thread_id": tid })).await;
     assert_eq!(yes["tool_calls"][0]["name"], "confirm_pending_action");
     assert_eq!(total(d.campaign(&seed).await), before + 1);
-    assert_eq!(seen.all().len(), requests.len(), "the user's yes needs no model call");
+    assert_eq!(
+        seen.all().len(),
+        requests.len(),
+        "the user's yes needs no model call"
+    );
     // The thread's history goes to the model with the next message.
-    chat(&d, json!({ "message": "add a note for John: call back", "thread_id": tid })).await;
+    chat(
+        &d,
+        json!({ "message": "add a note for John: call back", "thread_id": tid }),
+    )
+    .await;
     let last = seen.all().pop().unwrap().1;
     let texts: Vec<String> = last["messages"]
         .as_array()
@@ -437,7 +520,10 @@ async fn a_model_cannot_confirm_only_the_users_yes_does() {
         .iter()
         .filter_map(|m| m["content"].as_str().map(str::to_string))
         .collect();
-    assert!(texts.iter().any(|t| t == "put Sarah in seed founders"), "{texts:?}");
+    assert!(
+        texts.iter().any(|t| t == "put Sarah in seed founders"),
+        "{texts:?}"
+    );
     assert!(texts.iter().any(|t| t == "yes"), "{texts:?}");
 }
 

@@ -42,12 +42,19 @@ fn labelled_utterances_are_understood() {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l}: {e}")))
         .collect();
-    assert!(lines.len() >= 150, "only {} labelled utterances", lines.len());
+    assert!(
+        lines.len() >= 150,
+        "only {} labelled utterances",
+        lines.len()
+    );
     let mut wrong = Vec::new();
     for line in &lines {
         let got = outcome(line);
         if got != line.expect {
-            wrong.push(format!("  {:?}\n    want {}\n    got  {}", line.text, line.expect, got));
+            wrong.push(format!(
+                "  {:?}\n    want {}\n    got  {}",
+                line.text, line.expect, got
+            ));
         }
     }
     let right = lines.len() - wrong.len();

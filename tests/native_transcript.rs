@@ -121,10 +121,9 @@ async fn yes_without_an_id_never_answers_another_keys_question() {
     let d = demo().await;
     let asked = d.ok(json!({ "transcript": "pause seed founders" })).await;
     assert_eq!(asked["mode"], "confirmation_required", "{asked}");
-    let other = d
-        .s
-        .create_key(pilot_bridge::demo::DEMO_ORG, &[Scope::Native])
-        .await;
+    let other =
+        d.s.create_key(pilot_bridge::demo::DEMO_ORG, &[Scope::Native])
+            .await;
     let other = d.s.client(&other);
     let r = d.send_as(&other, json!({ "transcript": "yes" })).await;
     let data = check_ok(&r);
@@ -134,7 +133,10 @@ async fn yes_without_an_id_never_answers_another_keys_question() {
     // Nor by id.
     let pid = asked["pending_action_id"].as_str().unwrap();
     let r = d
-        .send_as(&other, json!({ "transcript": "yes", "pendingActionId": pid }))
+        .send_as(
+            &other,
+            json!({ "transcript": "yes", "pendingActionId": pid }),
+        )
         .await;
     check_err(&r, 404, "RESOURCE_NOT_FOUND");
 }
@@ -191,10 +193,15 @@ async fn spoken_dates_are_read_in_the_org_time_zone() {
     assert_eq!(asked["mode"], "confirmation_required", "{asked}");
     let zone = chrono_tz::America::New_York;
     let tomorrow = chrono::Utc::now().with_timezone(&zone).date_naive() + chrono::Duration::days(1);
-    let start = asked["data"]["parsed_action"]["startTime"].as_str().unwrap();
+    let start = asked["data"]["parsed_action"]["startTime"]
+        .as_str()
+        .unwrap();
     let parsed = chrono::DateTime::parse_from_rfc3339(start).unwrap();
     let local = parsed.with_timezone(&zone);
     assert_eq!(local.date_naive(), tomorrow, "{start}");
     assert_eq!(local.format("%H:%M").to_string(), "15:00", "{start}");
-    assert!(start.ends_with("-05:00") || start.ends_with("-04:00"), "{start}");
+    assert!(
+        start.ends_with("-05:00") || start.ends_with("-04:00"),
+        "{start}"
+    );
 }

@@ -44,9 +44,7 @@ impl Provider for Builtin {
                     .unwrap_or_default()
                     .to_string();
                 let result = x.tools.run(&name, action, alternative).await;
-                tools::spoken(&result)
-                    .unwrap_or("Done.")
-                    .to_string()
+                tools::spoken(&result).unwrap_or("Done.").to_string()
             }
         };
         Ok(Answer {

@@ -115,11 +115,10 @@ impl Chat {
         }
         let max = self.cfg.max_message_chars as usize;
         if message.chars().count() > max {
-            return Err(ApiError::validation(
-                "message",
-                format!("longer than {max} characters"),
-            )
-            .with_spoken("That message is too long."));
+            return Err(
+                ApiError::validation("message", format!("longer than {max} characters"))
+                    .with_spoken("That message is too long."),
+            );
         }
         let (thread_id, pending, history) = match req.thread_id.as_deref() {
             Some(id) => {
@@ -166,10 +165,7 @@ impl Chat {
             &message_id,
             &message,
         );
-        let answered = match (
-            pending.as_deref(),
-            crate::intent::confirmation_of(&message),
-        ) {
+        let answered = match (pending.as_deref(), crate::intent::confirmation_of(&message)) {
             // The user's answer to the thread's open question: settled here, by the user's
             // words, without asking the model.
             (Some(pid), Some(yes)) => {

@@ -149,7 +149,10 @@ impl OpenAi {
             .build()?;
         Ok(OpenAi {
             http,
-            url: format!("{}/chat/completions", cfg.base_url.trim().trim_end_matches('/')),
+            url: format!(
+                "{}/chat/completions",
+                cfg.base_url.trim().trim_end_matches('/')
+            ),
             model: cfg.model.clone(),
             api_key,
             max_rounds: cfg.max_rounds.clamp(1, 4),
@@ -207,9 +210,12 @@ impl OpenAi {
 }
 
 fn unavailable(details: String) -> ApiError {
-    ApiError::new(ErrorCode::UpstreamUnavailable, "The chat model is unavailable")
-        .with_details(details)
-        .with_spoken("The assistant isn't available right now. Please try again.")
+    ApiError::new(
+        ErrorCode::UpstreamUnavailable,
+        "The chat model is unavailable",
+    )
+    .with_details(details)
+    .with_spoken("The assistant isn't available right now. Please try again.")
 }
 
 fn timed_out() -> ApiError {
@@ -223,10 +229,7 @@ fn transport_error(e: reqwest::Error) -> ApiError {
         timed_out()
     } else {
         // Without the URL: it may carry credentials in its user info.
-        unavailable(format!(
-            "chat provider unreachable: {}",
-            e.without_url()
-        ))
+        unavailable(format!("chat provider unreachable: {}", e.without_url()))
     }
 }
 
@@ -341,7 +344,9 @@ mod tests {
 
     #[test]
     fn a_question_tells_the_model_who_answers_it() {
-        let shown = for_model(&serde_json::json!({"mode":"confirmation_required","spoken_summary":"Add X?"}));
+        let shown = for_model(
+            &serde_json::json!({"mode":"confirmation_required","spoken_summary":"Add X?"}),
+        );
         assert!(shown.contains("only the user's next message"));
         let shown = for_model(&serde_json::json!({"mode":"result"}));
         assert!(!shown.contains("note"));

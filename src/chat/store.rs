@@ -96,9 +96,12 @@ pub fn save_exchange(
 }
 
 fn out_of_credits() -> ApiError {
-    ApiError::new(ErrorCode::InsufficientCredits, "No credits left for AI chat")
-        .with_details("credits_remaining: 0; each chat message costs 1 credit")
-        .with_spoken("You're out of chat credits.")
+    ApiError::new(
+        ErrorCode::InsufficientCredits,
+        "No credits left for AI chat",
+    )
+    .with_details("credits_remaining: 0; each chat message costs 1 credit")
+    .with_spoken("You're out of chat credits.")
 }
 
 /// Takes one credit from the org, atomically: never below zero, whatever runs concurrently.
@@ -138,9 +141,7 @@ pub fn set_credits(conn: &Connection, org: &str, credits: i64) -> ApiResult<()> 
         return Err(ApiError::validation("credits", "must not be negative"));
     }
     let n = conn
-        .prepare_cached(
-            "UPDATE orgs SET credits_remaining = ?2, updated_at = ?3 WHERE id = ?1",
-        )?
+        .prepare_cached("UPDATE orgs SET credits_remaining = ?2, updated_at = ?3 WHERE id = ?1")?
         .execute(params![org, credits, now_rfc3339()])?;
     if n == 0 {
         return Err(ApiError::new(
@@ -193,27 +194,57 @@ mod tests {
             content: c.into(),
         };
         s.write_sync(|tx| {
-            save_exchange(tx, "acme", "k1", "t1", &[turn("user", "a"), turn("assistant", "b")], Some("p1"), 3)
+            save_exchange(
+                tx,
+                "acme",
+                "k1",
+                "t1",
+                &[turn("user", "a"), turn("assistant", "b")],
+                Some("p1"),
+                3,
+            )
         })
         .unwrap();
         s.write_sync(|tx| {
-            save_exchange(tx, "acme", "k1", "t1", &[turn("user", "c"), turn("assistant", "d")], None, 3)
+            save_exchange(
+                tx,
+                "acme",
+                "k1",
+                "t1",
+                &[turn("user", "c"), turn("assistant", "d")],
+                None,
+                3,
+            )
         })
         .unwrap();
-        let t = s.read_sync(|c| thread(c, "acme", "k1", "t1")).unwrap().unwrap();
+        let t = s
+            .read_sync(|c| thread(c, "acme", "k1", "t1"))
+            .unwrap()
+            .unwrap();
         assert_eq!(t.pending_action_id, None);
-        assert!(s.read_sync(|c| thread(c, "acme", "k2", "t1")).unwrap().is_none());
-        assert!(s.read_sync(|c| thread(c, "other", "k1", "t1")).unwrap().is_none());
+        assert!(s
+            .read_sync(|c| thread(c, "acme", "k2", "t1"))
+            .unwrap()
+            .is_none());
+        assert!(s
+            .read_sync(|c| thread(c, "other", "k1", "t1"))
+            .unwrap()
+            .is_none());
         let turns = s.read_sync(|c| last_turns(c, "t1", 10)).unwrap();
         let texts: Vec<&str> = turns.iter().map(|t| t.content.as_str()).collect();
         assert_eq!(texts, ["b", "c", "d"]);
         // Another key cannot take the thread over by naming it.
         let e = s
-            .write_sync(|tx| save_exchange(tx, "acme", "k2", "t1", &[turn("user", "x")], Some("p9"), 3))
+            .write_sync(|tx| {
+                save_exchange(tx, "acme", "k2", "t1", &[turn("user", "x")], Some("p9"), 3)
+            })
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::ResourceNotFound);
         assert_eq!(s.read_sync(|c| last_turns(c, "t1", 10)).unwrap().len(), 3);
-        let t = s.read_sync(|c| thread(c, "acme", "k1", "t1")).unwrap().unwrap();
+        let t = s
+            .read_sync(|c| thread(c, "acme", "k1", "t1"))
+            .unwrap()
+            .unwrap();
         assert_eq!(t.pending_action_id, None);
     }
 }

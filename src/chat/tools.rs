@@ -92,8 +92,11 @@ impl ToolRunner {
         }
         let Some(ty) = ACTION_TYPES.iter().find(|t| **t == name) else {
             let result = error_result(
-                &ApiError::validation("tool", format!("unknown tool '{}'", crate::text::clip(name, 64)))
-                    .with_spoken("I tried something I can't do."),
+                &ApiError::validation(
+                    "tool",
+                    format!("unknown tool '{}'", crate::text::clip(name, 64)),
+                )
+                .with_spoken("I tried something I can't do."),
             );
             self.calls.push(ToolCall {
                 name: crate::text::clip(name, 64),
@@ -107,7 +110,11 @@ impl ToolRunner {
         let mut ran = arguments;
         if let (Err(e), Some(alt)) = (&outcome.result, alternative) {
             if e.code == ErrorCode::ResourceNotFound {
-                let alt_ty = alt.get("type").and_then(Value::as_str).unwrap_or(ty).to_string();
+                let alt_ty = alt
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or(ty)
+                    .to_string();
                 let alt = model_arguments(&alt_ty, alt);
                 outcome = self.run_action(n, alt.clone()).await;
                 ran = alt;
@@ -185,7 +192,12 @@ fn model_arguments(ty: &str, arguments: Value) -> Value {
         Value::Object(m) => m,
         _ => Map::new(),
     };
-    for k in ["confirmed", "pendingActionId", "pending_action_id", "idempotencyKey"] {
+    for k in [
+        "confirmed",
+        "pendingActionId",
+        "pending_action_id",
+        "idempotencyKey",
+    ] {
         m.remove(k);
     }
     m.insert("type".into(), Value::String(ty.to_string()));
@@ -213,7 +225,10 @@ mod tests {
             a,
             json!({"contactRef":"x","campaignRef":"y","type":"add_to_campaign"})
         );
-        assert_eq!(model_arguments("undo_last", json!("junk")), json!({"type":"undo_last"}));
+        assert_eq!(
+            model_arguments("undo_last", json!("junk")),
+            json!({"type":"undo_last"})
+        );
     }
 
     #[test]

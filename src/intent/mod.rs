@@ -128,6 +128,9 @@ pub enum Understanding {
     Unrecognized,
 }
 
+/// One phrase rule: the intent it reads, or `None` when the words are not its kind.
+type Rule = fn(&[Word]) -> Option<Intent>;
+
 /// Reads one utterance.
 pub fn understand(text: &str) -> Understanding {
     let all = split(text);
@@ -138,9 +141,22 @@ pub fn understand(text: &str) -> Understanding {
     if let Some(yes) = confirmation(w) {
         return Understanding::Confirm(yes);
     }
-    let rules: [fn(&[Word]) -> Option<Intent>; 15] = [
-        undo, note, mark_status, pause_resume, remove, add, book, send, draft, stats, inbox,
-        signals, research, enrich, lookup,
+    let rules: [Rule; 15] = [
+        undo,
+        note,
+        mark_status,
+        pause_resume,
+        remove,
+        add,
+        book,
+        send,
+        draft,
+        stats,
+        inbox,
+        signals,
+        research,
+        enrich,
+        lookup,
     ];
     rules
         .iter()
@@ -213,21 +229,89 @@ fn politeness_off(words: &[Word]) -> &[Word] {
 
 fn confirmation(w: &[Word]) -> Option<bool> {
     const NO: &[&str] = &[
-        "no", "nope", "nah", "cancel", "don't", "dont", "not", "never", "mind", "nevermind",
-        "stop", "forget", "abort", "it", "that", "thanks", "do", "this", "please",
+        "no",
+        "nope",
+        "nah",
+        "cancel",
+        "don't",
+        "dont",
+        "not",
+        "never",
+        "mind",
+        "nevermind",
+        "stop",
+        "forget",
+        "abort",
+        "it",
+        "that",
+        "thanks",
+        "do",
+        "this",
+        "please",
     ];
     const NO_MARKS: &[&str] = &[
-        "no", "nope", "nah", "cancel", "don't", "dont", "not", "never", "nevermind", "forget",
+        "no",
+        "nope",
+        "nah",
+        "cancel",
+        "don't",
+        "dont",
+        "not",
+        "never",
+        "nevermind",
+        "forget",
         "abort",
     ];
     const YES: &[&str] = &[
-        "yes", "yeah", "yep", "yup", "ya", "sure", "confirm", "confirmed", "do", "it", "go",
-        "ahead", "ok", "okay", "correct", "that's", "right", "affirmative", "sounds", "good",
-        "for", "absolutely", "definitely", "thing", "please", "that", "send", "book", "i",
+        "yes",
+        "yeah",
+        "yep",
+        "yup",
+        "ya",
+        "sure",
+        "confirm",
+        "confirmed",
+        "do",
+        "it",
+        "go",
+        "ahead",
+        "ok",
+        "okay",
+        "correct",
+        "that's",
+        "right",
+        "affirmative",
+        "sounds",
+        "good",
+        "for",
+        "absolutely",
+        "definitely",
+        "thing",
+        "please",
+        "that",
+        "send",
+        "book",
+        "i",
     ];
     const YES_MARKS: &[&str] = &[
-        "yes", "yeah", "yep", "yup", "ya", "sure", "confirm", "confirmed", "do", "go", "ok",
-        "okay", "correct", "right", "affirmative", "good", "absolutely", "definitely",
+        "yes",
+        "yeah",
+        "yep",
+        "yup",
+        "ya",
+        "sure",
+        "confirm",
+        "confirmed",
+        "do",
+        "go",
+        "ok",
+        "okay",
+        "correct",
+        "right",
+        "affirmative",
+        "good",
+        "absolutely",
+        "definitely",
     ];
     if w.is_empty() || w.len() > 5 {
         return None;
@@ -247,8 +331,18 @@ fn confirmation(w: &[Word]) -> Option<bool> {
 
 const CAMPAIGN_WORDS: &[&str] = &["campaign", "sequence", "cadence", "list", "campaigns"];
 const COMPANY_CUES: &[&str] = &[
-    "inc", "corp", "corporation", "llc", "ltd", "labs", "company", "co", "gmbh", "technologies",
-    "software", "group",
+    "inc",
+    "corp",
+    "corporation",
+    "llc",
+    "ltd",
+    "labs",
+    "company",
+    "co",
+    "gmbh",
+    "technologies",
+    "software",
+    "group",
 ];
 
 /// A campaign name: "the Seed founders campaign" → "Seed founders".
@@ -279,7 +373,9 @@ fn contact_at(words: &[Word]) -> (Option<String>, Option<String>) {
 fn is_company_like(words: &[Word]) -> bool {
     words.iter().any(|w| {
         COMPANY_CUES.contains(&w.norm.as_str())
-            || (w.norm.contains('.') && !w.norm.contains('@') && crate::text::looks_like_domain(&w.norm))
+            || (w.norm.contains('.')
+                && !w.norm.contains('@')
+                && crate::text::looks_like_domain(&w.norm))
     })
 }
 
@@ -298,14 +394,92 @@ fn about_contact(kind: &'static str, words: &[Word]) -> Option<SpokenAction> {
 /// before a verb or a small word ("John prefers email" → 1).
 fn name_span(words: &[Word]) -> usize {
     const CLAUSE: &[&str] = &[
-        "is", "was", "said", "says", "wants", "wanted", "prefers", "preferred", "has", "had",
-        "likes", "liked", "needs", "needed", "asked", "asks", "will", "would", "can", "could",
-        "met", "mentioned", "called", "told", "thinks", "thought", "loves", "hates", "doesn't",
-        "didn't", "does", "did", "isn't", "wasn't", "agreed", "plans", "works", "moved", "just",
-        "also", "already", "seems", "got", "gets", "sent", "replied", "responded", "owns",
-        "runs", "leads", "should", "might", "may", "left", "joined", "signed", "booked",
-        "confirmed", "and", "to", "on", "in", "the", "a", "about", "is", "wants", "want",
-        "won't", "can't", "loved", "hated", "went", "uses", "used", "prefer", "cares",
+        "is",
+        "was",
+        "said",
+        "says",
+        "wants",
+        "wanted",
+        "prefers",
+        "preferred",
+        "has",
+        "had",
+        "likes",
+        "liked",
+        "needs",
+        "needed",
+        "asked",
+        "asks",
+        "will",
+        "would",
+        "can",
+        "could",
+        "met",
+        "mentioned",
+        "called",
+        "told",
+        "thinks",
+        "thought",
+        "loves",
+        "hates",
+        "doesn't",
+        "didn't",
+        "does",
+        "did",
+        "isn't",
+        "wasn't",
+        "agreed",
+        "plans",
+        "works",
+        "moved",
+        "just",
+        "also",
+        "already",
+        "seems",
+        "got",
+        "gets",
+        "sent",
+        "replied",
+        "responded",
+        "owns",
+        "runs",
+        "leads",
+        "should",
+        "might",
+        "may",
+        "left",
+        "joined",
+        "signed",
+        "booked",
+        "confirmed",
+        "and",
+        "to",
+        "on",
+        "in",
+        "the",
+        "a",
+        "about",
+        "is",
+        "wants",
+        "want",
+        "won't",
+        "can't",
+        "loved",
+        "hated",
+        "went",
+        "uses",
+        "used",
+        "prefer",
+        "cares",
+        "he",
+        "she",
+        "they",
+        "we",
+        "i",
+        "his",
+        "her",
+        "their",
+        "it",
     ];
     let has_capitals = words.iter().any(|w| w.raw.starts_with(char::is_uppercase))
         && words
@@ -480,8 +654,18 @@ fn mark_status(w: &[Word]) -> Option<Intent> {
     let mut who = who;
     // "as", "to", "status to", "'s status to", "is now"
     for tail in [
-        "as", "to", "as a", "status to", "status as", "status", "as being", "is now", "is", "was",
-        "are", "now",
+        "as",
+        "to",
+        "as a",
+        "status to",
+        "status as",
+        "status",
+        "as being",
+        "is now",
+        "is",
+        "was",
+        "are",
+        "now",
     ] {
         if let Some(h) = strip_suffix(who, tail) {
             who = h;
@@ -503,10 +687,26 @@ fn mark_status(w: &[Word]) -> Option<Intent> {
 }
 
 fn pause_resume(w: &[Word]) -> Option<Intent> {
-    let pause = ["pause", "hold", "suspend", "halt", "freeze", "stop", "hold off on"];
+    let pause = [
+        "pause",
+        "hold",
+        "suspend",
+        "halt",
+        "freeze",
+        "stop",
+        "hold off on",
+    ];
     let resume = [
-        "resume", "unpause", "un-pause", "un pause", "restart", "reactivate", "re-activate",
-        "continue", "activate", "unfreeze",
+        "resume",
+        "unpause",
+        "un-pause",
+        "un pause",
+        "restart",
+        "reactivate",
+        "re-activate",
+        "continue",
+        "activate",
+        "unfreeze",
     ];
     let (kind, rest) = if let Some(rest) = strip_any(w, &pause) {
         ("pause_campaign", rest)
@@ -558,7 +758,15 @@ fn remove(w: &[Word]) -> Option<Intent> {
         "remove_from_campaign",
         w,
         &[
-            "remove", "take", "drop", "pull", "unenroll", "un-enroll", "kick", "delete", "get",
+            "remove",
+            "take",
+            "drop",
+            "pull",
+            "unenroll",
+            "un-enroll",
+            "kick",
+            "delete",
+            "get",
         ],
         &["off of", "out of", "off", "from"],
     )
@@ -569,7 +777,15 @@ fn add(w: &[Word]) -> Option<Intent> {
         "add_to_campaign",
         w,
         &[
-            "add", "put", "enroll", "enrol", "sign", "include", "stick", "throw", "drop",
+            "add",
+            "put",
+            "enroll",
+            "enrol",
+            "sign",
+            "include",
+            "stick",
+            "throw",
+            "drop",
             "subscribe",
         ],
         &["to", "into", "in", "onto", "on", "for"],
@@ -587,7 +803,10 @@ fn duration_at(w: &[Word]) -> Option<(u32, usize)> {
                 return Some((n, 1));
             }
         }
-        if let Some(n) = word.strip_suffix("-hour").and_then(|n| n.parse::<u32>().ok()) {
+        if let Some(n) = word
+            .strip_suffix("-hour")
+            .and_then(|n| n.parse::<u32>().ok())
+        {
             return Some((n * 60, 1));
         }
     }
@@ -621,14 +840,31 @@ fn book(w: &[Word]) -> Option<Intent> {
         "plan", "add",
     ];
     let nouns = [
-        "meeting", "call", "demo", "chat", "sync", "intro", "catch up", "catch-up", "catchup",
-        "session", "coffee", "video call", "zoom", "meet", "appointment", "one on one",
+        "meeting",
+        "call",
+        "demo",
+        "chat",
+        "sync",
+        "intro",
+        "catch up",
+        "catch-up",
+        "catchup",
+        "session",
+        "coffee",
+        "video call",
+        "zoom",
+        "meet",
+        "appointment",
+        "one on one",
     ];
     let rest = if let Some(rest) = strip_any(w, &["meet with", "meet", "call with"]) {
         rest
     } else {
         let rest = strip_any(w, &verbs)?;
-        let rest = skip_all(rest, &["in", "me", "us", "a", "an", "the", "quick", "short"]);
+        let rest = skip_all(
+            rest,
+            &["in", "me", "us", "a", "an", "the", "quick", "short"],
+        );
         let mut duration = None;
         let mut rest = rest;
         if let Some((mins, took)) = duration_at(rest) {
@@ -647,7 +883,14 @@ fn book_with(mut rest: &[Word], mut duration: Option<u32>) -> Option<Intent> {
     rest = &rest[took..];
     rest = strip_any(rest, &["with", "for"])?;
     // The contact ends where the time or the topic begins.
-    let stops = ["about", "to discuss", "regarding", "re", "to talk about", "to go over"];
+    let stops = [
+        "about",
+        "to discuss",
+        "regarding",
+        "re",
+        "to talk about",
+        "to go over",
+    ];
     let end = (0..rest.len())
         .find(|&i| {
             (took == 0 && starts_when(&rest[i..]))
@@ -718,9 +961,36 @@ fn channel_in(w: &[Word]) -> Option<&'static str> {
 /// The contact in a message's header: everything that is not a message word.
 fn header_contact(w: &[Word]) -> (Option<String>, Option<String>) {
     const NOISE: &[&str] = &[
-        "a", "an", "the", "quick", "short", "email", "e-mail", "mail", "message", "note",
-        "linkedin", "linked", "inmail", "dm", "on", "via", "over", "to", "for", "up", "follow",
-        "follow-up", "followup", "intro", "reply", "response", "new", "some", "them", "by",
+        "a",
+        "an",
+        "the",
+        "quick",
+        "short",
+        "email",
+        "e-mail",
+        "mail",
+        "message",
+        "note",
+        "linkedin",
+        "linked",
+        "inmail",
+        "dm",
+        "on",
+        "via",
+        "over",
+        "to",
+        "for",
+        "up",
+        "follow",
+        "follow-up",
+        "followup",
+        "intro",
+        "reply",
+        "response",
+        "new",
+        "some",
+        "them",
+        "by",
     ];
     let start = w
         .iter()
@@ -743,7 +1013,8 @@ fn send(w: &[Word]) -> Option<Intent> {
         (None, r)
     } else if let Some(r) = strip_any(w, &["email", "e-mail"]) {
         (Some("email"), r)
-    } else if let Some(r) = strip_any(w, &["message", "dm", "inmail", "reply to", "write back to"]) {
+    } else if let Some(r) = strip_any(w, &["message", "dm", "inmail", "reply to", "write back to"])
+    {
         (None, r)
     } else if let Some(r) = strip(w, "tell").filter(|r| !starts_with_me(r)) {
         (None, r)
@@ -762,7 +1033,7 @@ fn send(w: &[Word]) -> Option<Intent> {
         "that",
     ];
     let (header, body) = match first_pause(rest).filter(|i| *i + 1 < rest.len()) {
-        Some(i) if !split_first(&rest[..=i], &seps).is_some() => (&rest[..=i], &rest[i + 1..]),
+        Some(i) if split_first(&rest[..=i], &seps).is_none() => (&rest[..=i], &rest[i + 1..]),
         _ => split_first(rest, &seps)?,
     };
     let (contact, company) = header_contact(header);
@@ -777,28 +1048,68 @@ fn send(w: &[Word]) -> Option<Intent> {
 }
 
 fn starts_with_me(w: &[Word]) -> bool {
-    w.first().is_some_and(|x| matches!(x.norm.as_str(), "me" | "us"))
+    w.first()
+        .is_some_and(|x| matches!(x.norm.as_str(), "me" | "us"))
 }
 
 fn draft(w: &[Word]) -> Option<Intent> {
     let verbs = [
-        "draft up", "draft", "write up", "write", "compose", "prepare", "create", "put together",
+        "draft up",
+        "draft",
+        "write up",
+        "write",
+        "compose",
+        "prepare",
+        "create",
+        "put together",
     ];
     let rest = strip_any(w, &verbs)?;
     let nouns = [
-        "email", "e-mail", "message", "note", "follow up", "follow-up", "followup", "intro",
-        "reply", "response", "dm", "inmail", "linkedin",
+        "email",
+        "e-mail",
+        "message",
+        "note",
+        "follow up",
+        "follow-up",
+        "followup",
+        "intro",
+        "reply",
+        "response",
+        "dm",
+        "inmail",
+        "linkedin",
     ];
-    if !rest.iter().any(|x| nouns.contains(&x.norm.as_str()) || x.norm == "follow") {
+    if !rest
+        .iter()
+        .any(|x| nouns.contains(&x.norm.as_str()) || x.norm == "follow")
+    {
         return None;
     }
-    let keep_verb = ["asking", "thanking", "telling", "mentioning", "inviting", "checking"];
-    let drop = ["about", "regarding", "re", "saying", "to say", "that says", "that", "on the topic of"];
+    let keep_verb = [
+        "asking",
+        "thanking",
+        "telling",
+        "mentioning",
+        "inviting",
+        "checking",
+    ];
+    let drop = [
+        "about",
+        "regarding",
+        "re",
+        "saying",
+        "to say",
+        "that says",
+        "that",
+        "on the topic of",
+    ];
     let cut = (1..rest.len()).find(|&i| {
         keep_verb.contains(&rest[i].norm.as_str()) || strip_any(&rest[i..], &drop).is_some()
     });
     let (header, instructions) = match cut {
-        Some(i) if keep_verb.contains(&rest[i].norm.as_str()) => (&rest[..i], free_text(&rest[i..])),
+        Some(i) if keep_verb.contains(&rest[i].norm.as_str()) => {
+            (&rest[..i], free_text(&rest[i..]))
+        }
         Some(i) => (&rest[..i], strip_any(&rest[i..], &drop).and_then(free_text)),
         None => (rest, None),
     };
@@ -814,8 +1125,15 @@ fn draft(w: &[Word]) -> Option<Intent> {
 
 fn stats(w: &[Word]) -> Option<Intent> {
     let done = [
-        "doing", "going", "performing", "looking", "tracking", "coming along", "doing so far",
-        "going so far", "performing so far",
+        "doing",
+        "going",
+        "performing",
+        "looking",
+        "tracking",
+        "coming along",
+        "doing so far",
+        "going so far",
+        "performing so far",
     ];
     let heads = ["how is", "how's", "hows", "how are", "how has", "how have"];
     if let Some(rest) = strip_any(w, &heads) {
@@ -859,8 +1177,26 @@ fn stats(w: &[Word]) -> Option<Intent> {
         return campaign_stats(rest);
     }
     // "Seed founders stats", "give me the Seed founders numbers"
-    let w2 = strip_any(w, &["give me the", "show me the", "show me", "give me", "get me the", "the"]).unwrap_or(w);
-    for tail in ["stats", "statistics", "numbers", "metrics", "campaign stats", "campaign numbers"] {
+    let w2 = strip_any(
+        w,
+        &[
+            "give me the",
+            "show me the",
+            "show me",
+            "give me",
+            "get me the",
+            "the",
+        ],
+    )
+    .unwrap_or(w);
+    for tail in [
+        "stats",
+        "statistics",
+        "numbers",
+        "metrics",
+        "campaign stats",
+        "campaign numbers",
+    ] {
         if let Some(head) = strip_suffix(w2, tail) {
             if !head.is_empty() && head.len() <= 5 {
                 return campaign_stats(head);
@@ -879,11 +1215,27 @@ fn campaign_stats(w: &[Word]) -> Option<Intent> {
 
 fn inbox(w: &[Word]) -> Option<Intent> {
     let reply_words = [
-        "reply", "replies", "replied", "respond", "responded", "responses", "response",
-        "write back", "wrote back", "written back", "get back", "got back", "gotten back",
-        "answer", "answered", "inbox",
+        "reply",
+        "replies",
+        "replied",
+        "respond",
+        "responded",
+        "responses",
+        "response",
+        "write back",
+        "wrote back",
+        "written back",
+        "get back",
+        "got back",
+        "gotten back",
+        "answer",
+        "answered",
+        "inbox",
     ];
-    let mentions = w.iter().enumerate().any(|(i, _)| strip_any(&w[i..], &reply_words).is_some());
+    let mentions = w
+        .iter()
+        .enumerate()
+        .any(|(i, _)| strip_any(&w[i..], &reply_words).is_some());
     if !mentions {
         return None;
     }
@@ -891,7 +1243,10 @@ fn inbox(w: &[Word]) -> Option<Intent> {
     // "did John reply", "has Sarah Chen responded"
     if let Some(rest) = strip_any(w, &["did", "has", "have", "had"]) {
         let rest = skip_all(rest, &["we", "i"]);
-        if !starts_with_any(rest, &["anyone", "anybody", "someone", "any", "we", "i", "you"]) {
+        if !starts_with_any(
+            rest,
+            &["anyone", "anybody", "someone", "any", "we", "i", "you"],
+        ) {
             let end = (0..rest.len()).find(|&i| strip_any(&rest[i..], &reply_words).is_some())?;
             let (contact, company) = contact_at(&rest[..end]);
             a.contact = Some(contact?);
@@ -899,7 +1254,9 @@ fn inbox(w: &[Word]) -> Option<Intent> {
             return Some(Intent::new(a));
         }
     }
-    if w.iter().any(|x| matches!(x.norm.as_str(), "new" | "unread" | "unseen")) {
+    if w.iter()
+        .any(|x| matches!(x.norm.as_str(), "new" | "unread" | "unseen"))
+    {
         a.unread_only = Some(true);
     }
     // "from John", "by John"
@@ -914,9 +1271,14 @@ fn inbox(w: &[Word]) -> Option<Intent> {
     }
     // "last 3 replies", "5 most recent replies", "top 3"
     for i in 0..w.len() {
-        if let Some(n) = number(&w[i]).filter(|n| *n > 0 && !matches!(w[i].norm.as_str(), "a" | "an" | "one")) {
+        if let Some(n) =
+            number(&w[i]).filter(|n| *n > 0 && !matches!(w[i].norm.as_str(), "a" | "an" | "one"))
+        {
             let next = w.get(i + 1).map(|x| x.norm.as_str());
-            if matches!(next, Some("replies" | "responses" | "most" | "latest" | "new" | "unread" | "recent")) {
+            if matches!(
+                next,
+                Some("replies" | "responses" | "most" | "latest" | "new" | "unread" | "recent")
+            ) {
                 a.limit = Some(n);
                 break;
             }
@@ -951,7 +1313,9 @@ fn signals(w: &[Word]) -> Option<Intent> {
     let rest = if let Some(rest) = strip_any(w, &about_company) {
         rest
     } else {
-        let at = w.iter().position(|x| matches!(x.norm.as_str(), "signal" | "signals"))?;
+        let at = w
+            .iter()
+            .position(|x| matches!(x.norm.as_str(), "signal" | "signals"))?;
         let head = &w[..at];
         if head
             .iter()
@@ -978,13 +1342,29 @@ fn signals(w: &[Word]) -> Option<Intent> {
     }
     // "with intent above 80", "with an intent score over 60"
     if let Some(i) = rest.iter().position(|x| x.norm == "intent") {
-        if let Some(n) = rest[i..].iter().filter_map(number).last() {
+        if let Some(n) = rest[i..].iter().rev().find_map(number) {
             a.min_intent_score = Some(i64::from(n.min(100)));
         }
         rest = &rest[..i];
-        rest = strip_suffix(rest, "with an").or_else(|| strip_suffix(rest, "with")).unwrap_or(rest);
+        rest = strip_suffix(rest, "with an")
+            .or_else(|| strip_suffix(rest, "with"))
+            .unwrap_or(rest);
     }
-    let rest = strip_any(rest, &["for", "on", "at", "from", "about", "with", "in", "do we have for", "do we have on"]).unwrap_or(rest);
+    let rest = strip_any(
+        rest,
+        &[
+            "for",
+            "on",
+            "at",
+            "from",
+            "about",
+            "with",
+            "in",
+            "do we have for",
+            "do we have on",
+        ],
+    )
+    .unwrap_or(rest);
     let rest = skip_all(rest, &["do we have", "are there", "the company"]);
     if !rest.is_empty() {
         let (contact, company) = contact_at(rest);
@@ -1032,7 +1412,8 @@ fn person_or_company(
     };
     if strip_any(w, &["company", "the company", "account"]).is_some()
         || is_company_like(w)
-        || w.first().is_some_and(|x| x.norm.contains('.') && !x.norm.contains('@'))
+        || w.first()
+            .is_some_and(|x| x.norm.contains('.') && !x.norm.contains('@'))
     {
         return Some(Intent::new(as_company(w)?));
     }
@@ -1068,15 +1449,21 @@ fn research(w: &[Word]) -> Option<Intent> {
         "dig up info on",
     ];
     let rest = strip_any(w, &verbs)?;
-    let (subject, topic) = match split_first(rest, &["about", "regarding", "on", "focusing on", "focused on", "for"]) {
+    let (subject, topic) = match split_first(
+        rest,
+        &[
+            "about",
+            "regarding",
+            "on",
+            "focusing on",
+            "focused on",
+            "for",
+        ],
+    ) {
         Some((s, t)) if !t.is_empty() => (s, free_text(t)),
         _ => (rest, None),
     };
     let mut i = person_or_company("start_research", "start_research", subject, false)?;
-    // Both readings are start_research: as a person, the name goes in contactRef.
-    if i.action.contact.is_none() && i.action.company.is_some() {
-        // company reading first
-    }
     i.action.topic = topic.clone();
     if let Some(alt) = &mut i.alternative {
         alt.topic = topic;
@@ -1087,14 +1474,28 @@ fn research(w: &[Word]) -> Option<Intent> {
 fn enrich(w: &[Word]) -> Option<Intent> {
     if let Some(rest) = strip_any(w, &["enrich the contact", "enrich contact", "enrich"]) {
         let rest = strip_suffix(rest, "'s profile").unwrap_or(rest);
-        let rest = strip_any_suffix(rest, &["profile", "data", "info", "record", "details", "contact"]);
+        let rest = strip_any_suffix(
+            rest,
+            &["profile", "data", "info", "record", "details", "contact"],
+        );
         return about_contact("enrich_contact", rest).map(Intent::new);
     }
-    let verbs = ["update", "refresh", "fill in", "complete", "find", "get", "look up"];
+    let verbs = [
+        "update", "refresh", "fill in", "complete", "find", "get", "look up",
+    ];
     let rest = strip_any(w, &verbs)?;
     let what = [
-        "info", "information", "details", "data", "profile", "record", "email", "email address",
-        "contact info", "contact details", "phone number",
+        "info",
+        "information",
+        "details",
+        "data",
+        "profile",
+        "record",
+        "email",
+        "email address",
+        "contact info",
+        "contact details",
+        "phone number",
     ];
     let head = what.iter().find_map(|t| strip_suffix(rest, t))?;
     let last = head.last()?;
@@ -1190,10 +1591,25 @@ mod tests {
 
     #[test]
     fn yes_and_no() {
-        for t in ["yes", "Yes, do it.", "confirm", "yeah go ahead", "ok", "sure", "yes please"] {
+        for t in [
+            "yes",
+            "Yes, do it.",
+            "confirm",
+            "yeah go ahead",
+            "ok",
+            "sure",
+            "yes please",
+        ] {
             assert_eq!(understand(t), Understanding::Confirm(true), "{t}");
         }
-        for t in ["no", "cancel", "No, cancel that.", "never mind", "don't do it", "nope"] {
+        for t in [
+            "no",
+            "cancel",
+            "No, cancel that.",
+            "never mind",
+            "don't do it",
+            "nope",
+        ] {
             assert_eq!(understand(t), Understanding::Confirm(false), "{t}");
         }
         assert_eq!(confirmation_of("add john to seed founders"), None);
@@ -1201,7 +1617,13 @@ mod tests {
 
     #[test]
     fn nothing_recognised() {
-        for t in ["", "um", "what's the weather like", "play some music", "hello there"] {
+        for t in [
+            "",
+            "um",
+            "what's the weather like",
+            "play some music",
+            "hello there",
+        ] {
             assert_eq!(understand(t), Understanding::Unrecognized, "{t}");
         }
     }
@@ -1229,8 +1651,14 @@ mod tests {
                 "take John off Seed founders",
                 json!({"type":"remove_from_campaign","contactRef":"John","campaignRef":"Seed founders"}),
             ),
-            ("pause Q4 Enterprise", json!({"type":"pause_campaign","campaignRef":"Q4 Enterprise"})),
-            ("unpause seed founders", json!({"type":"resume_campaign","campaignRef":"seed founders"})),
+            (
+                "pause Q4 Enterprise",
+                json!({"type":"pause_campaign","campaignRef":"Q4 Enterprise"}),
+            ),
+            (
+                "unpause seed founders",
+                json!({"type":"resume_campaign","campaignRef":"seed founders"}),
+            ),
             (
                 "book a 45 minute meeting with John Smith tomorrow at 3pm",
                 json!({"type":"book_meeting","contactRef":"John Smith","startTime":"2026-11-27T15:00:00Z","durationMinutes":45}),
@@ -1261,8 +1689,14 @@ mod tests {
                 "draft a linkedin message to Sarah Chen about the webinar",
                 json!({"type":"draft_message","contactRef":"Sarah Chen","channel":"linkedin","instructions":"the webinar"}),
             ),
-            ("research Figma", json!({"type":"start_research","company":"Figma"})),
-            ("enrich John Smith", json!({"type":"enrich_contact","contactRef":"John Smith"})),
+            (
+                "research Figma",
+                json!({"type":"start_research","company":"Figma"}),
+            ),
+            (
+                "enrich John Smith",
+                json!({"type":"enrich_contact","contactRef":"John Smith"}),
+            ),
         ];
         for (text, want) in table {
             assert_eq!(act(text), want, "{text}");
@@ -1275,7 +1709,10 @@ mod tests {
             panic!()
         };
         assert_eq!(i.action.kind, "lookup_person");
-        assert_eq!(i.alternative.as_ref().map(|a| a.kind), Some("lookup_company"));
+        assert_eq!(
+            i.alternative.as_ref().map(|a| a.kind),
+            Some("lookup_company")
+        );
         let Understanding::Action(i) = understand("research acme") else {
             panic!()
         };

@@ -172,18 +172,20 @@ pub fn parse_when(words: &[Word]) -> (When, usize) {
                 when.day = Some(Day::Tomorrow);
                 step = 1;
             }
-            "day" if when.day.is_none()
-                && next == Some("after")
-                && words.get(i + 2).map(|w| w.norm.as_str()) == Some("tomorrow") =>
+            "day"
+                if when.day.is_none()
+                    && next == Some("after")
+                    && words.get(i + 2).map(|w| w.norm.as_str()) == Some("tomorrow") =>
             {
                 when.day = Some(Day::AfterTomorrow);
                 step = 3;
             }
-            "the" if when.day.is_none()
-                && ((next == Some("day")
-                    && words.get(i + 2).map(|w| w.norm.as_str()) == Some("after"))
-                    || (next.and_then(day_of_month).is_some()
-                        && words.get(i + 2).map(|w| w.norm.as_str()) == Some("of"))) =>
+            "the"
+                if when.day.is_none()
+                    && ((next == Some("day")
+                        && words.get(i + 2).map(|w| w.norm.as_str()) == Some("after"))
+                        || (next.and_then(day_of_month).is_some()
+                            && words.get(i + 2).map(|w| w.norm.as_str()) == Some("of"))) =>
             {
                 step = 1;
             }
@@ -239,7 +241,9 @@ pub fn parse_when(words: &[Word]) -> (When, usize) {
                             when.day = Some(Day::Date { month: m, day: d });
                             step = 2;
                         }
-                    } else if let Some(d) = day_of_month(w).filter(|_| !w.ends_with(char::is_numeric)) {
+                    } else if let Some(d) =
+                        day_of_month(w).filter(|_| !w.ends_with(char::is_numeric))
+                    {
                         // "3rd of december", "the third of december"
                         if next == Some("of") {
                             if let Some(m) = words.get(i + 2).and_then(|w| month(&w.norm)) {
@@ -314,7 +318,11 @@ fn clock_at(words: &[Word], when: &mut When) -> usize {
         // "three", "three thirty", "three pm"
         let mut n = 1;
         let mut m = 0;
-        if let Some(mins) = words.get(1).and_then(number).filter(|m| (10..=59).contains(m)) {
+        if let Some(mins) = words
+            .get(1)
+            .and_then(number)
+            .filter(|m| (10..=59).contains(m))
+        {
             m = mins;
             n += 1;
         }
@@ -427,9 +435,7 @@ pub fn find_since(words: &[Word]) -> Option<(Since, std::ops::Range<usize>)> {
             (Some("this" | "the"), Some("month"), ..) => Some((Since::ThisMonth, 2)),
             (Some("last" | "past"), Some("week"), ..) => Some((Since::DaysAgo(7), 2)),
             (Some("last" | "past"), Some("month"), ..) => Some((Since::DaysAgo(30), 2)),
-            (Some("the"), Some("last" | "past"), Some("week"), _) => {
-                Some((Since::DaysAgo(7), 3))
-            }
+            (Some("the"), Some("last" | "past"), Some("week"), _) => Some((Since::DaysAgo(7), 3)),
             (Some("since"), Some(d), ..) if weekday(d).is_some() => {
                 weekday(d).map(|w| (Since::LastWeekday(w), 2))
             }
@@ -445,7 +451,9 @@ pub fn find_since(words: &[Word]) -> Option<(Since, std::ops::Range<usize>)> {
         };
         if let Some((since, n)) = found {
             // "in the last 3 days", "from this week", "over the past week"
-            let start = if i > 0 && ["in", "from", "over", "during", "for"].contains(&words[i - 1].norm.as_str()) {
+            let start = if i > 0
+                && ["in", "from", "over", "during", "for"].contains(&words[i - 1].norm.as_str())
+            {
                 i - 1
             } else {
                 i
@@ -522,7 +530,10 @@ mod tests {
             Some("2026-11-27T15:00:00-05:00")
         );
         // 05:00 in New York: 9 am today is still ahead.
-        assert_eq!(at("at 9am", ny).as_deref(), Some("2026-11-26T09:00:00-05:00"));
+        assert_eq!(
+            at("at 9am", ny).as_deref(),
+            Some("2026-11-26T09:00:00-05:00")
+        );
         let tokyo = chrono_tz::Asia::Tokyo;
         // 19:00 on Thursday in Tokyo: "tomorrow" is Friday there.
         assert_eq!(

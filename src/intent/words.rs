@@ -15,13 +15,30 @@ pub struct Word {
 }
 
 /// Hesitations that speech-to-text writes down and that never carry meaning.
-const FILLERS: &[&str] = &["um", "umm", "uh", "uhh", "uhm", "er", "erm", "ah", "hmm", "mm"];
+const FILLERS: &[&str] = &[
+    "um", "umm", "uh", "uhh", "uhm", "er", "erm", "ah", "hmm", "mm",
+];
 
 fn is_edge_punct(c: char) -> bool {
     matches!(
         c,
-        '.' | ',' | '!' | '?' | ';' | ':' | '"' | '\'' | '(' | ')' | '[' | ']' | '“' | '”' | '‘'
-            | '’' | '-' | '…'
+        '.' | ','
+            | '!'
+            | '?'
+            | ';'
+            | ':'
+            | '"'
+            | '\''
+            | '('
+            | ')'
+            | '['
+            | ']'
+            | '“'
+            | '”'
+            | '‘'
+            | '’'
+            | '-'
+            | '…'
     )
 }
 
@@ -69,7 +86,10 @@ fn join_spelled_emails(words: Vec<Word>) -> Vec<Word> {
             && words[i + 1].norm == "at"
             && words[i + 3].norm == "dot"
             && TLDS.contains(&words[i + 4].norm.as_str())
-            && words[i].norm.chars().all(|c| c.is_alphanumeric() || c == '.')
+            && words[i]
+                .norm
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '.')
             && words[i + 2].norm.chars().all(char::is_alphanumeric)
         {
             let addr = format!(
@@ -201,9 +221,27 @@ pub fn number(w: &Word) -> Option<u32> {
         return Some(n);
     }
     const WORDS: &[&str] = &[
-        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-        "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
-        "nineteen", "twenty",
+        "zero",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "eleven",
+        "twelve",
+        "thirteen",
+        "fourteen",
+        "fifteen",
+        "sixteen",
+        "seventeen",
+        "eighteen",
+        "nineteen",
+        "twenty",
     ];
     if let Some(n) = WORDS.iter().position(|x| *x == w.norm) {
         return u32::try_from(n).ok();

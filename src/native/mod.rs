@@ -229,7 +229,9 @@ impl Bridge {
             }
         };
         if req.needs_understanding() {
-            return self.transcript_turn(principal, req, timing, transport).await;
+            return self
+                .transcript_turn(principal, req, timing, transport)
+                .await;
         }
         self.dispatch(principal, req, timing, transport).await
     }

@@ -376,8 +376,8 @@ mod tests {
 
     #[test]
     fn a_transcript_alone_is_read_later_with_the_same_fingerprint_as_sent() {
-        let r = NativeRequest::parse(&json!({"transcript":"undo that","idempotencyKey":"k"}))
-            .unwrap();
+        let r =
+            NativeRequest::parse(&json!({"transcript":"undo that","idempotencyKey":"k"})).unwrap();
         assert!(r.needs_understanding());
         let read = r.with_action(json!({"type":"undo_last"})).unwrap();
         let sent = NativeRequest::parse(&json!({"action":{"type":"undo_last"}})).unwrap();

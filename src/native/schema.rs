@@ -14,8 +14,8 @@ use utoipa::{PartialSchema, ToSchema};
 
 use super::action::{
     BookMeeting, CampaignOnly, ContactCampaign, ContactOnly, DraftMessage, LookupCompany,
-    LookupPerson, MarkStatus, NoteOnContact, RecentSignals, ReplyInbox, SendMessage,
-    StartResearch, UndoLast,
+    LookupPerson, MarkStatus, NoteOnContact, RecentSignals, ReplyInbox, SendMessage, StartResearch,
+    UndoLast,
 };
 
 /// One action offered as a tool.

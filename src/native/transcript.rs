@@ -238,7 +238,10 @@ mod tests {
     fn parsed_action_joins_any_data() {
         let mut r = NativeReply::result("Done.", json!({"a": 1}));
         with_parsed_action(&mut r, json!({"type": "undo_last"}));
-        assert_eq!(r.data, json!({"a": 1, "parsed_action": {"type": "undo_last"}}));
+        assert_eq!(
+            r.data,
+            json!({"a": 1, "parsed_action": {"type": "undo_last"}})
+        );
         let mut r = NativeReply::result("Done.", Value::Null);
         with_parsed_action(&mut r, json!({"type": "undo_last"}));
         assert_eq!(r.data, json!({"parsed_action": {"type": "undo_last"}}));
@@ -246,7 +249,8 @@ mod tests {
 
     #[test]
     fn an_incomplete_action_asks_for_the_missing_detail() {
-        let e = ApiError::validation("action.body", "missing").with_spoken("What should the message say?");
+        let e = ApiError::validation("action.body", "missing")
+            .with_spoken("What should the message say?");
         let r = incomplete(&e, json!({"type": "send_message", "contactRef": "John"}));
         assert_eq!(r.mode, ReplyMode::ClarificationRequired);
         assert_eq!(r.data["field"], "action.body");
@@ -256,7 +260,11 @@ mod tests {
     #[test]
     fn the_unrecognized_hint_is_speakable() {
         let r = unrecognized();
-        assert!(r.spoken_summary.chars().count() <= 200, "{}", r.spoken_summary);
+        assert!(
+            r.spoken_summary.chars().count() <= 200,
+            "{}",
+            r.spoken_summary
+        );
         assert_eq!(r.data["reason"], "unrecognized");
     }
 }

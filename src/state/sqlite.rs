@@ -588,16 +588,34 @@ mod tests {
             state: PendingState::Open,
         };
         assert_eq!(s.latest_open_pending("o", "k").await.unwrap(), None);
-        s.put_pending(&pending("a", "k", 300_000), None).await.unwrap();
-        s.put_pending(&pending("b", "k", 300_000), None).await.unwrap();
-        s.put_pending(&pending("c", "k2", 300_000), None).await.unwrap();
+        s.put_pending(&pending("a", "k", 300_000), None)
+            .await
+            .unwrap();
+        s.put_pending(&pending("b", "k", 300_000), None)
+            .await
+            .unwrap();
+        s.put_pending(&pending("c", "k2", 300_000), None)
+            .await
+            .unwrap();
         s.put_pending(&pending("gone", "k", 1), None).await.unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
-        assert_eq!(s.latest_open_pending("o", "k").await.unwrap().as_deref(), Some("b"));
-        assert_eq!(s.latest_open_pending("o", "k2").await.unwrap().as_deref(), Some("c"));
+        assert_eq!(
+            s.latest_open_pending("o", "k").await.unwrap().as_deref(),
+            Some("b")
+        );
+        assert_eq!(
+            s.latest_open_pending("o", "k2").await.unwrap().as_deref(),
+            Some("c")
+        );
         assert_eq!(s.latest_open_pending("o2", "k").await.unwrap(), None);
-        assert!(s.settle_pending("b", PendingState::Cancelled).await.unwrap());
-        assert_eq!(s.latest_open_pending("o", "k").await.unwrap().as_deref(), Some("a"));
+        assert!(s
+            .settle_pending("b", PendingState::Cancelled)
+            .await
+            .unwrap());
+        assert_eq!(
+            s.latest_open_pending("o", "k").await.unwrap().as_deref(),
+            Some("a")
+        );
     }
 
     #[tokio::test]
