@@ -205,3 +205,74 @@ async fn spoken_dates_are_read_in_the_org_time_zone() {
         "{start}"
     );
 }
+
+#[tokio::test]
+async fn names_are_matched_against_the_org_in_odd_word_orders() {
+    let d = demo().await;
+    let asked = d
+        .ok(json!({ "transcript": "put smith john in founders seed" }))
+        .await;
+    assert_eq!(asked["mode"], "confirmation_required", "{asked}");
+    assert_eq!(asked["spoken_summary"], "Add John Smith to Seed founders?");
+    assert_eq!(
+        asked["data"]["parsed_action"],
+        json!({ "type": "add_to_campaign", "contactRef": "smith john", "campaignRef": "founders seed" })
+    );
+}
+
+#[tokio::test]
+async fn transcript_turns_work_over_websocket_too() {
+    use futures_util::{SinkExt, StreamExt};
+    let d = demo().await;
+    let url = format!(
+        "{}/api/v1/native/outreachpilot/ws",
+        d.s.root.replace("http://", "ws://")
+    );
+    let mut req =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+            .expect("request");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {KEY}").parse().expect("header"),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgrade");
+    let frame = json!({ "id": "t1", "transcript": "who is sarah chen" }).to_string();
+    ws.send(tokio_tungstenite::tungstenite::Message::text(frame))
+        .await
+        .expect("send");
+    let reply = loop {
+        let msg = ws.next().await.expect("a frame").expect("read");
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).expect("JSON");
+            if v["id"] == "t1" {
+                break v;
+            }
+        }
+    };
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(
+        reply["data"]["data"]["parsed_action"],
+        json!({ "type": "lookup_person", "personName": "sarah chen" })
+    );
+}
+
+#[tokio::test]
+async fn a_long_hostile_transcript_gets_an_answer() {
+    let d = demo().await;
+    for filler in ["at ", "um ", "to ", "tomorrow "] {
+        let mut text = "book a call with john ".to_string();
+        while text.len() + filler.len() <= 10_000 {
+            text.push_str(filler);
+        }
+        let r = d.send(json!({ "transcript": text })).await;
+        assert!(
+            r.status == 200 || r.status == 404 || r.status == 422,
+            "{}: {}",
+            r.status,
+            r.text
+        );
+        r.check_common();
+    }
+}

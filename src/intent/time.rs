@@ -142,6 +142,42 @@ fn with_meridiem(h: u32, m: u32, pm: Option<bool>) -> (u32, u32) {
     }
 }
 
+const LEAD_INS: &[&str] = &["next", "this", "coming", "on", "at", "by", "around"];
+
+/// True when a word that starts a time follows, after at most two more lead-ins ("on next
+/// Tuesday"). Checked without recursion, so a run of lead-in words costs nothing.
+fn leads_to_time(words: &[Word]) -> bool {
+    let mut rest = words;
+    for _ in 0..3 {
+        let Some(first) = rest.first() else {
+            return false;
+        };
+        if LEAD_INS.contains(&first.norm.as_str()) {
+            rest = &rest[1..];
+            continue;
+        }
+        return time_word(rest);
+    }
+    false
+}
+
+/// True when `words[0]` (with the word after it, for dates) can begin a time.
+fn time_word(words: &[Word]) -> bool {
+    let Some(w) = words.first() else {
+        return false;
+    };
+    let s = w.norm.as_str();
+    let next = words.get(1).map(|n| n.norm.as_str());
+    matches!(
+        s,
+        "today" | "tonight" | "tomorrow" | "noon" | "midday" | "morning" | "afternoon" | "evening"
+    ) || weekday(s).is_some()
+        || (month(s).is_some() && next.and_then(day_of_month).is_some())
+        || (s == "the" && next.is_some_and(|n| n == "day" || day_of_month(n).is_some()))
+        || clock_word(s).is_some()
+        || hour_word(w).is_some()
+}
+
 /// True when a time phrase starts at `words[0]`.
 pub fn starts_when(words: &[Word]) -> bool {
     parse_when(words).1 > 0
@@ -191,7 +227,7 @@ pub fn parse_when(words: &[Word]) -> (When, usize) {
             }
             "next" | "this" | "coming" | "on" | "at" | "by" | "around" if i + 1 < words.len() => {
                 // Only a lead-in when what follows is part of the time.
-                if starts_when(&words[i + 1..]) {
+                if leads_to_time(&words[i + 1..]) {
                     step = 1;
                 }
             }
@@ -565,6 +601,16 @@ mod tests {
         let w = split("tomorrow at 2:30am");
         let t = parse_when(&w).0.resolve(&c).unwrap();
         assert_eq!(rfc3339_local(t, &c), "2027-03-14T03:30:00-04:00");
+    }
+
+    #[test]
+    fn runs_of_lead_in_words_are_cheap_and_not_a_time() {
+        let many = "at ".repeat(3_000) + "acme";
+        let w = split(&many);
+        assert_eq!(parse_when(&w).1, 0);
+        let w = split(&("at ".repeat(3_000) + "3pm"));
+        // The lead-ins before the last two are not part of the time.
+        assert_eq!(parse_when(&w[2_997..]).1, 4);
     }
 
     #[test]
