@@ -1723,6 +1723,109 @@ mod tests {
         );
     }
 
+    mod hostile {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Words the rules look for, so random sentences reach deep into every rule.
+        const VOCAB: &[&str] = &[
+            "add",
+            "to",
+            "in",
+            "from",
+            "off",
+            "at",
+            "on",
+            "the",
+            "a",
+            "with",
+            "book",
+            "call",
+            "meeting",
+            "tomorrow",
+            "next",
+            "tuesday",
+            "3pm",
+            "3",
+            "p",
+            "m",
+            "45",
+            "minute",
+            "half",
+            "hour",
+            "note",
+            "that",
+            "saying",
+            "mark",
+            "as",
+            "not",
+            "interested",
+            "who",
+            "is",
+            "tell",
+            "me",
+            "about",
+            "research",
+            "enrich",
+            "pause",
+            "resume",
+            "draft",
+            "email",
+            "send",
+            "linkedin",
+            "how",
+            "doing",
+            "any",
+            "replies",
+            "did",
+            "reply",
+            "signals",
+            "since",
+            "last",
+            "days",
+            "undo",
+            "yes",
+            "no",
+            ":",
+            ",",
+            "-",
+            "um",
+            "john@acme.com",
+            "dot",
+            "com",
+            "december",
+            "3rd",
+            "of",
+            "for",
+            "'s",
+            "status",
+        ];
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+            /// Whatever the words, the parser answers (and any action it reads resolves in
+            /// any zone) without panicking.
+            #[test]
+            fn never_panics(
+                picks in proptest::collection::vec(0..VOCAB.len(), 0..24),
+                noise in "\\PC{0,40}",
+            ) {
+                let mut text: Vec<&str> = picks.iter().map(|i| VOCAB[*i]).collect();
+                text.push(&noise);
+                let text = text.join(" ");
+                if let Understanding::Action(i) = understand(&text) {
+                    let clock = Clock::new(chrono::Utc::now(), chrono_tz::Pacific::Chatham);
+                    let (a, alt) = i.resolve(&clock);
+                    prop_assert!(!a.kind.is_empty());
+                    if let Some(alt) = alt {
+                        prop_assert!(!alt.kind.is_empty());
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn dates_need_the_clock_only_when_spoken() {
         let Understanding::Action(i) = understand("book a call with john tomorrow at 3") else {
