@@ -76,6 +76,8 @@ pub struct ChatConfig {
     pub history_turns: u32,
     /// Longest message accepted, in characters.
     pub max_message_chars: u32,
+    /// A thread unused this long is deleted with its turns.
+    pub thread_ttl_days: u32,
 }
 
 impl Default for ChatConfig {
@@ -89,6 +91,7 @@ impl Default for ChatConfig {
             deadline_ms: 30_000,
             history_turns: 20,
             max_message_chars: 4_000,
+            thread_ttl_days: 30,
         }
     }
 }
@@ -105,6 +108,12 @@ impl ChatConfig {
                 self.max_message_chars.into(),
                 1,
                 32_000,
+            ),
+            (
+                "chat.thread_ttl_days",
+                self.thread_ttl_days.into(),
+                1,
+                3_650,
             ),
         ];
         for &(name, value, min, max) in ranges {

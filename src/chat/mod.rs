@@ -151,7 +151,10 @@ impl Chat {
                 };
                 (thread.id, thread.pending_action_id, turns)
             }
-            None => (crate::ids::new_id(), None, Vec::new()),
+            None => {
+                self.prune_idle_threads().await;
+                (crate::ids::new_id(), None, Vec::new())
+            }
         };
         let org = p.org_id.clone();
         self.store
@@ -237,6 +240,20 @@ impl Chat {
             model: self.provider.model().to_string(),
             usage: answer.usage,
         })
+    }
+
+    /// Drops a few threads idle for longer than `chat.thread_ttl_days`, whoever owns them, when
+    /// a thread starts: the table stays bounded without a timer. Best effort.
+    async fn prune_idle_threads(&self) {
+        let days = i64::from(self.cfg.thread_ttl_days);
+        let before = crate::ids::to_rfc3339(chrono::Utc::now() - chrono::Duration::days(days));
+        let pruned = self
+            .store
+            .write_bookkeeping(move |tx| store::prune_idle(tx, &before, 100))
+            .await;
+        if let Err(e) = pruned {
+            tracing::warn!(error = %e, "pruning idle chat threads failed");
+        }
     }
 
     fn provider_label(&self) -> &'static str {

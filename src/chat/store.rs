@@ -95,6 +95,22 @@ pub fn save_exchange(
     Ok(())
 }
 
+/// Deletes up to `limit` threads (with their turns) last used before `before` (RFC 3339);
+/// returns how many went.
+pub fn prune_idle(conn: &Connection, before: &str, limit: u32) -> ApiResult<usize> {
+    conn.prepare_cached(
+        "DELETE FROM chat_turns WHERE thread_id IN
+           (SELECT id FROM chat_threads WHERE updated_at < ?1 ORDER BY updated_at LIMIT ?2)",
+    )?
+    .execute(params![before, limit])?;
+    Ok(conn
+        .prepare_cached(
+            "DELETE FROM chat_threads WHERE id IN
+               (SELECT id FROM chat_threads WHERE updated_at < ?1 ORDER BY updated_at LIMIT ?2)",
+        )?
+        .execute(params![before, limit])?)
+}
+
 fn out_of_credits() -> ApiError {
     ApiError::new(
         ErrorCode::InsufficientCredits,
@@ -246,5 +262,21 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(t.pending_action_id, None);
+        // Idle threads go with their turns; recent ones stay.
+        assert_eq!(
+            s.write_sync(|tx| prune_idle(tx, "2000-01-01T00:00:00Z", 100))
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            s.write_sync(|tx| prune_idle(tx, "2999-01-01T00:00:00Z", 100))
+                .unwrap(),
+            1
+        );
+        assert!(s
+            .read_sync(|c| thread(c, "acme", "k1", "t1"))
+            .unwrap()
+            .is_none());
+        assert!(s.read_sync(|c| last_turns(c, "t1", 10)).unwrap().is_empty());
     }
 }

@@ -331,8 +331,9 @@ CREATE TABLE event_outbox (
 );
 "#,
     // 6 (issue 16): chat threads (`POST /chat`): the last turns of each thread and the pending
-    // action its last question parked, owned by one API key; and the index behind "yes" without
-    // an id (the caller key's newest open pending action).
+    // action its last question parked, owned by one API key, dropped after `chat.thread_ttl_days`
+    // idle; and the index behind "yes" without an id (the caller key's newest open pending
+    // action).
     r#"
 CREATE TABLE chat_threads (
     id                 TEXT PRIMARY KEY,
@@ -350,6 +351,7 @@ CREATE TABLE chat_turns (
     created_at  TEXT NOT NULL,
     PRIMARY KEY (thread_id, seq)
 );
+CREATE INDEX chat_threads_idle ON chat_threads(updated_at);
 CREATE INDEX pending_actions_by_key ON pending_actions(org_id, key_id, created_at);
 "#,
 ];
