@@ -250,6 +250,43 @@ mod tests {
                 assert!(props.contains_key(r.as_str().unwrap()), "{}: {r}", t.name);
             }
         }
+        let doc = crate::http::openapi::document();
+        for t in tools {
+            // What the OpenAPI document says must be given, with a required reference group
+            // (`oneOf` of its aliases) read as its canonical name.
+            let pascal: String = t
+                .name
+                .split('_')
+                .map(|w| w[..1].to_ascii_uppercase() + &w[1..])
+                .collect();
+            let api = &doc["components"]["schemas"][format!("{pascal}Action")];
+            let mut want: Vec<String> = api["required"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.as_str())
+                .filter(|r| *r != "type")
+                .map(str::to_string)
+                .collect();
+            for group in api["allOf"].as_array().into_iter().flatten() {
+                if let Some(first) = group["oneOf"][0]["required"][0].as_str() {
+                    want.push(first.to_string());
+                }
+            }
+            let mut got: Vec<String> = t.input_schema["required"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.as_str().map(str::to_string))
+                .collect();
+            want.sort();
+            got.sort();
+            assert_eq!(
+                got, want,
+                "{}: tool and OpenAPI disagree on required fields",
+                t.name
+            );
+        }
         let mark = &tools[14];
         assert!(mark.input_schema["properties"]["status"]
             .to_string()
