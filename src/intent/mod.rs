@@ -596,10 +596,11 @@ fn note_about(rest: &[Word]) -> Option<Intent> {
         (&rest[..span], &rest[span..])
     };
     let (contact, company) = contact_at(who);
+    // Without text ("note on John") the note is missing, and the user is asked for it.
     Some(Intent::new(SpokenAction {
         contact: Some(contact?),
         company,
-        note: Some(free_text(text)?),
+        note: free_text(text),
         ..SpokenAction::of("note_on_contact")
     }))
 }
@@ -730,7 +731,11 @@ fn pause_resume(w: &[Word]) -> Option<Intent> {
         .or_else(|| strip_suffix(rest, "for a bit"))
         .unwrap_or(rest);
     Some(Intent::new(SpokenAction {
-        campaign: Some(campaign(rest)?),
+        // "pause" alone: the campaign is missing, and the user is asked for it.
+        campaign: match rest.is_empty() {
+            true => None,
+            false => Some(campaign(rest)?),
+        },
         ..SpokenAction::of(kind)
     }))
 }
@@ -742,7 +747,25 @@ fn contact_and_campaign(
     seps: &[&str],
 ) -> Option<Intent> {
     let rest = strip_any(w, verbs)?;
-    let (who, which) = split_first(rest, seps)?;
+    let Some((who, which)) = split_first(rest, seps) else {
+        // "add John": a campaign action missing its campaign, so the user is asked for it.
+        // Only for a short name, so "add a meeting with John" still reaches its own rule.
+        const OTHER: &[&str] = &["a", "an", "meeting", "call", "demo", "note", "me", "us"];
+        const PLAIN_VERBS: &[&str] = &["add", "enroll", "enrol", "remove", "unenroll"];
+        if (1..=3).contains(&rest.len())
+            && w.first()
+                .is_some_and(|v| PLAIN_VERBS.contains(&v.norm.as_str()))
+            && !rest.iter().any(|x| OTHER.contains(&x.norm.as_str()))
+        {
+            let (contact, company) = contact_at(rest);
+            return Some(Intent::new(SpokenAction {
+                contact: Some(contact?),
+                company,
+                ..SpokenAction::of(kind)
+            }));
+        }
+        return None;
+    };
     let who = strip_suffix(who, "up").unwrap_or(who);
     let (contact, company) = contact_at(who);
     Some(Intent::new(SpokenAction {
@@ -1449,6 +1472,19 @@ fn research(w: &[Word]) -> Option<Intent> {
         "dig up info on",
     ];
     let rest = strip_any(w, &verbs)?;
+    // "research Notion's hiring plans": the owner is the subject, the rest the topic.
+    if let Some(i) = rest[..rest.len().saturating_sub(1)]
+        .iter()
+        .position(|x| x.norm.ends_with("'s"))
+    {
+        let mut intent = person_or_company("start_research", "start_research", &rest[..=i], false)?;
+        let topic = free_text(&rest[i + 1..]);
+        intent.action.topic = topic.clone();
+        if let Some(alt) = &mut intent.alternative {
+            alt.topic = topic;
+        }
+        return Some(intent);
+    }
     let (subject, topic) = match split_first(
         rest,
         &[
@@ -1513,6 +1549,12 @@ fn strip_any_suffix<'a>(w: &'a [Word], tails: &[&str]) -> &'a [Word] {
 }
 
 fn lookup(w: &[Word]) -> Option<Intent> {
+    if let Some(rest) = strip_any(w, &["tell me who", "do you know who", "remind me who"]) {
+        let rest = strip_suffix(rest, "is").unwrap_or(rest);
+        let mut a = about_contact("lookup_person", rest)?;
+        a.person_name = a.contact.take();
+        return Some(Intent::new(a));
+    }
     if let Some(rest) = strip_any(w, &["who is", "who's", "whos", "who are", "who was"]) {
         let mut a = about_contact("lookup_person", rest)?;
         a.person_name = a.contact.take();

@@ -142,7 +142,7 @@ fn with_meridiem(h: u32, m: u32, pm: Option<bool>) -> (u32, u32) {
     }
 }
 
-const LEAD_INS: &[&str] = &["next", "this", "coming", "on", "at", "by", "around"];
+const LEAD_INS: &[&str] = &["next", "this", "coming", "on", "at", "by", "around", "for"];
 
 /// True when a word that starts a time follows, after at most two more lead-ins ("on next
 /// Tuesday"). Checked without recursion, so a run of lead-in words costs nothing.
@@ -225,7 +225,9 @@ pub fn parse_when(words: &[Word]) -> (When, usize) {
             {
                 step = 1;
             }
-            "next" | "this" | "coming" | "on" | "at" | "by" | "around" if i + 1 < words.len() => {
+            "next" | "this" | "coming" | "on" | "at" | "by" | "around" | "for"
+                if i + 1 < words.len() =>
+            {
                 // Only a lead-in when what follows is part of the time.
                 if leads_to_time(&words[i + 1..]) {
                     step = 1;
