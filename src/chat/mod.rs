@@ -178,10 +178,6 @@ impl Chat {
                     usage: Usage::default(),
                 })
             }
-            (None, Some(_)) if self.cfg.provider == ChatProvider::Builtin => Ok(Answer {
-                text: NOTHING_PENDING.into(),
-                usage: builtin::word_usage(&message, NOTHING_PENDING),
-            }),
             _ => {
                 let x = Exchange {
                     principal: &p,
