@@ -22,6 +22,8 @@ pub struct App {
     pub auth: Authenticator,
     pub limiter: RateLimiter,
     pub bridge: Arc<Bridge>,
+    /// `POST /chat`: threads, credits and the configured provider.
+    pub chat: crate::chat::Chat,
     pub ws_connections: Arc<ConnectionLimiter>,
     /// Failed WebSocket auth frames per source address.
     pub ws_auth_failures: AuthFailureLimiter,
@@ -82,7 +84,9 @@ impl App {
             Some(link) => RateLimiter::shared(config.limits.default_rate_limit, link),
             None => RateLimiter::new(config.limits.default_rate_limit),
         };
+        let chat = crate::chat::Chat::new(store.clone(), bridge.clone(), &config.chat)?;
         Ok(Arc::new(App {
+            chat,
             auth,
             limiter,
             bridge,

@@ -167,6 +167,9 @@ pub struct OrgSettings {
     /// IANA time zone in which times are spoken, e.g. Europe/Berlin [default: UTC]
     #[arg(long, env = "PILOT_BRIDGE_TIMEZONE")]
     pub timezone: Option<TimeZone>,
+    /// Credit balance (AI chat costs 1 credit per message)
+    #[arg(long, env = "PILOT_BRIDGE_CREDITS")]
+    pub credits: Option<u32>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -180,7 +183,7 @@ pub enum OrgCmd {
         #[command(flatten)]
         settings: OrgSettings,
     },
-    /// Change an organisation's plan, rate limit, pilot mode or time zone.
+    /// Change an organisation's plan, rate limit, pilot mode, time zone or credit balance.
     Set {
         #[command(flatten)]
         common: Common,
@@ -509,8 +512,17 @@ fn org_cmd(cmd: OrgCmd) -> anyhow::Result<()> {
                 pilot_mode: settings.pilot_mode.unwrap_or(PilotMode::Review),
             };
             let timezone = settings.timezone;
+            let credits = settings.credits;
             let created = store.write_sync(|tx| {
                 let created = orgs::create(tx, &new)?;
+                if let Some(n) = credits {
+                    crate::chat::store::set_credits(tx, &created.id, n.into())?;
+                }
+                let created = match credits {
+                    Some(_) => orgs::get(tx, &created.id)?
+                        .ok_or_else(|| crate::error::ApiError::internal("org vanished"))?,
+                    None => created,
+                };
                 match timezone {
                     Some(zone) => {
                         orgs::set_timezone(tx, &created.id, zone)?;
@@ -535,7 +547,18 @@ fn org_cmd(cmd: OrgCmd) -> anyhow::Result<()> {
                 pilot_mode: settings.pilot_mode,
                 timezone: settings.timezone,
             };
-            let updated = store.write_sync(|tx| orgs::update(tx, &org, &changes))?;
+            let credits = settings.credits;
+            let updated = store.write_sync(|tx| {
+                let updated = orgs::update(tx, &org, &changes)?;
+                match credits {
+                    Some(n) => {
+                        crate::chat::store::set_credits(tx, &org, n.into())?;
+                        orgs::get(tx, &org)?
+                            .ok_or_else(|| crate::error::ApiError::internal("org vanished"))
+                    }
+                    None => Ok(updated),
+                }
+            })?;
             println!("{}", serde_json::to_string_pretty(&updated)?);
             Ok(())
         }

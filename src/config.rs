@@ -48,6 +48,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub webhooks: WebhooksConfig,
     pub state: StateConfig,
+    pub chat: ChatConfig,
 }
 
 /// Where conversation state (idempotency records, pending actions, undo entries, the dedupe
@@ -78,6 +79,96 @@ impl Default for StateConfig {
             redis_url: "redis://127.0.0.1:6379/0".to_string(),
             redis_timeout_ms: 250,
         }
+    }
+}
+
+/// Who answers `POST /chat` (DESIGN §19).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatProvider {
+    /// The built-in intent parser and spoken replies: offline, model `pilot-bridge-builtin`.
+    Builtin,
+    /// Any OpenAI-compatible `/v1/chat/completions` with tool calling.
+    Openai,
+}
+
+/// `[chat]`: the AI chat endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChatConfig {
+    pub provider: ChatProvider,
+    /// Base URL of the OpenAI-compatible API, up to and including `/v1`.
+    pub base_url: String,
+    /// Model name sent to the provider.
+    pub model: String,
+    /// Name of the environment variable holding the provider's API key; empty for servers that
+    /// take none (a local llama.cpp server or Ollama).
+    pub api_key_env: String,
+    /// Model calls per message (tool rounds included), at most 4.
+    pub max_rounds: u32,
+    /// Total time a message may take with the provider, tool calls included.
+    pub deadline_ms: u64,
+    /// Turns of a thread kept and sent back to the model.
+    pub history_turns: u32,
+    /// Longest message accepted, in characters.
+    pub max_message_chars: u32,
+    /// A thread unused this long is deleted with its turns.
+    pub thread_ttl_days: u32,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        ChatConfig {
+            provider: ChatProvider::Builtin,
+            base_url: "https://api.openai.com/v1".into(),
+            model: "gpt-4o-mini".into(),
+            api_key_env: "OPENAI_API_KEY".into(),
+            max_rounds: 4,
+            deadline_ms: 30_000,
+            history_turns: 20,
+            max_message_chars: 4_000,
+            thread_ttl_days: 30,
+        }
+    }
+}
+
+impl ChatConfig {
+    /// Rejects values that cannot work, naming the setting.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let ranges: &[(&str, u64, u64, u64)] = &[
+            ("chat.max_rounds", self.max_rounds.into(), 1, 4),
+            ("chat.deadline_ms", self.deadline_ms, 100, 300_000),
+            ("chat.history_turns", self.history_turns.into(), 0, 200),
+            (
+                "chat.max_message_chars",
+                self.max_message_chars.into(),
+                1,
+                32_000,
+            ),
+            (
+                "chat.thread_ttl_days",
+                self.thread_ttl_days.into(),
+                1,
+                3_650,
+            ),
+        ];
+        for &(name, value, min, max) in ranges {
+            if value < min || value > max {
+                bail!("{name} must be between {min} and {max} (got {value})");
+            }
+        }
+        if self.provider == ChatProvider::Openai {
+            let url = self.base_url.trim();
+            let parsed = reqwest::Url::parse(url)
+                .with_context(|| format!("chat.base_url {url:?} is not a URL"))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                bail!("chat.base_url must be http:// or https://");
+            }
+            if self.model.trim().is_empty() {
+                bail!("chat.model is required when chat.provider = \"openai\"");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -290,6 +381,7 @@ impl Default for Config {
             upstream: UpstreamConfig::default(),
             webhooks: WebhooksConfig::default(),
             state: StateConfig::default(),
+            chat: ChatConfig::default(),
         }
     }
 }
@@ -643,6 +735,7 @@ impl Config {
                 bail!("{name} must be between {min} and {max}{why} (got {value})");
             }
         }
+        self.chat.validate()?;
         // NaN fails both comparisons.
         if !(self.native.target_ms > 0.0 && self.native.target_ms <= 60_000.0) {
             bail!(

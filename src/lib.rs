@@ -20,6 +20,9 @@
 //!                 upstream (remote REST v1 API)
 //! state/          the `StateStore` trait: durable idempotency records, pending actions, undo
 //!                 entries, dedupe window (SQLite), and the per-process running claims
+//! intent/         the built-in intent parser: an utterance → one of the 17 actions, or yes/no
+//! chat/           POST /chat: threads, credits, tools through the native pipeline, providers
+//!                 (builtin, OpenAI-compatible)
 //! events.rs       server-pushed events per API key (job.completed, message.sent, …)
 //! store/          embedded SQLite (WAL): schema migrations and one module per table family
 //! upstream/       backend = "upstream": pooled reqwest client for a remote REST v1 API,
@@ -39,6 +42,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod app;
 pub mod auth;
+pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod crm;
@@ -49,6 +53,7 @@ pub mod events;
 pub mod http;
 pub mod ids;
 pub mod input;
+pub mod intent;
 pub mod native;
 pub mod server;
 pub mod state;

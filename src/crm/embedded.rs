@@ -83,6 +83,13 @@ impl Backend for EmbeddedBackend {
         "embedded"
     }
 
+    async fn time_zone(&self, org: &str) -> ApiResult<crate::domain::TimeZone> {
+        let org = org.to_string();
+        self.store
+            .read(move |c| crate::store::orgs::timezone(c, &org))
+            .await
+    }
+
     fn generation(&self) -> u64 {
         self.store.generation()
     }

@@ -75,6 +75,12 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// The org's time zone, in which spoken dates of transcript turns are read (DESIGN §19).
+    /// UTC where the backend cannot tell.
+    async fn time_zone(&self, _org: &str) -> ApiResult<crate::domain::TimeZone> {
+        Ok(crate::domain::TimeZone::UTC)
+    }
+
     /// Resolves an action's references: a read's answer, a clarification, a no-op, or a plan.
     async fn plan(
         &self,

@@ -63,6 +63,7 @@ use crate::native::action::{self, ACTION_TYPES};
         (name = "campaigns", description = "Campaigns and their audiences"),
         (name = "feeds", description = "Signals, activity and notes"),
         (name = "account", description = "Credits and settings"),
+        (name = "chat", description = "AI chat with the 17 actions as tools"),
         (name = "webhooks", description = "Webhook subscriptions"),
         (name = "operations", description = "Health, readiness, metrics and this document; no API key"),
     )
@@ -456,16 +457,23 @@ fn request_schemas(schemas: &mut Value) {
         "required": ["pendingActionId"],
         "properties": { "pendingActionId": { "type": "string", "pattern": non_blank_pattern() } }
     });
+    let transcript_given = json!({
+        "required": ["transcript"],
+        "properties": { "transcript": { "type": "string", "pattern": non_blank_pattern() } }
+    });
     schemas["NativeRequestBody"] = json!({
         "type": "object",
         "description": "The native request (DESIGN §3). Send an `action`; to answer a \
             `confirmation_required` reply send `pendingActionId` and `confirmed` (true executes, \
-            false cancels). Unknown top-level fields are ignored.",
+            false cancels). Or send only a `transcript` (DESIGN §19): the built-in intent parser \
+            reads it into an action (the reply's `data.parsed_action`) or, for \"yes\"/\"no\", \
+            into the answer to `pendingActionId` or to the key's newest open pending action.",
         "properties": {
             "action": { "anyOf": [{ "$ref": "#/components/schemas/NativeAction" }, { "type": "null" }] },
             "transcript": {
                 "type": ["string", "null"], "maxLength": 10000,
-                "description": "What the user said; stored in the audit record, never parsed."
+                "description": "What the user said; stored in the audit record. Alone (no \
+                    `action`, no `confirmed`), it is parsed for the action or the yes/no."
             },
             "idempotencyKey": {
                 "type": ["string", "null"], "pattern": "^[!-~]{1,255}$",
@@ -492,10 +500,14 @@ fn request_schemas(schemas: &mut Value) {
         },
         "anyOf": [
             { "required": ["action"], "properties": { "action": { "$ref": "#/components/schemas/NativeAction" } } },
-            pending_given.clone()
+            pending_given.clone(),
+            transcript_given.clone()
         ],
         "if": pending_given,
-        "then": { "required": ["confirmed"], "properties": { "confirmed": { "type": "boolean" } } }
+        "then": { "anyOf": [
+            { "required": ["confirmed"], "properties": { "confirmed": { "type": "boolean" } } },
+            transcript_given
+        ] }
     });
 
     let contact_input = json!({ "$ref": "#/components/schemas/ContactInput" });

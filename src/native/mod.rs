@@ -18,8 +18,10 @@ mod replay;
 pub mod reply;
 pub mod request;
 pub mod resolve;
+pub mod schema;
 pub mod speech;
 pub mod timing;
+pub mod transcript;
 pub mod undo;
 pub mod workers;
 
@@ -51,6 +53,8 @@ use crate::upstream::Upstream;
 pub enum Transport {
     Http,
     WebSocket,
+    /// A tool call of `POST /chat`.
+    Chat,
 }
 
 impl Transport {
@@ -58,6 +62,7 @@ impl Transport {
         match self {
             Transport::Http => "http",
             Transport::WebSocket => "ws",
+            Transport::Chat => "chat",
         }
     }
 }
@@ -256,6 +261,23 @@ impl Bridge {
                 )
             }
         };
+        if req.needs_understanding() {
+            return self
+                .transcript_turn(principal, req, timing, transport)
+                .await;
+        }
+        self.dispatch(principal, req, timing, transport).await
+    }
+
+    /// Runs a parsed request: a read inline, a write in its own task (see [`Bridge::handle`]).
+    async fn dispatch(
+        self: &Arc<Self>,
+        principal: Arc<Principal>,
+        req: NativeRequest,
+        timing: ServerTiming,
+        transport: Transport,
+    ) -> TurnOutcome {
+        let span = tracing::Span::current();
         if req.is_read() {
             return self.run(&principal, req, timing, transport).await;
         }

@@ -37,6 +37,37 @@ pub struct NativeRequest {
 }
 
 impl NativeRequest {
+    /// A transcript turn: only the words are there, the action or the yes/no is to be read
+    /// from them.
+    pub fn needs_understanding(&self) -> bool {
+        self.action.is_none()
+            && self.confirmed.is_none()
+            && self
+                .transcript
+                .as_deref()
+                .is_some_and(|t| !t.trim().is_empty())
+    }
+
+    /// This request with the action read from its transcript, validated like a sent one.
+    pub fn with_action(&self, action_json: Value) -> ApiResult<NativeRequest> {
+        let action = parse_action(&action_json)?;
+        let mut req = self.clone();
+        req.fingerprint = fingerprint(Some(&action_json), None, None);
+        req.action = Some(action);
+        req.action_json = Some(action_json);
+        req.pending_action_id = None;
+        Ok(req)
+    }
+
+    /// This request as the answer `confirmed` to pending action `pending_id`.
+    pub fn with_confirmation(&self, pending_id: String, confirmed: bool) -> NativeRequest {
+        let mut req = self.clone();
+        req.fingerprint = fingerprint(None, Some(&pending_id), Some(confirmed));
+        req.pending_action_id = Some(pending_id);
+        req.confirmed = Some(confirmed);
+        req
+    }
+
     /// A read action (not a confirmation): nothing to claim, nothing to keep.
     pub fn is_read(&self) -> bool {
         self.pending_action_id.is_none() && self.action.as_ref().is_some_and(|a| a.is_read())
@@ -154,11 +185,14 @@ impl NativeRequest {
             Some(v) => Some(v.clone()),
         };
         let action = action_json.as_ref().map(parse_action).transpose()?;
-        if action.is_none() && pending_action_id.is_none() {
+        // A transcript alone is a transcript turn: the intent parser supplies the action, or
+        // the yes/no of a confirmation (DESIGN §19).
+        let spoken = transcript.as_deref().is_some_and(|t| !t.trim().is_empty());
+        if action.is_none() && pending_action_id.is_none() && !spoken {
             return Err(ApiError::validation("action", "missing")
                 .with_spoken("I didn't get an action to run."));
         }
-        if pending_action_id.is_some() && confirmed.is_none() {
+        if pending_action_id.is_some() && confirmed.is_none() && (action.is_some() || !spoken) {
             return Err(ApiError::validation(
                 "confirmed",
                 "missing: send true to execute or false to cancel",
@@ -308,6 +342,11 @@ mod tests {
                 .unwrap_or_default()
         };
         assert_eq!(e(json!({})), "action: missing");
+        assert_eq!(e(json!({"transcript":"  "})), "action: missing");
+        assert_eq!(
+            e(json!({"pendingActionId":"p","action":{"type":"undo_last"},"transcript":"yes"})),
+            "confirmed: missing: send true to execute or false to cancel"
+        );
         assert_eq!(
             e(json!({"action":{"type":"undo_last"},"idempotencyKey":""})),
             "idempotencyKey: must be 1 to 255 visible ASCII characters"
@@ -333,6 +372,22 @@ mod tests {
             "confirmed: expected true or false"
         );
         assert_eq!(e(json!([1])), "body: expected a JSON object");
+    }
+
+    #[test]
+    fn a_transcript_alone_is_read_later_with_the_same_fingerprint_as_sent() {
+        let r =
+            NativeRequest::parse(&json!({"transcript":"undo that","idempotencyKey":"k"})).unwrap();
+        assert!(r.needs_understanding());
+        let read = r.with_action(json!({"type":"undo_last"})).unwrap();
+        let sent = NativeRequest::parse(&json!({"action":{"type":"undo_last"}})).unwrap();
+        assert_eq!(read.fingerprint, sent.fingerprint);
+        assert!(!read.needs_understanding());
+        let yes = NativeRequest::parse(&json!({"transcript":"yes","pendingActionId":"p"})).unwrap();
+        assert!(yes.needs_understanding());
+        let c = yes.with_confirmation("p".into(), true);
+        let sent = NativeRequest::parse(&json!({"pendingActionId":"p","confirmed":true})).unwrap();
+        assert_eq!(c.fingerprint, sent.fingerprint);
     }
 
     #[test]

@@ -303,6 +303,10 @@ pub trait StateStore: Send + Sync {
     /// The pending action `id` if it belongs to this org and API key.
     async fn pending(&self, org: &str, key_id: &str, id: &str) -> ApiResult<Option<PendingAction>>;
 
+    /// The id of this API key's newest pending action that is still open and unexpired: what
+    /// a spoken "yes" without an id answers (DESIGN §19).
+    async fn latest_open_pending(&self, org: &str, key_id: &str) -> ApiResult<Option<String>>;
+
     /// Settles an open pending action of `org` (compare-and-set on `Open`); false when it was
     /// settled already.
     async fn settle_pending(&self, org: &str, id: &str, to: PendingState) -> ApiResult<bool>;

@@ -479,6 +479,56 @@ impl StateStore for RedisState {
         pending_from_fields(org, id, &fields).map(Some)
     }
 
+    /// Walks the org's open set from the latest expiry down (one TTL for all, so the latest
+    /// expiry is the newest question), a page at a time, to the first one of this key.
+    async fn latest_open_pending(&self, org: &str, key_id: &str) -> ApiResult<Option<String>> {
+        const PAGE: isize = 50;
+        let okey = open_set_key(org);
+        let now = now_ms();
+        let mut offset: isize = 0;
+        loop {
+            let (okey2, from) = (okey.clone(), offset);
+            let ids: Vec<String> = self
+                .link
+                .call("latest_open_pending", |mut c| async move {
+                    redis::cmd("ZREVRANGEBYSCORE")
+                        .arg(okey2)
+                        .arg("+inf")
+                        .arg(format!("({now}"))
+                        .arg("LIMIT")
+                        .arg(from)
+                        .arg(PAGE)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            if ids.is_empty() {
+                return Ok(None);
+            }
+            let keys: Vec<String> = ids.iter().map(|id| pending_key(org, id)).collect();
+            let owners: Vec<(Option<String>, Option<String>)> = self
+                .link
+                .call("latest_open_pending", |mut c| async move {
+                    let mut p = redis::pipe();
+                    for k in &keys {
+                        p.cmd("HMGET").arg(k).arg("key_id").arg("state");
+                    }
+                    p.query_async(&mut c).await
+                })
+                .await?;
+            let found = ids.iter().zip(owners).find(|(_, (owner, state))| {
+                owner.as_deref() == Some(key_id) && state.as_deref() == Some("open")
+            });
+            if let Some((id, _)) = found {
+                return Ok(Some(id.clone()));
+            }
+            if ids.len() < PAGE as usize {
+                return Ok(None);
+            }
+            offset += PAGE;
+        }
+    }
+
     async fn settle_pending(&self, org: &str, id: &str, to: PendingState) -> ApiResult<bool> {
         let (pkey, okey, id) = (pending_key(org, id), open_set_key(org), id.to_string());
         let settled: i64 = self
@@ -1014,6 +1064,47 @@ mod tests {
             .settle_pending("o", "missing", PendingState::Executed)
             .await
             .unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_latest_open_pending_action_is_the_keys_own_newest() {
+        let Some(redis) = TestRedis::start() else {
+            return;
+        };
+        let s = state(&redis);
+        let pending = |id: &str, key: &str, secs: u64| PendingAction {
+            id: id.into(),
+            org_id: "o".into(),
+            key_id: key.into(),
+            plan: Plan::UndoLast,
+            action_json: serde_json::json!({ "type": "undo_last" }),
+            transcript: None,
+            expires_at_ms: expiry_ms(Duration::from_secs(secs)),
+            state: PendingState::Open,
+        };
+        assert_eq!(s.latest_open_pending("o", "k").await.unwrap(), None);
+        s.put_pending(&pending("old", "k", 100), None)
+            .await
+            .unwrap();
+        s.put_pending(&pending("new", "k", 200), None)
+            .await
+            .unwrap();
+        s.put_pending(&pending("other", "k2", 300), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.latest_open_pending("o", "k").await.unwrap().as_deref(),
+            Some("new")
+        );
+        assert!(s
+            .settle_pending("o", "new", PendingState::Cancelled)
+            .await
+            .unwrap());
+        assert_eq!(
+            s.latest_open_pending("o", "k").await.unwrap().as_deref(),
+            Some("old")
+        );
+        assert_eq!(s.latest_open_pending("o2", "k").await.unwrap(), None);
     }
 
     #[tokio::test]

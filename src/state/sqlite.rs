@@ -160,6 +160,22 @@ impl StateStore for SqliteState {
             .await
     }
 
+    async fn latest_open_pending(&self, org: &str, key_id: &str) -> ApiResult<Option<String>> {
+        let (org, key_id, now) = (org.to_string(), key_id.to_string(), now_ms());
+        self.store
+            .read(move |conn| {
+                Ok(conn
+                    .prepare_cached(
+                        "SELECT id FROM pending_actions
+                          WHERE org_id = ?1 AND key_id = ?2 AND state = 'open' AND expires_at > ?3
+                          ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                    )?
+                    .query_row(params![org, key_id, now], |r| r.get(0))
+                    .optional()?)
+            })
+            .await
+    }
+
     async fn settle_pending(&self, _org: &str, id: &str, to: PendingState) -> ApiResult<bool> {
         let id = id.to_string();
         self.store
@@ -640,6 +656,51 @@ mod tests {
         let got = s.pending("o", "k", "p1").await.unwrap().unwrap();
         assert_eq!(got.state, PendingState::Executed);
         assert_eq!(s.open_pending().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_latest_open_pending_is_per_key_and_skips_settled_and_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteState::open_for_tests(dir.path(), 1 << 20);
+        let pending = |id: &str, key: &str, ttl_ms: u64| PendingAction {
+            id: id.into(),
+            org_id: "o".into(),
+            key_id: key.into(),
+            plan: Plan::UndoLast,
+            action_json: serde_json::json!({ "type": "undo_last" }),
+            transcript: None,
+            expires_at_ms: expiry_ms(Duration::from_millis(ttl_ms)),
+            state: PendingState::Open,
+        };
+        assert_eq!(s.latest_open_pending("o", "k").await.unwrap(), None);
+        s.put_pending(&pending("a", "k", 300_000), None)
+            .await
+            .unwrap();
+        s.put_pending(&pending("b", "k", 300_000), None)
+            .await
+            .unwrap();
+        s.put_pending(&pending("c", "k2", 300_000), None)
+            .await
+            .unwrap();
+        s.put_pending(&pending("gone", "k", 1), None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(
+            s.latest_open_pending("o", "k").await.unwrap().as_deref(),
+            Some("b")
+        );
+        assert_eq!(
+            s.latest_open_pending("o", "k2").await.unwrap().as_deref(),
+            Some("c")
+        );
+        assert_eq!(s.latest_open_pending("o2", "k").await.unwrap(), None);
+        assert!(s
+            .settle_pending("o", "b", PendingState::Cancelled)
+            .await
+            .unwrap());
+        assert_eq!(
+            s.latest_open_pending("o", "k").await.unwrap().as_deref(),
+            Some("a")
+        );
     }
 
     #[tokio::test]

@@ -366,6 +366,30 @@ CREATE INDEX webhook_deliveries_event ON webhook_deliveries(event_id);
     r#"
 ALTER TABLE pending_actions ADD COLUMN expiry_announced INTEGER NOT NULL DEFAULT 0;
 "#,
+    // 9 (issue 16): chat threads (`POST /chat`): the last turns of each thread and the pending
+    // action its last question parked, owned by one API key, dropped after `chat.thread_ttl_days`
+    // idle; and the index behind "yes" without an id (the caller key's newest open pending
+    // action).
+    r#"
+CREATE TABLE chat_threads (
+    id                 TEXT PRIMARY KEY,
+    org_id             TEXT NOT NULL,
+    key_id             TEXT NOT NULL,
+    pending_action_id  TEXT,
+    created_at         TEXT NOT NULL,
+    updated_at         TEXT NOT NULL
+);
+CREATE TABLE chat_turns (
+    thread_id   TEXT NOT NULL REFERENCES chat_threads(id) ON DELETE CASCADE,
+    seq         INTEGER NOT NULL,
+    role        TEXT NOT NULL,
+    content     TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (thread_id, seq)
+);
+CREATE INDEX chat_threads_idle ON chat_threads(updated_at);
+CREATE INDEX pending_actions_by_key ON pending_actions(org_id, key_id, created_at);
+"#,
 ];
 
 /// Brings the database up to the newest schema. Safe to call on every open, from several

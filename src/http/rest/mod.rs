@@ -3,6 +3,7 @@
 
 pub mod activity;
 pub mod campaigns;
+pub mod chat;
 pub mod companies;
 pub mod contacts;
 pub mod credits;
@@ -48,6 +49,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(campaigns::trigger))
         .routes(routes!(campaigns::status))
         .routes(routes!(credits::get))
+        .routes(routes!(chat::post))
         .routes(routes!(jobs::get_one))
         .routes(routes!(settings::get, settings::update))
         .routes(routes!(webhooks::list, webhooks::create, webhooks::delete))
