@@ -18,6 +18,7 @@ mod replay;
 pub mod reply;
 pub mod request;
 pub mod resolve;
+pub mod schema;
 pub mod speech;
 pub mod timing;
 pub mod undo;
