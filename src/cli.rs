@@ -297,6 +297,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     {
         cfg.upstream.base_url = u;
     }
+    cfg.mcp.apply_env();
     cfg.validate()?;
     crate::telemetry::init_tracing(cfg.log_format);
     // Bind first: a busy port must fail before anything is created, seeded or printed.

@@ -13,6 +13,8 @@ pub enum ErrorCode {
     InvalidApiKey,
     PlanRequired,
     ScopeDenied,
+    /// A browser `Origin` (or a `Host`) that `/mcp` does not accept.
+    OriginNotAllowed,
     OrgNotFound,
     ResourceNotFound,
     ValidationError,
@@ -39,6 +41,7 @@ impl ErrorCode {
         ErrorCode::InvalidApiKey,
         ErrorCode::PlanRequired,
         ErrorCode::ScopeDenied,
+        ErrorCode::OriginNotAllowed,
         ErrorCode::OrgNotFound,
         ErrorCode::ResourceNotFound,
         ErrorCode::ValidationError,
@@ -65,6 +68,7 @@ impl ErrorCode {
             ErrorCode::InvalidApiKey => "INVALID_API_KEY",
             ErrorCode::PlanRequired => "PLAN_REQUIRED",
             ErrorCode::ScopeDenied => "SCOPE_DENIED",
+            ErrorCode::OriginNotAllowed => "ORIGIN_NOT_ALLOWED",
             ErrorCode::OrgNotFound => "ORG_NOT_FOUND",
             ErrorCode::ResourceNotFound => "RESOURCE_NOT_FOUND",
             ErrorCode::ValidationError => "VALIDATION_ERROR",
@@ -94,7 +98,7 @@ impl ErrorCode {
     pub fn status(self) -> u16 {
         match self {
             ErrorCode::MissingAuth | ErrorCode::InvalidApiKey => 401,
-            ErrorCode::PlanRequired | ErrorCode::ScopeDenied => 403,
+            ErrorCode::PlanRequired | ErrorCode::ScopeDenied | ErrorCode::OriginNotAllowed => 403,
             ErrorCode::OrgNotFound | ErrorCode::ResourceNotFound => 404,
             ErrorCode::ValidationError | ErrorCode::IdempotencyKeyReused => 422,
             ErrorCode::DuplicateResource | ErrorCode::IdempotencyKeyInUse => 409,
@@ -119,6 +123,7 @@ impl ErrorCode {
             ErrorCode::InvalidApiKey => "That OutreachPilot API key doesn't work. Please check it.",
             ErrorCode::PlanRequired => "API access needs a Pro or Scale plan.",
             ErrorCode::ScopeDenied => "This API key isn't allowed to do that.",
+            ErrorCode::OriginNotAllowed => "This app isn't allowed to connect to OutreachPilot.",
             ErrorCode::OrgNotFound => "I couldn't find your OutreachPilot workspace.",
             ErrorCode::ResourceNotFound => "I couldn't find that.",
             ErrorCode::ValidationError => "Something in that request was missing or invalid.",
@@ -303,11 +308,12 @@ mod tests {
                 UpstreamUnavailable => 18,
                 UpstreamTimeout => 19,
                 ServiceUnavailable => 20,
+                OriginNotAllowed => 21,
             }
         }
         let mut seen: Vec<usize> = ErrorCode::ALL.iter().map(|c| number(*c)).collect();
         seen.sort_unstable();
-        assert_eq!(seen, (0..=20).collect::<Vec<_>>());
+        assert_eq!(seen, (0..=21).collect::<Vec<_>>());
     }
 
     #[test]

@@ -65,6 +65,7 @@ use crate::native::schema::{non_blank_pattern, WHITESPACE as WS};
         (name = "feeds", description = "Signals, activity and notes"),
         (name = "account", description = "Credits and settings"),
         (name = "webhooks", description = "Webhook subscriptions"),
+        (name = "mcp", description = "Model Context Protocol (Streamable HTTP): the native actions as tools"),
         (name = "operations", description = "Health, readiness, metrics and this document; no API key"),
     )
 )]

@@ -52,6 +52,8 @@ use crate::upstream::Upstream;
 pub enum Transport {
     Http,
     WebSocket,
+    /// A tool call on `/mcp`.
+    Mcp,
 }
 
 impl Transport {
@@ -59,6 +61,7 @@ impl Transport {
         match self {
             Transport::Http => "http",
             Transport::WebSocket => "ws",
+            Transport::Mcp => "mcp",
         }
     }
 }
