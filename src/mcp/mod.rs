@@ -178,6 +178,22 @@ async fn envelope_transport_error(resp: Response) -> Response {
         Ok(Ok(collected)) => String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
         _ => String::new(),
     };
+    // The SDK answers every body it cannot read as a JSON-RPC message with 415; a body that is
+    // JSON but malformed is, as everywhere in this service, a 422 naming the problem. (Matched on
+    // the SDK's wording; should that change, the answer stays a 415 envelope.)
+    let text = text.trim();
+    if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        if let Some(problem) = text.strip_prefix("fail to deserialize request body") {
+            let e = ApiError::validation(
+                "body",
+                format!(
+                    "not a JSON-RPC 2.0 message ({})",
+                    crate::text::clip(problem.trim(), 160)
+                ),
+            );
+            return rebuilt(e.into_response(), &parts.headers);
+        }
+    }
     let code = match status {
         StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
@@ -189,11 +205,15 @@ async fn envelope_transport_error(resp: Response) -> Response {
     };
     let message = match code {
         ErrorCode::InternalError => "Unexpected server error".to_string(),
-        _ => crate::text::clip(text.trim(), 200),
+        _ => crate::text::clip(text, 200),
     };
     let e = ApiError::new(code, "The MCP request was refused").with_details(message);
-    let mut fresh = json_response(status, &error_body(&e));
-    for (name, value) in parts.headers.iter() {
+    rebuilt(json_response(status, &error_body(&e)), &parts.headers)
+}
+
+/// `fresh` with the SDK response's other headers (`Allow` on a 405, for one).
+fn rebuilt(mut fresh: Response, sdk_headers: &axum::http::HeaderMap) -> Response {
+    for (name, value) in sdk_headers {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
             fresh.headers_mut().insert(name.clone(), value.clone());
         }

@@ -246,7 +246,10 @@ mod tests {
             ("127.0.0.1:8080", "http://127.0.0.1:8080", true),
             ("localhost:8080", "http://localhost:8080", true),
             ("localhost", "http://localhost", true),
-            ("localhost", "https://localhost", false),
+            // A Host without a port is the default port of whichever scheme the client used
+            // (TLS may end at a proxy in front).
+            ("localhost", "https://localhost", true),
+            ("localhost", "http://localhost:8080", false),
             ("127.0.0.1:8080", "http://127.0.0.1:9999", false),
             ("127.0.0.1:8080", "http://evil.example.com", false),
             ("127.0.0.1:8080", "null", false),
