@@ -159,7 +159,11 @@ async fn lists_eighteen_tools_with_annotations_and_schemas() {
         "mark_status",
         "undo_last",
     ] {
-        assert_eq!(hints(destructive).destructive_hint, Some(true), "{destructive}");
+        assert_eq!(
+            hints(destructive).destructive_hint,
+            Some(true),
+            "{destructive}"
+        );
     }
     for additive in ["add_to_campaign", "note_on_contact", "draft_message"] {
         assert_eq!(hints(additive).destructive_hint, Some(false), "{additive}");
@@ -175,7 +179,13 @@ async fn lists_eighteen_tools_with_annotations_and_schemas() {
     }
     // Input schemas come from the action types: the reference groups and their rules.
     let add = &tool("add_to_campaign").input_schema;
-    for field in ["contactRef", "personName", "campaignRef", "campaignId", "idempotencyKey"] {
+    for field in [
+        "contactRef",
+        "personName",
+        "campaignRef",
+        "campaignId",
+        "idempotencyKey",
+    ] {
         assert!(add["properties"].get(field).is_some(), "{field}");
     }
     assert_eq!(add["additionalProperties"], false);
@@ -283,7 +293,11 @@ async fn a_dangerous_tool_asks_and_a_confirmation_runs_it_exactly_once() {
     assert_eq!(asked["spoken_summary"], "Add John Smith to Seed founders?");
     assert!(asked["expires_at"].is_string());
     let pid = asked["pending_action_id"].as_str().unwrap().to_string();
-    assert_eq!(audience(&c, "Seed founders").await, before, "asking changes nothing");
+    assert_eq!(
+        audience(&c, "Seed founders").await,
+        before,
+        "asking changes nothing"
+    );
 
     let yes = json!({"pendingActionId": pid, "confirmed": true});
     let done = reply(&call(&c, "confirm_pending_action", yes.clone()).await);
@@ -303,7 +317,14 @@ async fn a_dangerous_tool_asks_and_a_confirmation_runs_it_exactly_once() {
     assert_eq!(audience(&c, "Seed founders").await, before + 1);
 
     // `confirmed: false` cancels an open one.
-    let asked = reply(&call(&c, "pause_campaign", json!({"campaignRef": "Seed founders"})).await);
+    let asked = reply(
+        &call(
+            &c,
+            "pause_campaign",
+            json!({"campaignRef": "Seed founders"}),
+        )
+        .await,
+    );
     let pid = asked["pending_action_id"].as_str().unwrap();
     let no = reply(
         &call(
@@ -314,7 +335,14 @@ async fn a_dangerous_tool_asks_and_a_confirmation_runs_it_exactly_once() {
         .await,
     );
     assert_eq!(no["mode"], "result", "{no}");
-    let stats = reply(&call(&c, "campaign_stats", json!({"campaignRef": "Seed founders"})).await);
+    let stats = reply(
+        &call(
+            &c,
+            "campaign_stats",
+            json!({"campaignRef": "Seed founders"}),
+        )
+        .await,
+    );
     assert_eq!(stats["data"]["campaign"]["status"], "active");
     other.cancel().await.unwrap();
     c.cancel().await.unwrap();
@@ -336,16 +364,29 @@ async fn failures_are_error_results_with_the_spoken_error() {
             .starts_with("personNmae: unknown field; did you mean personName?"),
         "{e}"
     );
-    let e = failure(&call(&c, "note_on_contact", json!({"personName": "Sarah Chen"})).await, "VALIDATION_ERROR");
+    let e = failure(
+        &call(&c, "note_on_contact", json!({"personName": "Sarah Chen"})).await,
+        "VALIDATION_ERROR",
+    );
     assert_eq!(e["details"], "note: missing");
     let e = failure(
-        &call(&c, "lookup_person", json!({"personName": "Sarah", "type": "undo_last"})).await,
+        &call(
+            &c,
+            "lookup_person",
+            json!({"personName": "Sarah", "type": "undo_last"}),
+        )
+        .await,
         "VALIDATION_ERROR",
     );
     assert!(e["details"].as_str().unwrap().starts_with("type:"), "{e}");
     // Not found.
     failure(
-        &call(&c, "lookup_person", json!({"personName": "Zebulon Quaxworth"})).await,
+        &call(
+            &c,
+            "lookup_person",
+            json!({"personName": "Zebulon Quaxworth"}),
+        )
+        .await,
         "RESOURCE_NOT_FOUND",
     );
     // A paused campaign, refused before any question is asked.
@@ -358,7 +399,13 @@ async fn failures_are_error_results_with_the_spoken_error() {
         .await,
         "CAMPAIGN_NOT_ACTIVE",
     );
-    assert!(e["spoken_summary"].as_str().unwrap().contains("Q4 Enterprise"), "{e}");
+    assert!(
+        e["spoken_summary"]
+            .as_str()
+            .unwrap()
+            .contains("Q4 Enterprise"),
+        "{e}"
+    );
     // The confirmation tool's own arguments.
     let e = failure(
         &call(&c, "confirm_pending_action", json!({"confirmed": true})).await,
@@ -383,7 +430,10 @@ async fn failures_are_error_results_with_the_spoken_error() {
         .await,
         "VALIDATION_ERROR",
     );
-    assert!(e["details"].as_str().unwrap().starts_with("action: unknown argument"));
+    assert!(e["details"]
+        .as_str()
+        .unwrap()
+        .starts_with("action: unknown argument"));
     // An unknown tool is a protocol error, not a tool result.
     let unknown = c
         .call_tool(CallToolRequestParams::new("drop_database"))
@@ -482,10 +532,18 @@ async fn credentials_are_checked_before_any_mcp_processing() {
     let r = post(&d, None, &[], body.clone()).await;
     r.err(401, "MISSING_AUTH");
     assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"));
-    let r = post(&d, Some("op_live_notakey000000000000000000000000000"), &[], body.clone()).await;
+    let r = post(
+        &d,
+        Some("op_live_notakey000000000000000000000000000"),
+        &[],
+        body.clone(),
+    )
+    .await;
     r.err(401, "INVALID_API_KEY");
     // Scope `native` or `chat`: other scopes are refused, even for a valid JSON-RPC message.
-    let contacts_only = d.s.create_key("demo", &[Scope::Contacts, Scope::Campaigns]).await;
+    let contacts_only =
+        d.s.create_key("demo", &[Scope::Contacts, Scope::Campaigns])
+            .await;
     let r = post(&d, Some(&contacts_only), &[], body.clone()).await;
     let e = r.err(403, "SCOPE_DENIED");
     assert!(e["details"].as_str().unwrap().contains("native"), "{e}");
@@ -496,7 +554,9 @@ async fn credentials_are_checked_before_any_mcp_processing() {
     // A free org has no API access.
     d.s.create_org("freeorg", Plan::Free, Some(0)).await;
     let free = d.s.create_key("freeorg", &[Scope::Native]).await;
-    post(&d, Some(&free), &[], body).await.err(403, "PLAN_REQUIRED");
+    post(&d, Some(&free), &[], body)
+        .await
+        .err(403, "PLAN_REQUIRED");
 }
 
 #[tokio::test]
@@ -520,7 +580,13 @@ async fn browser_origins_and_hosts_are_checked() {
     let body = initialize("2025-11-25");
     // Another site's page: refused before auth is even looked at.
     for key in [Some(KEY), None] {
-        let r = post(&d, key, &[("origin", "http://evil.example.com")], body.clone()).await;
+        let r = post(
+            &d,
+            key,
+            &[("origin", "http://evil.example.com")],
+            body.clone(),
+        )
+        .await;
         let e = r.err(403, "ORIGIN_NOT_ALLOWED");
         assert!(e["details"].as_str().unwrap().starts_with("Origin:"), "{e}");
     }
@@ -528,7 +594,10 @@ async fn browser_origins_and_hosts_are_checked() {
     let r = post(
         &d,
         Some(KEY),
-        &[("host", "evil.example.com"), ("origin", "http://evil.example.com")],
+        &[
+            ("host", "evil.example.com"),
+            ("origin", "http://evil.example.com"),
+        ],
         body.clone(),
     )
     .await;
@@ -552,12 +621,21 @@ async fn browser_origins_and_hosts_are_checked() {
     let r = post(
         &d,
         Some(KEY),
-        &[("host", "mcp.example.com"), ("origin", "https://app.example.com")],
+        &[
+            ("host", "mcp.example.com"),
+            ("origin", "https://app.example.com"),
+        ],
         body.clone(),
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let r = post(&d, Some(KEY), &[("origin", "https://other.example.com")], body.clone()).await;
+    let r = post(
+        &d,
+        Some(KEY),
+        &[("origin", "https://other.example.com")],
+        body.clone(),
+    )
+    .await;
     r.err(403, "ORIGIN_NOT_ALLOWED");
     let r = post(&d, Some(KEY), &[("host", "localhost")], body).await;
     r.err(403, "ORIGIN_NOT_ALLOWED");

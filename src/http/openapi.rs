@@ -316,7 +316,6 @@ fn request_schemas(schemas: &mut Value) {
     }
 }
 
-
 /// A blank string, which the server reads as "not given" (or "clear" in a body).
 fn blank_pattern() -> String {
     format!("^[{WS}]*$")

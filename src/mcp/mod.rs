@@ -81,16 +81,12 @@ pub async fn serve(State(app): State<AppState>, req: Request) -> Response {
 /// `Host` and `Origin` against `[mcp]` (validated at start, so the lists parse).
 fn check_origin(app: &AppState, parts: &axum::http::request::Parts) -> Result<(), ApiError> {
     let policy = OriginPolicy::new(&app.config.mcp).map_err(ApiError::internal)?;
-    let host = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .map(|v| v.to_str().unwrap_or(""))
-        });
+    let host = parts.uri.authority().map(|a| a.as_str()).or_else(|| {
+        parts
+            .headers
+            .get(header::HOST)
+            .map(|v| v.to_str().unwrap_or(""))
+    });
     let origin = parts
         .headers
         .get(header::ORIGIN)
@@ -118,7 +114,7 @@ async fn admit(
         .map_err(|(e, d)| (e, Some(d)))?;
     principal
         .require_any(&[Scope::Native, Scope::Chat])
-        .map_err(|e| (e, Some(decision.clone())))?;
+        .map_err(|e| (e, Some(decision)))?;
     Ok((principal, decision))
 }
 

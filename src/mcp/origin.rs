@@ -226,7 +226,13 @@ mod tests {
     #[test]
     fn default_policy_serves_loopback_hosts_only() {
         let p = OriginPolicy::new(&McpConfig::default()).unwrap();
-        for host in ["127.0.0.1:8080", "localhost", "LOCALHOST:1", "[::1]:9000", "[::1]"] {
+        for host in [
+            "127.0.0.1:8080",
+            "localhost",
+            "LOCALHOST:1",
+            "[::1]:9000",
+            "[::1]",
+        ] {
             assert!(p.check(Some(host), None).is_ok(), "{host}");
         }
         for host in ["evil.example.com", "evil.example.com:8080", "10.0.0.1", ""] {

@@ -149,12 +149,7 @@ fn behaviour(ty: &str) -> Option<Behaviour> {
             true,
             true,
         ),
-        "note_on_contact" => write(
-            "Add a note",
-            "Add a note to a contact.",
-            false,
-            false,
-        ),
+        "note_on_contact" => write("Add a note", "Add a note to a contact.", false, false),
         "undo_last" => write(
             "Undo the last change",
             "Undo the most recent change made with this API key in the last minutes, and say \
@@ -430,7 +425,11 @@ mod tests {
             "mark_status",
             "undo_last",
         ] {
-            assert_eq!(hint(destructive).destructive_hint, Some(true), "{destructive}");
+            assert_eq!(
+                hint(destructive).destructive_hint,
+                Some(true),
+                "{destructive}"
+            );
         }
         for additive in [
             "start_research",
@@ -457,7 +456,8 @@ mod tests {
 
     #[test]
     fn arguments_become_the_native_request() {
-        let args = json!({"personName": "Sarah Chen", "note": "Likes tea", "idempotencyKey": "k-1"});
+        let args =
+            json!({"personName": "Sarah Chen", "note": "Likes tea", "idempotencyKey": "k-1"});
         let body = native_body("note_on_contact", args.as_object()).unwrap();
         assert_eq!(
             body,
@@ -479,8 +479,14 @@ mod tests {
     fn bad_arguments_name_the_argument() {
         let e = |name: &str, args: Value| native_body(name, args.as_object()).unwrap_err();
         let typed = e("lookup_person", json!({"type": "undo_last"}));
-        assert_eq!(typed.details.as_deref().unwrap().split(':').next(), Some("type"));
-        let unknown = e(CONFIRM_TOOL, json!({"pendingActionId": "p", "confirmed": true, "x": 1}));
+        assert_eq!(
+            typed.details.as_deref().unwrap().split(':').next(),
+            Some("type")
+        );
+        let unknown = e(
+            CONFIRM_TOOL,
+            json!({"pendingActionId": "p", "confirmed": true, "x": 1}),
+        );
         assert!(unknown.details.unwrap().starts_with("x: unknown argument"));
         let missing = e(CONFIRM_TOOL, json!({"confirmed": true}));
         assert_eq!(missing.details.as_deref(), Some("pendingActionId: missing"));

@@ -335,6 +335,13 @@ static ACTION_INPUTS: LazyLock<Vec<ActionInput>> = LazyLock::new(|| {
             if let Some(required) = schema["required"].as_array_mut() {
                 required.retain(|r| r != "type");
             }
+            // An empty `required` is valid 2020-12 but refused by draft-04 validators some
+            // tool-calling clients still use.
+            if schema["required"].as_array().is_some_and(Vec::is_empty) {
+                if let Some(obj) = schema.as_object_mut() {
+                    obj.remove("required");
+                }
+            }
             let description = schema["description"].as_str().map(str::to_string);
             if let Some(obj) = schema.as_object_mut() {
                 obj.remove("title");
@@ -424,9 +431,7 @@ fn inline_refs(v: &mut Value, components: &Value, depth: usize) {
         Value::Object(m) => m
             .values_mut()
             .for_each(|x| inline_refs(x, components, depth)),
-        Value::Array(a) => a
-            .iter_mut()
-            .for_each(|x| inline_refs(x, components, depth)),
+        Value::Array(a) => a.iter_mut().for_each(|x| inline_refs(x, components, depth)),
         _ => {}
     }
 }
@@ -472,6 +477,7 @@ mod tests {
         assert!(status.contains("disqualified"), "{status}");
         let undo = &action_input("undo_last").unwrap().schema;
         assert_eq!(undo["properties"], json!({}));
+        assert!(undo.get("required").is_none(), "{undo}");
         assert!(action_input("no_such_action").is_none());
     }
 
