@@ -732,3 +732,33 @@ async fn openapi_lists_mcp() {
         assert!(op["responses"].get(status).is_some(), "{status}");
     }
 }
+
+#[tokio::test]
+async fn oversized_bodies_are_refused_in_the_envelope() {
+    let d = demo().await;
+    let big = "x".repeat(70 * 1024);
+    let r = post(
+        &d,
+        Some(KEY),
+        &[("mcp-protocol-version", "2025-06-18")],
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+            "name": "note_on_contact", "arguments": {"personName": "Sarah Chen", "note": big}}}),
+    )
+    .await;
+    r.err(413, "PAYLOAD_TOO_LARGE");
+}
+
+#[tokio::test]
+async fn tool_calls_are_native_turns_over_the_mcp_transport() {
+    let d = demo().await;
+    let c = connect(&d, KEY).await;
+    reply(&call(&c, "lookup_person", json!({"personName": "Sarah Chen"})).await);
+    c.cancel().await.unwrap();
+    let text = d.s.root_client().get("/metrics").await.text;
+    let counted = text.lines().any(|l| {
+        l.starts_with("pilot_bridge_native_requests_total{")
+            && l.contains("action=\"lookup_person\"")
+            && l.contains("transport=\"mcp\"")
+    });
+    assert!(counted, "no MCP turn in /metrics");
+}
