@@ -762,3 +762,48 @@ async fn tool_calls_are_native_turns_over_the_mcp_transport() {
     });
     assert!(counted, "no MCP turn in /metrics");
 }
+
+#[tokio::test]
+async fn upstream_mode_serves_the_same_tools() {
+    let upstream = demo().await;
+    let base_url = upstream.s.root.clone();
+    let s = common::start_with(move |c| {
+        c.backend = pilot_bridge::config::BackendKind::Upstream;
+        c.upstream.base_url = base_url;
+    })
+    .await;
+    let gateway = Demo {
+        c: s.client(KEY),
+        s,
+    };
+    let c = connect(&gateway, KEY).await;
+    let r = reply(&call(&c, "lookup_person", json!({"personName": "Sarah Chen"})).await);
+    assert_eq!(r["data"]["contact"]["email"], "sarah.chen@notion.so", "{r}");
+    let asked = reply(
+        &call(
+            &c,
+            "add_to_campaign",
+            json!({"personName": "John Smith", "campaignRef": "Seed founders"}),
+        )
+        .await,
+    );
+    let pid = asked["pending_action_id"]
+        .as_str()
+        .expect("asked")
+        .to_string();
+    let yes = json!({"pendingActionId": pid, "confirmed": true});
+    let done = reply(&call(&c, "confirm_pending_action", yes.clone()).await);
+    assert_eq!(done["mode"], "result", "{done}");
+    let again = reply(&call(&c, "confirm_pending_action", yes).await);
+    assert_eq!(again["mode"], "duplicate", "{again}");
+    failure(
+        &call(
+            &c,
+            "lookup_person",
+            json!({"personName": "Zebulon Quaxworth"}),
+        )
+        .await,
+        "RESOURCE_NOT_FOUND",
+    );
+    c.cancel().await.unwrap();
+}
