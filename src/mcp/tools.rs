@@ -20,8 +20,6 @@ const IDEMPOTENCY_KEY: &str = "idempotencyKey";
 
 /// How a tool behaves, as MCP annotations say it (hints for clients, DESIGN §19).
 struct Behaviour {
-    title: &'static str,
-    description: &'static str,
     /// Changes nothing (the five reads).
     read_only: bool,
     /// May remove or overwrite something (only meaningful for writes).
@@ -32,26 +30,15 @@ struct Behaviour {
     open_world: bool,
 }
 
-const fn read(title: &'static str, description: &'static str) -> Behaviour {
-    Behaviour {
-        title,
-        description,
-        read_only: true,
-        destructive: false,
-        idempotent: true,
-        open_world: false,
-    }
-}
+const READ: Behaviour = Behaviour {
+    read_only: true,
+    destructive: false,
+    idempotent: true,
+    open_world: false,
+};
 
-const fn write(
-    title: &'static str,
-    description: &'static str,
-    destructive: bool,
-    idempotent: bool,
-) -> Behaviour {
+const fn write(destructive: bool, idempotent: bool) -> Behaviour {
     Behaviour {
-        title,
-        description,
         read_only: false,
         destructive,
         idempotent,
@@ -68,95 +55,17 @@ const ASKS: &str = " Asks first: the result has mode confirmation_required and a
 /// draft, message, meeting, note or undo is another effect.
 fn behaviour(ty: &str) -> Option<Behaviour> {
     Some(match ty {
-        "lookup_person" => read(
-            "Look up a person",
-            "Find a contact by name, email or id and say who they are: title, company, status.",
-        ),
-        "lookup_company" => read(
-            "Look up a company",
-            "Find a company by name, domain or id and summarise it.",
-        ),
-        "recent_signals" => read(
-            "Recent buying signals",
-            "List recent buying signals, optionally for one company or contact, newest first.",
-        ),
-        "start_research" => write(
-            "Start research",
-            "Queue a research job on a contact or a company; the findings arrive later.",
-            false,
-            false,
-        ),
-        "enrich_contact" => write(
-            "Enrich a contact",
-            "Queue an enrichment job that fills in a contact's missing fields.",
-            false,
-            false,
-        ),
-        "add_to_campaign" => write(
-            "Add to a campaign",
-            "Add a contact to an active campaign's audience.",
-            false,
-            true,
-        ),
-        "remove_from_campaign" => write(
-            "Remove from a campaign",
-            "Remove a contact from a campaign's audience.",
-            true,
-            true,
-        ),
-        "pause_campaign" => write("Pause a campaign", "Pause an active campaign.", true, true),
-        "resume_campaign" => write(
-            "Resume a campaign",
-            "Resume a paused campaign.",
-            false,
-            true,
-        ),
-        "draft_message" => write(
-            "Draft a message",
-            "Write a draft email or LinkedIn message to a contact; nothing is sent.",
-            false,
-            false,
-        ),
+        "lookup_person" | "lookup_company" | "recent_signals" | "campaign_stats"
+        | "reply_inbox" => READ,
+        "start_research" | "enrich_contact" | "draft_message" | "book_meeting"
+        | "note_on_contact" => write(false, false),
+        "add_to_campaign" | "resume_campaign" => write(false, true),
+        "remove_from_campaign" | "pause_campaign" | "mark_status" => write(true, true),
+        "undo_last" => write(true, false),
         "send_message" => Behaviour {
             open_world: true,
-            ..write(
-                "Send a message",
-                "Send a message to a contact, from a draft or a body, as the org's pilot mode \
-                 allows: off blocks sending, review saves a draft, auto sends after \
-                 confirmation.",
-                false,
-                false,
-            )
+            ..write(false, false)
         },
-        "campaign_stats" => read(
-            "Campaign statistics",
-            "Say how a campaign is doing: status and audience counts.",
-        ),
-        "reply_inbox" => read(
-            "Reply inbox",
-            "List the latest inbound replies, optionally from one contact or only unread ones.",
-        ),
-        "book_meeting" => write(
-            "Book a meeting",
-            "Book a meeting with a contact at a given time (RFC 3339).",
-            false,
-            false,
-        ),
-        "mark_status" => write(
-            "Set a contact's status",
-            "Set a contact's status (new, contacted, replied, interested, qualified, \
-             meeting_booked, not_interested, disqualified).",
-            true,
-            true,
-        ),
-        "note_on_contact" => write("Add a note", "Add a note to a contact.", false, false),
-        "undo_last" => write(
-            "Undo the last change",
-            "Undo the most recent change made with this API key in the last minutes, and say \
-             what was undone.",
-            true,
-            false,
-        ),
         _ => return None,
     })
 }
@@ -176,8 +85,8 @@ fn asks(ty: &str) -> bool {
     )
 }
 
-fn annotations(b: &Behaviour) -> ToolAnnotations {
-    let a = ToolAnnotations::with_title(b.title)
+fn annotations(title: &str, b: &Behaviour) -> ToolAnnotations {
+    let a = ToolAnnotations::with_title(title)
         .read_only(b.read_only)
         .open_world(b.open_world);
     if b.read_only {
@@ -242,15 +151,15 @@ fn action_tool(ty: &'static str) -> Option<Tool> {
         }
     }
     let description = if asks(ty) {
-        format!("{}{ASKS}", b.description)
+        format!("{}{ASKS}", input.description)
     } else {
-        b.description.to_string()
+        input.description.to_string()
     };
     Some(
         Tool::new(ty, description, object(input_schema))
-            .with_title(b.title)
+            .with_title(input.title)
             .with_raw_output_schema(object(output_schema()))
-            .with_annotations(annotations(&b)),
+            .with_annotations(annotations(input.title, &b)),
     )
 }
 
@@ -276,18 +185,14 @@ fn confirm_tool() -> Tool {
     });
     // Confirming runs what was asked, which may be a removal or a pause; confirming twice
     // replays the first answer.
-    let b = write(
-        "Confirm or cancel a pending action",
-        "Settle an action that asked for confirmation: confirmed true runs it, false cancels \
-         it. A pending action can only be settled with the API key that asked for it, and it \
-         expires after a few minutes.",
-        true,
-        true,
-    );
-    Tool::new(CONFIRM_TOOL, b.description, object(input))
-        .with_title(b.title)
+    let title = "Confirm or cancel a pending action";
+    let description = "Settle an action that asked for confirmation: confirmed true runs it, \
+        false cancels it. A pending action can only be settled with the API key that asked for \
+        it, and it expires after a few minutes.";
+    Tool::new(CONFIRM_TOOL, description, object(input))
+        .with_title(title)
         .with_raw_output_schema(object(output_schema()))
-        .with_annotations(annotations(&b))
+        .with_annotations(annotations(title, &write(true, true)))
 }
 
 static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {

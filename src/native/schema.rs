@@ -299,8 +299,10 @@ fn pascal(snake: &str) -> String {
 pub struct ActionInput {
     /// The action type, which names the tool.
     pub ty: &'static str,
-    /// The struct's doc comment: what the action does.
-    pub description: Option<String>,
+    /// A short human title ("Look up a person").
+    pub title: &'static str,
+    /// What the action does, in a sentence or two a model can choose by.
+    pub description: &'static str,
     /// A JSON Schema (draft 2020-12) of the action's fields without `type`, with every
     /// reference inlined, so it stands on its own outside an OpenAPI document.
     pub schema: Value,
@@ -342,19 +344,92 @@ static ACTION_INPUTS: LazyLock<Vec<ActionInput>> = LazyLock::new(|| {
                     obj.remove("required");
                 }
             }
-            let description = schema["description"].as_str().map(str::to_string);
+            let (title, description) = describe(rule.ty);
             if let Some(obj) = schema.as_object_mut() {
+                // The struct's doc comment describes the struct (shared by several actions),
+                // not the action.
                 obj.remove("title");
+                obj.remove("description");
             }
             inline_refs(&mut schema, &components, 0);
             ActionInput {
                 ty: rule.ty,
+                title,
                 description,
                 schema,
             }
         })
         .collect()
 });
+
+/// Title and description of each action type, for tool lists (MCP, AI chat).
+fn describe(ty: &str) -> (&'static str, &'static str) {
+    match ty {
+        "lookup_person" => (
+            "Look up a person",
+            "Find a contact by name, email or id and say who they are: title, company, status.",
+        ),
+        "lookup_company" => (
+            "Look up a company",
+            "Find a company by name, domain or id and summarise it.",
+        ),
+        "recent_signals" => (
+            "Recent buying signals",
+            "List recent buying signals, optionally for one company or contact, newest first.",
+        ),
+        "start_research" => (
+            "Start research",
+            "Queue a research job on a contact or a company; the findings arrive later.",
+        ),
+        "enrich_contact" => (
+            "Enrich a contact",
+            "Queue an enrichment job that fills in a contact's missing fields.",
+        ),
+        "add_to_campaign" => (
+            "Add to a campaign",
+            "Add a contact to an active campaign's audience.",
+        ),
+        "remove_from_campaign" => (
+            "Remove from a campaign",
+            "Remove a contact from a campaign's audience.",
+        ),
+        "pause_campaign" => ("Pause a campaign", "Pause an active campaign."),
+        "resume_campaign" => ("Resume a campaign", "Resume a paused campaign."),
+        "draft_message" => (
+            "Draft a message",
+            "Write a draft email or LinkedIn message to a contact; nothing is sent.",
+        ),
+        "send_message" => (
+            "Send a message",
+            "Send a message to a contact, from a draft or a body, as the org's pilot mode \
+             allows: off blocks sending, review saves a draft, auto sends after confirmation.",
+        ),
+        "campaign_stats" => (
+            "Campaign statistics",
+            "Say how a campaign is doing: status and audience counts.",
+        ),
+        "reply_inbox" => (
+            "Reply inbox",
+            "List the latest inbound replies, optionally from one contact or only unread ones.",
+        ),
+        "book_meeting" => (
+            "Book a meeting",
+            "Book a meeting with a contact at a given time (RFC 3339).",
+        ),
+        "mark_status" => (
+            "Set a contact's status",
+            "Set a contact's status (new, contacted, replied, interested, qualified, \
+             meeting_booked, not_interested, disqualified).",
+        ),
+        "note_on_contact" => ("Add a note", "Add a note to a contact."),
+        "undo_last" => (
+            "Undo the last change",
+            "Undo the most recent change made with this API key in the last minutes, and say \
+             what was undone.",
+        ),
+        _ => ("", ""),
+    }
+}
 
 static REPLY_SCHEMA: LazyLock<Value> = LazyLock::new(|| {
     let mut found = Vec::new();
@@ -456,6 +531,7 @@ mod tests {
         let types: Vec<&str> = inputs.iter().map(|a| a.ty).collect();
         assert_eq!(types, ACTION_TYPES);
         for a in inputs {
+            assert!(!a.title.is_empty() && !a.description.is_empty(), "{}", a.ty);
             assert_eq!(a.schema["type"], "object", "{}", a.ty);
             assert_eq!(a.schema["additionalProperties"], false, "{}", a.ty);
             assert!(a.schema["properties"].get("type").is_none(), "{}", a.ty);
