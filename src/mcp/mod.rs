@@ -44,7 +44,7 @@ use crate::http::middleware::apply_rate_headers;
     responses(
         (status = 200, description = "The JSON-RPC response", body = Object),
         (status = 202, description = "A notification was accepted"),
-        (status = 400, description = "A JSON-RPC error: a malformed message or an unsupported `MCP-Protocol-Version`", body = Object),
+        (status = 400, description = "A JSON-RPC error: an unsupported or mismatched `MCP-Protocol-Version`, or a 2026-07-28 request without its `_meta`", body = Object),
         (status = 401, description = "`MISSING_AUTH` or `INVALID_API_KEY`, with `WWW-Authenticate: Bearer`"),
         (status = 403, description = "`ORIGIN_NOT_ALLOWED` (a `Host` or browser `Origin` not allowed by `[mcp]`), `SCOPE_DENIED` (the key has neither `native` nor `chat`) or `PLAN_REQUIRED`"),
         (status = 406, description = "`VALIDATION_ERROR`: `Accept` must allow `application/json` and `text/event-stream`", body = Object),
