@@ -807,3 +807,40 @@ async fn upstream_mode_serves_the_same_tools() {
     );
     c.cancel().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_expired_confirmation_is_an_error_result() {
+    let d = demo_with(|c| c.native.pending_ttl_secs = 1, Some(0)).await;
+    let c = connect(&d, KEY).await;
+    let asked = reply(
+        &call(
+            &c,
+            "pause_campaign",
+            json!({"campaignRef": "Seed founders"}),
+        )
+        .await,
+    );
+    let pid = asked["pending_action_id"].as_str().unwrap().to_string();
+    // Past the one-second lifetime of the pending action.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let e = failure(
+        &call(
+            &c,
+            "confirm_pending_action",
+            json!({"pendingActionId": pid, "confirmed": true}),
+        )
+        .await,
+        "PENDING_ACTION_EXPIRED",
+    );
+    assert!(!e["spoken_summary"].as_str().unwrap().is_empty());
+    let stats = reply(
+        &call(
+            &c,
+            "campaign_stats",
+            json!({"campaignRef": "Seed founders"}),
+        )
+        .await,
+    );
+    assert_eq!(stats["data"]["campaign"]["status"], "active");
+    c.cancel().await.unwrap();
+}
