@@ -111,6 +111,27 @@ fn pipeline(c: &mut Criterion) {
         })
     });
 
+    // The same write with a webhook subscription that wants its event: the event row and its
+    // delivery row join the write's transaction (no delivery worker runs here).
+    bridge_store
+        .write_sync(|tx| {
+            pilot_bridge::store::webhooks::insert(
+                tx,
+                pilot_bridge::demo::DEMO_ORG,
+                "https://hooks.example.com/bench",
+                &["note.created".to_string()],
+                "whsec_YmVuY2g=",
+            )
+        })
+        .expect("subscribe");
+    g.bench_function("note_on_contact_with_key_and_webhook", |b| {
+        b.to_async(&rt).iter(|| {
+            n += 1;
+            turn(json!({ "action": { "type": "note_on_contact", "contactRef": "Sarah Chen", "note": "bench note" },
+                         "idempotencyKey": format!("bench-note-{n}") }))
+        })
+    });
+
     let replay = json!({ "action": { "type": "note_on_contact", "contactRef": "Sarah Chen", "note": "replayed" },
                          "idempotencyKey": "bench-replay" });
     rt.block_on(turn(replay.clone()));

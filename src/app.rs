@@ -7,10 +7,12 @@ use std::sync::Arc;
 use crate::auth::connections::{AuthFailureLimiter, ConnectionLimiter};
 use crate::auth::rate_limit::{RateDecision, RateLimiter};
 use crate::auth::{Authenticator, Principal};
-use crate::config::{BackendKind, Config};
+use crate::config::{BackendKind, Config, StateBackend};
 use crate::error::ApiError;
 use crate::events::{EventBus, LocalEventHub};
 use crate::native::Bridge;
+use crate::state::redis::{RedisLink, RedisState};
+use crate::state::StateStore;
 use crate::store::Store;
 use crate::upstream::Upstream;
 
@@ -40,10 +42,26 @@ impl App {
         store: Store,
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ) -> anyhow::Result<AppState> {
+        // With Redis, conversation state and the rate windows are shared with other replicas.
+        let redis = match config.state.backend {
+            StateBackend::Sqlite => None,
+            StateBackend::Redis => Some(RedisLink::connect(
+                &config.state.redis_url,
+                std::time::Duration::from_millis(config.state.redis_timeout_ms),
+            )?),
+        };
+        let shared_state = redis.as_ref().map(|link| {
+            let retention = Bridge::state_retention(&config.native);
+            Arc::new(RedisState::new(link.clone(), retention)) as Arc<dyn StateStore>
+        });
+        let native = config.native.clone();
         let (auth, bridge) = match config.backend {
             BackendKind::Embedded => (
                 Authenticator::new(store.clone(), &config.auth),
-                Bridge::new(store.clone(), config.native.clone()),
+                match shared_state {
+                    Some(state) => Bridge::embedded_with_state(store.clone(), native, state),
+                    None => Bridge::new(store.clone(), native),
+                },
             ),
             BackendKind::Upstream => {
                 let client = Arc::new(Upstream::new(&config.upstream)?);
@@ -53,13 +71,20 @@ impl App {
                         &config.auth,
                         config.upstream.key_cache_ttl_secs,
                     ),
-                    Bridge::upstream(store.clone(), config.native.clone(), client),
+                    match shared_state {
+                        Some(state) => Bridge::upstream_with_state(native, client, state),
+                        None => Bridge::upstream(store.clone(), native, client),
+                    },
                 )
             }
         };
+        let limiter = match redis {
+            Some(link) => RateLimiter::shared(config.limits.default_rate_limit, link),
+            None => RateLimiter::new(config.limits.default_rate_limit),
+        };
         Ok(Arc::new(App {
             auth,
-            limiter: RateLimiter::new(config.limits.default_rate_limit),
+            limiter,
             bridge,
             ws_connections: ConnectionLimiter::new(
                 config.websocket.max_connections_per_org,
@@ -95,13 +120,33 @@ impl App {
             .await
             .map_err(|e| (e, None))?;
         let decision = self
-            .charge(&principal, "http")
+            .charge_shared(&principal, "http")
+            .await
             .map_err(|(e, d)| (e, Some(d)))?;
         Ok((principal, decision))
     }
 
+    /// Like [`charge`](Self::charge), counted in the window shared by replicas when the state
+    /// backend is Redis (this replica's own window if Redis does not answer).
+    pub async fn charge_shared(
+        &self,
+        principal: &Principal,
+        transport: &'static str,
+    ) -> Result<RateDecision, (ApiError, RateDecision)> {
+        let decision = self
+            .limiter
+            .check_shared(&principal.org_id, principal.rate_limit)
+            .await;
+        if decision.allowed {
+            return Ok(decision);
+        }
+        crate::telemetry::rate_limited(transport);
+        Err((crate::auth::rate_limit::rate_limited(&decision), decision))
+    }
+
     /// Counts one request of an authenticated caller against its org's quota, over any
     /// transport (`transport` labels the metric). Over quota: the 429 error and the decision.
+    /// This replica's window only; [`charge_shared`](Self::charge_shared) counts across replicas.
     pub fn charge(
         &self,
         principal: &Principal,

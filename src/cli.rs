@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, Context};
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{BackendKind, Config, LogFormat};
+use crate::config::{BackendKind, Config, LogFormat, StateBackend};
 use crate::demo;
 use crate::domain::{PilotMode, Plan, Scope, TimeZone};
 use crate::store::{keys, orgs, Store};
@@ -108,6 +108,12 @@ pub struct ServeArgs {
     /// Base URL of the upstream API for --backend upstream, e.g. https://crm.example.com
     #[arg(long, alias = "upstream-url", env = "PILOT_BRIDGE_UPSTREAM_BASE_URL")]
     pub upstream_base_url: Option<String>,
+    /// Conversation state: sqlite (one process) or redis (shared by replicas) [default: sqlite]
+    #[arg(long, env = "PILOT_BRIDGE_STATE_BACKEND", value_enum)]
+    pub state_backend: Option<StateBackend>,
+    /// Redis for --state-backend redis [default: redis://127.0.0.1:6379/0]
+    #[arg(long, env = "PILOT_BRIDGE_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -296,6 +302,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .or_else(|| std::env::var("PILOT_BRIDGE_UPSTREAM_URL").ok())
     {
         cfg.upstream.base_url = u;
+    }
+    if args.demo {
+        // The demo is tried against receivers on the same machine (a local listener, a tunnel
+        // client); this process only, nothing is stored.
+        cfg.webhooks.allow_private_targets = true;
+    }
+    if let Some(b) = args.state_backend {
+        cfg.state.backend = b;
+    }
+    if let Some(u) = args.redis_url {
+        cfg.state.redis_url = u;
     }
     cfg.mcp.apply_env();
     cfg.validate()?;

@@ -44,6 +44,39 @@ pub struct Config {
     pub backend: BackendKind,
     pub upstream: UpstreamConfig,
     pub mcp: McpConfig,
+    pub webhooks: WebhooksConfig,
+    pub state: StateConfig,
+}
+
+/// Where conversation state (idempotency records, pending actions, undo entries, the dedupe
+/// window) lives: the service's SQLite database, or Redis shared by replicas (DESIGN §16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    Sqlite,
+    Redis,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    pub backend: StateBackend,
+    /// `redis://[user:password@]host:port/db` or `unix:///path`; used when
+    /// `backend = "redis"`. (No TLS: reach Redis over a private network.)
+    pub redis_url: String,
+    /// Longest wait for one Redis call or connection attempt; a write that meets it answers
+    /// `503 STATE_UNAVAILABLE`.
+    pub redis_timeout_ms: u64,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            backend: StateBackend::Sqlite,
+            redis_url: "redis://127.0.0.1:6379/0".to_string(),
+            redis_timeout_ms: 250,
+        }
+    }
 }
 
 /// Which CRM backend serves the native bridge and REST v1 (DESIGN §11).
@@ -86,6 +119,35 @@ pub struct UpstreamConfig {
     /// Largest upstream answer body read, in bytes; a larger one is refused with 502
     /// `UPSTREAM_UNAVAILABLE` instead of being buffered.
     pub max_response_bytes: u64,
+}
+
+/// Webhook delivery (DESIGN §18).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Seconds to wait before each retry of a failed delivery; after the last one the delivery
+    /// is `failed`. A `Retry-After` from the receiver can only lengthen a wait.
+    pub retry_schedule_secs: Vec<u64>,
+    /// Deliver to (and accept registrations of) targets that resolve to loopback, private,
+    /// link-local or cloud-metadata addresses. Off in production; `serve --demo` turns it on
+    /// for that process.
+    pub allow_private_targets: bool,
+    /// Longest wait for one delivery attempt, connection included.
+    pub timeout_secs: u64,
+    /// Deliveries in flight at once, across all subscriptions (each subscription has at most
+    /// one).
+    pub max_concurrency: usize,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            retry_schedule_secs: vec![5, 300, 1800, 7200, 18000, 36000, 36000],
+            allow_private_targets: false,
+            timeout_secs: 15,
+            max_concurrency: 16,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -270,6 +332,8 @@ impl Default for Config {
             backend: BackendKind::Embedded,
             upstream: UpstreamConfig::default(),
             mcp: McpConfig::default(),
+            webhooks: WebhooksConfig::default(),
+            state: StateConfig::default(),
         }
     }
 }
@@ -648,6 +712,29 @@ impl Config {
             bail!("upstream.turn_budget_ms must be below native.target_ms, so a turn that waited out its upstream budget still answers in time");
         }
         crate::mcp::origin::OriginPolicy::new(&self.mcp).map_err(anyhow::Error::msg)?;
+        let w = &self.webhooks;
+        if w.retry_schedule_secs.len() > 20 {
+            bail!("webhooks.retry_schedule_secs may hold at most 20 retries");
+        }
+        if w.retry_schedule_secs.iter().any(|s| *s > 7 * 24 * 3600) {
+            bail!("webhooks.retry_schedule_secs entries must be at most 604800 (a week)");
+        }
+        if w.timeout_secs == 0 || w.timeout_secs > 60 {
+            bail!("webhooks.timeout_secs must be between 1 and 60");
+        }
+        if w.max_concurrency == 0 || w.max_concurrency > 1024 {
+            bail!("webhooks.max_concurrency must be between 1 and 1024");
+        }
+        if self.state.backend == StateBackend::Redis {
+            let url = self.state.redis_url.trim();
+            let scheme_ok = url.starts_with("redis://") || url.starts_with("unix://");
+            if !scheme_ok {
+                bail!("state.redis_url must be a redis:// (or unix://) URL when state.backend = \"redis\"");
+            }
+            if self.state.redis_timeout_ms == 0 || self.state.redis_timeout_ms > 10_000 {
+                bail!("state.redis_timeout_ms must be between 1 and 10000");
+            }
+        }
         Ok(())
     }
 
@@ -864,6 +951,26 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn state_section_parses_and_is_checked() {
+        let c = Config::from_toml(
+            "[state]\nbackend = \"redis\"\nredis_url = \"redis://10.0.0.5:6380/2\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.state.backend, StateBackend::Redis);
+        assert_eq!(c.state.redis_url, "redis://10.0.0.5:6380/2");
+        c.validate().unwrap();
+        assert_eq!(Config::default().state.backend, StateBackend::Sqlite);
+        assert!(Config::from_toml("[state]\nbackend = \"memcached\"\n").is_err());
+        let mut bad = c.clone();
+        bad.state.redis_url = "http://x".into();
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("redis_url"));
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub enum ErrorCode {
     UpstreamUnavailable,
     UpstreamTimeout,
     ServiceUnavailable,
+    StateUnavailable,
 }
 
 impl ErrorCode {
@@ -59,6 +60,7 @@ impl ErrorCode {
         ErrorCode::UpstreamUnavailable,
         ErrorCode::UpstreamTimeout,
         ErrorCode::ServiceUnavailable,
+        ErrorCode::StateUnavailable,
     ];
 
     /// The wire spelling, e.g. `VALIDATION_ERROR`.
@@ -85,6 +87,7 @@ impl ErrorCode {
             ErrorCode::PendingActionExpired => "PENDING_ACTION_EXPIRED",
             ErrorCode::UpstreamUnavailable | ErrorCode::UpstreamTimeout => "UPSTREAM_UNAVAILABLE",
             ErrorCode::ServiceUnavailable => "SERVICE_UNAVAILABLE",
+            ErrorCode::StateUnavailable => "STATE_UNAVAILABLE",
         }
     }
 
@@ -112,7 +115,7 @@ impl ErrorCode {
             ErrorCode::PendingActionExpired => 410,
             ErrorCode::UpstreamUnavailable => 502,
             ErrorCode::UpstreamTimeout => 504,
-            ErrorCode::ServiceUnavailable => 503,
+            ErrorCode::ServiceUnavailable | ErrorCode::StateUnavailable => 503,
         }
     }
 
@@ -146,6 +149,9 @@ impl ErrorCode {
                 "OutreachPilot isn't answering right now. Please try again shortly."
             }
             ErrorCode::ServiceUnavailable => "The service is shutting down. Please try again.",
+            ErrorCode::StateUnavailable => {
+                "I can't save changes right now, so I didn't do that. Please try again in a moment."
+            }
         }
     }
 }
@@ -308,12 +314,13 @@ mod tests {
                 UpstreamUnavailable => 18,
                 UpstreamTimeout => 19,
                 ServiceUnavailable => 20,
-                OriginNotAllowed => 21,
+                StateUnavailable => 21,
+                OriginNotAllowed => 22,
             }
         }
         let mut seen: Vec<usize> = ErrorCode::ALL.iter().map(|c| number(*c)).collect();
         seen.sort_unstable();
-        assert_eq!(seen, (0..=21).collect::<Vec<_>>());
+        assert_eq!(seen, (0..=22).collect::<Vec<_>>());
     }
 
     #[test]

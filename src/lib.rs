@@ -28,6 +28,7 @@
 //! mcp/            MCP at /mcp (rmcp, stateless): the actions as tools, Host/Origin checks
 //! demo.rs         the demo workspace seeded by `serve --demo`
 //! telemetry.rs    tracing subscriber and Prometheus recorder
+//! webhooks/       event outbox (`emit`), Standard Webhooks signing, SSRF guard, delivery worker
 //! ```
 
 #![forbid(unsafe_code)]
@@ -57,6 +58,7 @@ pub mod store;
 pub mod telemetry;
 pub mod text;
 pub mod upstream;
+pub mod webhooks;
 
 pub use app::{App, AppState};
 pub use config::Config;

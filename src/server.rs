@@ -82,6 +82,11 @@ pub async fn start_on(
     );
     crate::store::wal::spawn(app.store.clone(), app.shutdown_signal());
     crate::state::spawn_maintenance(app.bridge.state().clone(), app.shutdown_signal());
+    if app.config.backend == crate::config::BackendKind::Embedded {
+        // In upstream mode the upstream stores subscriptions and delivers.
+        let worker = crate::webhooks::worker::Worker::new(app.store.clone(), &app.config.webhooks)?;
+        crate::webhooks::worker::spawn(worker, app.shutdown_signal());
+    }
     let task = tokio::spawn(serve(
         app.clone(),
         listener,

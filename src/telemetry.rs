@@ -43,7 +43,18 @@ pub mod names {
     pub const DB_WAL_BYTES: &str = "pilot_bridge_db_wal_bytes";
     pub const DB_CHECKPOINTS: &str = "pilot_bridge_db_checkpoints_total";
     pub const DB_CHECKPOINT_DURATION: &str = "pilot_bridge_db_checkpoint_duration_seconds";
+    pub const WEBHOOK_DELIVERIES: &str = "pilot_bridge_webhook_deliveries_total";
+    pub const WEBHOOK_DELIVERY_DURATION: &str = "pilot_bridge_webhook_delivery_duration_seconds";
+    pub const WEBHOOK_QUEUE_DEPTH: &str = "pilot_bridge_webhook_queue_depth";
+    pub const REDIS_DURATION: &str = "pilot_bridge_redis_operation_duration_seconds";
+    pub const REDIS_ERRORS: &str = "pilot_bridge_redis_errors_total";
 }
+
+/// Buckets of webhook delivery attempts, which wait on someone else's server for up to the
+/// 15 s timeout.
+pub const WEBHOOK_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0,
+];
 
 /// Installs the global tracing subscriber. Logs go to stderr so stdout stays clean for the CLI's
 /// machine-readable output (`keys create` prints only the key).
@@ -71,6 +82,12 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .ok()?
+                // Full-name matchers take precedence over suffix ones.
+                .set_buckets_for_metric(
+                    Matcher::Full(names::WEBHOOK_DELIVERY_DURATION.into()),
+                    WEBHOOK_BUCKETS,
+                )
                 .ok()?
                 .install_recorder()
                 .ok()?;
@@ -154,6 +171,28 @@ fn describe() {
     describe_gauge!(
         UPSTREAM_BREAKER_OPEN,
         "1 while the upstream circuit breaker of a route class (turns, proxy) is open or probing, else 0 (upstream backend only)."
+    );
+    describe_counter!(
+        WEBHOOK_DELIVERIES,
+        "Webhook delivery attempts by outcome (succeeded, http_error, gone, timeout, network_error, refused, invalid)."
+    );
+    describe_histogram!(
+        WEBHOOK_DELIVERY_DURATION,
+        Unit::Seconds,
+        "Duration of one webhook delivery attempt, until the receiver's status line or the error."
+    );
+    describe_gauge!(
+        WEBHOOK_QUEUE_DEPTH,
+        "Webhook deliveries waiting to be sent or retried."
+    );
+    describe_histogram!(
+        REDIS_DURATION,
+        Unit::Seconds,
+        "Redis round trips of the shared state store by operation (state backend redis only)."
+    );
+    describe_counter!(
+        REDIS_ERRORS,
+        "Redis operations that failed or timed out, by operation (state backend redis only)."
     );
 }
 
@@ -328,6 +367,23 @@ pub fn db_checkpoints_init() {
 pub fn db_checkpoint(mode: &'static str, result: &'static str, elapsed: Duration) {
     counter!(names::DB_CHECKPOINTS, "mode" => mode, "result" => result).increment(1);
     histogram!(names::DB_CHECKPOINT_DURATION, "mode" => mode).record(elapsed.as_secs_f64());
+}
+
+pub fn webhook_delivery(outcome: &'static str, elapsed: Duration) {
+    counter!(names::WEBHOOK_DELIVERIES, "outcome" => outcome).increment(1);
+    histogram!(names::WEBHOOK_DELIVERY_DURATION).record(elapsed.as_secs_f64());
+}
+
+pub fn webhook_queue_depth(n: u64) {
+    gauge!(names::WEBHOOK_QUEUE_DEPTH).set(n as f64);
+}
+
+/// One Redis round trip of the shared state store (`operation` is a fixed name).
+pub fn redis_operation(operation: &'static str, elapsed: Duration, ok: bool) {
+    histogram!(names::REDIS_DURATION, "operation" => operation).record(elapsed.as_secs_f64());
+    if !ok {
+        counter!(names::REDIS_ERRORS, "operation" => operation).increment(1);
+    }
 }
 
 #[cfg(test)]

@@ -464,7 +464,7 @@ const KEY: &str = "op_live_DeployFilesTestKey0123456789abcdefghij";
 /// Drives traffic that makes every metric of the embedded mode appear, then returns the sample
 /// names `/metrics` exports.
 async fn exported_metrics() -> BTreeSet<String> {
-    let s = common::start().await;
+    let s = common::start_with(|c: &mut Config| c.webhooks.allow_private_targets = true).await;
     s.store()
         .write(|tx| {
             pilot_bridge::demo::seed(tx)?;
@@ -482,6 +482,29 @@ async fn exported_metrics() -> BTreeSet<String> {
         .expect("seed demo");
     let api = s.client(KEY);
     let native = "/native/outreachpilot";
+
+    // A webhook receiver on loopback; the note below is delivered to it.
+    let (delivered_tx, mut delivered) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let receiver = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind receiver");
+    let receiver_url = format!("http://{}/hook", receiver.local_addr().expect("addr"));
+    let hook = axum::Router::new().fallback(move || {
+        let tx = delivered_tx.clone();
+        async move {
+            let _ = tx.send(());
+            axum::http::StatusCode::NO_CONTENT
+        }
+    });
+    tokio::spawn(async move {
+        let _ = axum::serve(receiver, hook).await;
+    });
+    api.post(
+        "/webhooks",
+        json!({ "url": receiver_url, "events": ["note.created"] }),
+    )
+    .await
+    .ok(201);
 
     // A read, a write replayed by its idempotency key, and the key reused for another write.
     api.post(
@@ -548,6 +571,12 @@ async fn exported_metrics() -> BTreeSet<String> {
     tight.get("/credits").await.ok(200);
     tight.get("/credits").await.err(429, "RATE_LIMITED");
 
+    // The note's webhook delivery reached the receiver (its attempt is recorded just after).
+    tokio::time::timeout(Duration::from_secs(10), delivered.recv())
+        .await
+        .expect("webhook delivered in time");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
     // Scraped while the WebSocket is open.
     let text = reqwest::get(format!("{}/metrics", s.root))
         .await
@@ -577,6 +606,8 @@ async fn dashboard_and_alerts_use_exported_metrics() {
         "pilot_bridge_confirmations_total",
         "pilot_bridge_rate_limited_requests_total",
         "pilot_bridge_websocket_frames_total",
+        "pilot_bridge_webhook_deliveries_total",
+        "pilot_bridge_webhook_queue_depth",
     ] {
         assert!(exported.contains(name), "traffic did not produce {name}");
     }
@@ -725,4 +756,81 @@ fn promtool_accepts_the_prometheus_files() {
     )
     .expect("write rules");
     promtool(&["check", "rules", path.to_str().expect("utf-8 path")]);
+}
+
+/// The replicated deployment (deploy/k8s-replicas and the compose profile "replicas"): several
+/// upstream-mode gateways sharing Redis, a disruption budget, Redis reached by a URL from a
+/// Secret, and a load balancer without session affinity.
+#[test]
+fn replicated_deployment_shares_redis() {
+    let mut objects = BTreeMap::new();
+    for file in deploy_files() {
+        if file.starts_with("deploy/k8s-replicas/") && file.ends_with(".yaml") {
+            for doc in yaml_docs(&file) {
+                objects.insert(doc["kind"].as_str().expect("kind").to_string(), doc);
+            }
+        }
+    }
+    let listed: BTreeSet<String> = objects["Kustomization"]["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .map(|r| format!("deploy/k8s-replicas/{}", r.as_str().expect("path")))
+        .collect();
+    let present: BTreeSet<String> = deploy_files()
+        .into_iter()
+        .filter(|f| {
+            f.starts_with("deploy/k8s-replicas/")
+                && f.ends_with(".yaml")
+                && f != "deploy/k8s-replicas/kustomization.yaml"
+        })
+        .collect();
+    assert_eq!(listed, present, "kustomization resources");
+
+    let spec = &objects["Deployment"]["spec"];
+    assert_eq!(spec["replicas"], 3);
+    let pod_labels = &spec["template"]["metadata"]["labels"];
+    assert!(labels_match(&spec["selector"]["matchLabels"], pod_labels));
+    let pdb = &objects["PodDisruptionBudget"];
+    assert!(labels_match(
+        &pdb["spec"]["selector"]["matchLabels"],
+        pod_labels
+    ));
+    assert!(pdb["spec"]["minAvailable"].as_u64().unwrap_or(0) >= 2);
+    let svc = &objects["Service"];
+    assert!(labels_match(&svc["spec"]["selector"], pod_labels));
+    assert_eq!(svc["spec"]["sessionAffinity"], "None");
+
+    let c = &spec["template"]["spec"]["containers"][0];
+    let env = c["env"].as_array().expect("env");
+    let redis_url = env
+        .iter()
+        .find(|e| e["name"] == "PILOT_BRIDGE_REDIS_URL")
+        .expect("PILOT_BRIDGE_REDIS_URL");
+    assert_eq!(redis_url["valueFrom"]["secretKeyRef"]["key"], "url");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let toml = objects["ConfigMap"]["data"]["pilot-bridge.toml"]
+        .as_str()
+        .expect("config");
+    let cfg = Config::from_toml(toml).expect("replicas config");
+    cfg.validate().expect("replicas config is valid");
+    assert_eq!(cfg.backend, pilot_bridge::config::BackendKind::Upstream);
+    assert_eq!(cfg.state.backend, pilot_bridge::config::StateBackend::Redis);
+
+    // Compose: the profile has Redis with AOF, three gateways on it and a load balancer whose
+    // configuration lists them.
+    let compose = yaml("deploy/compose.yaml");
+    let services = compose["services"].as_object().expect("services");
+    let redis_cmd = services["redis"]["command"].to_string();
+    assert!(redis_cmd.contains("appendonly") && redis_cmd.contains("everysec"));
+    let haproxy = read("deploy/haproxy/haproxy.cfg");
+    assert!(haproxy.contains("balance roundrobin"));
+    for n in 1..=3 {
+        let g = &services[&format!("gateway-{n}")];
+        assert_eq!(g["profiles"][0], "replicas");
+        assert_eq!(g["environment"]["PILOT_BRIDGE_STATE_BACKEND"], "redis");
+        assert_eq!(g["environment"]["PILOT_BRIDGE_BACKEND"], "upstream");
+        assert!(haproxy.contains(&format!("server gateway-{n} gateway-{n}:8080 check")));
+    }
+    assert_eq!(services["load-balancer"]["profiles"][0], "replicas");
 }

@@ -73,7 +73,12 @@ impl UpstreamProcess {
         drop(store);
         // Short key caches, so revocation on the upstream shows within a second or two.
         let config = dir.path().join("upstream.toml");
-        std::fs::write(&config, "[auth]\nkey_cache_ttl_secs = 1\n").expect("config");
+        // Loopback webhook receivers are allowed, for the webhook registration test.
+        std::fs::write(
+            &config,
+            "[auth]\nkey_cache_ttl_secs = 1\n[webhooks]\nallow_private_targets = true\n",
+        )
+        .expect("config");
         let port = free_port();
         let log = dir.path().join("upstream.log");
         let child = Command::new(env!("CARGO_BIN_EXE_pilot-bridge"))
@@ -1292,4 +1297,70 @@ async fn a_slow_upstream_turn_gets_one_progress_frame_before_its_reply() {
     assert_eq!(r["id"], "slow", "{r}");
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["data"]["mode"], "result");
+}
+
+/// Upstream mode forwards webhook registration to the upstream, which stores the subscription
+/// and delivers the events of writes made through the gateway; the gateway stores none.
+#[tokio::test]
+async fn webhook_registration_is_forwarded_and_the_upstream_delivers() {
+    let up = UpstreamProcess::start().await;
+    let g = gateway(up.root(), |_| {}).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let receiver =
+        axum::Router::new().fallback(move |headers: axum::http::HeaderMap, body: String| {
+            let tx = tx.clone();
+            async move {
+                let id = headers
+                    .get("webhook-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                let _ = tx.send((id, body));
+                axum::http::StatusCode::NO_CONTENT
+            }
+        });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, receiver).await;
+    });
+
+    let r =
+        g.c.post(
+            "/webhooks",
+            json!({ "url": url, "events": ["note.created"] }),
+        )
+        .await;
+    let hook = r.ok(201).clone();
+    assert!(hook["secret"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("whsec_")));
+    // Stored upstream, listed through the gateway and on the upstream alike.
+    let listed = g.c.get("/webhooks").await;
+    assert_eq!(listed.ok(200)["webhooks"][0]["id"], hook["id"]);
+    let direct = up.client().get("/webhooks").await;
+    assert_eq!(direct.ok(200)["webhooks"][0]["id"], hook["id"]);
+    let local: i64 =
+        g.s.store()
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM webhooks", [], |r| r.get(0))?))
+            .await
+            .expect("count");
+    assert_eq!(local, 0, "the gateway keeps no subscriptions of its own");
+
+    let reply = g
+        .send(json!({ "action": { "type": "note_on_contact", "contactRef": "Sarah Chen", "note": "Through the gateway." } }))
+        .await;
+    let note_id = check_ok(&reply)["ids"]["note_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (id, body) = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("delivered by the upstream")
+        .expect("receiver open");
+    assert!(id.starts_with("msg_"), "{id}");
+    let body: Value = serde_json::from_str(&body).expect("JSON body");
+    assert_eq!(body["type"], "note.created");
+    assert_eq!(body["data"]["id"], note_id.as_str());
+    assert_eq!(body["data"]["content"], "Through the gateway.");
 }

@@ -1,11 +1,16 @@
-//! Per-org request quota: a fixed one-minute window per org, counted in memory.
+//! Per-org request quota: a fixed one-minute window per org, counted in memory, or — with the
+//! Redis state backend — in Redis, so that replicas share one window and 60/min means 60 in all.
 //!
 //! A fixed window (rather than a token bucket such as `governor`'s GCRA) is what the contract's
-//! headers describe: a limit, what is left of it, and the seconds until it resets.
+//! headers describe: a limit, what is left of it, and the seconds until it resets. Shared windows
+//! are wall-clock minutes, the same on every replica.
 
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+
+use crate::state::redis::{rate_key, RedisLink};
 
 const WINDOW: Duration = Duration::from_secs(60);
 
@@ -35,9 +40,25 @@ struct Window {
     used: u32,
 }
 
+/// Counts one request in the org's current minute unless the limit is reached; returns
+/// {allowed 0/1, used}.
+static SHARED_WINDOW: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if used >= tonumber(ARGV[1]) then return {0, used} end
+used = redis.call('INCR', KEYS[1])
+if used == 1 then redis.call('PEXPIRE', KEYS[1], 61000) end
+return {1, used}
+",
+    )
+});
+
 pub struct RateLimiter {
     default_limit: u32,
     windows: DashMap<String, Window>,
+    /// Where replicas share their windows (state backend redis).
+    shared: Option<RedisLink>,
 }
 
 impl RateLimiter {
@@ -45,6 +66,46 @@ impl RateLimiter {
         RateLimiter {
             default_limit,
             windows: DashMap::new(),
+            shared: None,
+        }
+    }
+
+    /// A limiter whose windows live in Redis, shared by every replica using it.
+    pub fn shared(default_limit: u32, link: RedisLink) -> Self {
+        RateLimiter {
+            shared: Some(link),
+            ..RateLimiter::new(default_limit)
+        }
+    }
+
+    /// Counts one request for `org` in the shared window when there is one. If Redis does not
+    /// answer, this replica's own window decides (so reads keep their quota while writes fail
+    /// closed on the state store).
+    pub async fn check_shared(&self, org: &str, org_limit: Option<u32>) -> RateDecision {
+        let Some(link) = &self.shared else {
+            return self.check(org, org_limit);
+        };
+        let limit = org_limit.unwrap_or(self.default_limit);
+        if limit == 0 {
+            return self.check(org, Some(0));
+        }
+        let now = chrono::Utc::now().timestamp();
+        let minute = now.div_euclid(60);
+        let reset_secs = u64::try_from(60 - now.rem_euclid(60)).unwrap_or(60).max(1);
+        let key = rate_key(org, minute);
+        let counted: crate::error::ApiResult<(i64, i64)> = link
+            .call("rate_limit", |mut c| async move {
+                SHARED_WINDOW.key(key).arg(limit).invoke_async(&mut c).await
+            })
+            .await;
+        match counted {
+            Ok((allowed, used)) => RateDecision {
+                allowed: allowed == 1,
+                limit,
+                remaining: limit.saturating_sub(u32::try_from(used).unwrap_or(u32::MAX)),
+                reset_secs,
+            },
+            Err(_) => self.check(org, org_limit),
         }
     }
 

@@ -138,7 +138,9 @@ impl UpstreamBackend {
         // upstream as the same undo, never as a second one.
         let entry_key = remote::effect_key(&p.key_id, &format!("undo:{}", entry.id));
         let applied = remote::undo(r, &entry_key, &entry.op, &entry.summary).await?;
-        self.state.mark_undone(&entry.id, applied.reverted).await?;
+        self.state
+            .mark_undone(&p.org_id, &entry.id, applied.reverted)
+            .await?;
         Ok(Executed {
             reply: undo::undone_reply(entry, applied),
             undo_id: None,

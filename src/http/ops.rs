@@ -20,15 +20,19 @@ pub async fn healthz() -> Response {
     )
 }
 
-/// Ready once migrations ran and the listener is up, and while the database answers; not ready
-/// again as soon as shutdown begins.
+/// Ready once migrations ran and the listener is up, and while the database and the state store
+/// (Redis, when shared by replicas) answer; not ready again as soon as shutdown begins.
 #[utoipa::path(get, path = "/readyz", tag = "operations", operation_id = "readyz", security(()),
     responses(
         (status = 200, description = "`{ status: \"ready\" }`", body = crate::http::schemas::Envelope<crate::http::schemas::Status>),
-        (status = 503, description = "`SERVICE_UNAVAILABLE`: starting, shutting down, or the database does not answer or cannot be written"),
+        (status = 503, description = "`SERVICE_UNAVAILABLE`: starting, shutting down, the database does not answer or cannot be written, or the shared state store (Redis) does not answer"),
     ))]
 pub async fn readyz(State(app): State<AppState>) -> Response {
-    if app.is_ready() && app.store.ping().await && app.store.writable().await {
+    if app.is_ready()
+        && app.store.ping().await
+        && app.store.writable().await
+        && app.bridge.state().ping().await
+    {
         json_response(
             StatusCode::OK,
             &json!({ "ok": true, "data": { "status": "ready" }, "meta": meta() }),

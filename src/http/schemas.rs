@@ -38,6 +38,7 @@ mirrored! {
     crate::store::interactions::Note => NoteDoc,
     crate::store::signals::Signal => SignalDoc,
     crate::store::webhooks::Webhook => WebhookDoc,
+    crate::store::webhooks::LastDelivery => LastDeliveryDoc,
     crate::store::native::Job => JobDoc,
 }
 
@@ -226,6 +227,28 @@ pub struct WebhookDoc {
     created_at: String,
     #[schema(format = DateTime)]
     updated_at: String,
+    /// The newest delivery to this subscription; null before the first event.
+    #[schema(required = true)]
+    last_delivery: Option<LastDeliveryDoc>,
+}
+
+/// The newest delivery to a webhook subscription.
+#[derive(ToSchema)]
+#[schema(as = LastDelivery)]
+#[allow(dead_code)]
+pub struct LastDeliveryDoc {
+    /// `pending` (queued or waiting for a retry), `succeeded`, or `failed` (retries exhausted,
+    /// 410 from the receiver, or the subscription was deactivated).
+    #[schema(pattern = "^(pending|succeeded|failed)$")]
+    status: String,
+    /// Attempts made so far.
+    attempts: u32,
+    /// HTTP status of the latest attempt; null before the first and when no answer came.
+    #[schema(required = true)]
+    response_status: Option<u16>,
+    /// When the latest attempt was made, or when the delivery was queued.
+    #[schema(format = DateTime)]
+    at: String,
 }
 
 /// A research or enrichment job started by a native action.
@@ -474,7 +497,9 @@ pub struct WebhookInput {
     /// One or more of the events listed by `GET /webhooks`.
     #[schema(min_items = 1)]
     events: Vec<String>,
-    /// Sent back in a signature header so the receiver can verify deliveries.
+    /// The key deliveries are signed with (Standard Webhooks): `whsec_<base64>` is decoded,
+    /// any other string is used as raw bytes. Without one the server generates a `whsec_`
+    /// secret and returns it once, in the creation reply.
     #[schema(max_length = 256)]
     secret: Option<String>,
 }
@@ -669,6 +694,16 @@ mod tests {
                 active: true,
                 created_at: s("t"),
                 updated_at: s("t"),
+                last_delivery: None,
+            },
+        );
+        check(
+            "LastDelivery",
+            store::webhooks::LastDelivery {
+                status: s("pending"),
+                attempts: 1,
+                response_status: None,
+                at: s("t"),
             },
         );
         check(

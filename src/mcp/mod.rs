@@ -95,7 +95,8 @@ fn check_origin(app: &AppState, parts: &axum::http::request::Parts) -> Result<()
 }
 
 /// The API key as on REST: the same key cache, scope `native` or `chat`, one request against
-/// the org's quota. Bad credentials never spend it.
+/// the org's quota (the window replicas share when state is in Redis). Bad credentials never
+/// spend it.
 async fn admit(
     app: &AppState,
     parts: &axum::http::request::Parts,
@@ -110,7 +111,8 @@ async fn admit(
         .await
         .map_err(|e| (e, None))?;
     let decision = app
-        .charge(&principal, "mcp")
+        .charge_shared(&principal, "mcp")
+        .await
         .map_err(|(e, d)| (e, Some(d)))?;
     principal
         .require_any(&[Scope::Native, Scope::Chat])

@@ -104,10 +104,7 @@ impl Bridge {
         let fingerprint = request::fingerprint(None, Some(&pending.id), Some(true));
         let wait = Duration::from_millis(self.cfg.idempotency_wait_ms);
         let t = Instant::now();
-        let claim = self
-            .claims
-            .claim(self.state.as_ref(), &derived, fingerprint, wait)
-            .await;
+        let claim = self.claims.claim(&derived, fingerprint, wait).await;
         timing.record("idem", t.elapsed());
         let guard = match claim {
             Err(e) => return Turn::rejected(e),
@@ -143,7 +140,7 @@ impl Bridge {
         if req.confirmed == Some(false) {
             return match self
                 .state
-                .settle_pending(&pending.id, PendingState::Cancelled)
+                .settle_pending(&p.org_id, &pending.id, PendingState::Cancelled)
                 .await
             {
                 Ok(true) => {
@@ -229,7 +226,11 @@ impl Bridge {
             tracing::warn!(error = %e, "confirmation record not stored");
         }
         if let Some(pid) = &seal.settle {
-            if let Err(e) = self.state.settle_pending(pid, PendingState::Executed).await {
+            if let Err(e) = self
+                .state
+                .settle_pending(&derived.org, pid, PendingState::Executed)
+                .await
+            {
                 tracing::warn!(error = %e, "pending action not settled");
             }
         }

@@ -122,6 +122,7 @@ fn final_error(e: &ApiError) -> bool {
             | ErrorCode::UpstreamUnavailable
             | ErrorCode::UpstreamTimeout
             | ErrorCode::ServiceUnavailable
+            | ErrorCode::StateUnavailable
             | ErrorCode::RateLimited
             | ErrorCode::IdempotencyKeyInUse
     )
@@ -135,11 +136,36 @@ impl Bridge {
         Self::with(Box::new(backend), state, cfg)
     }
 
+    /// A bridge on the embedded store with conversation state elsewhere (Redis): nothing can
+    /// be sealed in the effect's transaction, so records are written right after it.
+    pub fn embedded_with_state(
+        store: Store,
+        cfg: NativeConfig,
+        state: Arc<dyn StateStore>,
+    ) -> Arc<Self> {
+        let backend = EmbeddedBackend::new(store, cfg.clone(), false);
+        Self::with(Box::new(backend), state, cfg)
+    }
+
     /// A bridge in front of an upstream API. `store` holds no CRM records, only the gateway's
     /// conversation state; upstream read answers are cached for the upstream's `read_cache_ms`.
-    pub fn upstream(store: Store, mut cfg: NativeConfig, client: Arc<Upstream>) -> Arc<Self> {
-        cfg.read_cache_ms = client.config().read_cache_ms;
+    pub fn upstream(store: Store, cfg: NativeConfig, client: Arc<Upstream>) -> Arc<Self> {
         let state: Arc<dyn StateStore> = Arc::new(Self::sqlite_state(&store, &cfg));
+        Self::upstream_with_state(cfg, client, state)
+    }
+
+    /// A bridge in front of an upstream API with conversation state in `state`. With a store
+    /// shared by replicas the read cache is off: a write through another replica would not
+    /// invalidate this one's cached answers.
+    pub fn upstream_with_state(
+        mut cfg: NativeConfig,
+        client: Arc<Upstream>,
+        state: Arc<dyn StateStore>,
+    ) -> Arc<Self> {
+        cfg.read_cache_ms = match state.shared() {
+            true => 0,
+            false => client.config().read_cache_ms,
+        };
         let backend = UpstreamBackend::new(
             client,
             state.clone(),
@@ -150,14 +176,21 @@ impl Bridge {
     }
 
     fn sqlite_state(store: &Store, cfg: &NativeConfig) -> SqliteState {
-        // Undo entries and settled pending actions are kept as long as idempotency records,
-        // and at least long enough to outlive their window.
-        let retention = Duration::from_secs(
+        SqliteState::new(
+            store.clone(),
+            cfg.idempotency_max_bytes,
+            Self::state_retention(cfg),
+        )
+    }
+
+    /// How long undo entries and settled pending actions are kept: as long as idempotency
+    /// records, and at least long enough to outlive their window.
+    pub fn state_retention(cfg: &NativeConfig) -> Duration {
+        Duration::from_secs(
             cfg.idempotency_ttl_secs
                 .max(cfg.undo_window_secs)
                 .max(cfg.pending_ttl_secs + 3600),
-        );
-        SqliteState::new(store.clone(), cfg.idempotency_max_bytes, retention)
+        )
     }
 
     /// A bridge on any backend and state store.
@@ -168,8 +201,8 @@ impl Bridge {
     ) -> Arc<Self> {
         Arc::new(Bridge {
             backend,
+            claims: Claims::new(state.clone()),
             state,
-            claims: Claims::default(),
             read_cache: (cfg.read_cache_ms > 0)
                 .then(|| reads::read_cache(Duration::from_millis(cfg.read_cache_ms))),
             cfg,
@@ -371,11 +404,7 @@ impl Bridge {
         let wait = Duration::from_millis(self.cfg.idempotency_wait_ms);
         let t = Instant::now();
         let claim = match &scope {
-            Some((s, _)) => Some(
-                self.claims
-                    .claim(self.state.as_ref(), s, req.fingerprint, wait)
-                    .await,
-            ),
+            Some((s, _)) => Some(self.claims.claim(s, req.fingerprint, wait).await),
             None => None,
         };
         timing.record("idem", t.elapsed());

@@ -30,10 +30,14 @@ impl Bridge {
         let undone = match &record.undo_id {
             // A replay must not fail because the undo log could not be read; it then says
             // what it did, as it always could.
-            Some(id) => self.state.is_undone(id).await.unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "undo state unreadable during replay");
-                false
-            }),
+            Some(id) => self
+                .state
+                .is_undone(&p.org_id, id)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "undo state unreadable during replay");
+                    false
+                }),
             None => false,
         };
         if undone {

@@ -16,6 +16,7 @@ use crate::store::interactions::{self, ActivityFilter, NewInteraction};
 use crate::store::jobs::{self, AfterFailure, RetryPolicy};
 use crate::store::signals::{self, SignalFilter};
 use crate::store::{companies, contacts, events as event_rows, native as rows, PageRequest, Store};
+use crate::webhooks::{self, EventType};
 
 /// How often the workers look for due work.
 const TICK: Duration = Duration::from_millis(250);
@@ -199,7 +200,7 @@ pub fn deliver_due_messages(conn: &rusqlite::Connection) -> ApiResult<usize> {
         if !rows::mark_sent(conn, &m.id)? {
             continue;
         }
-        interactions::insert(
+        let sent = interactions::insert(
             conn,
             &org,
             &NewInteraction {
@@ -215,6 +216,11 @@ pub fn deliver_due_messages(conn: &rusqlite::Connection) -> ApiResult<usize> {
                 created_at: None,
             },
         )?;
+        // The outbound message as `GET /activity` lists it. No event type exists for LinkedIn
+        // messages going out.
+        if m.channel == "email" {
+            webhooks::emit(conn, &org, EventType::EmailSent, &sent)?;
+        }
         let contact = match &m.contact_id {
             Some(cid) => contacts::get(conn, &org, cid)?,
             None => None,
@@ -222,6 +228,7 @@ pub fn deliver_due_messages(conn: &rusqlite::Connection) -> ApiResult<usize> {
         if let Some(c) = &contact {
             if c.status == ContactStatus::New {
                 contacts::set_status(conn, &org, &c.id, ContactStatus::Contacted)?;
+                webhooks::contact_changed_since(conn, &org, c)?;
             }
         }
         if let Some(key_id) = event_rows::message_owner(conn, &m.id)? {
@@ -313,6 +320,7 @@ pub fn apply_job(
         return Ok(());
     }
     if let Some((contact_id, company, account_id)) = &prepared.contact_update {
+        let before = contacts::get(conn, org, contact_id)?;
         conn.execute(
             "UPDATE contacts SET company = ?3, company_norm = ?4, account_id = ?5, updated_at = ?6 WHERE id = ?1 AND org_id = ?2",
             rusqlite::params![
@@ -324,6 +332,9 @@ pub fn apply_job(
                 now_rfc3339()
             ],
         )?;
+        if let Some(before) = before {
+            webhooks::contact_changed_since(conn, org, &before)?;
+        }
     }
     rows::finish_job(
         conn,
@@ -332,6 +343,10 @@ pub fn apply_job(
         &prepared.result,
         prepared.previous.as_ref(),
     )?;
+    // The job as `GET /jobs/{id}` returns it, with its result.
+    webhooks::emit_with(conn, org, EventType::JobCompleted, || {
+        rows::get_job(conn, org, &job.id)
+    })?;
     if let Some(key_id) = event_rows::job_owner(conn, &job.id)? {
         let contact = match &job.contact_id {
             Some(id) => contacts::get(conn, org, id)?,

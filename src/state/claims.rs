@@ -1,12 +1,17 @@
-//! Requests running in this process, per [`Scope`]: of several concurrent requests with one
-//! scope exactly one owns it and executes; the others wait for its outcome (up to a deadline)
-//! and replay it. A claim is memory by nature — it dies with its process — so correctness after
-//! a crash rests on the durable record, which the owner's effect commits with it.
+//! Requests running, per [`Scope`]: of several concurrent requests with one scope exactly one
+//! owns it and executes; the others wait for its outcome (up to a deadline) and replay it.
 //!
-//! A claimer asks the store for a finished record, takes a slot here, and asks the store again.
-//! An owner publishes its record to the store before it leaves the running map, so a claimer
-//! cannot miss both. Across processes sharing one database, the store's compare-and-set under
-//! the effect's own lock is what holds (a second execution's seal finds the record and replays).
+//! Two layers. In this process, a map of running requests lets twins wait on a channel. Across
+//! processes, the owner also holds the store's lease ([`StateStore::acquire`]): with a store
+//! shared by replicas (Redis) a twin on another replica finds the lease held and polls until the
+//! record appears or its wait ends; the owner renews the lease while its effect runs and gives
+//! it up after recording. The SQLite store grants every lease at once (one process per database).
+//!
+//! The store checks for a finished record and takes the lease in one atomic step, and an owner
+//! records before it releases, so a twin that gets the lease after the owner finished sees the
+//! record instead. Should a lease lapse while its owner still runs (a stalled renewal), the
+//! store's compare-and-set on the record still keeps the first outcome; correctness after a
+//! crash rests on the durable record.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +20,18 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use tokio::sync::watch;
 
-use super::{Record, Scope, StateStore};
+use super::{Lease, Record, Scope, StateStore};
 use crate::error::ApiResult;
+
+/// How long a cross-process lease lasts without renewal: a replica that dies mid-request holds
+/// its scopes at most this long.
+pub const LEASE: Duration = Duration::from_secs(6);
+
+/// How often an owner renews its lease while the effect runs.
+const RENEW_EVERY: Duration = Duration::from_secs(2);
+
+/// How often a twin asks again while another process holds the lease.
+const POLL_EVERY: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone)]
 enum Progress {
@@ -47,31 +62,31 @@ pub enum Claim {
     InUse,
 }
 
-/// The running requests of this process. Cheap to clone.
-#[derive(Clone, Default)]
+/// The running requests, on one state store. Cheap to clone.
+#[derive(Clone)]
 pub struct Claims {
+    store: Arc<dyn StateStore>,
     running: Arc<DashMap<Scope, Arc<Running>>>,
 }
 
 impl Claims {
-    /// Claims `scope` for a request with `fingerprint`, waiting up to `wait` for a twin.
+    pub fn new(store: Arc<dyn StateStore>) -> Self {
+        Claims {
+            store,
+            running: Arc::new(DashMap::new()),
+        }
+    }
+
+    /// Claims `scope` for a request with `fingerprint`, waiting up to `wait` for a twin. A
+    /// store error (Redis unreachable) is returned as is: nobody executes without a claim.
     pub async fn claim(
         &self,
-        store: &dyn StateStore,
         scope: &Scope,
         fingerprint: [u8; 32],
         wait: Duration,
     ) -> ApiResult<Claim> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            if let Some(found) = store.lookup(scope).await? {
-                let found = Arc::new(found);
-                return Ok(if found.fingerprint == fingerprint {
-                    Claim::Replay(found)
-                } else {
-                    Claim::Reused(found)
-                });
-            }
             let running = match self.running.entry(scope.clone()) {
                 Entry::Occupied(e) => e.get().clone(),
                 Entry::Vacant(e) => {
@@ -85,20 +100,9 @@ impl Claims {
                         scope: scope.clone(),
                         running,
                         finished: false,
+                        lease: None,
                     };
-                    // An owner records before it leaves the map, so a twin that finished
-                    // between the lookup above and this slot is in the store now. (Dropping the
-                    // guard releases the slot and wakes anyone who queued behind it.)
-                    if let Some(found) = store.lookup(scope).await? {
-                        drop(guard);
-                        let found = Arc::new(found);
-                        return Ok(if found.fingerprint == fingerprint {
-                            Claim::Replay(found)
-                        } else {
-                            Claim::Reused(found)
-                        });
-                    }
-                    return Ok(Claim::Owner(guard));
+                    return self.acquire(guard, fingerprint, deadline).await;
                 }
             };
             if running.fingerprint != fingerprint {
@@ -120,9 +124,102 @@ impl Claims {
         }
     }
 
-    /// Requests running right now (diagnostics and tests).
+    /// As this process's candidate for `guard`'s scope (twins here wait on it), takes the
+    /// store's lease, polling while another process holds it.
+    async fn acquire(
+        &self,
+        mut guard: ClaimGuard,
+        fingerprint: [u8; 32],
+        deadline: tokio::time::Instant,
+    ) -> ApiResult<Claim> {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        loop {
+            let found = self
+                .store
+                .acquire(&guard.scope, &token, fingerprint, LEASE)
+                .await?;
+            match found {
+                Lease::Granted => {
+                    if self.store.shared() {
+                        guard.lease = Some(Leased::start(
+                            self.store.clone(),
+                            guard.scope.clone(),
+                            token,
+                        ));
+                    }
+                    return Ok(Claim::Owner(guard));
+                }
+                Lease::Recorded(record) => {
+                    let record = Arc::new(*record);
+                    // Twins here replay it too.
+                    guard.publish(record.clone());
+                    return Ok(if record.fingerprint == fingerprint {
+                        Claim::Replay(record)
+                    } else {
+                        Claim::Reused(record)
+                    });
+                }
+                Lease::Held(Some(theirs)) if theirs != fingerprint => {
+                    return Ok(Claim::ReusedRunning)
+                }
+                Lease::Held(_) => {
+                    let now = tokio::time::Instant::now();
+                    if now >= deadline {
+                        return Ok(Claim::InUse);
+                    }
+                    tokio::time::sleep_until(deadline.min(now + POLL_EVERY)).await;
+                }
+            }
+        }
+    }
+
+    /// Requests running in this process right now (diagnostics and tests).
     pub fn running(&self) -> usize {
         self.running.len()
+    }
+}
+
+/// A cross-process lease held while the owner runs: renewed in the background, released when
+/// the owner is done.
+struct Leased {
+    token: String,
+    renewal: tokio::task::JoinHandle<()>,
+}
+
+impl Leased {
+    fn start(store: Arc<dyn StateStore>, scope: Scope, token: String) -> Self {
+        let t = token.clone();
+        let renewal = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RENEW_EVERY);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match store.renew(&scope, &t, LEASE).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!("idempotency lease lapsed while its request ran");
+                        return;
+                    }
+                    // Redis away: keep trying; the record's compare-and-set still holds.
+                    Err(_) => {}
+                }
+            }
+        });
+        Leased { token, renewal }
+    }
+
+    /// Stops renewing and gives the lease up, in the background (a guard is dropped in sync
+    /// code; a lease that cannot be released lapses on its own).
+    fn end(self, store: Arc<dyn StateStore>, scope: Scope) {
+        self.renewal.abort();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let token = self.token;
+            rt.spawn(async move {
+                if let Err(e) = store.release(&scope, &token).await {
+                    tracing::debug!(error = %e, "idempotency lease not released; it lapses");
+                }
+            });
+        }
     }
 }
 
@@ -133,6 +230,7 @@ pub struct ClaimGuard {
     scope: Scope,
     running: Arc<Running>,
     finished: bool,
+    lease: Option<Leased>,
 }
 
 impl ClaimGuard {
@@ -143,11 +241,7 @@ impl ClaimGuard {
     /// Hands the recorded outcome to waiters and leaves the running map. Call it only once the
     /// record is in the store.
     pub fn finish(mut self, record: Record) {
-        self.leave();
-        self.running
-            .progress
-            .send_replace(Progress::Finished(Arc::new(record)));
-        self.finished = true;
+        self.publish(Arc::new(record));
     }
 
     /// Releases the scope without an outcome (the client may retry with the same key).
@@ -155,11 +249,22 @@ impl ClaimGuard {
         self.release();
     }
 
-    fn leave(&self) {
+    fn publish(&mut self, record: Arc<Record>) {
+        self.leave();
+        self.running
+            .progress
+            .send_replace(Progress::Finished(record));
+        self.finished = true;
+    }
+
+    fn leave(&mut self) {
         let ours = &self.running;
         self.claims
             .running
             .remove_if(&self.scope, |_, current| Arc::ptr_eq(current, ours));
+        if let Some(lease) = self.lease.take() {
+            lease.end(self.claims.store.clone(), self.scope.clone());
+        }
     }
 
     fn release(&mut self) {
@@ -199,19 +304,19 @@ mod tests {
     async fn one_owner_twins_wait_and_replay_others_conflict() {
         let dir = tempfile::tempdir().unwrap();
         let state = SqliteState::open_for_tests(dir.path(), 0);
-        let claims = Claims::default();
+        let claims = Claims::new(Arc::new(state.clone()));
         let scope = Scope::new("o", "k", "turn-1");
         let wait = Duration::from_secs(5);
-        let Claim::Owner(guard) = claims.claim(&state, &scope, [1; 32], wait).await.unwrap() else {
+        let Claim::Owner(guard) = claims.claim(&scope, [1; 32], wait).await.unwrap() else {
             panic!("first claim owns the scope");
         };
         assert!(matches!(
-            claims.claim(&state, &scope, [2; 32], wait).await.unwrap(),
+            claims.claim(&scope, [2; 32], wait).await.unwrap(),
             Claim::ReusedRunning
         ));
         let twin = {
-            let (claims, state, scope) = (claims.clone(), state.clone(), scope.clone());
-            tokio::spawn(async move { claims.claim(&state, &scope, [1; 32], wait).await })
+            let (claims, scope) = (claims.clone(), scope.clone());
+            tokio::spawn(async move { claims.claim(&scope, [1; 32], wait).await })
         };
         tokio::task::yield_now().await;
         let r = record(1);
@@ -222,7 +327,7 @@ mod tests {
         // Another API key's identical name is another scope.
         let other = Scope::new("o", "k2", "turn-1");
         assert!(matches!(
-            claims.claim(&state, &other, [1; 32], wait).await.unwrap(),
+            claims.claim(&other, [1; 32], wait).await.unwrap(),
             Claim::Owner(_)
         ));
     }
@@ -231,16 +336,13 @@ mod tests {
     async fn a_twin_still_running_after_the_wait_is_in_use() {
         let dir = tempfile::tempdir().unwrap();
         let state = SqliteState::open_for_tests(dir.path(), 0);
-        let claims = Claims::default();
+        let claims = Claims::new(Arc::new(state.clone()));
         let scope = Scope::new("o", "k", "slow");
-        let _owner = claims
-            .claim(&state, &scope, [1; 32], Duration::ZERO)
-            .await
-            .unwrap();
+        let _owner = claims.claim(&scope, [1; 32], Duration::ZERO).await.unwrap();
         let c = claims.clone();
-        let (st, sc) = (state.clone(), scope.clone());
+        let sc = scope.clone();
         let waiter =
-            tokio::spawn(async move { c.claim(&st, &sc, [1; 32], Duration::from_secs(5)).await });
+            tokio::spawn(async move { c.claim(&sc, [1; 32], Duration::from_secs(5)).await });
         tokio::time::advance(Duration::from_secs(6)).await;
         assert!(matches!(waiter.await.unwrap().unwrap(), Claim::InUse));
     }
@@ -249,15 +351,15 @@ mod tests {
     async fn an_abandoned_claim_lets_a_waiter_own_it() {
         let dir = tempfile::tempdir().unwrap();
         let state = SqliteState::open_for_tests(dir.path(), 0);
-        let claims = Claims::default();
+        let claims = Claims::new(Arc::new(state.clone()));
         let scope = Scope::new("o", "k", "k1");
         let wait = Duration::from_secs(5);
-        let Claim::Owner(g) = claims.claim(&state, &scope, [1; 32], wait).await.unwrap() else {
+        let Claim::Owner(g) = claims.claim(&scope, [1; 32], wait).await.unwrap() else {
             panic!("owner");
         };
         let c = claims.clone();
-        let (st, sc) = (state.clone(), scope.clone());
-        let waiter = tokio::spawn(async move { c.claim(&st, &sc, [1; 32], wait).await });
+        let sc = scope.clone();
+        let waiter = tokio::spawn(async move { c.claim(&sc, [1; 32], wait).await });
         tokio::task::yield_now().await;
         drop(g);
         assert!(matches!(waiter.await.unwrap().unwrap(), Claim::Owner(_)));

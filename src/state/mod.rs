@@ -9,7 +9,10 @@
 //!   database, and the embedded CRM backend commits a keyed write's record and a pending
 //!   action's settlement in the same transaction as the effect ([`Seal`]).
 //! - [`claims::Claims`] holds the requests running in this process, so a twin waits for the
-//!   first instead of executing; it is memory by nature (a claim dies with its process).
+//!   first instead of executing; it is memory by nature (a claim dies with its process). A store
+//!   shared by replicas ([`redis::RedisState`]) adds a lease on each claim ([`StateStore::acquire`])
+//!   so a twin on another replica waits too; the SQLite store grants every lease at once, since
+//!   only one process uses its database.
 //! - The store's front cache is memory too: bounded, admitting every new entry (LRU), and never
 //!   the only copy.
 //!
@@ -17,6 +20,7 @@
 //! replica-shared implementation can offer the same guarantee with one atomic operation.
 
 pub mod claims;
+pub mod redis;
 pub mod sqlite;
 
 use std::time::Duration;
@@ -86,6 +90,8 @@ impl StoredError {
 }
 
 /// A finished turn as stored for replay.
+// Short-lived and moved rarely; boxing the reply would cost an allocation per turn.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Outcome {
@@ -258,6 +264,18 @@ impl Seal {
     }
 }
 
+/// What [`StateStore::acquire`] found under a scope.
+#[derive(Debug)]
+pub enum Lease {
+    /// A finished record: replay it (or report the key reused), never execute.
+    Recorded(Box<Record>),
+    /// The caller holds the scope until it records, releases, or stops renewing.
+    Granted,
+    /// Another process holds the scope for a request with this fingerprint (`None` when the
+    /// holder's lease ended while looking).
+    Held(Option<[u8; 32]>),
+}
+
 /// Why recording lost: someone else's outcome is already there (another process, or a twin
 /// whose claim this one never saw).
 #[derive(Debug)]
@@ -285,9 +303,9 @@ pub trait StateStore: Send + Sync {
     /// The pending action `id` if it belongs to this org and API key.
     async fn pending(&self, org: &str, key_id: &str, id: &str) -> ApiResult<Option<PendingAction>>;
 
-    /// Settles an open pending action (compare-and-set on `Open`); false when it was settled
-    /// already.
-    async fn settle_pending(&self, id: &str, to: PendingState) -> ApiResult<bool>;
+    /// Settles an open pending action of `org` (compare-and-set on `Open`); false when it was
+    /// settled already.
+    async fn settle_pending(&self, org: &str, id: &str, to: PendingState) -> ApiResult<bool>;
 
     /// Records how to undo a write.
     async fn push_undo(&self, org: &str, key_id: &str, entry: &UndoEntry) -> ApiResult<()>;
@@ -303,10 +321,10 @@ pub trait StateStore: Send + Sync {
     /// Marks an entry used up by `undo_last` (compare-and-set); `reverted` says whether its
     /// effect was undone or left alone because the world had moved on. False when it already
     /// was used up.
-    async fn mark_undone(&self, id: &str, reverted: bool) -> ApiResult<bool>;
+    async fn mark_undone(&self, org: &str, id: &str, reverted: bool) -> ApiResult<bool>;
 
-    /// True when the effect behind undo entry `id` has been undone.
-    async fn is_undone(&self, id: &str) -> ApiResult<bool>;
+    /// True when the effect behind undo entry `id` of `org` has been undone.
+    async fn is_undone(&self, org: &str, id: &str) -> ApiResult<bool>;
 
     /// Open (unexpired, unsettled) pending actions, for the gauge.
     async fn open_pending(&self) -> ApiResult<u64>;
@@ -317,6 +335,44 @@ pub trait StateStore: Send + Sync {
     /// Notes a record that a backend committed together with its effect (see [`Seal`]), so
     /// the next lookup can skip the durable read. Writes nothing.
     fn remember(&self, scope: &Scope, record: &Record, ttl: Duration);
+
+    /// Takes the cross-process lease on `scope` for the request `fingerprint`, unless a record
+    /// is there already. `token` names this attempt for [`renew`](Self::renew) and
+    /// [`release`](Self::release). A store used by one process only grants at once: its
+    /// in-process [`claims::Claims`] are the whole story.
+    async fn acquire(
+        &self,
+        scope: &Scope,
+        _token: &str,
+        _fingerprint: [u8; 32],
+        _lease: Duration,
+    ) -> ApiResult<Lease> {
+        Ok(match self.lookup(scope).await? {
+            Some(record) => Lease::Recorded(Box::new(record)),
+            None => Lease::Granted,
+        })
+    }
+
+    /// Extends a lease this attempt holds; false when it is not held by `token` any more.
+    async fn renew(&self, _scope: &Scope, _token: &str, _lease: Duration) -> ApiResult<bool> {
+        Ok(true)
+    }
+
+    /// Gives a lease up (only if `token` still holds it).
+    async fn release(&self, _scope: &Scope, _token: &str) -> ApiResult<()> {
+        Ok(())
+    }
+
+    /// True when several processes share this store: leases need renewing, and nothing cached
+    /// in one process (read answers) can be trusted to see another's writes.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Whether the store answers right now (readiness).
+    async fn ping(&self) -> bool {
+        true
+    }
 }
 
 /// Milliseconds since the epoch, by the wall clock (records outlive the process).

@@ -160,7 +160,7 @@ impl StateStore for SqliteState {
             .await
     }
 
-    async fn settle_pending(&self, id: &str, to: PendingState) -> ApiResult<bool> {
+    async fn settle_pending(&self, _org: &str, id: &str, to: PendingState) -> ApiResult<bool> {
         let id = id.to_string();
         self.store
             .write_bookkeeping(move |tx| settle(tx, &id, to))
@@ -186,14 +186,14 @@ impl StateStore for SqliteState {
             .await
     }
 
-    async fn mark_undone(&self, id: &str, reverted: bool) -> ApiResult<bool> {
+    async fn mark_undone(&self, _org: &str, id: &str, reverted: bool) -> ApiResult<bool> {
         let id = id.to_string();
         self.store
             .write_bookkeeping(move |tx| mark_undone(tx, &id, reverted))
             .await
     }
 
-    async fn is_undone(&self, id: &str) -> ApiResult<bool> {
+    async fn is_undone(&self, _org: &str, id: &str) -> ApiResult<bool> {
         let id = id.to_string();
         self.store.read(move |conn| is_undone(conn, &id)).await
     }
@@ -545,11 +545,11 @@ mod tests {
         assert_eq!(got.state, PendingState::Open);
         assert_eq!(s.open_pending().await.unwrap(), 1);
         assert!(s
-            .settle_pending("p1", PendingState::Executed)
+            .settle_pending("o", "p1", PendingState::Executed)
             .await
             .unwrap());
         assert!(!s
-            .settle_pending("p1", PendingState::Cancelled)
+            .settle_pending("o", "p1", PendingState::Cancelled)
             .await
             .unwrap());
         let got = s.pending("o", "k", "p1").await.unwrap().unwrap();
@@ -595,10 +595,10 @@ mod tests {
         s.push_undo("o", "k", &e).await.unwrap();
         assert!(s.latest_undo("o", "k2", "").await.unwrap().is_none());
         assert_eq!(s.latest_undo("o", "k", "").await.unwrap().unwrap().id, "u1");
-        assert!(!s.is_undone("u1").await.unwrap());
-        assert!(s.mark_undone("u1", true).await.unwrap());
-        assert!(!s.mark_undone("u1", true).await.unwrap());
-        assert!(s.is_undone("u1").await.unwrap());
+        assert!(!s.is_undone("o", "u1").await.unwrap());
+        assert!(s.mark_undone("o", "u1", true).await.unwrap());
+        assert!(!s.mark_undone("o", "u1", true).await.unwrap());
+        assert!(s.is_undone("o", "u1").await.unwrap());
         assert!(s.latest_undo("o", "k", "").await.unwrap().is_none());
     }
 }

@@ -424,6 +424,20 @@ pub fn create_many(
     items: &[ContactFields],
     upsert: bool,
 ) -> ApiResult<Vec<Contact>> {
+    Ok(upsert_many(conn, org, items, upsert)?
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect())
+}
+
+/// Like [`create_many`], pairing each contact with what it was before the call (`None` for
+/// a contact this call created).
+pub fn upsert_many(
+    conn: &Connection,
+    org: &str,
+    items: &[ContactFields],
+    upsert: bool,
+) -> ApiResult<Vec<(Contact, Option<Contact>)>> {
     let mut out = Vec::with_capacity(items.len());
     for (i, fields) in items.iter().enumerate() {
         let email = match &fields.email {
@@ -442,7 +456,7 @@ pub fn create_many(
             Some(base) if upsert => {
                 let c = merge(conn, org, Some(&base), fields)?;
                 save(conn, org, &c, false)?;
-                c
+                (c, Some(base))
             }
             Some(_) => {
                 return Err(ApiError::new(
@@ -454,7 +468,7 @@ pub fn create_many(
                 ))
                 .with_spoken("A contact with that email already exists."))
             }
-            None => insert(conn, org, fields)?,
+            None => (insert(conn, org, fields)?, None),
         };
         out.push(c);
     }

@@ -330,6 +330,37 @@ CREATE TABLE event_outbox (
     created_at      TEXT NOT NULL
 );
 "#,
+    // 7 (issue 15) Webhook delivery: a transactional outbox. An event row is written in the same
+    // transaction as the effect it reports, with one delivery row per subscription that wants
+    // it; the delivery worker works through the deliveries and records every attempt.
+    r#"
+CREATE TABLE webhook_events (
+    id          TEXT PRIMARY KEY,   -- the webhook-id header, the same for every attempt
+    org_id      TEXT NOT NULL,
+    type        TEXT NOT NULL,
+    payload     TEXT NOT NULL,      -- the exact body that is signed and sent
+    created_at  TEXT NOT NULL
+);
+
+CREATE TABLE webhook_deliveries (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id         TEXT NOT NULL REFERENCES webhook_events(id) ON DELETE CASCADE,
+    webhook_id       TEXT NOT NULL REFERENCES webhooks(id) ON DELETE CASCADE,
+    org_id           TEXT NOT NULL,
+    status           TEXT NOT NULL DEFAULT 'pending',  -- pending | succeeded | failed
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms  INTEGER NOT NULL,                 -- unix milliseconds
+    response_status  INTEGER,
+    last_error       TEXT,
+    last_attempt_at  TEXT,
+    created_at       TEXT NOT NULL
+);
+-- Each subscription's next pending delivery, without reading its whole backlog.
+CREATE INDEX webhook_deliveries_pending ON webhook_deliveries(webhook_id, next_attempt_ms, seq)
+    WHERE status = 'pending';
+CREATE INDEX webhook_deliveries_hook ON webhook_deliveries(webhook_id, seq);
+CREATE INDEX webhook_deliveries_event ON webhook_deliveries(event_id);
+"#,
 ];
 
 /// Brings the database up to the newest schema. Safe to call on every open, from several

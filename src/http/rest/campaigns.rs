@@ -18,6 +18,7 @@ use crate::http::extract::{ApiJson, QueryParams};
 use crate::input::{Fields, Patch};
 use crate::store::campaigns::{self, AudienceStats, Campaign, CampaignChanges, CampaignFilter};
 use crate::store::contacts::{self, ContactFields};
+use crate::webhooks;
 
 /// A campaign with its audience counts.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -113,7 +114,12 @@ pub async fn update(
     let org = p.org_id.clone();
     Ok(Data(
         app.store
-            .write(move |tx| campaigns::update(tx, &org, &id, &changes))
+            .write(move |tx| {
+                let before = campaigns::require(tx, &org, &id)?;
+                let after = campaigns::update(tx, &org, &id, &changes)?;
+                webhooks::campaign_status_changed(tx, &org, before.status, &after)?;
+                Ok(after)
+            })
             .await?,
     ))
 }
@@ -210,7 +216,11 @@ pub async fn trigger(
                     };
                     match contacts::find_by_email(tx, &org, &email)? {
                         Some(c) => c,
-                        None => contacts::insert(tx, &org, &fields)?,
+                        None => {
+                            let created = contacts::insert(tx, &org, &fields)?;
+                            webhooks::contact_created(tx, &org, &created)?;
+                            created
+                        }
                     }
                 }
             };

@@ -16,6 +16,7 @@ use crate::http::envelope::{Created, Data, Paged};
 use crate::http::extract::{ApiJson, QueryParams};
 use crate::input::Fields;
 use crate::store::contacts::{self, ContactFields, ContactFilter};
+use crate::webhooks;
 
 /// Most contacts accepted in one create call.
 pub const MAX_BATCH: usize = 500;
@@ -117,7 +118,16 @@ pub async fn create(
     let org = p.org_id.clone();
     let created = app
         .store
-        .write(move |tx| contacts::create_many(tx, &org, &items, upsert))
+        .write(move |tx| {
+            let rows = contacts::upsert_many(tx, &org, &items, upsert)?;
+            for (contact, before) in &rows {
+                match before {
+                    None => webhooks::contact_created(tx, &org, contact)?,
+                    Some(before) => webhooks::contact_changed(tx, &org, before, contact)?,
+                }
+            }
+            Ok(rows.into_iter().map(|(c, _)| c).collect::<Vec<_>>())
+        })
         .await?;
     let count = created.len();
     Ok(Created(ContactsCreated {
@@ -170,7 +180,12 @@ pub async fn update(
     let org = p.org_id.clone();
     let c = app
         .store
-        .write(move |tx| contacts::update(tx, &org, &id, &fields))
+        .write(move |tx| {
+            let before = contacts::require(tx, &org, &id)?;
+            let after = contacts::update(tx, &org, &id, &fields)?;
+            webhooks::contact_changed(tx, &org, &before, &after)?;
+            Ok(after)
+        })
         .await?;
     Ok(Data(c))
 }

@@ -22,6 +22,7 @@ use crate::http::extract::{ApiJson, QueryParams};
 use crate::input::Fields;
 use crate::store::interactions::{self, ActivityFilter, NewInteraction, Note};
 use crate::store::{contacts, Page};
+use crate::webhooks::{self, EventType};
 
 /// Longest note accepted (DESIGN §5).
 pub const MAX_NOTE_CHARS: usize = 10_000;
@@ -105,7 +106,9 @@ pub async fn create(
             }
             let mut new = NewInteraction::note(&contact_id, &note, json!({ "source": "api" }));
             new.idempotency_key = key.as_deref();
-            Ok((Note::from(interactions::insert(tx, &org, &new)?), false))
+            let note = Note::from(interactions::insert(tx, &org, &new)?);
+            webhooks::emit(tx, &org, EventType::NoteCreated, &note)?;
+            Ok((note, false))
         })
         .await?;
     if replayed {

@@ -1,4 +1,5 @@
-//! `/webhooks`: list active subscriptions with the available events, register, deactivate.
+//! `/webhooks`: list active subscriptions (with their last delivery) and the available events,
+//! register (SSRF-checked, with a signing secret generated when none is given), deactivate.
 
 use std::sync::Arc;
 
@@ -16,6 +17,8 @@ use crate::http::envelope::{Created, Data};
 use crate::http::extract::{ApiJson, QueryParams};
 use crate::input::Fields;
 use crate::store::webhooks::{self, Webhook, AVAILABLE_EVENTS};
+use crate::webhooks::signing::{self, SigningKey};
+use crate::webhooks::target;
 
 /// `GET /webhooks` answer.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -57,24 +60,41 @@ fn valid_url(u: &str) -> bool {
     }
 }
 
+/// `POST /webhooks` answer: the subscription, and the signing secret when the server
+/// generated it (the only time it is ever shown).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CreatedWebhook {
+    #[serde(flatten)]
+    pub webhook: Webhook,
+    /// The generated `whsec_` signing secret; present only when the request gave none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
 /// Register a webhook.
 #[utoipa::path(post, path = "/webhooks", tag = "webhooks", operation_id = "createWebhook",
     request_body = crate::http::schemas::WebhookInput,
-    responses((status = 201, description = "Registered", body = crate::http::schemas::Envelope<Webhook>)))]
+    responses(
+        (status = 201, description = "Registered", body = crate::http::schemas::Envelope<CreatedWebhook>),
+        (status = 422, description = "`VALIDATION_ERROR`, also for a target that resolves to a loopback, private, link-local or cloud-metadata address"),
+    ))]
 pub async fn create(
     State(app): State<AppState>,
     Extension(p): Extension<Arc<Principal>>,
     ApiJson(body): ApiJson<Value>,
-) -> ApiResult<Created<Webhook>> {
+) -> ApiResult<Created<CreatedWebhook>> {
     p.require_any(&[Scope::Campaigns])?;
     let mut f = Fields::new("", &body)?;
     let url = f.required_string("url", 2048)?;
-    if !valid_url(&url) {
-        return Err(ApiError::validation(
-            "url",
-            "must be an http:// or https:// URL",
-        ));
-    }
+    let parsed = match reqwest::Url::parse(&url) {
+        Ok(u) if valid_url(&url) && u.host_str().is_some_and(|h| !h.is_empty()) => u,
+        _ => {
+            return Err(ApiError::validation(
+                "url",
+                "must be an http:// or https:// URL",
+            ))
+        }
+    };
     let events = match f.raw("events") {
         Some(Value::Array(items)) if !items.is_empty() => items
             .iter()
@@ -107,13 +127,30 @@ pub async fn create(
     let mut events = events;
     let mut seen = std::collections::HashSet::new();
     events.retain(|e| seen.insert(e.clone()));
-    let secret = f.string("secret", 256)?.and_then(|p| p.into_option());
+    let given = f.string("secret", 256)?.and_then(|p| p.into_option());
+    if let Some(s) = &given {
+        SigningKey::from_secret(s).map_err(|e| ApiError::validation("secret", e))?;
+    }
+    if !app.config.webhooks.allow_private_targets {
+        target::check_registration(&parsed).await.map_err(|r| {
+            ApiError::validation(
+                "url",
+                format!("{r}; webhook targets must be public (loopback, private, link-local and cloud-metadata addresses are refused)"),
+            )
+            .with_spoken("That webhook address points to a private network, so I can't use it.")
+        })?;
+    }
+    let generated = given.is_none().then(signing::generate_secret);
+    let secret = given.or_else(|| generated.clone()).unwrap_or_default();
     let org = p.org_id.clone();
-    let hook = app
+    let webhook = app
         .store
-        .write(move |tx| webhooks::insert(tx, &org, &url, &events, secret.as_deref()))
+        .write(move |tx| webhooks::insert(tx, &org, &url, &events, &secret))
         .await?;
-    Ok(Created(hook))
+    Ok(Created(CreatedWebhook {
+        webhook,
+        secret: generated,
+    }))
 }
 
 /// Deactivate a webhook.

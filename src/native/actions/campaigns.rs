@@ -352,6 +352,7 @@ pub fn execute_set_status(
     }
     campaigns::set_status(conn, ctx.org, &campaign.id, to)?;
     let updated = campaigns::require(conn, ctx.org, &campaign.id)?;
+    crate::webhooks::campaign_status_changed(conn, ctx.org, from, &updated)?;
     Ok(status_set(updated, from, to))
 }
 

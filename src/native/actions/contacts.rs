@@ -17,6 +17,7 @@ use crate::native::undo::UndoOp;
 use crate::store::contacts::Contact;
 use crate::store::interactions::{self, NewInteraction};
 use crate::store::{contacts, native as rows, orgs};
+use crate::webhooks::{self, EventType};
 
 pub fn plan_meeting(conn: &Connection, org: &str, a: &BookMeeting) -> ApiResult<Step> {
     let contact = match contact_or_clarify(conn, org, a.contact.as_deref(), a.company.as_deref())? {
@@ -174,6 +175,10 @@ pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>, plan: Plan) -> ApiResult<Ex
             if moved {
                 contacts::set_status(conn, ctx.org, &contact.id, ContactStatus::MeetingBooked)?;
             }
+            webhooks::emit(conn, ctx.org, EventType::MeetingBooked, &meeting)?;
+            if moved {
+                webhooks::contact_changed_since(conn, ctx.org, &contact)?;
+            }
             let r = NativeReply::result(
                 format!(
                     "Booked a {duration_minutes} minute meeting with {} {}.",
@@ -195,6 +200,7 @@ pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>, plan: Plan) -> ApiResult<Ex
             let contact = contacts::require(conn, ctx.org, &contact.id)?;
             let previous = contact.status;
             contacts::set_status(conn, ctx.org, &contact.id, status)?;
+            webhooks::contact_changed_since(conn, ctx.org, &contact)?;
             Ok(status_marked(&contact, previous, status))
         }
         Plan::NoteOnContact { contact, note } => {
@@ -204,7 +210,9 @@ pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>, plan: Plan) -> ApiResult<Ex
                 ctx.org,
                 &NewInteraction::note(&contact.id, &note, json!({ "source": "native" })),
             )?;
-            Ok(noted(&contact, interactions::Note::from(row)))
+            let note = interactions::Note::from(row);
+            webhooks::emit(conn, ctx.org, EventType::NoteCreated, &note)?;
+            Ok(noted(&contact, note))
         }
         other => Err(ApiError::internal(format!(
             "contacts::execute got {}",

@@ -7,7 +7,54 @@ use crate::error::ApiResult;
 use crate::events::EventKind;
 use crate::native::undo::{self, UndoOp};
 use crate::state::sqlite as state_rows;
-use crate::store::{contacts, events, native as rows};
+use crate::store::{campaigns, contacts, events, native as rows};
+use crate::webhooks::{self, EventType};
+
+/// The record an undo may change, read before it runs, so the webhook events report what
+/// the undo really changed (it can find the world changed since and do less).
+enum Snapshot {
+    Campaign(campaigns::Campaign),
+    Contact(contacts::Contact),
+    Message(rows::OutboxMessage),
+    Nothing,
+}
+
+impl Snapshot {
+    fn read(conn: &Connection, org: &str, op: &UndoOp) -> ApiResult<Snapshot> {
+        Ok(match op {
+            UndoOp::SetCampaignStatus { campaign_id, .. } => {
+                campaigns::get(conn, org, campaign_id)?
+                    .map_or(Snapshot::Nothing, Snapshot::Campaign)
+            }
+            UndoOp::RestoreStatus { contact_id, .. }
+            | UndoOp::RevertEnrichment { contact_id, .. } => {
+                contacts::get(conn, org, contact_id)?.map_or(Snapshot::Nothing, Snapshot::Contact)
+            }
+            UndoOp::CancelMessage { message_id } => rows::get_outbox(conn, org, message_id)?
+                .map_or(Snapshot::Nothing, Snapshot::Message),
+            // Audience changes, drafts, notes and jobs being cancelled have no event type.
+            _ => Snapshot::Nothing,
+        })
+    }
+
+    /// Emits the events of the difference between this snapshot and the record now.
+    fn report_changes(self, conn: &Connection, org: &str) -> ApiResult<()> {
+        match self {
+            Snapshot::Campaign(before) => match campaigns::get(conn, org, &before.id)? {
+                Some(after) => webhooks::campaign_status_changed(conn, org, before.status, &after),
+                None => Ok(()),
+            },
+            Snapshot::Contact(before) => webhooks::contact_changed_since(conn, org, &before),
+            Snapshot::Message(before) => match rows::get_outbox(conn, org, &before.id)? {
+                Some(after) if after.status == "cancelled" && before.status != "cancelled" => {
+                    webhooks::emit(conn, org, EventType::MessageCancelled, &after)
+                }
+                _ => Ok(()),
+            },
+            Snapshot::Nothing => Ok(()),
+        }
+    }
+}
 
 pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>) -> ApiResult<Executed> {
     let since = undo::undo_since(std::time::Duration::from_secs(ctx.undo_window_secs));
@@ -24,7 +71,9 @@ pub fn execute(conn: &Connection, ctx: &ExecCtx<'_>) -> ApiResult<Executed> {
         }
         _ => None,
     };
+    let before = Snapshot::read(conn, ctx.org, &entry.op)?;
     let applied = undo::apply(conn, ctx.org, &entry.op, &entry.summary)?;
+    before.report_changes(conn, ctx.org)?;
     if let Some(m) = queued_message {
         announce_cancelled(conn, ctx, &m.id)?;
     }

@@ -1,0 +1,392 @@
+//! Replicas sharing Redis (DESIGN §16): three gateways in upstream mode with
+//! `[state] backend = "redis"`, in this process, in front of one embedded upstream, behind a
+//! loopback round-robin TCP proxy with no session affinity (every request opens a new
+//! connection, so consecutive requests land on different replicas). Effects are counted on the
+//! upstream itself. A real `redis-server` runs per test; without the binary the tests print a
+//! notice and pass (CI installs it).
+
+mod common;
+#[path = "common/native.rs"]
+mod native_common;
+#[path = "common/redis.rs"]
+mod redis_common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use native_common::{demo_with, Demo, KEY, PATH};
+use pilot_bridge::config::{BackendKind, StateBackend};
+use redis_common::TestRedis;
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A round-robin TCP forwarder: each accepted connection goes to the next replica.
+async fn round_robin(replicas: Vec<SocketAddr>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    let addr = listener.local_addr().expect("addr");
+    let next = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let i = next.fetch_add(1, Ordering::Relaxed) % replicas.len();
+            let target = replicas[i];
+            tokio::spawn(async move {
+                if let Ok(mut server) = TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A JSON client that opens a new connection per request (no pooling), so a load balancer in
+/// front spreads consecutive requests.
+#[derive(Clone)]
+struct Http {
+    http: reqwest::Client,
+}
+
+struct Reply {
+    status: u16,
+    body: Value,
+    retry_after: Option<String>,
+}
+
+impl Http {
+    fn new() -> Self {
+        Http {
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("client"),
+        }
+    }
+
+    async fn native(&self, root: &str, body: Value) -> Reply {
+        let r = self
+            .http
+            .post(format!("{root}/api/v1{PATH}"))
+            .bearer_auth(KEY)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        let retry_after = r
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body: Value = r.json().await.expect("json body");
+        Reply {
+            status,
+            body,
+            retry_after,
+        }
+    }
+
+    async fn get_status(&self, url: &str, key: Option<&str>) -> u16 {
+        let mut req = self.http.get(url);
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        req.send().await.expect("request").status().as_u16()
+    }
+}
+
+fn mode(r: &Reply) -> &str {
+    r.body["data"]["mode"].as_str().unwrap_or("")
+}
+
+/// The embedded upstream and three Redis-backed gateways in front of it.
+struct Topology {
+    upstream: Demo,
+    gateways: Vec<TestServer>,
+    lb: String,
+    http: Http,
+}
+
+impl Topology {
+    async fn start(redis: &TestRedis) -> Topology {
+        let upstream = demo_with(|_| {}, Some(0)).await;
+        let mut gateways = Vec::new();
+        for _ in 0..3 {
+            let (base, url) = (upstream.s.root.clone(), redis.url());
+            gateways.push(
+                common::start_with(move |c| {
+                    c.backend = BackendKind::Upstream;
+                    c.upstream.base_url = base;
+                    c.state.backend = StateBackend::Redis;
+                    c.state.redis_url = url;
+                    // 100 concurrent turns on a debug build and a shared CI machine: generous
+                    // upstream budgets, so a slow upstream does not mask what is tested here.
+                    c.native.target_ms = 20_000.0;
+                    c.upstream.turn_budget_ms = 15_000;
+                    c.upstream.request_timeout_ms = 15_000;
+                    c.upstream.connect_timeout_ms = 5_000;
+                    c.state.redis_timeout_ms = 5_000;
+                })
+                .await,
+            );
+        }
+        let lb = round_robin(gateways.iter().map(|g| g.server.addr).collect()).await;
+        Topology {
+            upstream,
+            gateways,
+            lb: format!("http://{lb}"),
+            http: Http::new(),
+        }
+    }
+
+    fn replica(&self, i: usize) -> &str {
+        &self.gateways[i].root
+    }
+
+    /// Notes on a contact with this exact content, counted on the upstream.
+    async fn notes(&self, contact: &str, content: &str) -> usize {
+        let d = &self.upstream;
+        let id = d.s.contact_id(pilot_bridge::demo::DEMO_ORG, contact).await;
+        let r =
+            d.c.get_query("/notes", &[("contact_id", &id), ("limit", "100")])
+                .await;
+        r.page().iter().filter(|n| n["content"] == content).count()
+    }
+
+    async fn campaign_status(&self, name: &str) -> String {
+        let r = self
+            .upstream
+            .c
+            .get_query("/campaigns", &[("limit", "100")])
+            .await;
+        let c = r.page().iter().find(|c| c["name"] == name).cloned();
+        c.expect("campaign")["status"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_share_idempotency_confirmations_undo_and_dedupe() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let t = Topology::start(&redis).await;
+
+    // 100 concurrent same-key writes spread over the replicas: one effect upstream, every
+    // reply a result or a duplicate of it.
+    let text = "Replicated note.";
+    let body = json!({ "action": { "type": "note_on_contact", "contactRef": "john@acme.com", "note": text },
+                       "idempotencyKey": "replicas-100" });
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let (http, lb, body) = (t.http.clone(), t.lb.clone(), body.clone());
+        tasks.push(tokio::spawn(async move { http.native(&lb, body).await }));
+    }
+    let mut results = 0;
+    for task in tasks {
+        let r = task.await.expect("task");
+        assert_eq!(r.status, 200, "{}", r.body);
+        match mode(&r) {
+            "result" => results += 1,
+            "duplicate" => {}
+            other => panic!("unexpected mode {other}: {}", r.body),
+        }
+    }
+    assert_eq!(results, 1, "exactly one replica executed");
+    assert_eq!(t.notes("john@acme.com", text).await, 1);
+
+    // Identical keyless writes sent to each replica within the window: one effect.
+    let keyless = json!({ "action": { "type": "note_on_contact", "contactRef": "john@acme.com", "note": "Keyless on every replica." } });
+    let mut modes = Vec::new();
+    for i in 0..3 {
+        let r = t.http.native(t.replica(i), keyless.clone()).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        modes.push(mode(&r).to_string());
+    }
+    assert_eq!(modes, ["result", "duplicate", "duplicate"]);
+    assert_eq!(
+        t.notes("john@acme.com", "Keyless on every replica.").await,
+        1
+    );
+
+    // A pending action asked on replica 1, confirmed on replica 2 (executed once), confirmed
+    // again on replica 3 (duplicate).
+    let ask = t
+        .http
+        .native(
+            t.replica(0),
+            json!({ "action": { "type": "pause_campaign", "campaignRef": "Seed founders" } }),
+        )
+        .await;
+    assert_eq!(mode(&ask), "confirmation_required", "{}", ask.body);
+    let pid = ask.body["data"]["pending_action_id"]
+        .as_str()
+        .expect("pending id")
+        .to_string();
+    assert_eq!(t.campaign_status("Seed founders").await, "active");
+    let confirm = json!({ "pendingActionId": pid, "confirmed": true });
+    let r = t.http.native(t.replica(1), confirm.clone()).await;
+    assert_eq!(mode(&r), "result", "{}", r.body);
+    assert_eq!(t.campaign_status("Seed founders").await, "paused");
+    let r = t.http.native(t.replica(2), confirm).await;
+    assert_eq!(mode(&r), "duplicate", "{}", r.body);
+
+    // undo_last on replica 3 undoes the caller's last write, made through replica 2.
+    let r = t
+        .http
+        .native(t.replica(2), json!({ "action": { "type": "undo_last" } }))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["data"]["data"]["undone"], true, "{}", r.body);
+    assert_eq!(t.campaign_status("Seed founders").await, "active");
+    // And the next undo on replica 1 reaches the keyless note, then the keyed one.
+    let r = t
+        .http
+        .native(t.replica(0), json!({ "action": { "type": "undo_last" } }))
+        .await;
+    assert_eq!(r.body["data"]["data"]["undone"], true, "{}", r.body);
+    assert_eq!(
+        t.notes("john@acme.com", "Keyless on every replica.").await,
+        0
+    );
+    // Once the keyed note is undone as well, its replay on another replica says so.
+    let r = t
+        .http
+        .native(t.replica(1), json!({ "action": { "type": "undo_last" } }))
+        .await;
+    assert_eq!(r.body["data"]["data"]["undone"], true, "{}", r.body);
+    let r = t.http.native(t.replica(2), body.clone()).await;
+    assert_eq!(mode(&r), "duplicate", "{}", r.body);
+    assert_eq!(r.body["data"]["data"]["undone"], true, "{}", r.body);
+    drop(t);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_redis_writes_fail_closed_reads_answer_and_recovery_is_automatic() {
+    let Some(mut redis) = TestRedis::start() else {
+        return;
+    };
+    let t = Topology::start(&redis).await;
+    for i in 0..3 {
+        let ready = format!("{}/readyz", t.replica(i));
+        assert_eq!(t.http.get_status(&ready, None).await, 200);
+    }
+    redis.stop();
+    let text = "Written while Redis was down.";
+    for i in 0..3 {
+        let r = t
+            .http
+            .native(
+                t.replica(i),
+                json!({ "action": { "type": "note_on_contact", "contactRef": "john@acme.com", "note": text },
+                        "idempotencyKey": format!("down-{i}") }),
+            )
+            .await;
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert_eq!(r.body["ok"], false);
+        assert_eq!(r.body["error"]["code"], "STATE_UNAVAILABLE", "{}", r.body);
+        assert!(r.body["error"]["spoken_summary"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()));
+        assert_eq!(r.retry_after.as_deref(), Some("1"));
+        // Keyless too: nothing executes without a claim.
+        let r = t
+            .http
+            .native(
+                t.replica(i),
+                json!({ "action": { "type": "note_on_contact", "contactRef": "john@acme.com", "note": text } }),
+            )
+            .await;
+        assert_eq!(r.body["error"]["code"], "STATE_UNAVAILABLE", "{}", r.body);
+        // Reads still answer.
+        let r = t
+            .http
+            .native(
+                t.replica(i),
+                json!({ "action": { "type": "lookup_person", "personName": "John Smith" } }),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let ready = format!("{}/readyz", t.replica(i));
+        assert_eq!(t.http.get_status(&ready, None).await, 503);
+    }
+    assert_eq!(t.notes("john@acme.com", text).await, 0, "no effect");
+
+    // Redis back: writes work again without restarting anything.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = json!({ "action": { "type": "note_on_contact", "contactRef": "john@acme.com", "note": text },
+                       "idempotencyKey": "after-recovery" });
+    loop {
+        let r = t.http.native(t.replica(0), body.clone()).await;
+        if r.status == 200 {
+            assert_eq!(mode(&r), "result", "{}", r.body);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes did not recover: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(t.notes("john@acme.com", text).await, 1);
+    // Every replica reconnects by itself and is ready again.
+    for i in 0..3 {
+        let ready = format!("{}/readyz", t.replica(i));
+        while t.http.get_status(&ready, None).await != 200 {
+            assert!(Instant::now() < deadline, "replica {i} not ready again");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_org_quota_holds_in_total_across_replicas() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    // Three servers whose org allows 6 requests a minute, sharing their windows in Redis.
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let url = redis.url();
+        replicas.push(
+            demo_with(
+                move |c| {
+                    c.state.backend = StateBackend::Redis;
+                    c.state.redis_url = url;
+                },
+                Some(6),
+            )
+            .await,
+        );
+    }
+    let lb = round_robin(replicas.iter().map(|d| d.s.server.addr).collect()).await;
+    let http = Http::new();
+    // Windows are wall-clock minutes: start early in one so the loop stays inside it.
+    let second = chrono::Utc::now().timestamp().rem_euclid(60);
+    if second > 50 {
+        tokio::time::sleep(Duration::from_secs(u64::try_from(61 - second).unwrap_or(1))).await;
+    }
+    let mut allowed = 0;
+    let mut limited = 0;
+    for _ in 0..15 {
+        match http
+            .get_status(&format!("http://{lb}/api/v1/contacts"), Some(KEY))
+            .await
+        {
+            200 => allowed += 1,
+            429 => limited += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(
+        allowed, 6,
+        "the org's 6/min holds over all replicas together"
+    );
+    assert_eq!(limited, 9);
+}
