@@ -323,6 +323,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(u) = args.redis_url {
         cfg.state.redis_url = u;
     }
+    cfg.mcp.apply_env();
     cfg.validate()?;
     crate::telemetry::init_tracing(cfg.log_format);
     // Bind first: a busy port must fail before anything is created, seeded or printed.

@@ -46,6 +46,7 @@ pub struct Config {
     /// Where the CRM lives: this process's SQLite store, or a remote REST v1 API.
     pub backend: BackendKind,
     pub upstream: UpstreamConfig,
+    pub mcp: McpConfig,
     pub webhooks: WebhooksConfig,
     pub state: StateConfig,
     pub chat: ChatConfig,
@@ -363,6 +364,52 @@ impl Default for WebSocketConfig {
     }
 }
 
+/// The MCP endpoint at `/mcp` (DESIGN §19): which `Host` and browser `Origin` headers it accepts
+/// (protection against DNS rebinding and cross-site requests). Requests without `Origin` (every
+/// non-browser client) are not affected by `allowed_origins`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct McpConfig {
+    /// `Host` values served: `name` (any port) or `name:port`; `"*"` serves any host
+    /// (`PILOT_BRIDGE_MCP_ALLOWED_HOSTS`, comma-separated).
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins allowed besides the server's own (an `Origin` equal to an allowed
+    /// `Host`): `scheme://host[:port]`, `:*` for any port, `"null"`, or `"*"` for any origin
+    /// (`PILOT_BRIDGE_MCP_ALLOWED_ORIGINS`, comma-separated).
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        McpConfig {
+            allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "[::1]".into()],
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl McpConfig {
+    /// Applies `PILOT_BRIDGE_MCP_ALLOWED_HOSTS` and `PILOT_BRIDGE_MCP_ALLOWED_ORIGINS`
+    /// (comma-separated lists) over the file's values.
+    pub fn apply_env(&mut self) {
+        let list = |name: &str| {
+            std::env::var(name).ok().map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|e| !e.is_empty())
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+        };
+        if let Some(hosts) = list("PILOT_BRIDGE_MCP_ALLOWED_HOSTS") {
+            self.allowed_hosts = hosts;
+        }
+        if let Some(origins) = list("PILOT_BRIDGE_MCP_ALLOWED_ORIGINS") {
+            self.allowed_origins = origins;
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -379,6 +426,7 @@ impl Default for Config {
             websocket: WebSocketConfig::default(),
             backend: BackendKind::Embedded,
             upstream: UpstreamConfig::default(),
+            mcp: McpConfig::default(),
             webhooks: WebhooksConfig::default(),
             state: StateConfig::default(),
             chat: ChatConfig::default(),
@@ -760,6 +808,7 @@ impl Config {
         if u.turn_budget_ms as f64 >= self.native.target_ms {
             bail!("upstream.turn_budget_ms must be below native.target_ms, so a turn that waited out its upstream budget still answers in time");
         }
+        crate::mcp::origin::OriginPolicy::new(&self.mcp).map_err(anyhow::Error::msg)?;
         let w = &self.webhooks;
         if w.retry_schedule_secs.len() > 20 {
             bail!("webhooks.retry_schedule_secs may hold at most 20 retries");

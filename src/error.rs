@@ -13,6 +13,8 @@ pub enum ErrorCode {
     InvalidApiKey,
     PlanRequired,
     ScopeDenied,
+    /// A browser `Origin` (or a `Host`) that `/mcp` does not accept.
+    OriginNotAllowed,
     OrgNotFound,
     ResourceNotFound,
     ValidationError,
@@ -40,6 +42,7 @@ impl ErrorCode {
         ErrorCode::InvalidApiKey,
         ErrorCode::PlanRequired,
         ErrorCode::ScopeDenied,
+        ErrorCode::OriginNotAllowed,
         ErrorCode::OrgNotFound,
         ErrorCode::ResourceNotFound,
         ErrorCode::ValidationError,
@@ -67,6 +70,7 @@ impl ErrorCode {
             ErrorCode::InvalidApiKey => "INVALID_API_KEY",
             ErrorCode::PlanRequired => "PLAN_REQUIRED",
             ErrorCode::ScopeDenied => "SCOPE_DENIED",
+            ErrorCode::OriginNotAllowed => "ORIGIN_NOT_ALLOWED",
             ErrorCode::OrgNotFound => "ORG_NOT_FOUND",
             ErrorCode::ResourceNotFound => "RESOURCE_NOT_FOUND",
             ErrorCode::ValidationError => "VALIDATION_ERROR",
@@ -97,7 +101,7 @@ impl ErrorCode {
     pub fn status(self) -> u16 {
         match self {
             ErrorCode::MissingAuth | ErrorCode::InvalidApiKey => 401,
-            ErrorCode::PlanRequired | ErrorCode::ScopeDenied => 403,
+            ErrorCode::PlanRequired | ErrorCode::ScopeDenied | ErrorCode::OriginNotAllowed => 403,
             ErrorCode::OrgNotFound | ErrorCode::ResourceNotFound => 404,
             ErrorCode::ValidationError | ErrorCode::IdempotencyKeyReused => 422,
             ErrorCode::DuplicateResource | ErrorCode::IdempotencyKeyInUse => 409,
@@ -122,6 +126,7 @@ impl ErrorCode {
             ErrorCode::InvalidApiKey => "That OutreachPilot API key doesn't work. Please check it.",
             ErrorCode::PlanRequired => "API access needs a Pro or Scale plan.",
             ErrorCode::ScopeDenied => "This API key isn't allowed to do that.",
+            ErrorCode::OriginNotAllowed => "This app isn't allowed to connect to OutreachPilot.",
             ErrorCode::OrgNotFound => "I couldn't find your OutreachPilot workspace.",
             ErrorCode::ResourceNotFound => "I couldn't find that.",
             ErrorCode::ValidationError => "Something in that request was missing or invalid.",
@@ -310,11 +315,12 @@ mod tests {
                 UpstreamTimeout => 19,
                 ServiceUnavailable => 20,
                 StateUnavailable => 21,
+                OriginNotAllowed => 22,
             }
         }
         let mut seen: Vec<usize> = ErrorCode::ALL.iter().map(|c| number(*c)).collect();
         seen.sort_unstable();
-        assert_eq!(seen, (0..=21).collect::<Vec<_>>());
+        assert_eq!(seen, (0..=22).collect::<Vec<_>>());
     }
 
     #[test]

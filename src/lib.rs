@@ -28,6 +28,7 @@
 //! upstream/       backend = "upstream": pooled reqwest client for a remote REST v1 API,
 //!                 deadlines, read retries, circuit breaker, upstream error mapping
 //! http/           axum transport: router, envelope, extractors, middleware, REST v1 handlers
+//! mcp/            MCP at /mcp (rmcp, stateless): the actions as tools, Host/Origin checks
 //! demo.rs         the demo workspace seeded by `serve --demo`
 //! telemetry.rs    tracing subscriber and Prometheus recorder
 //! webhooks/       event outbox (`emit`), Standard Webhooks signing, SSRF guard, delivery worker
@@ -54,6 +55,7 @@ pub mod http;
 pub mod ids;
 pub mod input;
 pub mod intent;
+pub mod mcp;
 pub mod native;
 pub mod server;
 pub mod state;

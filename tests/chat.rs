@@ -442,10 +442,12 @@ async fn openai_provider_sends_tools_runs_them_and_passes_the_answer_through() {
             .expect("note tool");
         assert_eq!(note["type"], "function");
         assert!(note["function"]["parameters"]["properties"]["note"].is_object());
-        assert_eq!(
-            note["function"]["parameters"]["required"],
-            json!(["contactRef", "note"])
-        );
+        // The contact may be named several ways (contactRef, contactId, email), so only the
+        // note itself is required outright.
+        let required = note["function"]["parameters"]["required"]
+            .as_array()
+            .expect("required");
+        assert!(required.contains(&json!("note")), "{required:?}");
     }
     // The tool result went back to the model, tied to its call.
     let second = &requests[1].1["messages"];

@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::{tools, Answer, Exchange, Provider, Usage};
 use crate::config::ChatConfig;
 use crate::error::{ApiError, ApiResult, ErrorCode};
-use crate::native::schema::action_tool_schemas;
+use crate::native::schema::action_inputs;
 use crate::native::Bridge;
 
 const SYSTEM_PROMPT: &str = "You are the assistant of a sales CRM, speaking with a salesperson. \
@@ -253,14 +253,14 @@ impl Provider for OpenAi {
 
     async fn answer(&self, _bridge: &Bridge, x: Exchange<'_>) -> ApiResult<Answer> {
         let started = Instant::now();
-        let defs: Vec<ToolDef<'_>> = action_tool_schemas()
+        let defs: Vec<ToolDef<'_>> = action_inputs()
             .iter()
             .map(|t| ToolDef {
                 kind: "function",
                 function: FunctionDef {
-                    name: t.name,
+                    name: t.ty,
                     description: t.description,
-                    parameters: &t.input_schema,
+                    parameters: &t.schema,
                 },
             })
             .collect();

@@ -43,6 +43,7 @@ pub fn routes(
         .routes(routes!(ops::metrics))
         .routes(routes!(openapi::serve))
         .routes(routes!(docs::serve))
+        .routes(routes!(crate::mcp::serve))
         .nest("/api/v1", api)
 }
 

@@ -18,12 +18,13 @@ use std::sync::LazyLock;
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use utoipa::OpenApi;
 
 use crate::error::ErrorCode;
 use crate::http::schemas;
-use crate::native::action::{self, ACTION_TYPES};
+use crate::native::action;
+use crate::native::schema::{non_blank_pattern, WHITESPACE as WS};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -65,6 +66,7 @@ use crate::native::action::{self, ACTION_TYPES};
         (name = "account", description = "Credits and settings"),
         (name = "chat", description = "AI chat with the 17 actions as tools"),
         (name = "webhooks", description = "Webhook subscriptions"),
+        (name = "mcp", description = "Model Context Protocol (Streamable HTTP): the native actions as tools"),
         (name = "operations", description = "Health, readiness, metrics and this document; no API key"),
     )
 )]
@@ -98,14 +100,12 @@ pub async fn serve() -> Response {
 // ---- finishing ------------------------------------------------------------------------------
 
 const BEARER: &str = "bearer";
-const CONTACT_ALIASES: [&str; 4] = ["contactRef", "personName", "contactId", "email"];
-const CAMPAIGN_ALIASES: [&str; 2] = ["campaignRef", "campaignId"];
 
 fn finish(doc: &mut Value) {
     fix_patterns(doc);
     let schemas = &mut doc["components"]["schemas"];
     error_schemas(schemas);
-    action_schemas(schemas);
+    crate::native::schema::add_action_schemas(schemas);
     request_schemas(schemas);
     doc["components"]["securitySchemes"] = json!({
         BEARER: {
@@ -184,271 +184,6 @@ fn error_schemas(schemas: &mut Value) {
             }
         });
     }
-}
-
-fn non_blank(base: &Value) -> Value {
-    let mut s = json!({ "type": "string", "pattern": non_blank_pattern() });
-    if let Some(max) = base.get("maxLength") {
-        s["maxLength"] = max.clone();
-    }
-    if let Some(d) = base.get("description") {
-        s["description"] = d.clone();
-    }
-    s
-}
-
-/// `schema` without its `null` alternative (a field that must be given).
-fn non_null(schema: &Value) -> Value {
-    let mut s = schema.clone();
-    if let Some(types) = s["type"].as_array() {
-        let kept: Vec<Value> = types.iter().filter(|t| *t != "null").cloned().collect();
-        s["type"] = if kept.len() == 1 {
-            kept[0].clone()
-        } else {
-            Value::Array(kept)
-        };
-    }
-    for key in ["oneOf", "anyOf"] {
-        if let Some(alts) = s.get(key).and_then(Value::as_array) {
-            let kept: Vec<Value> = alts
-                .iter()
-                .filter(|a| a.get("type") != Some(&json!("null")))
-                .cloned()
-                .collect();
-            if let (1, Some(obj)) = (kept.len(), s.as_object_mut()) {
-                obj.remove(key);
-                if let Some(only) = kept[0].as_object() {
-                    obj.extend(only.clone());
-                }
-            } else {
-                s[key] = Value::Array(kept);
-            }
-        }
-    }
-    s
-}
-
-fn required_one_of(names: &[&str]) -> Value {
-    json!({ "oneOf": names.iter().map(|n| json!({ "required": [n] })).collect::<Vec<_>>() })
-}
-
-fn at_most_one_of(names: &[&str]) -> Value {
-    let mut pairs = Vec::new();
-    for (i, a) in names.iter().enumerate() {
-        for b in &names[i + 1..] {
-            pairs.push(json!({ "required": [a, b] }));
-        }
-    }
-    json!({ "not": { "anyOf": pairs } })
-}
-
-/// How `native::action::validate` treats a reference group.
-#[derive(Clone, Copy, PartialEq)]
-enum Need {
-    Required,
-    Optional,
-}
-
-/// The action types, the struct each one reads, and what `validate` demands of it.
-struct ActionRule {
-    ty: &'static str,
-    schema: &'static str,
-    contact: Option<Need>,
-    campaign: Option<Need>,
-    /// Fields that must be present and not blank.
-    required: &'static [&'static str],
-    /// At least one of these must be present and not blank.
-    any_of: &'static [&'static str],
-}
-
-const fn rule(ty: &'static str, schema: &'static str) -> ActionRule {
-    ActionRule {
-        ty,
-        schema,
-        contact: None,
-        campaign: None,
-        required: &[],
-        any_of: &[],
-    }
-}
-
-const ACTIONS: [ActionRule; 17] = [
-    ActionRule {
-        contact: Some(Need::Required),
-        ..rule("lookup_person", "LookupPerson")
-    },
-    ActionRule {
-        any_of: &["company", "companyId"],
-        ..rule("lookup_company", "LookupCompany")
-    },
-    ActionRule {
-        contact: Some(Need::Optional),
-        ..rule("recent_signals", "RecentSignals")
-    },
-    ActionRule {
-        contact: Some(Need::Optional),
-        any_of: &["contactRef", "personName", "contactId", "email", "company"],
-        ..rule("start_research", "StartResearch")
-    },
-    ActionRule {
-        contact: Some(Need::Required),
-        ..rule("enrich_contact", "ContactOnly")
-    },
-    ActionRule {
-        contact: Some(Need::Required),
-        campaign: Some(Need::Required),
-        ..rule("add_to_campaign", "ContactCampaign")
-    },
-    ActionRule {
-        contact: Some(Need::Required),
-        campaign: Some(Need::Required),
-        ..rule("remove_from_campaign", "ContactCampaign")
-    },
-    ActionRule {
-        campaign: Some(Need::Required),
-        ..rule("pause_campaign", "CampaignOnly")
-    },
-    ActionRule {
-        campaign: Some(Need::Required),
-        ..rule("resume_campaign", "CampaignOnly")
-    },
-    ActionRule {
-        contact: Some(Need::Required),
-        ..rule("draft_message", "DraftMessage")
-    },
-    ActionRule {
-        contact: Some(Need::Required),
-        any_of: &["body", "draftId"],
-        ..rule("send_message", "SendMessage")
-    },
-    ActionRule {
-        campaign: Some(Need::Required),
-        ..rule("campaign_stats", "CampaignOnly")
-    },
-    ActionRule {
-        contact: Some(Need::Optional),
-        ..rule("reply_inbox", "ReplyInbox")
-    },
-    ActionRule {
-        contact: Some(Need::Required),
-        required: &["startTime"],
-        ..rule("book_meeting", "BookMeeting")
-    },
-    ActionRule {
-        contact: Some(Need::Required),
-        required: &["status"],
-        ..rule("mark_status", "MarkStatus")
-    },
-    ActionRule {
-        contact: Some(Need::Required),
-        required: &["note"],
-        ..rule("note_on_contact", "NoteOnContact")
-    },
-    rule("undo_last", "UndoLast"),
-];
-
-/// `LookupPersonAction`, ...: `type` plus the struct's fields (with the aliases serde accepts),
-/// nothing else; and `NativeAction`, the union told apart by `type`.
-fn action_schemas(schemas: &mut Value) {
-    let mut refs = Vec::new();
-    let mut mapping = Map::new();
-    for rule in &ACTIONS {
-        let base = schemas[rule.schema].clone();
-        let name = format!("{}Action", pascal(rule.ty));
-        let mut props = Map::new();
-        props.insert("type".into(), json!({ "type": "string", "const": rule.ty }));
-        let mut all_of = Vec::new();
-        let base_props = base["properties"].as_object().cloned().unwrap_or_default();
-        for (key, prop) in base_props {
-            let group: Option<(&[&str], Option<Need>)> = if key == "contactRef" {
-                Some((&CONTACT_ALIASES, rule.contact))
-            } else if key == "campaignRef" {
-                Some((&CAMPAIGN_ALIASES, rule.campaign))
-            } else {
-                None
-            };
-            match group {
-                Some((aliases, need)) => {
-                    let schema = if need == Some(Need::Required) {
-                        all_of.push(required_one_of(aliases));
-                        non_blank(&prop)
-                    } else {
-                        all_of.push(at_most_one_of(aliases));
-                        prop.clone()
-                    };
-                    for a in aliases {
-                        props.insert((*a).to_string(), schema.clone());
-                    }
-                }
-                None if rule.required.contains(&key.as_str()) => {
-                    let mut p = non_null(&prop);
-                    if p["type"] == "string" && p.get("format").is_none() {
-                        p["pattern"] = json!(non_blank_pattern());
-                    }
-                    props.insert(key, p);
-                }
-                None => {
-                    props.insert(key, prop);
-                }
-            }
-        }
-        let mut required = vec![json!("type")];
-        required.extend(rule.required.iter().map(|r| json!(r)));
-        if !rule.any_of.is_empty() {
-            all_of.push(json!({
-                "anyOf": rule.any_of.iter().map(|f| json!({
-                    "required": [f],
-                    "properties": { *f: { "type": "string", "pattern": non_blank_pattern() } }
-                })).collect::<Vec<_>>()
-            }));
-        }
-        let mut schema = json!({
-            "type": "object",
-            "title": rule.ty,
-            "required": required,
-            "properties": props,
-            "additionalProperties": false,
-        });
-        if let Some(d) = base.get("description") {
-            schema["description"] = d.clone();
-        }
-        if !all_of.is_empty() {
-            schema["allOf"] = Value::Array(all_of);
-        }
-        schemas[&name] = schema;
-        let r = format!("#/components/schemas/{name}");
-        refs.push(json!({ "$ref": r }));
-        mapping.insert(rule.ty.to_string(), Value::String(r));
-    }
-    // Only the per-type schemas are referenced; the structs they came from stay out of the way.
-    for rule in &ACTIONS {
-        if let Some(m) = schemas.as_object_mut() {
-            m.remove(rule.schema);
-        }
-    }
-    schemas["NativeAction"] = json!({
-        "description": format!(
-            "One of the {} native actions, told apart by `type`. Unknown fields are rejected. \
-             Contact references may be sent as `contactRef`, `personName`, `contactId` or \
-             `email` (one of them); campaign references as `campaignRef` or `campaignId`.",
-            ACTION_TYPES.len()
-        ),
-        "oneOf": refs,
-        "discriminator": { "propertyName": "type", "mapping": mapping },
-    });
-}
-
-fn pascal(snake: &str) -> String {
-    snake
-        .split('_')
-        .map(|w| {
-            let mut c = w.chars();
-            match c.next() {
-                Some(f) => f.to_ascii_uppercase().to_string() + c.as_str(),
-                None => String::new(),
-            }
-        })
-        .collect()
 }
 
 /// Request bodies with "this shape or that" rules (see `schemas::composed!`).
@@ -591,15 +326,6 @@ fn request_schemas(schemas: &mut Value) {
             "enum": crate::store::webhooks::AVAILABLE_EVENTS
         });
     }
-}
-
-/// Whitespace as `str::trim` sees it (Unicode `White_Space`), spelled out because `\\s`
-/// differs between regex dialects (ECMA-262 has U+FEFF but not U+0085).
-const WS: &str = "\\t-\\r \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
-
-/// A string that is not empty after trimming.
-fn non_blank_pattern() -> String {
-    format!("[^{WS}]")
 }
 
 /// A blank string, which the server reads as "not given" (or "clear" in a body).
@@ -826,8 +552,8 @@ mod tests {
         let mapping = doc["components"]["schemas"]["NativeAction"]["discriminator"]["mapping"]
             .as_object()
             .unwrap();
-        assert_eq!(mapping.len(), ACTION_TYPES.len());
-        for t in ACTION_TYPES {
+        assert_eq!(mapping.len(), action::ACTION_TYPES.len());
+        for t in action::ACTION_TYPES {
             assert!(mapping.contains_key(*t), "{t} missing from the union");
         }
         // Every `$ref` points at a schema that exists.

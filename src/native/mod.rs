@@ -55,6 +55,8 @@ pub enum Transport {
     WebSocket,
     /// A tool call of `POST /chat`.
     Chat,
+    /// A tool call on `/mcp`.
+    Mcp,
 }
 
 impl Transport {
@@ -63,6 +65,7 @@ impl Transport {
             Transport::Http => "http",
             Transport::WebSocket => "ws",
             Transport::Chat => "chat",
+            Transport::Mcp => "mcp",
         }
     }
 }
