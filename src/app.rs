@@ -57,7 +57,8 @@ impl App {
         let native = config.native.clone();
         let (auth, bridge) = match config.backend {
             BackendKind::Embedded => (
-                Authenticator::new(store.clone(), &config.auth),
+                Authenticator::new(store.clone(), &config.auth)
+                    .with_two_step_keys(&config.control.two_step_key_ids),
                 match shared_state {
                     Some(state) => Bridge::embedded_with_state(store.clone(), native, state),
                     None => Bridge::new(store.clone(), native),
@@ -70,7 +71,8 @@ impl App {
                         client.clone(),
                         &config.auth,
                         config.upstream.key_cache_ttl_secs,
-                    ),
+                    )
+                    .with_two_step_keys(&config.control.two_step_key_ids),
                     match shared_state {
                         Some(state) => Bridge::upstream_with_state(native, client, state),
                         None => Bridge::upstream(store.clone(), native, client),

@@ -45,6 +45,31 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub webhooks: WebhooksConfig,
     pub state: StateConfig,
+    pub control: ControlConfig,
+}
+
+/// Control no model can bypass (DESIGN §21).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Key ids (as `keys list` shows them, or in upstream mode `key_` plus the first 24 hex
+    /// digits of the key's SHA-256) that get the `two_step` policy whatever the keys table
+    /// says. In upstream mode keys live upstream, so this list is the only way to mark one.
+    pub two_step_key_ids: Vec<String>,
+    /// How long pushed WebSocket events are kept for `resume_after` replays.
+    pub event_retention_secs: u64,
+    /// Most events one `resume_after` replays (the newest ones win).
+    pub max_replay_events: usize,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            two_step_key_ids: Vec::new(),
+            event_retention_secs: 600,
+            max_replay_events: 1_000,
+        }
+    }
 }
 
 /// Where conversation state (idempotency records, pending actions, undo entries, the dedupe
@@ -286,6 +311,7 @@ impl Default for Config {
             upstream: UpstreamConfig::default(),
             webhooks: WebhooksConfig::default(),
             state: StateConfig::default(),
+            control: ControlConfig::default(),
         }
     }
 }
@@ -634,7 +660,24 @@ impl Config {
                 "",
             ),
         ];
-        for &(name, value, min, max, why) in ranges {
+        let c = &self.control;
+        let control: &[(&str, u64, u64, u64, &str)] = &[
+            (
+                "control.event_retention_secs",
+                c.event_retention_secs,
+                10,
+                DAY_SECS,
+                "",
+            ),
+            (
+                "control.max_replay_events",
+                c.max_replay_events as u64,
+                1,
+                100_000,
+                "",
+            ),
+        ];
+        for &(name, value, min, max, why) in ranges.iter().chain(control) {
             if value < min || value > max {
                 bail!("{name} must be between {min} and {max}{why} (got {value})");
             }
@@ -675,6 +718,13 @@ impl Config {
         }
         if w.max_concurrency == 0 || w.max_concurrency > 1024 {
             bail!("webhooks.max_concurrency must be between 1 and 1024");
+        }
+        if let Some(bad) = c
+            .two_step_key_ids
+            .iter()
+            .find(|id| id.trim().is_empty() || id.len() > 128)
+        {
+            bail!("control.two_step_key_ids entries must be 1 to 128 characters (got {bad:?})");
         }
         if self.state.backend == StateBackend::Redis {
             let url = self.state.redis_url.trim();

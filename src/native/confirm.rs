@@ -80,18 +80,12 @@ impl Bridge {
             Err(e) => return Turn::rejected(e),
         };
         if let Some(action) = &req.action {
-            if action.type_name() != pending.action_type() {
-                return Turn::rejected(
-                    ApiError::validation(
-                        "action.type",
-                        format!(
-                            "'{}' does not match the pending action '{}'",
-                            action.type_name(),
-                            pending.action_type()
-                        ),
-                    )
-                    .with_spoken("That doesn't match what I asked you to confirm."),
-                );
+            // DESIGN §21: the confirmation binds the action it names, or nothing runs.
+            let bound = self
+                .check_binding(p, action, req.action_json_or_null(), &pending, timing)
+                .await;
+            if let Err(e) = bound {
+                return Turn::rejected(e);
             }
         }
         let derived = Scope::new(&p.org_id, &p.key_id, pending.confirmation_key());
@@ -318,6 +312,10 @@ impl Bridge {
         let mut data = pending.plan.describe();
         if let Value::Object(m) = &mut data {
             m.insert("expires_in_seconds".into(), json!(ttl.as_secs()));
+            if p.two_step {
+                // Says why `confirmed: true` on this request was not enough.
+                m.insert("confirmation_policy".into(), json!("two_step"));
+            }
         }
         let mut reply = NativeReply::new(
             ReplyMode::ConfirmationRequired,

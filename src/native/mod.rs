@@ -11,6 +11,7 @@
 pub mod action;
 pub mod actions;
 mod confirm;
+mod control;
 pub mod plan;
 mod reads;
 pub mod remote;
@@ -522,7 +523,11 @@ impl Bridge {
                 };
                 Turn::answer(Ok(reply), keep)
             }
-            Step::Execute(plan) if plan.is_dangerous() && req.confirmed != Some(true) => {
+            // A two-step key's own `confirmed: true` does not count (DESIGN §21): only a later
+            // request naming the pending action runs it.
+            Step::Execute(plan)
+                if plan.is_dangerous() && (req.confirmed != Some(true) || p.two_step) =>
+            {
                 self.ask(p, req, plan, seal, timing).await
             }
             Step::Execute(plan) => {

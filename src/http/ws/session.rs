@@ -634,6 +634,7 @@ mod tests {
                 plan: Plan::Pro,
                 rate_limit: Some(0),
                 upstream_key: None,
+                two_step: false,
             }),
             token: "op_live_unused".into(),
         }
