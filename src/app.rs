@@ -84,6 +84,7 @@ impl App {
             Some(link) => RateLimiter::shared(config.limits.default_rate_limit, link),
             None => RateLimiter::new(config.limits.default_rate_limit),
         };
+        let events = event_bus(&config, &bridge);
         Ok(Arc::new(App {
             auth,
             limiter,
@@ -96,7 +97,7 @@ impl App {
             ws_auth_failures: AuthFailureLimiter::new(
                 config.websocket.max_auth_failures_per_address,
             ),
-            events: Arc::new(LocalEventHub::new(config.websocket.event_buffer)),
+            events,
             shutdown: tokio::sync::watch::channel(false).0,
             config,
             store,
@@ -180,4 +181,19 @@ impl App {
     pub fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
         self.shutdown.subscribe()
     }
+}
+
+/// Pushed events, journaled in the state store for `resume_after` (DESIGN §21). Without a
+/// runtime to run the journaling task on (some unit tests build an `App` outside one), events
+/// are delivered live only.
+fn event_bus(config: &Config, bridge: &Arc<Bridge>) -> Arc<dyn EventBus> {
+    let local = Arc::new(LocalEventHub::new(config.websocket.event_buffer));
+    if tokio::runtime::Handle::try_current().is_err() {
+        return local;
+    }
+    let retention = crate::event_journal::Retention {
+        keep: std::time::Duration::from_secs(config.control.event_retention_secs),
+        max_len: config.control.max_replay_events,
+    };
+    crate::event_journal::JournaledBus::spawn(local, bridge.state().clone(), retention)
 }

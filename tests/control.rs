@@ -5,6 +5,8 @@
 mod common;
 #[path = "common/native.rs"]
 mod native_common;
+#[path = "common/redis.rs"]
+mod redis_common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -279,4 +281,172 @@ async fn a_confirmation_with_swapped_arguments_is_refused_and_the_original_still
     assert_eq!(done["mode"], "result", "{done}");
     assert_eq!(done["ids"]["pending_action_id"], pid.as_str());
     assert_ne!(audience(&d).await, before);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events survive reconnects
+
+/// Reads frames until `n` events arrived; fails on anything but events and progress frames.
+async fn events(ws: &mut Ws, n: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let v = next_json(ws).await;
+        assert_eq!(v["type"], "event", "{v}");
+        got.push(v);
+    }
+    got
+}
+
+/// Nothing more arrives for a while (a duplicate would).
+async fn quiet(ws: &mut Ws, for_: Duration) {
+    if let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(for_, ws.next()).await {
+        panic!("unexpected frame {t}");
+    }
+}
+
+fn seq(v: &Value) -> u64 {
+    v["seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("event without seq: {v}"))
+}
+
+async fn research(d: &Demo, company: &str, key: &str) -> String {
+    let r = d
+        .send(json!({ "action": { "type": "start_research", "company": company }, "idempotencyKey": key }))
+        .await;
+    let q = check_ok(&r);
+    assert_eq!(q["mode"], "queued", "{q}");
+    q["ids"]["job_id"].as_str().expect("job id").to_string()
+}
+
+#[tokio::test]
+async fn an_event_finished_while_no_socket_was_open_is_replayed_on_connect() {
+    let d = demo().await;
+    let job = research(&d, "Notion", "r-1").await;
+    // The job holds 3 s, then runs; no socket is open meanwhile.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let mut ws = connect(&d, KEY, "?resume_after=0").await;
+    let e = events(&mut ws, 1).await.remove(0);
+    assert_eq!(e["event"], "job.completed", "{e}");
+    assert_eq!(e["data"]["job"]["id"], job.as_str());
+    assert_eq!(seq(&e), 1);
+    quiet(&mut ws, Duration::from_millis(500)).await;
+
+    // Without resume_after, a session hears live events only.
+    let mut fresh = connect(&d, KEY, "").await;
+    quiet(&mut fresh, Duration::from_millis(500)).await;
+}
+
+async fn replay_in_order_without_duplicates(d: &Demo) {
+    let mut ws = connect(d, KEY, "").await;
+    research(d, "Notion", "r-1").await;
+    let first = events(&mut ws, 1).await.remove(0);
+    assert_eq!(seq(&first), 1, "{first}");
+    drop(ws);
+
+    // Two more finish while the client is away.
+    research(d, "Acme", "r-2").await;
+    research(d, "Figma", "r-3").await;
+    let d2 = &*d;
+    eventually(Duration::from_secs(20), "both jobs done", || async move {
+        (d2.rows("jobs", Some("completed")).await >= 3).then_some(())
+    })
+    .await;
+
+    // Resuming by auth frame after seq 1: 2 and 3 in order, then live ones, no duplicates.
+    let url = format!("ws://{}/api/v1/native/outreachpilot/ws", d.s.server.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("upgrade");
+    send(
+        &mut ws,
+        json!({ "type": "auth", "token": KEY, "resume_after": 1 }),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["type"], "auth_ok");
+    let missed = events(&mut ws, 2).await;
+    assert_eq!(missed.iter().map(seq).collect::<Vec<_>>(), vec![2, 3]);
+    research(d, "Notion", "r-4").await;
+    let live = events(&mut ws, 1).await.remove(0);
+    assert_eq!(seq(&live), 4, "{live}");
+    quiet(&mut ws, Duration::from_millis(500)).await;
+
+    // The same replay again over the upgrade's query, from the start.
+    let mut again = connect(d, KEY, "?resume_after=0").await;
+    let all = events(&mut again, 4).await;
+    assert_eq!(all.iter().map(seq).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    quiet(&mut again, Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn events_replay_in_order_without_duplicates_across_a_reconnect() {
+    let d = demo().await;
+    replay_in_order_without_duplicates(&d).await;
+}
+
+#[tokio::test]
+async fn events_replay_from_the_redis_state_store_too() {
+    let Some(redis) = redis_common::TestRedis::start() else {
+        return;
+    };
+    let url = redis.url();
+    let d = demo_with(
+        move |c| {
+            c.state.backend = pilot_bridge::config::StateBackend::Redis;
+            c.state.redis_url = url;
+        },
+        Some(0),
+    )
+    .await;
+    replay_in_order_without_duplicates(&d).await;
+}
+
+#[tokio::test]
+async fn a_bad_resume_after_is_a_validation_error() {
+    let d = demo().await;
+    let url = format!(
+        "ws://{}/api/v1/native/outreachpilot/ws?resume_after=soon",
+        d.s.server.addr
+    );
+    let mut req = url.into_client_request().expect("request");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {KEY}").parse().expect("header"),
+    );
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 422);
+            let body: Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap_or(b"{}")).expect("json");
+            assert_eq!(body["ok"], false);
+            assert_eq!(body["error"]["code"], "VALIDATION_ERROR", "{body}");
+            assert!(body["error"]["spoken_summary"].is_string(), "{body}");
+            assert!(
+                body["error"]["details"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("resume_after"),
+                "{body}"
+            );
+        }
+        other => panic!("expected a 422 refusal, got {other:?}"),
+    }
+    let url = format!("ws://{}/api/v1/native/outreachpilot/ws", d.s.server.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("upgrade");
+    send(
+        &mut ws,
+        json!({ "type": "auth", "token": KEY, "resume_after": -3 }),
+    )
+    .await;
+    let e = next_json(&mut ws).await;
+    assert_eq!(e["error"]["code"], "VALIDATION_ERROR", "{e}");
+    assert!(
+        e["error"]["details"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("resume_after"),
+        "{e}"
+    );
 }

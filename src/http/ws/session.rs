@@ -90,6 +90,7 @@ pub(super) async fn run<S, R>(
     credentials: Credentials,
     mut slot: ConnectionSlot,
     peer: Option<IpAddr>,
+    resume_after: Option<u64>,
 ) -> Ending
 where
     S: Sink<Message, Error = axum::Error> + Send + Unpin + 'static,
@@ -105,12 +106,17 @@ where
     let mut permit: Option<OwnedSemaphorePermit> = None;
 
     // Events are for the sessions of the key that started the work, from authentication on.
+    // Subscribed before the journal is read, so nothing falls between the two; what arrives
+    // both ways is told apart by seq (`Resume`).
+    let mut resume = Resume::default();
     let (mut authed, mut auth_deadline, mut events) = match credentials {
-        Credentials::Header { principal, token } => (
-            Some(open(&principal, token)),
-            None,
-            Some(app.events.subscribe(&principal.key_id)),
-        ),
+        Credentials::Header { principal, token } => {
+            let events = app.events.subscribe(&principal.key_id);
+            if let Some(after) = resume_after {
+                resume.load(&app, &principal.key_id, after, &out_tx).await;
+            }
+            (Some(open(&principal, token)), None, Some(events))
+        }
         Credentials::FirstFrame { deadline } => (None, Some(deadline), None),
     };
 
@@ -194,10 +200,13 @@ where
                             });
                         }
                         None => match first_frame(&app, text.as_str(), &mut slot, peer).await {
-                            Ok((principal, token, reply)) => {
+                            Ok((principal, token, reply, frame_resume)) => {
                                 queue(&out_tx, reply, permit.take()).await;
                                 let a = open(&principal, token);
                                 events = Some(app.events.subscribe(&principal.key_id));
+                                if let Some(after) = frame_resume.or(resume_after) {
+                                    resume.load(&app, &principal.key_id, after, &out_tx).await;
+                                }
                                 authed = Some(a);
                                 auth_deadline = None;
                             }
@@ -209,7 +218,20 @@ where
                     },
                 }
             }
-            Some(event) = next_event(&mut events), if permit.is_some() => {
+            // Missed events first, in order; live ones wait in their channel meanwhile.
+            () = std::future::ready(()), if permit.is_some() && !resume.backlog.is_empty() => {
+                let text = resume
+                    .backlog
+                    .pop_front()
+                    .and_then(|event| Utf8Bytes::try_from(event.frame.clone()).ok());
+                if let Some(text) = text {
+                    queue(&out_tx, Message::Text(text), permit.take()).await;
+                }
+            }
+            Some(event) = next_event(&mut events), if permit.is_some() && resume.backlog.is_empty() => {
+                if !resume.is_new(&event) {
+                    continue;
+                }
                 if let Ok(text) = Utf8Bytes::try_from(event.frame.clone()) {
                     queue(&out_tx, Message::Text(text), permit.take()).await;
                 }
@@ -228,6 +250,56 @@ where
     finish(ending, &mut stream, out_tx, writer, write_timeout).await;
     drop(slot);
     ending
+}
+
+/// A `resume_after` replay (DESIGN §21): the journaled events the client missed, and the
+/// highest seq sent, below which live events are duplicates of replayed ones.
+#[derive(Default)]
+struct Resume {
+    backlog: std::collections::VecDeque<Arc<crate::events::PublishedEvent>>,
+    sent_through: Option<u64>,
+}
+
+impl Resume {
+    /// Reads the journal of `key_id` after `after`. A store that does not answer costs the
+    /// replay, not the session: an error frame says so and live events go on.
+    async fn load(
+        &mut self,
+        app: &AppState,
+        key_id: &str,
+        after: u64,
+        out: &mpsc::Sender<Outgoing>,
+    ) {
+        self.sent_through = Some(after);
+        let state = app.bridge.state();
+        let limit = app.config.control.max_replay_events;
+        match crate::event_journal::replay(state.as_ref(), key_id, after, limit).await {
+            Ok(events) => {
+                if let Some(last) = events.last().and_then(|e| e.seq) {
+                    self.sent_through = Some(last.max(after));
+                }
+                self.backlog = events.into();
+            }
+            Err(e) => {
+                let details = format!(
+                    "resume_after: missed events could not be read ({}); live events follow",
+                    e.message
+                );
+                let e = e.with_details(details);
+                let _ = out
+                    .send((frames::error_frame(&e, None, &new_request_id()), None))
+                    .await;
+            }
+        }
+    }
+
+    /// False for a live event the replay already sent (or the client had before it resumed).
+    fn is_new(&self, event: &crate::events::PublishedEvent) -> bool {
+        match (self.sent_through, event.seq) {
+            (Some(through), Some(seq)) => seq > through,
+            _ => true,
+        }
+    }
 }
 
 fn open(principal: &Principal, token: String) -> Arc<Authed> {
@@ -365,6 +437,8 @@ struct ControlFrame {
     frame_type: Option<String>,
     token: Option<String>,
     id: Option<Value>,
+    /// Replay the events after this seq before live ones (DESIGN §21).
+    resume_after: Option<Value>,
 }
 
 /// The first frame of a connection without an `Authorization` header: it must authenticate.
@@ -375,7 +449,7 @@ async fn first_frame(
     raw: &str,
     slot: &mut ConnectionSlot,
     peer: Option<IpAddr>,
-) -> Result<(Arc<Principal>, String, Message), (Message, u16, &'static str)> {
+) -> Result<(Arc<Principal>, String, Message, Option<u64>), (Message, u16, &'static str)> {
     let rid = new_request_id();
     let head: Option<ControlFrame> = serde_json::from_str(raw).ok();
     let id = head.as_ref().and_then(|h| h.id.as_ref());
@@ -400,6 +474,18 @@ async fn first_frame(
             ))
         }
     };
+    let resume_after = match head.as_ref().and_then(|h| h.resume_after.as_ref()) {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(n) => Some(n),
+            None => {
+                return Err(refuse(ApiError::validation(
+                    "resume_after",
+                    "expected a non-negative integer (the last event seq the client has)",
+                )))
+            }
+        },
+    };
     let principal = match checked_auth(app, token, peer).await {
         Ok(p) => p,
         Err(e) => return Err(refuse(e)),
@@ -412,7 +498,7 @@ async fn first_frame(
         ));
     }
     let ok = frames::auth_ok(&principal.org_id, id);
-    Ok((principal, token.to_string(), ok))
+    Ok((principal, token.to_string(), ok, resume_after))
 }
 
 /// Checks an auth frame's token, unless its source address already failed too often; counts
@@ -708,6 +794,7 @@ mod tests {
                 header_credentials(),
                 slot,
                 None,
+                None,
             )
             .await;
             assert!(
@@ -744,6 +831,7 @@ mod tests {
             Box::pin(pings),
             Credentials::FirstFrame { deadline },
             slot,
+            None,
             None,
         )
         .await;
@@ -782,6 +870,7 @@ mod tests {
             frames,
             header_credentials(),
             slot,
+            None,
             None,
         )
         .await;
