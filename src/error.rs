@@ -31,6 +31,8 @@ pub enum ErrorCode {
     UpstreamTimeout,
     ServiceUnavailable,
     StateUnavailable,
+    /// A WebSocket request cancelled by a `cancel` frame before it took effect (DESIGN §21).
+    Cancelled,
 }
 
 impl ErrorCode {
@@ -58,6 +60,7 @@ impl ErrorCode {
         ErrorCode::UpstreamTimeout,
         ErrorCode::ServiceUnavailable,
         ErrorCode::StateUnavailable,
+        ErrorCode::Cancelled,
     ];
 
     /// The wire spelling, e.g. `VALIDATION_ERROR`.
@@ -84,6 +87,7 @@ impl ErrorCode {
             ErrorCode::UpstreamUnavailable | ErrorCode::UpstreamTimeout => "UPSTREAM_UNAVAILABLE",
             ErrorCode::ServiceUnavailable => "SERVICE_UNAVAILABLE",
             ErrorCode::StateUnavailable => "STATE_UNAVAILABLE",
+            ErrorCode::Cancelled => "CANCELLED",
         }
     }
 
@@ -112,6 +116,8 @@ impl ErrorCode {
             ErrorCode::UpstreamUnavailable => 502,
             ErrorCode::UpstreamTimeout => 504,
             ErrorCode::ServiceUnavailable | ErrorCode::StateUnavailable => 503,
+            // Only WebSocket replies carry it; the request lost to the client's own cancel.
+            ErrorCode::Cancelled => 409,
         }
     }
 
@@ -147,6 +153,7 @@ impl ErrorCode {
             ErrorCode::StateUnavailable => {
                 "I can't save changes right now, so I didn't do that. Please try again in a moment."
             }
+            ErrorCode::Cancelled => "Okay, I stopped that before it happened.",
         }
     }
 }

@@ -450,3 +450,64 @@ async fn a_bad_resume_after_is_a_validation_error() {
         "{e}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Commit-aware cancellation (the `not_started` case needs a slow upstream: tests/upstream.rs)
+
+#[tokio::test]
+async fn cancelling_a_finished_write_says_committed_and_an_unknown_id_says_unknown() {
+    let d = demo().await;
+    let mut ws = connect(&d, KEY, "").await;
+    send(
+        &mut ws,
+        json!({ "id": "n1", "action": { "type": "note_on_contact", "contactRef": "Sarah Chen", "note": "Cancel me if you can." } }),
+    )
+    .await;
+    let done = next_answer(&mut ws).await;
+    assert_eq!(done["id"], "n1");
+    assert_eq!(done["data"]["mode"], "result", "{done}");
+
+    send(&mut ws, json!({ "type": "cancel", "id": "n1" })).await;
+    assert_eq!(
+        next_answer(&mut ws).await,
+        json!({ "type": "cancelled", "id": "n1", "outcome": "committed" })
+    );
+    send(&mut ws, json!({ "type": "cancel", "id": "never-sent" })).await;
+    assert_eq!(
+        next_answer(&mut ws).await,
+        json!({ "type": "cancelled", "id": "never-sent", "outcome": "unknown" })
+    );
+    // A read took no effect: once answered there is nothing of it to cancel.
+    send(
+        &mut ws,
+        json!({ "id": "r1", "action": { "type": "lookup_person", "personName": "Sarah Chen" } }),
+    )
+    .await;
+    assert_eq!(next_answer(&mut ws).await["id"], "r1");
+    send(&mut ws, json!({ "type": "cancel", "id": "r1" })).await;
+    assert_eq!(next_answer(&mut ws).await["outcome"], "unknown");
+
+    // A cancel frame must name the request.
+    send(&mut ws, json!({ "type": "cancel" })).await;
+    let e = next_answer(&mut ws).await;
+    assert_eq!(e["ok"], false, "{e}");
+    assert_eq!(e["error"]["code"], "VALIDATION_ERROR", "{e}");
+    assert!(
+        e["error"]["details"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("id"),
+        "{e}"
+    );
+    // The note is there once: the cancel did not undo or repeat it.
+    let sarah = d.contact_id("sarah.chen@notion.so").await;
+    let notes = d.notes(&sarah).await;
+    assert_eq!(
+        notes
+            .iter()
+            .filter(|n| n["content"] == "Cancel me if you can.")
+            .count(),
+        1,
+        "{notes:?}"
+    );
+}

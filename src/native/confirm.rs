@@ -131,6 +131,11 @@ impl Bridge {
             }
             PendingState::Open => {}
         }
+        // Settling or executing is this turn's first durable change.
+        if let Err(e) = super::control::commit_point() {
+            guard.abandon();
+            return Turn::rejected(e);
+        }
         if req.confirmed == Some(false) {
             return match self
                 .state

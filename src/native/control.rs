@@ -2,6 +2,16 @@
 //! confirmation that carries an `action` must name the very action it confirms (same type, same
 //! records and values after resolution), and two-step keys never execute a dangerous action on
 //! the request that first names it (the rule itself is one guard in `run_action`).
+//!
+//! Also the commit point of commit-aware cancellation: a transport that can cancel a turn (the
+//! WebSocket `cancel` frame) runs it under a [`CommitGate`]; the pipeline passes the gate right
+//! before the first durable change (parking a pending action, settling one, or handing a plan
+//! to the backend, which is before any upstream write is sent). A cancel that wins the race
+//! means the turn never changes anything and answers `CANCELLED`; one that loses means the
+//! effect is under way and the turn's reply says what happened.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -17,7 +27,7 @@ use crate::state::PendingAction;
 /// bindings have the same effect. Record snapshots (a contact's status, a campaign's name) are
 /// left out, since they may change between the question and the answer without changing what
 /// the action does.
-pub(crate) fn binding(plan: &Plan) -> Value {
+pub fn binding(plan: &Plan) -> Value {
     let mut v = serde_json::to_value(plan).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut v {
         for field in ["contact", "campaign"] {
@@ -28,6 +38,97 @@ pub(crate) fn binding(plan: &Plan) -> Value {
         }
     }
     v
+}
+
+const OPEN: u8 = 0;
+const CANCELLED: u8 = 1;
+const COMMITTED: u8 = 2;
+
+/// Where a cancellable turn stands: open, cancelled before its commit point, or past it.
+#[derive(Debug, Default)]
+pub struct CommitGate(AtomicU8);
+
+/// What a cancel achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The turn will never change anything; it answers `CANCELLED`.
+    NotStarted,
+    /// The turn passed its commit point before the cancel: its effect happens.
+    Committed,
+}
+
+impl CommitGate {
+    pub fn new() -> Arc<Self> {
+        Arc::new(CommitGate(AtomicU8::new(OPEN)))
+    }
+
+    /// Cancels the turn unless it already passed its commit point.
+    pub fn cancel(&self) -> CancelOutcome {
+        match self
+            .0
+            .compare_exchange(OPEN, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) | Err(CANCELLED) => CancelOutcome::NotStarted,
+            Err(_) => CancelOutcome::Committed,
+        }
+    }
+
+    /// Passes the commit point; false when the turn was cancelled first.
+    fn commit(&self) -> bool {
+        match self
+            .0
+            .compare_exchange(OPEN, COMMITTED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) | Err(COMMITTED) => true,
+            Err(_) => false,
+        }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Acquire) == CANCELLED
+    }
+
+    pub fn is_committed(&self) -> bool {
+        self.0.load(Ordering::Acquire) == COMMITTED
+    }
+}
+
+tokio::task_local! {
+    /// The gate of the turn running in this task, when its transport can cancel it. A task
+    /// local rather than a parameter, so the pipeline's signatures stay those of a plain turn.
+    static GATE: Arc<CommitGate>;
+}
+
+/// Runs `turn` under `gate`.
+pub async fn with_gate<F: std::future::Future>(gate: Arc<CommitGate>, turn: F) -> F::Output {
+    GATE.scope(gate, turn).await
+}
+
+/// The gate of the current turn, to carry into a task the turn spawns.
+pub(super) fn current_gate() -> Option<Arc<CommitGate>> {
+    GATE.try_with(Arc::clone).ok()
+}
+
+/// Passes the current turn's commit point: `Err(CANCELLED)` when it was cancelled first (then
+/// nothing may change). Turns without a gate always pass.
+pub(super) fn commit_point() -> ApiResult<()> {
+    match current_gate() {
+        Some(g) if !g.commit() => Err(cancelled()),
+        _ => Ok(()),
+    }
+}
+
+/// True when the current turn was cancelled before its commit point.
+pub(super) fn was_cancelled() -> bool {
+    current_gate().is_some_and(|g| g.is_cancelled())
+}
+
+pub(super) fn cancelled() -> ApiError {
+    ApiError::new(
+        crate::error::ErrorCode::Cancelled,
+        "Request cancelled before it took effect",
+    )
+    .with_details("cancelled by a cancel frame; nothing was changed")
 }
 
 fn mismatch(details: impl Into<String>) -> ApiError {
@@ -95,6 +196,31 @@ mod tests {
             "id": id, "name": format!("Campaign {id}"), "status": status,
         }))
         .expect("campaign")
+    }
+
+    #[test]
+    fn a_gate_is_cancelled_or_committed_once() {
+        let g = CommitGate::new();
+        assert_eq!(g.cancel(), CancelOutcome::NotStarted);
+        assert!(!g.commit(), "a cancelled turn never commits");
+        assert_eq!(g.cancel(), CancelOutcome::NotStarted);
+        let g = CommitGate::new();
+        assert!(g.commit());
+        assert!(g.commit());
+        assert_eq!(g.cancel(), CancelOutcome::Committed);
+        assert!(g.is_committed() && !g.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn the_commit_point_reads_the_gate_of_the_running_turn() {
+        assert!(commit_point().is_ok(), "no gate: always passes");
+        let g = CommitGate::new();
+        g.cancel();
+        let e = with_gate(g.clone(), async { commit_point() })
+            .await
+            .expect_err("cancelled");
+        assert_eq!(e.code, crate::error::ErrorCode::Cancelled);
+        assert!(with_gate(g, async { was_cancelled() }).await);
     }
 
     #[test]

@@ -260,3 +260,9 @@ mod tests {
         );
     }
 }
+
+/// `{"type":"cancelled","id":…,"outcome":"not_started"|"committed"|"unknown"}`: the answer to a
+/// cancel frame.
+pub fn cancelled(id: &str, outcome: &'static str) -> Message {
+    json_frame(&serde_json::json!({ "type": "cancelled", "id": id, "outcome": outcome }))
+}

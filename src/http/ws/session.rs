@@ -8,16 +8,17 @@
 //! client that sends faster than it reads is slowed by TCP, never dropped. The writer gives up
 //! only when one write makes no progress for `write_timeout_secs`.
 
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, Utf8Bytes};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::authorize;
 use super::frames::{self, close, ReadFailure};
@@ -28,6 +29,7 @@ use crate::config::WebSocketConfig;
 use crate::error::{ApiError, ErrorCode};
 use crate::events::EventSubscription;
 use crate::ids::new_request_id;
+use crate::native::control::{self, CancelOutcome, CommitGate};
 use crate::native::reply::FrameInfo;
 use crate::native::timing::ServerTiming;
 use crate::native::Transport;
@@ -66,6 +68,44 @@ struct Authed {
     org_id: String,
     /// Failed auth frames on this connection.
     auth_failures: AtomicU32,
+    /// Requests of this connection that can still be cancelled, by client id.
+    in_flight: Mutex<HashMap<String, Arc<CommitGate>>>,
+    /// Ids of the latest finished requests that took effect, so a late cancel hears
+    /// `committed` rather than `unknown`.
+    committed: Mutex<VecDeque<String>>,
+    /// Text frames read but not yet registered by their turn. A `cancel` frame waits until the
+    /// frames read before it are registered, so it never misses a request sent just before it.
+    unregistered: AtomicUsize,
+    registered: Notify,
+}
+
+/// Finished committed request ids remembered per connection.
+const COMMITTED_MEMORY: usize = 256;
+/// Longest wait of a cancel frame for earlier frames to register (they only need parsing).
+const REGISTRATION_WAIT: Duration = Duration::from_secs(1);
+
+/// A text frame's place in `Authed::unregistered`, given back once its turn has registered
+/// (or found it is not a request).
+struct Registration<'a> {
+    authed: &'a Authed,
+    done: bool,
+}
+
+impl Registration<'_> {
+    fn done(&mut self) {
+        if !self.done {
+            self.done = true;
+            if self.authed.unregistered.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.authed.registered.notify_waiters();
+            }
+        }
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.done();
+    }
 }
 
 /// Why the read loop ended.
@@ -190,6 +230,7 @@ where
                     Message::Text(text) => match &authed {
                         Some(a) => {
                             let a = a.clone();
+                            a.unregistered.fetch_add(1, Ordering::AcqRel);
                             let (app, out, end) = (app.clone(), out_tx.clone(), end_tx.clone());
                             let permit = permit.take();
                             let received = Instant::now();
@@ -307,6 +348,10 @@ fn open(principal: &Principal, token: String) -> Arc<Authed> {
         token,
         org_id: principal.org_id.clone(),
         auth_failures: AtomicU32::new(0),
+        in_flight: Mutex::new(HashMap::new()),
+        committed: Mutex::new(VecDeque::new()),
+        unregistered: AtomicUsize::new(0),
+        registered: Notify::new(),
     })
 }
 
@@ -542,6 +587,10 @@ async fn turn(
     end: &mpsc::Sender<Ending>,
     peer: Option<IpAddr>,
 ) -> Option<Message> {
+    let mut registration = Registration {
+        authed,
+        done: false,
+    };
     let request_id = new_request_id();
     let mut timing = ServerTiming::starting_at(received);
     let t = Instant::now();
@@ -582,6 +631,10 @@ async fn turn(
     if frame_type == Some("auth") {
         return reauth(app, authed, &body, &request_id, out, end, peer).await;
     }
+    if frame_type == Some("cancel") {
+        registration.done();
+        return Some(cancel(authed, &body, &request_id).await);
+    }
     let id = match body.get("id") {
         Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_ID_LEN => {
             Value::String(s.clone())
@@ -609,18 +662,26 @@ async fn turn(
         }
     };
     timing.record("parse", t.elapsed());
+    let gate = CommitGate::new();
+    let key = id.as_str().unwrap_or_default().to_string();
+    lock(&authed.in_flight).insert(key.clone(), gate.clone());
+    registration.done();
     let outcome = match app.charge(&principal, "ws") {
         Ok(_) => {
-            let work = app.bridge.handle(
-                principal.clone(),
-                Value::Object(body),
-                timing,
-                Transport::WebSocket,
+            let work = control::with_gate(
+                gate.clone(),
+                app.bridge.handle(
+                    principal.clone(),
+                    Value::Object(body),
+                    timing,
+                    Transport::WebSocket,
+                ),
             );
             with_progress(work, &app.config.websocket, &id, out).await
         }
         Err((e, _)) => app.bridge.reject(e, timing, Transport::WebSocket),
     };
+    finished(authed, key, &gate);
     // The same access line as an HTTP request, one per turn.
     let status = outcome.status();
     let elapsed_ms = outcome.performance.server_elapsed_ms;
@@ -632,6 +693,73 @@ async fn turn(
     let bytes = outcome.envelope_bytes(&request_id, Some(FrameInfo { id: id.as_str() }));
     // serde_json writes UTF-8, so this conversion cannot fail.
     Utf8Bytes::try_from(bytes).ok().map(Message::Text)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing panics while holding these locks; a poisoned one still holds consistent data.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A request's turn ended: it can no longer be cancelled; if it took effect, a late cancel
+/// still hears `committed`.
+fn finished(authed: &Authed, key: String, gate: &Arc<CommitGate>) {
+    {
+        let mut in_flight = lock(&authed.in_flight);
+        if in_flight.get(&key).is_some_and(|g| Arc::ptr_eq(g, gate)) {
+            in_flight.remove(&key);
+        }
+    }
+    if gate.is_committed() {
+        let mut committed = lock(&authed.committed);
+        if committed.len() >= COMMITTED_MEMORY {
+            committed.pop_front();
+        }
+        committed.push_back(key);
+    }
+}
+
+/// `{"type":"cancel","id":X}` (DESIGN §21): cancels request X of this connection if it has not
+/// passed its commit point, and says which way it went.
+async fn cancel(
+    authed: &Authed,
+    body: &serde_json::Map<String, Value>,
+    request_id: &str,
+) -> Message {
+    let id = match body.get("id") {
+        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_ID_LEN => s.clone(),
+        _ => {
+            return frames::error_frame(
+                &ApiError::validation(
+                    "id",
+                    format!("a cancel frame names the request to cancel: a string of 1 to {MAX_ID_LEN} characters"),
+                ),
+                None,
+                request_id,
+            )
+        }
+    };
+    // Frames read before this one may still be registering.
+    let _ = tokio::time::timeout(REGISTRATION_WAIT, async {
+        loop {
+            let notified = authed.registered.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if authed.unregistered.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    })
+    .await;
+    let gate = lock(&authed.in_flight).get(&id).cloned();
+    let outcome = match gate.map(|g| g.cancel()) {
+        Some(CancelOutcome::NotStarted) => "not_started",
+        Some(CancelOutcome::Committed) => "committed",
+        None if lock(&authed.committed).contains(&id) => "committed",
+        None => "unknown",
+    };
+    telemetry::ws_cancel(outcome);
+    frames::cancelled(&id, outcome)
 }
 
 /// Runs a turn; if it is not done after `ack_after_ms`, a `progress` frame goes out once so a
