@@ -317,11 +317,12 @@ mod tests {
                 UpstreamTimeout => 19,
                 ServiceUnavailable => 20,
                 StateUnavailable => 21,
+                Cancelled => 22,
             }
         }
         let mut seen: Vec<usize> = ErrorCode::ALL.iter().map(|c| number(*c)).collect();
         seen.sort_unstable();
-        assert_eq!(seen, (0..=21).collect::<Vec<_>>());
+        assert_eq!(seen, (0..=22).collect::<Vec<_>>());
     }
 
     #[test]

@@ -347,7 +347,7 @@ async fn replay_in_order_without_duplicates(d: &Demo) {
     // Two more finish while the client is away.
     research(d, "Acme", "r-2").await;
     research(d, "Figma", "r-3").await;
-    let d2 = &*d;
+    let d2 = d;
     eventually(Duration::from_secs(20), "both jobs done", || async move {
         (d2.rows("jobs", Some("completed")).await >= 3).then_some(())
     })
