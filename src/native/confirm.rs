@@ -80,11 +80,7 @@ impl Bridge {
             Err(e) => return Turn::rejected(e),
         };
         if let Some(action) = &req.action {
-            // DESIGN §21: the confirmation binds the action it names, or nothing runs.
-            let bound = self
-                .check_binding(p, action, req.action_json_or_null(), &pending, timing)
-                .await;
-            if let Err(e) = bound {
+            if let Err(e) = super::control::same_type(action, &pending) {
                 return Turn::rejected(e);
             }
         }
@@ -93,6 +89,17 @@ impl Bridge {
             PendingState::Executed => return self.already_ran(p, req, &derived).await,
             PendingState::Cancelled => return Turn::rejected(cancelled()),
             PendingState::Open => {}
+        }
+        // DESIGN §21: a confirmation binds the action it names, or nothing runs. Checked only
+        // while the action can still run: once it ran, resolving the action again would see
+        // its own effect (already in the campaign), and a settled one only replays anyway.
+        if let Some(action) = &req.action {
+            let bound = self
+                .check_binding(p, action, req.action_json_or_null(), &pending, timing)
+                .await;
+            if let Err(e) = bound {
+                return Turn::rejected(e);
+            }
         }
         // One fingerprint per pending action: every confirmation of it is the same request.
         let fingerprint = request::fingerprint(None, Some(&pending.id), Some(true));

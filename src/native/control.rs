@@ -136,6 +136,22 @@ fn mismatch(details: impl Into<String>) -> ApiError {
         .with_spoken("That doesn't match what I asked you to confirm, so I didn't do it.")
 }
 
+/// A confirmation's `action` must at least be of the pending action's type.
+pub(super) fn same_type(action: &Action, pending: &PendingAction) -> ApiResult<()> {
+    if action.type_name() == pending.action_type() {
+        return Ok(());
+    }
+    Err(ApiError::validation(
+        "action.type",
+        format!(
+            "'{}' does not match the pending action '{}'",
+            action.type_name(),
+            pending.action_type()
+        ),
+    )
+    .with_spoken("That doesn't match what I asked you to confirm."))
+}
+
 impl Bridge {
     /// Checks that `action`, carried by a confirmation, is the pending action: same type, and
     /// after resolving its references the same records and values. Anything else — another
@@ -149,17 +165,7 @@ impl Bridge {
         pending: &PendingAction,
         timing: &mut ServerTiming,
     ) -> ApiResult<()> {
-        if action.type_name() != pending.action_type() {
-            return Err(ApiError::validation(
-                "action.type",
-                format!(
-                    "'{}' does not match the pending action '{}'",
-                    action.type_name(),
-                    pending.action_type()
-                ),
-            )
-            .with_spoken("That doesn't match what I asked you to confirm."));
-        }
+        same_type(action, pending)?;
         let step = match self.backend.plan(p, action, action_json, timing).await {
             Ok(step) => step,
             // A field error in the carried action is the client's to fix; it names the field.
