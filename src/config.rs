@@ -769,6 +769,26 @@ mod tests {
     }
 
     #[test]
+    fn control_settings_are_read_and_bounded() {
+        let c = Config::from_toml(
+            "[control]\ntwo_step_key_ids = [\"k1\"]\nevent_retention_secs = 60\n",
+        )
+        .unwrap();
+        assert_eq!(c.control.two_step_key_ids, vec!["k1".to_string()]);
+        assert_eq!(c.control.event_retention_secs, 60);
+        assert_eq!(c.control.max_replay_events, 1_000);
+        c.validate().unwrap();
+        for bad in [
+            "[control]\nevent_retention_secs = 1\n",
+            "[control]\nmax_replay_events = 0\n",
+            "[control]\ntwo_step_key_ids = [\" \"]\n",
+        ] {
+            let e = Config::from_toml(bad).unwrap().validate().unwrap_err();
+            assert!(e.to_string().contains("control."), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn partial_files_keep_other_defaults() {
         let c = Config::from_toml("listen = \"0.0.0.0:9000\"\n[limits]\ndefault_rate_limit = 0\n")
             .unwrap();
