@@ -679,7 +679,11 @@ async fn turn(
             );
             with_progress(work, &app.config.websocket, &id, out).await
         }
-        Err((e, _)) => app.bridge.reject(e, timing, Transport::WebSocket),
+        // Under the gate too: a cancel that won the race is answered CANCELLED, as promised.
+        Err((e, _)) => {
+            let reject = async { app.bridge.reject(e, timing, Transport::WebSocket) };
+            control::with_gate(gate.clone(), reject).await
+        }
     };
     finished(authed, key, &gate);
     // The same access line as an HTTP request, one per turn.
