@@ -59,7 +59,8 @@ impl App {
         let native = config.native.clone();
         let (auth, bridge) = match config.backend {
             BackendKind::Embedded => (
-                Authenticator::new(store.clone(), &config.auth),
+                Authenticator::new(store.clone(), &config.auth)
+                    .with_two_step_keys(&config.control.two_step_key_ids),
                 match shared_state {
                     Some(state) => Bridge::embedded_with_state(store.clone(), native, state),
                     None => Bridge::new(store.clone(), native),
@@ -72,7 +73,8 @@ impl App {
                         client.clone(),
                         &config.auth,
                         config.upstream.key_cache_ttl_secs,
-                    ),
+                    )
+                    .with_two_step_keys(&config.control.two_step_key_ids),
                     match shared_state {
                         Some(state) => Bridge::upstream_with_state(native, client, state),
                         None => Bridge::upstream(store.clone(), native, client),
@@ -85,6 +87,7 @@ impl App {
             None => RateLimiter::new(config.limits.default_rate_limit),
         };
         let chat = crate::chat::Chat::new(store.clone(), bridge.clone(), &config.chat)?;
+        let events = event_bus(&config, &bridge);
         Ok(Arc::new(App {
             chat,
             auth,
@@ -98,7 +101,7 @@ impl App {
             ws_auth_failures: AuthFailureLimiter::new(
                 config.websocket.max_auth_failures_per_address,
             ),
-            events: Arc::new(LocalEventHub::new(config.websocket.event_buffer)),
+            events,
             shutdown: tokio::sync::watch::channel(false).0,
             config,
             store,
@@ -182,4 +185,19 @@ impl App {
     pub fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
         self.shutdown.subscribe()
     }
+}
+
+/// Pushed events, journaled in the state store for `resume_after` (DESIGN §21). Without a
+/// runtime to run the journaling task on (some unit tests build an `App` outside one), events
+/// are delivered live only.
+fn event_bus(config: &Config, bridge: &Arc<Bridge>) -> Arc<dyn EventBus> {
+    let local = Arc::new(LocalEventHub::new(config.websocket.event_buffer));
+    if tokio::runtime::Handle::try_current().is_err() {
+        return local;
+    }
+    let retention = crate::event_journal::Retention {
+        keep: std::time::Duration::from_secs(config.control.event_retention_secs),
+        max_len: config.control.max_replay_events,
+    };
+    crate::event_journal::JournaledBus::spawn(local, bridge.state().clone(), retention)
 }

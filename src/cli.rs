@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{BackendKind, Config, LogFormat, StateBackend};
 use crate::demo;
-use crate::domain::{PilotMode, Plan, Scope, TimeZone};
+use crate::domain::{KeyPolicy, PilotMode, Plan, Scope, TimeZone};
 use crate::store::{keys, orgs, Store};
 
 /// The key `serve --demo` uses unless `PILOT_BRIDGE_DEMO_KEY` says otherwise. It is public on
@@ -135,6 +135,10 @@ pub enum KeysCmd {
         /// [default: every scope]
         #[arg(long, env = "PILOT_BRIDGE_SCOPES")]
         scopes: Option<String>,
+        /// Give the key the two_step policy: dangerous actions always ask for confirmation,
+        /// even with confirmed:true, and only a later request with the pendingActionId runs them
+        #[arg(long)]
+        two_step: bool,
     },
     /// Revoke a key by id (or by its raw value). It stops working within the key cache TTL.
     Revoke {
@@ -437,6 +441,7 @@ fn keys_cmd(cmd: KeysCmd) -> anyhow::Result<()> {
             org,
             name,
             scopes,
+            two_step,
         } => {
             let scopes = match scopes {
                 Some(s) => Scope::parse_list(&s).map_err(|e| anyhow!("--scopes: {e}"))?,
@@ -444,12 +449,21 @@ fn keys_cmd(cmd: KeysCmd) -> anyhow::Result<()> {
             };
             let store = open_existing(&base_config(&common)?)?;
             let raw = keys::generate_raw_key();
-            let info = store.write_sync(|tx| keys::insert(tx, &org, &name, &scopes, &raw))?;
+            let policy = match two_step {
+                true => KeyPolicy::TwoStep,
+                false => KeyPolicy::Standard,
+            };
+            let info = store.write_sync(|tx| {
+                let info = keys::insert(tx, &org, &name, &scopes, &raw)?;
+                keys::set_policy(tx, &info.id, policy)?;
+                Ok(info)
+            })?;
             eprintln!(
-                "created key {} for org {} with scopes {}",
+                "created key {} for org {} with scopes {} and policy {}",
                 info.id,
                 org,
-                Scope::join(&scopes)
+                Scope::join(&scopes),
+                policy
             );
             println!("{raw}");
             Ok(())
@@ -468,12 +482,12 @@ fn keys_cmd(cmd: KeysCmd) -> anyhow::Result<()> {
             let store = open_existing(&base_config(&common)?)?;
             let list = store.read_sync(|c| keys::list(c, org.as_deref()))?;
             println!(
-                "{:<36}  {:<16}  {:<14}  {:<12}  {:<8}  {:<20}  {:<20}  SCOPES",
-                "ID", "ORG", "PREFIX", "NAME", "STATE", "CREATED", "LAST USED"
+                "{:<36}  {:<16}  {:<14}  {:<12}  {:<8}  {:<8}  {:<20}  {:<20}  SCOPES",
+                "ID", "ORG", "PREFIX", "NAME", "STATE", "POLICY", "CREATED", "LAST USED"
             );
             for k in list {
                 println!(
-                    "{:<36}  {:<16}  {:<14}  {:<12}  {:<8}  {:<20}  {:<20}  {}",
+                    "{:<36}  {:<16}  {:<14}  {:<12}  {:<8}  {:<8}  {:<20}  {:<20}  {}",
                     k.id,
                     k.org_id,
                     format!("{}…", k.prefix),
@@ -483,6 +497,7 @@ fn keys_cmd(cmd: KeysCmd) -> anyhow::Result<()> {
                     } else {
                         "active"
                     },
+                    k.policy.as_str(),
                     short_time(&k.created_at),
                     k.last_used_at.as_deref().map_or("never", short_time),
                     Scope::join(&k.scopes)

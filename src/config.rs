@@ -50,6 +50,31 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub state: StateConfig,
     pub chat: ChatConfig,
+    pub control: ControlConfig,
+}
+
+/// Control no model can bypass (DESIGN §21).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Key ids (as `keys list` shows them, or in upstream mode `key_` plus the first 24 hex
+    /// digits of the key's SHA-256) that get the `two_step` policy whatever the keys table
+    /// says. In upstream mode keys live upstream, so this list is the only way to mark one.
+    pub two_step_key_ids: Vec<String>,
+    /// How long pushed WebSocket events are kept for `resume_after` replays.
+    pub event_retention_secs: u64,
+    /// Most events one `resume_after` replays (the newest ones win).
+    pub max_replay_events: usize,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            two_step_key_ids: Vec::new(),
+            event_retention_secs: 600,
+            max_replay_events: 1_000,
+        }
+    }
 }
 
 /// Where conversation state (idempotency records, pending actions, undo entries, the dedupe
@@ -430,6 +455,7 @@ impl Default for Config {
             webhooks: WebhooksConfig::default(),
             state: StateConfig::default(),
             chat: ChatConfig::default(),
+            control: ControlConfig::default(),
         }
     }
 }
@@ -778,7 +804,24 @@ impl Config {
                 "",
             ),
         ];
-        for &(name, value, min, max, why) in ranges {
+        let c = &self.control;
+        let control: &[(&str, u64, u64, u64, &str)] = &[
+            (
+                "control.event_retention_secs",
+                c.event_retention_secs,
+                10,
+                DAY_SECS,
+                "",
+            ),
+            (
+                "control.max_replay_events",
+                c.max_replay_events as u64,
+                1,
+                100_000,
+                "",
+            ),
+        ];
+        for &(name, value, min, max, why) in ranges.iter().chain(control) {
             if value < min || value > max {
                 bail!("{name} must be between {min} and {max}{why} (got {value})");
             }
@@ -822,6 +865,13 @@ impl Config {
         if w.max_concurrency == 0 || w.max_concurrency > 1024 {
             bail!("webhooks.max_concurrency must be between 1 and 1024");
         }
+        if let Some(bad) = c
+            .two_step_key_ids
+            .iter()
+            .find(|id| id.trim().is_empty() || id.len() > 128)
+        {
+            bail!("control.two_step_key_ids entries must be 1 to 128 characters (got {bad:?})");
+        }
         if self.state.backend == StateBackend::Redis {
             let url = self.state.redis_url.trim();
             let scheme_ok = url.starts_with("redis://") || url.starts_with("unix://");
@@ -862,6 +912,26 @@ mod tests {
         let parsed = Config::from_toml(DEFAULT_CONFIG_TOML).unwrap();
         assert_eq!(parsed, Config::default());
         parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn control_settings_are_read_and_bounded() {
+        let c = Config::from_toml(
+            "[control]\ntwo_step_key_ids = [\"k1\"]\nevent_retention_secs = 60\n",
+        )
+        .unwrap();
+        assert_eq!(c.control.two_step_key_ids, vec!["k1".to_string()]);
+        assert_eq!(c.control.event_retention_secs, 60);
+        assert_eq!(c.control.max_replay_events, 1_000);
+        c.validate().unwrap();
+        for bad in [
+            "[control]\nevent_retention_secs = 1\n",
+            "[control]\nmax_replay_events = 0\n",
+            "[control]\ntwo_step_key_ids = [\" \"]\n",
+        ] {
+            let e = Config::from_toml(bad).unwrap().validate().unwrap_err();
+            assert!(e.to_string().contains("control."), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -99,6 +99,13 @@ string_enum! {
     }
 }
 
+string_enum! {
+    /// How an API key may confirm dangerous actions (DESIGN §21). `two_step`: a dangerous action
+    /// always answers with a confirmation question, whatever `confirmed` says; only a later
+    /// request naming its `pendingActionId` executes it.
+    KeyPolicy { Standard => "standard", TwoStep => "two_step" }
+}
+
 impl Scope {
     /// Parses a comma-separated scope list ("contacts,native").
     pub fn parse_list(s: &str) -> Result<Vec<Scope>, String> {

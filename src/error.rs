@@ -33,6 +33,8 @@ pub enum ErrorCode {
     UpstreamTimeout,
     ServiceUnavailable,
     StateUnavailable,
+    /// A WebSocket request cancelled by a `cancel` frame before it took effect (DESIGN §21).
+    Cancelled,
 }
 
 impl ErrorCode {
@@ -61,6 +63,7 @@ impl ErrorCode {
         ErrorCode::UpstreamTimeout,
         ErrorCode::ServiceUnavailable,
         ErrorCode::StateUnavailable,
+        ErrorCode::Cancelled,
     ];
 
     /// The wire spelling, e.g. `VALIDATION_ERROR`.
@@ -88,6 +91,7 @@ impl ErrorCode {
             ErrorCode::UpstreamUnavailable | ErrorCode::UpstreamTimeout => "UPSTREAM_UNAVAILABLE",
             ErrorCode::ServiceUnavailable => "SERVICE_UNAVAILABLE",
             ErrorCode::StateUnavailable => "STATE_UNAVAILABLE",
+            ErrorCode::Cancelled => "CANCELLED",
         }
     }
 
@@ -116,6 +120,8 @@ impl ErrorCode {
             ErrorCode::UpstreamUnavailable => 502,
             ErrorCode::UpstreamTimeout => 504,
             ErrorCode::ServiceUnavailable | ErrorCode::StateUnavailable => 503,
+            // Only WebSocket replies carry it; the request lost to the client's own cancel.
+            ErrorCode::Cancelled => 409,
         }
     }
 
@@ -152,6 +158,7 @@ impl ErrorCode {
             ErrorCode::StateUnavailable => {
                 "I can't save changes right now, so I didn't do that. Please try again in a moment."
             }
+            ErrorCode::Cancelled => "Okay, I stopped that before it happened.",
         }
     }
 }
@@ -316,11 +323,12 @@ mod tests {
                 ServiceUnavailable => 20,
                 StateUnavailable => 21,
                 OriginNotAllowed => 22,
+                Cancelled => 23,
             }
         }
         let mut seen: Vec<usize> = ErrorCode::ALL.iter().map(|c| number(*c)).collect();
         seen.sort_unstable();
-        assert_eq!(seen, (0..=22).collect::<Vec<_>>());
+        assert_eq!(seen, (0..=23).collect::<Vec<_>>());
     }
 
     #[test]

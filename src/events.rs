@@ -72,6 +72,8 @@ pub struct Event {
 #[derive(Debug)]
 pub struct PublishedEvent {
     pub kind: EventKind,
+    /// Its place in its key's journal (`crate::event_journal`); `None` when not journaled.
+    pub seq: Option<u64>,
     /// `{"type":"event","event":…,"data":…,"spoken_summary":…,"meta":{…}}`
     pub frame: Bytes,
 }
@@ -84,6 +86,8 @@ struct Frame<'a> {
     data: &'a Value,
     spoken_summary: &'a str,
     meta: FrameMeta,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -94,6 +98,16 @@ struct FrameMeta {
 
 impl PublishedEvent {
     pub fn render(event: &Event) -> PublishedEvent {
+        let json = Self::body(event);
+        PublishedEvent {
+            kind: event.kind,
+            seq: None,
+            frame: Bytes::from(json),
+        }
+    }
+
+    /// The frame's JSON without a `seq`, as the event journal keeps it.
+    pub fn body(event: &Event) -> Vec<u8> {
         let frame = Frame {
             frame_type: "event",
             event: event.kind,
@@ -103,13 +117,26 @@ impl PublishedEvent {
                 event_id: format!("evt_{}", uuid::Uuid::new_v4().simple()),
                 timestamp: crate::ids::now_rfc3339(),
             },
+            seq: None,
         };
         // Serialising a struct of strings and a `Value` cannot fail.
-        let json = serde_json::to_vec(&frame).unwrap_or_default();
-        PublishedEvent {
-            kind: event.kind,
-            frame: Bytes::from(json),
-        }
+        serde_json::to_vec(&frame).unwrap_or_default()
+    }
+
+    /// A journaled event's frame: its stored `body` with its `seq`. `None` for a body this
+    /// version cannot read (an event name it does not know).
+    pub fn sequenced(body: &str, seq: u64) -> Option<PublishedEvent> {
+        let mut frame: serde_json::Map<String, Value> = serde_json::from_str(body).ok()?;
+        let kind = frame
+            .get("event")
+            .and_then(Value::as_str)
+            .and_then(EventKind::parse)?;
+        frame.insert("seq".into(), Value::from(seq));
+        Some(PublishedEvent {
+            kind,
+            seq: Some(seq),
+            frame: Bytes::from(serde_json::to_vec(&frame).ok()?),
+        })
     }
 }
 
@@ -155,6 +182,27 @@ impl EventBus for LocalEventHub {
     }
 
     fn subscribe(&self, key_id: &str) -> EventSubscription {
+        self.subscribe_local(key_id)
+    }
+
+    fn keys_with_subscribers(&self) -> usize {
+        self.channels.len()
+    }
+}
+
+impl LocalEventHub {
+    /// Hands an already rendered event to the current subscribers of `key_id`.
+    pub fn deliver(&self, key_id: &str, published: Arc<PublishedEvent>) {
+        let kind = published.kind.as_str();
+        let Some(tx) = self.channels.get(key_id).map(|c| c.clone()) else {
+            crate::telemetry::event_published(kind, 0);
+            return;
+        };
+        let delivered = tx.send(published).unwrap_or(0);
+        crate::telemetry::event_published(kind, delivered);
+    }
+
+    fn subscribe_local(&self, key_id: &str) -> EventSubscription {
         let rx = self
             .channels
             .entry(key_id.to_string())
@@ -165,10 +213,6 @@ impl EventBus for LocalEventHub {
             key_id: key_id.to_string(),
             channels: self.channels.clone(),
         }
-    }
-
-    fn keys_with_subscribers(&self) -> usize {
-        self.channels.len()
     }
 }
 

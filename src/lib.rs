@@ -50,6 +50,7 @@ pub mod crm;
 pub mod demo;
 pub mod domain;
 pub mod error;
+pub mod event_journal;
 pub mod events;
 pub mod http;
 pub mod ids;

@@ -30,6 +30,7 @@ pub mod names {
     pub const WS_FRAMES: &str = "pilot_bridge_websocket_frames_total";
     pub const WS_CLOSES: &str = "pilot_bridge_websocket_closes_total";
     pub const WS_AUTH_FAILURES: &str = "pilot_bridge_websocket_auth_failures_total";
+    pub const WS_CANCELS: &str = "pilot_bridge_websocket_cancels_total";
     pub const EVENTS_PUBLISHED: &str = "pilot_bridge_events_published_total";
     pub const EVENTS_DELIVERED: &str = "pilot_bridge_events_delivered_total";
     pub const EVENTS_SKIPPED: &str = "pilot_bridge_events_skipped_total";
@@ -100,6 +101,10 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     use names::*;
+    describe_counter!(
+        WS_CANCELS,
+        "WebSocket cancel frames by outcome (not_started, committed, unknown)."
+    );
     describe_counter!(NATIVE_REQUESTS, "Native bridge turns by action, execution mode, transport and outcome (reply mode or error code).");
     describe_histogram!(
         NATIVE_SERVER_TIME,
@@ -314,6 +319,11 @@ pub fn ws_close(code: &'static str, reason: &'static str) {
 /// (not checked: too many failures from the connection or address).
 pub fn ws_auth_failure(outcome: &'static str) {
     counter!(names::WS_AUTH_FAILURES, "outcome" => outcome).increment(1);
+}
+
+/// A WebSocket cancel frame was answered with `outcome`.
+pub fn ws_cancel(outcome: &'static str) {
+    counter!(names::WS_CANCELS, "outcome" => outcome).increment(1);
 }
 
 /// An event was published and handed to `subscribers` sessions.

@@ -577,13 +577,23 @@ async fn exported_metrics() -> BTreeSet<String> {
         .expect("webhook delivered in time");
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    // Scraped while the WebSocket is open.
-    let text = reqwest::get(format!("{}/metrics", s.root))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("metrics text");
+    // Scraped while the WebSocket is open, once the background WAL task has checkpointed the
+    // quiet database (it waits for a pause in writes, so under load that can take a moment).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let text = loop {
+        let text = reqwest::get(format!("{}/metrics", s.root))
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("metrics text");
+        if text.contains("pilot_bridge_db_checkpoint_duration_seconds_bucket")
+            || tokio::time::Instant::now() >= deadline
+        {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let _ = ws.close(None).await;
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())

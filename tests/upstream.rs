@@ -1364,3 +1364,108 @@ async fn webhook_registration_is_forwarded_and_the_upstream_delivers() {
     assert_eq!(body["data"]["id"], note_id.as_str());
     assert_eq!(body["data"]["content"], "Through the gateway.");
 }
+
+/// Commit-aware cancellation through the gateway (DESIGN §21): a write still resolving its
+/// contact on a slow upstream is cancelled before its upstream write is sent, answers
+/// `CANCELLED`, and never lands; cancelling after it landed says `committed`.
+#[tokio::test]
+async fn a_cancel_before_the_upstream_write_is_sent_stops_it_for_good() {
+    let up = UpstreamProcess::start().await;
+    let proxy = FaultProxy::start(up.addr()).await;
+    let g = gateway(proxy.url(), |c| {
+        c.websocket.ack_after_ms = 0;
+        c.upstream.read_cache_ms = 0;
+        c.native.read_cache_ms = 0;
+        c.upstream.request_timeout_ms = 5_000;
+        c.upstream.turn_budget_ms = 9_000;
+        c.native.target_ms = 10_000.0;
+    })
+    .await;
+    let mut ws = gateway_ws(&g).await;
+    ws_send(&mut ws, ws_lookup("warm")).await;
+    let john = {
+        ws_send(
+            &mut ws,
+            json!({ "id": "who", "action": { "type": "lookup_person", "personName": "John Smith" } }),
+        )
+        .await;
+        let mut john = None;
+        while john.is_none() {
+            let r = ws_next(&mut ws).await;
+            if r["id"] == "who" {
+                john = r["data"]["ids"]["contact_id"].as_str().map(String::from);
+            }
+        }
+        john.expect("john's id")
+    };
+
+    proxy.set(DELAY);
+    let note = "Never sent upstream.";
+    ws_send(
+        &mut ws,
+        json!({ "id": "w", "idempotencyKey": "cancel-w", "action": { "type": "note_on_contact", "contactRef": "john@acme.com", "note": note } }),
+    )
+    .await;
+    ws_send(&mut ws, json!({ "type": "cancel", "id": "w" })).await;
+    let (mut cancelled, mut reply) = (None, None);
+    while cancelled.is_none() || reply.is_none() {
+        let f = ws_next(&mut ws).await;
+        match f["type"].as_str() {
+            Some("cancelled") => cancelled = Some(f),
+            _ if f["id"] == "w" => reply = Some(f),
+            _ => {}
+        }
+    }
+    let (cancelled, reply) = (cancelled.unwrap_or_default(), reply.unwrap_or_default());
+    assert_eq!(
+        cancelled,
+        json!({ "type": "cancelled", "id": "w", "outcome": "not_started" })
+    );
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert_eq!(reply["error"]["code"], "CANCELLED", "{reply}");
+    let spoken = reply["error"]["spoken_summary"].as_str().unwrap_or("");
+    assert!(!spoken.is_empty(), "{reply}");
+
+    // Whatever was still on the wire arrives; the note never does.
+    proxy.set(PASS);
+    tokio::time::sleep(SLOW + Duration::from_millis(300)).await;
+    let notes = up
+        .client()
+        .get_query("/notes", &[("contact_id", &john), ("limit", "100")])
+        .await;
+    assert!(
+        !notes.page().iter().any(|n| n["content"] == note),
+        "a cancelled write reached the upstream: {}",
+        notes.text
+    );
+
+    // Not kept under its key: the same request again runs, once, and a late cancel of it
+    // hears `committed`.
+    ws_send(
+        &mut ws,
+        json!({ "id": "w2", "idempotencyKey": "cancel-w", "action": { "type": "note_on_contact", "contactRef": "john@acme.com", "note": note } }),
+    )
+    .await;
+    loop {
+        let f = ws_next(&mut ws).await;
+        if f["id"] == "w2" {
+            assert_eq!(f["data"]["mode"], "result", "{f}");
+            break;
+        }
+    }
+    ws_send(&mut ws, json!({ "type": "cancel", "id": "w2" })).await;
+    assert_eq!(
+        ws_next(&mut ws).await,
+        json!({ "type": "cancelled", "id": "w2", "outcome": "committed" })
+    );
+    let notes = up
+        .client()
+        .get_query("/notes", &[("contact_id", &john), ("limit", "100")])
+        .await;
+    assert_eq!(
+        notes.page().iter().filter(|n| n["content"] == note).count(),
+        1,
+        "{}",
+        notes.text
+    );
+}

@@ -59,6 +59,7 @@ pub fn principal(store: &Store) -> Arc<Principal> {
         plan: Plan::Pro,
         rate_limit: Some(0),
         upstream_key: None,
+        two_step: false,
     })
 }
 

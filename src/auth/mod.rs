@@ -29,6 +29,9 @@ pub struct Principal {
     pub rate_limit: Option<u32>,
     /// The caller's own key, kept only with the upstream backend, which forwards it.
     pub upstream_key: Option<Credential>,
+    /// The key's `two_step` policy (DESIGN §21): a dangerous action always asks first, and only
+    /// a later request naming the pending action executes it.
+    pub two_step: bool,
 }
 
 /// A raw API key held in memory to forward upstream. Its `Debug` never shows the value.
@@ -79,6 +82,8 @@ type Verdict = Result<Principal, ErrorCode>;
 #[derive(Clone)]
 pub struct Authenticator {
     source: KeySource,
+    /// Key ids given the `two_step` policy by configuration (`[control] two_step_key_ids`).
+    two_step_ids: Arc<std::collections::HashSet<String>>,
     valid: moka::sync::Cache<[u8; 32], Arc<Principal>>,
     invalid: moka::sync::Cache<[u8; 32], ErrorCode>,
 }
@@ -108,6 +113,7 @@ impl Authenticator {
     fn with_source(source: KeySource, cfg: &AuthConfig, valid_ttl_secs: u64) -> Self {
         Authenticator {
             source,
+            two_step_ids: Arc::default(),
             valid: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(valid_ttl_secs))
@@ -117,6 +123,13 @@ impl Authenticator {
                 .time_to_live(Duration::from_millis(cfg.negative_cache_ttl_ms))
                 .build(),
         }
+    }
+
+    /// Gives the keys with these ids the `two_step` policy, on top of the keys table. The only
+    /// way to mark a key in upstream mode, where keys live upstream.
+    pub fn with_two_step_keys(mut self, ids: &[String]) -> Self {
+        self.two_step_ids = Arc::new(ids.iter().map(|id| id.trim().to_string()).collect());
+        self
     }
 
     /// Authenticates an `Authorization` header value (`None` when the header is absent).
@@ -162,7 +175,8 @@ impl Authenticator {
             },
         };
         match verdict {
-            Ok(p) => {
+            Ok(mut p) => {
+                p.two_step |= self.two_step_ids.contains(&p.key_id);
                 let p = Arc::new(p);
                 self.valid.insert(hash, p.clone());
                 self.record_use(&p);
@@ -222,6 +236,7 @@ fn lookup(conn: &rusqlite::Connection, hash: &[u8; 32]) -> ApiResult<Verdict> {
         plan: org.plan,
         rate_limit: org.rate_limit,
         upstream_key: None,
+        two_step: rec.policy == crate::domain::KeyPolicy::TwoStep,
     }))
 }
 
@@ -243,6 +258,7 @@ fn upstream_principal(token: &str, hash: &[u8; 32], native: bool) -> Principal {
         plan: Plan::Pro,
         rate_limit: Some(0),
         upstream_key: Some(Credential::new(token)),
+        two_step: false,
     }
 }
 

@@ -80,18 +80,8 @@ impl Bridge {
             Err(e) => return Turn::rejected(e),
         };
         if let Some(action) = &req.action {
-            if action.type_name() != pending.action_type() {
-                return Turn::rejected(
-                    ApiError::validation(
-                        "action.type",
-                        format!(
-                            "'{}' does not match the pending action '{}'",
-                            action.type_name(),
-                            pending.action_type()
-                        ),
-                    )
-                    .with_spoken("That doesn't match what I asked you to confirm."),
-                );
+            if let Err(e) = super::control::same_type(action, &pending) {
+                return Turn::rejected(e);
             }
         }
         let derived = Scope::new(&p.org_id, &p.key_id, pending.confirmation_key());
@@ -99,6 +89,17 @@ impl Bridge {
             PendingState::Executed => return self.already_ran(p, req, &derived).await,
             PendingState::Cancelled => return Turn::rejected(cancelled()),
             PendingState::Open => {}
+        }
+        // DESIGN §21: a confirmation binds the action it names, or nothing runs. Checked only
+        // while the action can still run: once it ran, resolving the action again would see
+        // its own effect (already in the campaign), and a settled one only replays anyway.
+        if let Some(action) = &req.action {
+            let bound = self
+                .check_binding(p, action, req.action_json_or_null(), &pending, timing)
+                .await;
+            if let Err(e) = bound {
+                return Turn::rejected(e);
+            }
         }
         // One fingerprint per pending action: every confirmation of it is the same request.
         let fingerprint = request::fingerprint(None, Some(&pending.id), Some(true));
@@ -136,6 +137,11 @@ impl Bridge {
                 return Turn::rejected(expired(&pending))
             }
             PendingState::Open => {}
+        }
+        // Settling or executing is this turn's first durable change.
+        if let Err(e) = super::control::commit_point() {
+            guard.abandon();
+            return Turn::rejected(e);
         }
         if req.confirmed == Some(false) {
             return match self
@@ -318,6 +324,10 @@ impl Bridge {
         let mut data = pending.plan.describe();
         if let Value::Object(m) = &mut data {
             m.insert("expires_in_seconds".into(), json!(ttl.as_secs()));
+            if p.two_step {
+                // Says why `confirmed: true` on this request was not enough.
+                m.insert("confirmation_policy".into(), json!("two_step"));
+            }
         }
         let mut reply = NativeReply::new(
             ReplyMode::ConfirmationRequired,

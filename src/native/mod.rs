@@ -11,6 +11,7 @@
 pub mod action;
 pub mod actions;
 mod confirm;
+pub mod control;
 pub mod plan;
 mod reads;
 pub mod remote;
@@ -287,7 +288,15 @@ impl Bridge {
         let this = self.clone();
         let started = Instant::now();
         let mode = req.execution_mode;
-        let turn = async move { this.run(&principal, req, timing, transport).await };
+        // The transport's cancel gate, if any, goes with the turn into its task.
+        let gate = control::current_gate();
+        let turn = async move {
+            let run = this.run(&principal, req, timing, transport);
+            match gate {
+                Some(gate) => control::with_gate(gate, run).await,
+                None => run.await,
+            }
+        };
         match tokio::spawn(tracing::Instrument::instrument(turn, span)).await {
             Ok(outcome) => outcome,
             Err(join_error) => {
@@ -359,6 +368,10 @@ impl Bridge {
         action: &'static str,
         transport: Transport,
     ) -> TurnOutcome {
+        // Cancelled before its commit point: nothing changed, and the reply says only that.
+        if control::was_cancelled() {
+            result = Err(control::cancelled());
+        }
         let outcome = match &result {
             Ok(r) => r.mode.as_str(),
             Err(e) => e.code.as_str(),
@@ -547,10 +560,20 @@ impl Bridge {
                 };
                 Turn::answer(Ok(reply), keep)
             }
-            Step::Execute(plan) if plan.is_dangerous() && req.confirmed != Some(true) => {
+            // A two-step key's own `confirmed: true` does not count (DESIGN §21): only a later
+            // request naming the pending action runs it.
+            Step::Execute(plan)
+                if plan.is_dangerous() && (req.confirmed != Some(true) || p.two_step) =>
+            {
+                if let Err(e) = control::commit_point() {
+                    return Turn::rejected(e);
+                }
                 self.ask(p, req, plan, seal, timing).await
             }
             Step::Execute(plan) => {
+                if let Err(e) = control::commit_point() {
+                    return Turn::rejected(e);
+                }
                 let write = WriteRequest {
                     plan,
                     action_json: req.action_json_or_null().clone(),

@@ -387,6 +387,28 @@ pub trait StateStore: Send + Sync {
     async fn ping(&self) -> bool {
         true
     }
+
+    /// Appends a pushed event to the journal of API key `key_id` (DESIGN §21) and returns its
+    /// sequence number: 1, 2, 3, … per key, never reused, also after the journal emptied.
+    /// `body` is opaque to the store. The entry is kept for `keep`, and at most `max_len`
+    /// entries are kept per key.
+    async fn append_event(
+        &self,
+        key_id: &str,
+        body: &str,
+        keep: Duration,
+        max_len: usize,
+    ) -> ApiResult<u64>;
+
+    /// The journaled events of `key_id` with a sequence number above `after`, oldest first; at
+    /// most `limit`, the newest ones when more are kept (the first returned seq then says how
+    /// many were skipped).
+    async fn events_after(
+        &self,
+        key_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> ApiResult<Vec<(u64, String)>>;
 }
 
 /// Milliseconds since the epoch, by the wall clock (records outlive the process).

@@ -801,7 +801,106 @@ impl StateStore for RedisState {
     async fn ping(&self) -> bool {
         self.link.ping().await
     }
+
+    async fn append_event(
+        &self,
+        key_id: &str,
+        body: &str,
+        keep: Duration,
+        max_len: usize,
+    ) -> ApiResult<u64> {
+        let (seq_key, journal_key) = (event_seq_key(key_id), journal_key(key_id));
+        let body = body.to_string();
+        let (now, keep) = (now_ms(), millis(keep));
+        self.link
+            .call("append_event", |mut c| async move {
+                APPEND_EVENT
+                    .key(seq_key)
+                    .key(journal_key)
+                    .arg(now)
+                    .arg(keep)
+                    .arg(max_len)
+                    .arg(body)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await
+    }
+
+    async fn events_after(
+        &self,
+        key_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> ApiResult<Vec<(u64, String)>> {
+        let key = journal_key(key_id);
+        let entries: Vec<(String, u64)> = self
+            .link
+            .call("events_after", |mut c| async move {
+                redis::cmd("ZREVRANGEBYSCORE")
+                    .arg(key)
+                    .arg("+inf")
+                    .arg(format!("({after}"))
+                    .arg("WITHSCORES")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let now = now_ms();
+        let mut out = Vec::with_capacity(entries.len());
+        for (member, seq) in entries.into_iter().rev() {
+            let (expires, body) = member
+                .split_once('|')
+                .ok_or_else(|| corrupt("journaled event", "no expiry prefix"))?;
+            let expires: i64 = expires
+                .parse()
+                .map_err(|e| corrupt("journaled event expiry", e))?;
+            if expires > now {
+                out.push((seq, body.to_string()));
+            }
+        }
+        Ok(out)
+    }
 }
+
+/// The per-key event sequence counter. Events belong to an API key (an event does not know its
+/// org), so the key id is the hash tag: counter and journal share a slot in Redis Cluster.
+fn event_seq_key(key_id: &str) -> String {
+    format!("pb:{{{key_id}}}:evseq")
+}
+
+/// The per-key event journal: a sorted set scored by seq; each member is
+/// `<expiry ms, 13 digits>|<body>`, so trimming by time needs no decoding.
+fn journal_key(key_id: &str) -> String {
+    format!("pb:{{{key_id}}}:events")
+}
+
+/// Allocates the next seq of a key and journals the event under it, then trims the journal by
+/// length and by time (oldest first, a bounded number per call). The counter has no expiry: a
+/// seq is never reused, so a client resuming after an old seq can never skip new events.
+static APPEND_EVENT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local now = tonumber(ARGV[1])
+local keep = tonumber(ARGV[2])
+local max = tonumber(ARGV[3])
+local seq = redis.call('INCR', KEYS[1])
+redis.call('ZADD', KEYS[2], seq, string.format('%013d', now + keep) .. '|' .. ARGV[4])
+local n = redis.call('ZCARD', KEYS[2])
+if n > max then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, n - max - 1) end
+for _ = 1, 100 do
+  local first = redis.call('ZRANGE', KEYS[2], 0, 0)
+  if not first[1] or tonumber(string.sub(first[1], 1, 13)) > now then break end
+  redis.call('ZREM', KEYS[2], first[1])
+end
+redis.call('PEXPIRE', KEYS[2], keep)
+return seq
+",
+    )
+});
 
 /// A throwaway `redis-server` on a free loopback port, for tests; killed when dropped.
 #[cfg(test)]

@@ -289,7 +289,74 @@ impl StateStore for SqliteState {
                            (SELECT id FROM undo_entries WHERE created_at < ?1 LIMIT ?2)",
                     )?
                     .execute(params![undo_before, PRUNE_BATCH])?;
+                n += tx
+                    .prepare_cached(
+                        "DELETE FROM event_journal WHERE rowid IN
+                           (SELECT rowid FROM event_journal WHERE expires_ms <= ?1 LIMIT ?2)",
+                    )?
+                    .execute(params![now, PRUNE_BATCH])?;
                 Ok(u64::try_from(n).unwrap_or(0))
+            })
+            .await
+    }
+
+    async fn append_event(
+        &self,
+        key_id: &str,
+        body: &str,
+        keep: Duration,
+        max_len: usize,
+    ) -> ApiResult<u64> {
+        let (key_id, body) = (key_id.to_string(), body.to_string());
+        let expires = super::expiry_ms(keep);
+        let max_len = i64::try_from(max_len).unwrap_or(i64::MAX);
+        self.store
+            .write_bookkeeping(move |tx| {
+                let seq: i64 = tx
+                    .prepare_cached(
+                        "INSERT INTO event_seq (key_id, last_seq) VALUES (?1, 1)
+                         ON CONFLICT (key_id) DO UPDATE SET last_seq = last_seq + 1
+                         RETURNING last_seq",
+                    )?
+                    .query_row([&key_id], |r| r.get(0))?;
+                tx.prepare_cached(
+                    "INSERT INTO event_journal (key_id, seq, frame, expires_ms) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![key_id, seq, body, expires])?;
+                tx.prepare_cached("DELETE FROM event_journal WHERE key_id = ?1 AND seq <= ?2")?
+                    .execute(params![key_id, seq.saturating_sub(max_len)])?;
+                Ok(u64::try_from(seq).unwrap_or(0))
+            })
+            .await
+    }
+
+    async fn events_after(
+        &self,
+        key_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> ApiResult<Vec<(u64, String)>> {
+        let key_id = key_id.to_string();
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let now = now_ms();
+        self.store
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT seq, frame FROM event_journal
+                      WHERE key_id = ?1 AND seq > ?2 AND expires_ms > ?3
+                      ORDER BY seq DESC LIMIT ?4",
+                )?;
+                let rows = stmt.query_map(params![key_id, after, now, limit], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (seq, frame) = row?;
+                    out.push((u64::try_from(seq).unwrap_or(0), frame));
+                }
+                out.reverse();
+                Ok(out)
             })
             .await
     }

@@ -3,7 +3,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-use crate::domain::Scope;
+use crate::domain::{KeyPolicy, Scope};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::ids::{new_id, now_rfc3339};
 
@@ -15,6 +15,8 @@ pub struct ApiKeyInfo {
     /// The first characters of the key, enough to recognise it in a list.
     pub prefix: String,
     pub scopes: Vec<Scope>,
+    /// How the key may confirm dangerous actions.
+    pub policy: KeyPolicy,
     pub created_at: String,
     pub revoked_at: Option<String>,
     /// When a request last authenticated with the key (to within the key cache's lifetime).
@@ -27,6 +29,7 @@ pub struct KeyRecord {
     pub key_id: String,
     pub org_id: String,
     pub scopes: Vec<Scope>,
+    pub policy: KeyPolicy,
     pub revoked: bool,
     /// `None` when the org row is gone.
     pub org: Option<super::orgs::Org>,
@@ -101,6 +104,7 @@ pub fn insert(
         name: name.to_string(),
         prefix,
         scopes: scopes.to_vec(),
+        policy: KeyPolicy::Standard,
         created_at: now,
         revoked_at: None,
         last_used_at: None,
@@ -112,7 +116,7 @@ pub fn insert(
 pub fn find_by_hash(conn: &Connection, hash: &[u8; 32]) -> ApiResult<Option<(Vec<u8>, KeyRecord)>> {
     let row = conn
         .prepare_cached(
-            "SELECT k.key_hash, k.id, k.org_id, k.scopes, k.revoked_at IS NOT NULL
+            "SELECT k.key_hash, k.id, k.org_id, k.scopes, k.revoked_at IS NOT NULL, k.policy
                FROM api_keys k WHERE k.key_hash = ?1",
         )?
         .query_row([&hash[..]], |r| {
@@ -122,10 +126,12 @@ pub fn find_by_hash(conn: &Connection, hash: &[u8; 32]) -> ApiResult<Option<(Vec
                 r.get::<_, String>(2)?,
                 r.get::<_, String>(3)?,
                 r.get::<_, bool>(4)?,
+                // Strict: an unreadable policy is an error, never a laxer default.
+                r.get::<_, KeyPolicy>(5)?,
             ))
         })
         .optional()?;
-    let Some((stored, key_id, org_id, scopes, revoked)) = row else {
+    let Some((stored, key_id, org_id, scopes, revoked, policy)) = row else {
         return Ok(None);
     };
     let org = super::orgs::get(conn, &org_id)?;
@@ -135,13 +141,25 @@ pub fn find_by_hash(conn: &Connection, hash: &[u8; 32]) -> ApiResult<Option<(Vec
             key_id,
             org_id,
             scopes: parse_scopes(&scopes),
+            policy,
             revoked,
             org,
         },
     )))
 }
 
-/// Revokes by key id, or by the raw key itself. Returns the revoked key's id.
+/// Sets the confirmation policy of key `id`.
+pub fn set_policy(conn: &Connection, id: &str, policy: KeyPolicy) -> ApiResult<()> {
+    let n = conn.execute(
+        "UPDATE api_keys SET policy = ?2 WHERE id = ?1",
+        params![id, policy],
+    )?;
+    match n {
+        0 => Err(ApiError::not_found("API key")),
+        _ => Ok(()),
+    }
+}
+
 /// What `keys revoke` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Revocation {
@@ -205,7 +223,7 @@ pub fn revoke(conn: &Connection, id_or_raw: &str) -> ApiResult<String> {
 
 pub fn list(conn: &Connection, org_id: Option<&str>) -> ApiResult<Vec<ApiKeyInfo>> {
     let mut stmt = conn.prepare(
-        "SELECT id, org_id, name, prefix, scopes, created_at, revoked_at, last_used_at FROM api_keys
+        "SELECT id, org_id, name, prefix, scopes, created_at, revoked_at, last_used_at, policy FROM api_keys
           WHERE (?1 IS NULL OR org_id = ?1) ORDER BY created_at, id",
     )?;
     let rows = stmt.query_map([org_id], |r| {
@@ -218,6 +236,7 @@ pub fn list(conn: &Connection, org_id: Option<&str>) -> ApiResult<Vec<ApiKeyInfo
             created_at: r.get(5)?,
             revoked_at: r.get(6)?,
             last_used_at: r.get(7)?,
+            policy: r.get(8)?,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -250,6 +269,12 @@ mod tests {
                 assert_eq!(rec.key_id, info.id);
                 assert_eq!(rec.scopes, vec![Scope::Native]);
                 assert!(!rec.revoked);
+                assert_eq!(rec.policy, KeyPolicy::Standard);
+                set_policy(tx, &info.id, KeyPolicy::TwoStep)?;
+                let rec = find_by_hash(tx, &hash_key(&raw))?.unwrap().1;
+                assert_eq!(rec.policy, KeyPolicy::TwoStep);
+                assert_eq!(list(tx, Some("acme"))?[0].policy, KeyPolicy::TwoStep);
+                assert!(set_policy(tx, "missing", KeyPolicy::TwoStep).is_err());
                 assert!(find_by_hash(tx, &hash_key("op_live_nope"))?.is_none());
                 revoke(tx, &info.id)?;
                 assert!(find_by_hash(tx, &hash_key(&raw))?.unwrap().1.revoked);

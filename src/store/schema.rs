@@ -390,6 +390,26 @@ CREATE TABLE chat_turns (
 CREATE INDEX chat_threads_idle ON chat_threads(updated_at);
 CREATE INDEX pending_actions_by_key ON pending_actions(org_id, key_id, created_at);
 "#,
+    // 10 (issue 20, control): a key's confirmation policy ('standard' or 'two_step': dangerous
+    // actions always ask, whatever `confirmed` says); and the per-key event journal that lets a
+    // reconnecting WebSocket session replay what it missed (`resume_after`): a sequence
+    // counter per API key that outlives the journal rows, and the rendered frames, kept for the
+    // retention the row says.
+    r#"
+ALTER TABLE api_keys ADD COLUMN policy TEXT NOT NULL DEFAULT 'standard';
+CREATE TABLE event_seq (
+    key_id    TEXT PRIMARY KEY,
+    last_seq  INTEGER NOT NULL
+);
+CREATE TABLE event_journal (
+    key_id      TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    frame       TEXT NOT NULL,
+    expires_ms  INTEGER NOT NULL,
+    PRIMARY KEY (key_id, seq)
+);
+CREATE INDEX event_journal_expiry ON event_journal(expires_ms);
+"#,
 ];
 
 /// Brings the database up to the newest schema. Safe to call on every open, from several

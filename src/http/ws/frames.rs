@@ -169,6 +169,12 @@ pub fn kind(m: &Message) -> &'static str {
     }
 }
 
+/// `{"type":"cancelled","id":…,"outcome":"not_started"|"committed"|"unknown"}`: the answer to a
+/// cancel frame.
+pub fn cancelled(id: &str, outcome: &'static str) -> Message {
+    json_frame(&serde_json::json!({ "type": "cancelled", "id": id, "outcome": outcome }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::rejection::ExtensionRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -42,12 +42,13 @@ const READ_BUFFER: usize = 2 * 1024;
 #[utoipa::path(get, path = "/native/outreachpilot/ws", tag = "native", operation_id = "nativeOutreachpilotWebSocket",
     responses(
         (status = 101, description = "Switching protocols: the connection speaks the frame protocol in docs/websocket.md"),
-        (status = 422, description = "`VALIDATION_ERROR`: not a WebSocket upgrade request"),
+        (status = 422, description = "`VALIDATION_ERROR`: not a WebSocket upgrade request, or `resume_after` is not a non-negative integer"),
         (status = 429, description = "`RATE_LIMITED`: the org has too many open WebSocket connections"),
         (status = 503, description = "`SERVICE_UNAVAILABLE`: the server has too many open WebSocket connections, or (without `Authorization`) too many that have not authenticated yet (with `Retry-After`)"),
     ))]
 pub async fn upgrade(
     State(app): State<AppState>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     peer: Result<ConnectInfo<SocketAddr>, ExtensionRejection>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
@@ -61,6 +62,10 @@ pub async fn upgrade(
                 .with_spoken("This endpoint needs a WebSocket connection.")
                 .into_response()
         }
+    };
+    let resume_after = match resume_after(query.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
     };
     // Credentials on the upgrade request are checked before upgrading, so failures get the
     // plain HTTP 401/403 envelope. Without them the connection counts against the cap on
@@ -104,8 +109,34 @@ pub async fn upgrade(
         .max_frame_size(cfg.max_message_bytes)
         .on_upgrade(move |socket| async move {
             let (sink, stream) = socket.split();
-            session::run(app, sink, stream, credentials, slot, peer).await;
+            session::run(app, sink, stream, credentials, slot, peer, resume_after).await;
         })
+}
+
+/// `?resume_after=N` on the upgrade: replay the events after seq N first (DESIGN §21). Other
+/// query parameters are left alone.
+fn resume_after(query: Option<&str>) -> Result<Option<u64>, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Query {
+        resume_after: Option<String>,
+    }
+    let Some(query) = query else {
+        return Ok(None);
+    };
+    let parsed: Query = serde_urlencoded::from_str(query)
+        .map_err(|e| ApiError::validation("query", e.to_string()))?;
+    parsed
+        .resume_after
+        .map(|v| {
+            v.trim().parse::<u64>().map_err(|_| {
+                ApiError::validation(
+                    "resume_after",
+                    "expected a non-negative integer (the last event seq the client has)",
+                )
+                .with_spoken("I couldn't read where to resume the events from.")
+            })
+        })
+        .transpose()
 }
 
 /// Authenticates a header value or an auth frame's token, and checks the native scope.

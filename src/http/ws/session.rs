@@ -8,16 +8,17 @@
 //! client that sends faster than it reads is slowed by TCP, never dropped. The writer gives up
 //! only when one write makes no progress for `write_timeout_secs`.
 
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, Utf8Bytes};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::authorize;
 use super::frames::{self, close, ReadFailure};
@@ -28,6 +29,7 @@ use crate::config::WebSocketConfig;
 use crate::error::{ApiError, ErrorCode};
 use crate::events::EventSubscription;
 use crate::ids::new_request_id;
+use crate::native::control::{self, CancelOutcome, CommitGate};
 use crate::native::reply::FrameInfo;
 use crate::native::timing::ServerTiming;
 use crate::native::Transport;
@@ -66,6 +68,44 @@ struct Authed {
     org_id: String,
     /// Failed auth frames on this connection.
     auth_failures: AtomicU32,
+    /// Requests of this connection that can still be cancelled, by client id.
+    in_flight: Mutex<HashMap<String, Arc<CommitGate>>>,
+    /// Ids of the latest finished requests that took effect, so a late cancel hears
+    /// `committed` rather than `unknown`.
+    committed: Mutex<VecDeque<String>>,
+    /// Text frames read but not yet registered by their turn. A `cancel` frame waits until the
+    /// frames read before it are registered, so it never misses a request sent just before it.
+    unregistered: AtomicUsize,
+    registered: Notify,
+}
+
+/// Finished committed request ids remembered per connection.
+const COMMITTED_MEMORY: usize = 256;
+/// Longest wait of a cancel frame for earlier frames to register (they only need parsing).
+const REGISTRATION_WAIT: Duration = Duration::from_secs(1);
+
+/// A text frame's place in `Authed::unregistered`, given back once its turn has registered
+/// (or found it is not a request).
+struct Registration<'a> {
+    authed: &'a Authed,
+    done: bool,
+}
+
+impl Registration<'_> {
+    fn done(&mut self) {
+        if !self.done {
+            self.done = true;
+            if self.authed.unregistered.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.authed.registered.notify_waiters();
+            }
+        }
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.done();
+    }
 }
 
 /// Why the read loop ended.
@@ -90,6 +130,7 @@ pub(super) async fn run<S, R>(
     credentials: Credentials,
     mut slot: ConnectionSlot,
     peer: Option<IpAddr>,
+    resume_after: Option<u64>,
 ) -> Ending
 where
     S: Sink<Message, Error = axum::Error> + Send + Unpin + 'static,
@@ -105,12 +146,17 @@ where
     let mut permit: Option<OwnedSemaphorePermit> = None;
 
     // Events are for the sessions of the key that started the work, from authentication on.
+    // Subscribed before the journal is read, so nothing falls between the two; what arrives
+    // both ways is told apart by seq (`Resume`).
+    let mut resume = Resume::default();
     let (mut authed, mut auth_deadline, mut events) = match credentials {
-        Credentials::Header { principal, token } => (
-            Some(open(&principal, token)),
-            None,
-            Some(app.events.subscribe(&principal.key_id)),
-        ),
+        Credentials::Header { principal, token } => {
+            let events = app.events.subscribe(&principal.key_id);
+            if let Some(after) = resume_after {
+                resume.load(&app, &principal.key_id, after, &out_tx).await;
+            }
+            (Some(open(&principal, token)), None, Some(events))
+        }
         Credentials::FirstFrame { deadline } => (None, Some(deadline), None),
     };
 
@@ -184,6 +230,7 @@ where
                     Message::Text(text) => match &authed {
                         Some(a) => {
                             let a = a.clone();
+                            a.unregistered.fetch_add(1, Ordering::AcqRel);
                             let (app, out, end) = (app.clone(), out_tx.clone(), end_tx.clone());
                             let permit = permit.take();
                             let received = Instant::now();
@@ -194,10 +241,13 @@ where
                             });
                         }
                         None => match first_frame(&app, text.as_str(), &mut slot, peer).await {
-                            Ok((principal, token, reply)) => {
+                            Ok((principal, token, reply, frame_resume)) => {
                                 queue(&out_tx, reply, permit.take()).await;
                                 let a = open(&principal, token);
                                 events = Some(app.events.subscribe(&principal.key_id));
+                                if let Some(after) = frame_resume.or(resume_after) {
+                                    resume.load(&app, &principal.key_id, after, &out_tx).await;
+                                }
                                 authed = Some(a);
                                 auth_deadline = None;
                             }
@@ -209,7 +259,20 @@ where
                     },
                 }
             }
-            Some(event) = next_event(&mut events), if permit.is_some() => {
+            // Missed events first, in order; live ones wait in their channel meanwhile.
+            () = std::future::ready(()), if permit.is_some() && !resume.backlog.is_empty() => {
+                let text = resume
+                    .backlog
+                    .pop_front()
+                    .and_then(|event| Utf8Bytes::try_from(event.frame.clone()).ok());
+                if let Some(text) = text {
+                    queue(&out_tx, Message::Text(text), permit.take()).await;
+                }
+            }
+            Some(event) = next_event(&mut events), if permit.is_some() && resume.backlog.is_empty() => {
+                if !resume.is_new(&event) {
+                    continue;
+                }
                 if let Ok(text) = Utf8Bytes::try_from(event.frame.clone()) {
                     queue(&out_tx, Message::Text(text), permit.take()).await;
                 }
@@ -230,11 +293,65 @@ where
     ending
 }
 
+/// A `resume_after` replay (DESIGN §21): the journaled events the client missed, and the
+/// highest seq sent, below which live events are duplicates of replayed ones.
+#[derive(Default)]
+struct Resume {
+    backlog: std::collections::VecDeque<Arc<crate::events::PublishedEvent>>,
+    sent_through: Option<u64>,
+}
+
+impl Resume {
+    /// Reads the journal of `key_id` after `after`. A store that does not answer costs the
+    /// replay, not the session: an error frame says so and live events go on.
+    async fn load(
+        &mut self,
+        app: &AppState,
+        key_id: &str,
+        after: u64,
+        out: &mpsc::Sender<Outgoing>,
+    ) {
+        self.sent_through = Some(after);
+        let state = app.bridge.state();
+        let limit = app.config.control.max_replay_events;
+        match crate::event_journal::replay(state.as_ref(), key_id, after, limit).await {
+            Ok(events) => {
+                if let Some(last) = events.last().and_then(|e| e.seq) {
+                    self.sent_through = Some(last.max(after));
+                }
+                self.backlog = events.into();
+            }
+            Err(e) => {
+                let details = format!(
+                    "resume_after: missed events could not be read ({}); live events follow",
+                    e.message
+                );
+                let e = e.with_details(details);
+                let _ = out
+                    .send((frames::error_frame(&e, None, &new_request_id()), None))
+                    .await;
+            }
+        }
+    }
+
+    /// False for a live event the replay already sent (or the client had before it resumed).
+    fn is_new(&self, event: &crate::events::PublishedEvent) -> bool {
+        match (self.sent_through, event.seq) {
+            (Some(through), Some(seq)) => seq > through,
+            _ => true,
+        }
+    }
+}
+
 fn open(principal: &Principal, token: String) -> Arc<Authed> {
     Arc::new(Authed {
         token,
         org_id: principal.org_id.clone(),
         auth_failures: AtomicU32::new(0),
+        in_flight: Mutex::new(HashMap::new()),
+        committed: Mutex::new(VecDeque::new()),
+        unregistered: AtomicUsize::new(0),
+        registered: Notify::new(),
     })
 }
 
@@ -365,6 +482,8 @@ struct ControlFrame {
     frame_type: Option<String>,
     token: Option<String>,
     id: Option<Value>,
+    /// Replay the events after this seq before live ones (DESIGN §21).
+    resume_after: Option<Value>,
 }
 
 /// The first frame of a connection without an `Authorization` header: it must authenticate.
@@ -375,7 +494,7 @@ async fn first_frame(
     raw: &str,
     slot: &mut ConnectionSlot,
     peer: Option<IpAddr>,
-) -> Result<(Arc<Principal>, String, Message), (Message, u16, &'static str)> {
+) -> Result<(Arc<Principal>, String, Message, Option<u64>), (Message, u16, &'static str)> {
     let rid = new_request_id();
     let head: Option<ControlFrame> = serde_json::from_str(raw).ok();
     let id = head.as_ref().and_then(|h| h.id.as_ref());
@@ -400,6 +519,18 @@ async fn first_frame(
             ))
         }
     };
+    let resume_after = match head.as_ref().and_then(|h| h.resume_after.as_ref()) {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(n) => Some(n),
+            None => {
+                return Err(refuse(ApiError::validation(
+                    "resume_after",
+                    "expected a non-negative integer (the last event seq the client has)",
+                )))
+            }
+        },
+    };
     let principal = match checked_auth(app, token, peer).await {
         Ok(p) => p,
         Err(e) => return Err(refuse(e)),
@@ -412,7 +543,7 @@ async fn first_frame(
         ));
     }
     let ok = frames::auth_ok(&principal.org_id, id);
-    Ok((principal, token.to_string(), ok))
+    Ok((principal, token.to_string(), ok, resume_after))
 }
 
 /// Checks an auth frame's token, unless its source address already failed too often; counts
@@ -456,6 +587,10 @@ async fn turn(
     end: &mpsc::Sender<Ending>,
     peer: Option<IpAddr>,
 ) -> Option<Message> {
+    let mut registration = Registration {
+        authed,
+        done: false,
+    };
     let request_id = new_request_id();
     let mut timing = ServerTiming::starting_at(received);
     let t = Instant::now();
@@ -496,6 +631,10 @@ async fn turn(
     if frame_type == Some("auth") {
         return reauth(app, authed, &body, &request_id, out, end, peer).await;
     }
+    if frame_type == Some("cancel") {
+        registration.done();
+        return Some(cancel(authed, &body, &request_id).await);
+    }
     let id = match body.get("id") {
         Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_ID_LEN => {
             Value::String(s.clone())
@@ -523,18 +662,30 @@ async fn turn(
         }
     };
     timing.record("parse", t.elapsed());
+    let gate = CommitGate::new();
+    let key = id.as_str().unwrap_or_default().to_string();
+    lock(&authed.in_flight).insert(key.clone(), gate.clone());
+    registration.done();
     let outcome = match app.charge(&principal, "ws") {
         Ok(_) => {
-            let work = app.bridge.handle(
-                principal.clone(),
-                Value::Object(body),
-                timing,
-                Transport::WebSocket,
+            let work = control::with_gate(
+                gate.clone(),
+                app.bridge.handle(
+                    principal.clone(),
+                    Value::Object(body),
+                    timing,
+                    Transport::WebSocket,
+                ),
             );
             with_progress(work, &app.config.websocket, &id, out).await
         }
-        Err((e, _)) => app.bridge.reject(e, timing, Transport::WebSocket),
+        // Under the gate too: a cancel that won the race is answered CANCELLED, as promised.
+        Err((e, _)) => {
+            let reject = async { app.bridge.reject(e, timing, Transport::WebSocket) };
+            control::with_gate(gate.clone(), reject).await
+        }
     };
+    finished(authed, key, &gate);
     // The same access line as an HTTP request, one per turn.
     let status = outcome.status();
     let elapsed_ms = outcome.performance.server_elapsed_ms;
@@ -546,6 +697,73 @@ async fn turn(
     let bytes = outcome.envelope_bytes(&request_id, Some(FrameInfo { id: id.as_str() }));
     // serde_json writes UTF-8, so this conversion cannot fail.
     Utf8Bytes::try_from(bytes).ok().map(Message::Text)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing panics while holding these locks; a poisoned one still holds consistent data.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A request's turn ended: it can no longer be cancelled; if it took effect, a late cancel
+/// still hears `committed`.
+fn finished(authed: &Authed, key: String, gate: &Arc<CommitGate>) {
+    {
+        let mut in_flight = lock(&authed.in_flight);
+        if in_flight.get(&key).is_some_and(|g| Arc::ptr_eq(g, gate)) {
+            in_flight.remove(&key);
+        }
+    }
+    if gate.is_committed() {
+        let mut committed = lock(&authed.committed);
+        if committed.len() >= COMMITTED_MEMORY {
+            committed.pop_front();
+        }
+        committed.push_back(key);
+    }
+}
+
+/// `{"type":"cancel","id":X}` (DESIGN §21): cancels request X of this connection if it has not
+/// passed its commit point, and says which way it went.
+async fn cancel(
+    authed: &Authed,
+    body: &serde_json::Map<String, Value>,
+    request_id: &str,
+) -> Message {
+    let id = match body.get("id") {
+        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_ID_LEN => s.clone(),
+        _ => {
+            return frames::error_frame(
+                &ApiError::validation(
+                    "id",
+                    format!("a cancel frame names the request to cancel: a string of 1 to {MAX_ID_LEN} characters"),
+                ),
+                None,
+                request_id,
+            )
+        }
+    };
+    // Frames read before this one may still be registering.
+    let _ = tokio::time::timeout(REGISTRATION_WAIT, async {
+        loop {
+            let notified = authed.registered.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if authed.unregistered.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    })
+    .await;
+    let gate = lock(&authed.in_flight).get(&id).cloned();
+    let outcome = match gate.map(|g| g.cancel()) {
+        Some(CancelOutcome::NotStarted) => "not_started",
+        Some(CancelOutcome::Committed) => "committed",
+        None if lock(&authed.committed).contains(&id) => "committed",
+        None => "unknown",
+    };
+    telemetry::ws_cancel(outcome);
+    frames::cancelled(&id, outcome)
 }
 
 /// Runs a turn; if it is not done after `ack_after_ms`, a `progress` frame goes out once so a
@@ -634,6 +852,7 @@ mod tests {
                 plan: Plan::Pro,
                 rate_limit: Some(0),
                 upstream_key: None,
+                two_step: false,
             }),
             token: "op_live_unused".into(),
         }
@@ -707,6 +926,7 @@ mod tests {
                 header_credentials(),
                 slot,
                 None,
+                None,
             )
             .await;
             assert!(
@@ -743,6 +963,7 @@ mod tests {
             Box::pin(pings),
             Credentials::FirstFrame { deadline },
             slot,
+            None,
             None,
         )
         .await;
@@ -781,6 +1002,7 @@ mod tests {
             frames,
             header_credentials(),
             slot,
+            None,
             None,
         )
         .await;
