@@ -511,3 +511,77 @@ async fn cancelling_a_finished_write_says_committed_and_an_unknown_id_says_unkno
         "{notes:?}"
     );
 }
+
+// Two-step keys on the surfaces where a model or the words drive the turn.
+
+#[tokio::test]
+async fn a_two_step_key_on_chat_runs_a_dangerous_tool_only_after_the_users_later_yes() {
+    let d = demo().await;
+    let key = two_step_key(&d).await;
+    let c = client_with_key(&d.s, &key);
+    let before = audience(&d).await;
+
+    let asked = c
+        .post(
+            "/chat",
+            json!({ "message": "add Sarah Chen to Seed founders" }),
+        )
+        .await;
+    let asked = asked.ok(200).clone();
+    let call = &asked["tool_calls"][0];
+    assert_eq!(call["result"]["mode"], "confirmation_required", "{asked}");
+    assert_eq!(
+        audience(&d).await,
+        before,
+        "nothing ran on the asking message"
+    );
+    let tid = asked["thread_id"].as_str().expect("thread").to_string();
+
+    let yes = c
+        .post("/chat", json!({ "message": "yes", "thread_id": tid }))
+        .await;
+    let yes = yes.ok(200).clone();
+    assert_ne!(
+        yes["tool_calls"][0]["result"]["mode"], "confirmation_required",
+        "{yes}"
+    );
+    assert_ne!(audience(&d).await, before, "the user's yes ran it");
+}
+
+#[tokio::test]
+async fn a_two_step_key_cannot_confirm_a_transcript_turn_in_the_same_request() {
+    let d = demo().await;
+    let key = two_step_key(&d).await;
+    let c = client_with_key(&d.s, &key);
+    let before = audience(&d).await;
+
+    // `confirmed` sent with the words runs nothing (it is refused: a transcript turn is
+    // confirmed by a later spoken yes).
+    let r = d
+        .send_as(
+            &c,
+            json!({ "transcript": "add Sarah Chen to Seed founders", "confirmed": true }),
+        )
+        .await;
+    assert_ne!(r.status, 200, "{}", r.text);
+    assert_eq!(audience(&d).await, before, "nothing ran");
+
+    let r = d
+        .send_as(
+            &c,
+            json!({ "transcript": "add Sarah Chen to Seed founders" }),
+        )
+        .await;
+    let ask = check_ok(&r).clone();
+    assert_eq!(ask["mode"], "confirmation_required", "{ask}");
+    assert_eq!(audience(&d).await, before, "nothing ran on the first turn");
+    let pid = ask["pending_action_id"].as_str().expect("pid").to_string();
+
+    // The later spoken yes, naming the question, runs it.
+    let yes = d
+        .send_as(&c, json!({ "transcript": "yes", "pendingActionId": pid }))
+        .await;
+    let yes = check_ok(&yes);
+    assert_ne!(yes["mode"], "confirmation_required", "{yes}");
+    assert_ne!(audience(&d).await, before, "the later yes ran it");
+}
