@@ -7,11 +7,13 @@ mod common;
 mod native_common;
 #[path = "common/redis.rs"]
 mod redis_common;
+#[path = "common/ws.rs"]
+mod ws_common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use native_common::*;
 use pilot_bridge::demo;
 use pilot_bridge::domain::{KeyPolicy, Scope};
@@ -19,11 +21,7 @@ use pilot_bridge::store::keys;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-const WAIT: Duration = Duration::from_secs(15);
+use ws_common::{next_json, send, Ws};
 
 fn add_sarah() -> Value {
     json!({ "type": "add_to_campaign", "contactRef": "Sarah Chen", "campaignRef": "Seed founders" })
@@ -63,28 +61,6 @@ async fn connect(d: &Demo, key: &str, query: &str) -> Ws {
         .expect("upgrade");
     assert_eq!(resp.status(), 101);
     ws
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::Text(v.to_string().into()))
-        .await
-        .expect("send");
-}
-
-/// The next text frame as JSON (protocol pings are skipped).
-async fn next_json(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("frame in time")
-            .expect("open")
-            .expect("frame");
-        match msg {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("json frame"),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
 }
 
 /// The next frame that is not a `progress` frame.

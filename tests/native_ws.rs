@@ -5,6 +5,8 @@
 //! reconnect without double effects, and graceful shutdown with 1001.
 
 mod common;
+#[path = "common/ws.rs"]
+mod ws_common;
 
 use std::time::Duration;
 
@@ -19,9 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use ws_common::{next_json, send, Ws};
 
 const KEY: &str = "op_live_WsTestKeyWsTestKeyWsTestKeyWsTest01";
 const WAIT: Duration = Duration::from_secs(10);
@@ -64,28 +64,6 @@ async fn connect(s: &common::TestServer, key: Option<&str>) -> Ws {
         .expect("upgrade");
     assert_eq!(resp.status(), 101);
     ws
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::Text(v.to_string().into()))
-        .await
-        .expect("send");
-}
-
-/// The next text frame as JSON (protocol pings are skipped).
-async fn next_json(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("frame in time")
-            .expect("open")
-            .expect("frame");
-        match msg {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("json frame"),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
 }
 
 /// Reads until a close frame and returns its code.
