@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use native_common::{demo, Demo, KEY, PATH};
+use pilot_bridge::native::action::ACTION_TYPES;
 use pilot_bridge::native::request::NativeRequest;
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
@@ -58,26 +59,6 @@ const FIELDS: &[&str] = &[
     "timezone",
     "url",
     "events",
-];
-
-const ACTION_TYPES: &[&str] = &[
-    "lookup_person",
-    "lookup_company",
-    "recent_signals",
-    "start_research",
-    "enrich_contact",
-    "add_to_campaign",
-    "remove_from_campaign",
-    "pause_campaign",
-    "resume_campaign",
-    "draft_message",
-    "send_message",
-    "campaign_stats",
-    "reply_inbox",
-    "book_meeting",
-    "mark_status",
-    "note_on_contact",
-    "undo_last",
 ];
 
 fn key() -> impl Strategy<Value = String> {

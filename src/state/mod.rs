@@ -202,6 +202,21 @@ impl PendingAction {
     }
 }
 
+/// An open pending `undo_last` of org `o` for the state stores' unit tests.
+#[cfg(test)]
+pub(crate) fn test_pending(id: &str, key_id: &str, expires_at_ms: i64) -> PendingAction {
+    PendingAction {
+        id: id.into(),
+        org_id: "o".into(),
+        key_id: key_id.into(),
+        plan: crate::native::plan::Plan::UndoLast,
+        action_json: serde_json::json!({ "type": "undo_last" }),
+        transcript: None,
+        expires_at_ms,
+        state: PendingState::Open,
+    }
+}
+
 /// How to reverse one write, owned by the API key that made it (DESIGN §5, §15).
 #[derive(Debug, Clone)]
 pub struct UndoEntry {

@@ -1128,14 +1128,8 @@ mod tests {
         };
         let s = state(&redis);
         let p = PendingAction {
-            id: "p1".into(),
-            org_id: "o".into(),
-            key_id: "k".into(),
-            plan: Plan::UndoLast,
-            action_json: serde_json::json!({ "type": "undo_last" }),
             transcript: Some("undo".into()),
-            expires_at_ms: expiry_ms(Duration::from_secs(300)),
-            state: PendingState::Open,
+            ..crate::state::test_pending("p1", "k", expiry_ms(Duration::from_secs(300)))
         };
         let ask = Scope::new("o", "k", "ask-1");
         s.put_pending(&p, Some((&ask, &rec(9, "Sure?"), Duration::from_secs(60))))
@@ -1171,15 +1165,8 @@ mod tests {
             return;
         };
         let s = state(&redis);
-        let pending = |id: &str, key: &str, secs: u64| PendingAction {
-            id: id.into(),
-            org_id: "o".into(),
-            key_id: key.into(),
-            plan: Plan::UndoLast,
-            action_json: serde_json::json!({ "type": "undo_last" }),
-            transcript: None,
-            expires_at_ms: expiry_ms(Duration::from_secs(secs)),
-            state: PendingState::Open,
+        let pending = |id: &str, key: &str, secs: u64| {
+            crate::state::test_pending(id, key, expiry_ms(Duration::from_secs(secs)))
         };
         assert_eq!(s.latest_open_pending("o", "k").await.unwrap(), None);
         s.put_pending(&pending("old", "k", 100), None)
@@ -1212,16 +1199,8 @@ mod tests {
             return;
         };
         let (a, b) = (state(&redis), state(&redis));
-        let pending = |id: &str, expires_at_ms: i64| PendingAction {
-            id: id.into(),
-            org_id: "o".into(),
-            key_id: "k".into(),
-            plan: Plan::UndoLast,
-            action_json: serde_json::json!({ "type": "undo_last" }),
-            transcript: None,
-            expires_at_ms,
-            state: PendingState::Open,
-        };
+        let pending =
+            |id: &str, expires_at_ms: i64| crate::state::test_pending(id, "k", expires_at_ms);
         let past = now_ms() - 10_000;
         // Both replicas asked in org "o": both look at it.
         a.put_pending(&pending("expired", past), None)

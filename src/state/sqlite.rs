@@ -588,7 +588,6 @@ pub fn is_undone(conn: &Connection, id: &str) -> ApiResult<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::native::plan::Plan;
     use crate::native::reply::NativeReply;
     use crate::state::Outcome;
 
@@ -669,16 +668,8 @@ mod tests {
     async fn an_expired_open_pending_action_is_taken_once() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteState::open_for_tests(dir.path(), 1 << 20);
-        let pending = |id: &str, expires_at_ms: i64| PendingAction {
-            id: id.into(),
-            org_id: "o".into(),
-            key_id: "k".into(),
-            plan: Plan::UndoLast,
-            action_json: serde_json::json!({ "type": "undo_last" }),
-            transcript: None,
-            expires_at_ms,
-            state: PendingState::Open,
-        };
+        let pending =
+            |id: &str, expires_at_ms: i64| crate::state::test_pending(id, "k", expires_at_ms);
         let past = now_ms() - 10_000;
         s.put_pending(&pending("expired", past), None)
             .await
@@ -712,14 +703,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteState::open_for_tests(dir.path(), 1 << 20);
         let p = PendingAction {
-            id: "p1".into(),
-            org_id: "o".into(),
-            key_id: "k".into(),
-            plan: Plan::UndoLast,
-            action_json: serde_json::json!({ "type": "undo_last" }),
             transcript: Some("undo".into()),
-            expires_at_ms: expiry_ms(Duration::from_secs(300)),
-            state: PendingState::Open,
+            ..crate::state::test_pending("p1", "k", expiry_ms(Duration::from_secs(300)))
         };
         s.put_pending(&p, None).await.unwrap();
         assert!(s.pending("o", "k2", "p1").await.unwrap().is_none());
@@ -744,15 +729,8 @@ mod tests {
     async fn the_latest_open_pending_is_per_key_and_skips_settled_and_expired() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteState::open_for_tests(dir.path(), 1 << 20);
-        let pending = |id: &str, key: &str, ttl_ms: u64| PendingAction {
-            id: id.into(),
-            org_id: "o".into(),
-            key_id: key.into(),
-            plan: Plan::UndoLast,
-            action_json: serde_json::json!({ "type": "undo_last" }),
-            transcript: None,
-            expires_at_ms: expiry_ms(Duration::from_millis(ttl_ms)),
-            state: PendingState::Open,
+        let pending = |id: &str, key: &str, ttl_ms: u64| {
+            crate::state::test_pending(id, key, expiry_ms(Duration::from_millis(ttl_ms)))
         };
         assert_eq!(s.latest_open_pending("o", "k").await.unwrap(), None);
         s.put_pending(&pending("a", "k", 300_000), None)
