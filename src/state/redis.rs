@@ -166,6 +166,11 @@ impl RedisLink {
 }
 
 /// The `{org}` hash-tagged prefix of every key of an org.
+/// The orgs that have ever parked a pending action, shared by all replicas, so expiries are
+/// announced after a restart and whichever replica asked. (One key outside any org's slot; it
+/// is only ever used by single-key commands, which Redis Cluster allows.)
+const PENDING_ORGS_KEY: &str = "pb:pending-orgs";
+
 fn prefix(org: &str) -> String {
     format!("pb:{{{org}}}:")
 }
@@ -443,6 +448,21 @@ impl StateStore for RedisState {
             pending_key(&pending.org_id, &pending.id),
             open_set_key(&pending.org_id),
         );
+        // Registered before anything is parked, once per org and process: the shared set only
+        // grows by orgs, and an action is never parked in an org the expiry sweep does not know.
+        if !self.orgs.contains(&pending.org_id) {
+            let org = pending.org_id.clone();
+            let _: i64 = self
+                .link
+                .call("put_pending", |mut c| async move {
+                    redis::cmd("SADD")
+                        .arg(PENDING_ORGS_KEY)
+                        .arg(org)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+        }
         let (key_id, expires, id) = (
             pending.key_id.clone(),
             pending.expires_at_ms,
@@ -682,15 +702,22 @@ impl StateStore for RedisState {
         Ok(counts.into_iter().sum())
     }
 
-    /// Only the orgs that asked through this replica are looked at (the same set as the gauge's):
-    /// the replica that asked announces, and its sessions are where the asking client most
-    /// likely is.
+    /// Every org that ever parked a pending action is looked at, by every replica, so an expiry
+    /// is announced after a restart too; the script hands each one to one replica only.
     async fn take_expired_pending(
         &self,
         before_ms: i64,
         limit: usize,
     ) -> ApiResult<Vec<PendingAction>> {
-        let orgs: Vec<String> = self.orgs.iter().map(|o| o.key().clone()).collect();
+        let orgs: Vec<String> = self
+            .link
+            .call("take_expired", |mut c| async move {
+                redis::cmd("SMEMBERS")
+                    .arg(PENDING_ORGS_KEY)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
         let mut taken = Vec::new();
         for org in orgs {
             if taken.len() >= limit {
@@ -1235,6 +1262,19 @@ mod tests {
             vec!["expired".to_string()],
             "announced once, by one replica"
         );
+        // A replica that parked nothing (one restarted since) still sweeps the org.
+        a.put_pending(&pending("expired-2", past), None)
+            .await
+            .unwrap();
+        let restarted = state(&redis);
+        let taken: Vec<String> = restarted
+            .take_expired_pending(now, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.id)
+            .collect();
+        assert_eq!(taken, vec!["expired-2".to_string()]);
         assert!(a.take_expired_pending(now, 10).await.unwrap().is_empty());
         // It stays readable: a late confirmation hears "expired", not "not found".
         let late = a.pending("o", "k", "expired").await.unwrap().unwrap();
