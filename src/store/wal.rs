@@ -291,9 +291,15 @@ mod tests {
                 }
             }));
         }
+        // The claim is liveness: resets keep finishing while the load never stops. Each attempt
+        // may report busy (a reader descheduled mid-transaction on a loaded CI machine holds the
+        // log past the busy handler's 100 ms), so count successes over a generous number of
+        // attempts instead of demanding them from a fixed handful.
         let mut resets = 0;
-        for _ in 0..5 {
-            std::thread::sleep(Duration::from_millis(100));
+        let mut attempts = 0;
+        while resets < 3 && attempts < 200 {
+            attempts += 1;
+            std::thread::sleep(Duration::from_millis(50));
             let out = reset(&store, Mode::Restart).unwrap();
             if !out.busy {
                 resets += 1;
@@ -303,9 +309,7 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        // A reader thread descheduled mid-transaction on a busy machine can hold the log past
-        // the busy handler's 100 ms: that reset reports busy and the next tick retries.
-        assert!(resets >= 2, "only {resets} of 5 resets finished");
+        assert_eq!(resets, 3, "only {resets} resets finished in {attempts} attempts");
         assert!(!reset(&store, Mode::Truncate).unwrap().busy);
         assert_eq!(store.file_sizes().wal_bytes, 0);
     }
