@@ -102,7 +102,8 @@ fn main() {
     }
 }
 
-type Sample = (&'static str, &'static str, f64);
+/// (action, reply mode, server ms, the Server-Timing header).
+type Sample = (&'static str, &'static str, f64, String);
 
 /// Runs `turns` turns of the mix over 32 connections against a fresh server; `pace` spaces
 /// turn starts at that many per second.
@@ -135,16 +136,20 @@ async fn run_mix(turns: usize, pace: Option<f64>) -> Vec<Sample> {
                     .await;
                 }
                 let (action, body) = turn(i);
-                let resp: Value = client
+                let http = client
                     .post(&url)
                     .bearer_auth(common::KEY)
                     .json(&body)
                     .send()
                     .await
-                    .expect("send")
-                    .json()
-                    .await
-                    .expect("json");
+                    .expect("send");
+                let server_timing = http
+                    .headers()
+                    .get("server-timing")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let resp: Value = http.json().await.expect("json");
                 let perf = if resp["ok"] == true {
                     &resp["data"]["performance"]
                 } else {
@@ -158,7 +163,7 @@ async fn run_mix(turns: usize, pace: Option<f64>) -> Vec<Sample> {
                     Some("confirmation_required") => "ask",
                     _ => "",
                 };
-                out.push((action, mode, ms));
+                out.push((action, mode, ms, server_timing));
             }
         }));
     }
@@ -173,23 +178,26 @@ async fn run_mix(turns: usize, pace: Option<f64>) -> Vec<Sample> {
 
 /// Prints one table; returns the actions whose p99 is over the target.
 fn report(label: &str, turns: usize, samples: Vec<Sample>, target_ms: f64) -> Vec<String> {
-    let mut by_action: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for (action, mode, ms) in samples {
+    let mut by_action: BTreeMap<String, Vec<(f64, String)>> = BTreeMap::new();
+    for (action, mode, ms, timing) in samples {
         let key = if mode.is_empty() {
             action.to_string()
         } else {
             format!("{action} ({mode})")
         };
-        by_action.entry(key).or_default().push(ms);
+        by_action.entry(key).or_default().push((ms, timing));
     }
+    let mut tails = Vec::new();
     println!("\nserver time per action (ms), fast mode, {CONNECTIONS} connections, {turns} turns, {label}:");
     println!(
         "{:<32} {:>7} {:>8} {:>8} {:>8} {:>8}  target",
         "action", "n", "p50", "p95", "p99", "max"
     );
     let mut over = Vec::new();
-    for (action, mut v) in by_action {
-        v.sort_by(f64::total_cmp);
+    for (action, mut turns) in by_action {
+        turns.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let v: Vec<f64> = turns.iter().map(|t| t.0).collect();
+        tails.push((action.clone(), tail_phases(&turns)));
         let (p50, p95, p99, max) = (
             common::percentile(&v, 0.5),
             common::percentile(&v, 0.95),
@@ -210,5 +218,34 @@ fn report(label: &str, turns: usize, samples: Vec<Sample>, target_ms: f64) -> Ve
             over.push(action);
         }
     }
+    // Where the slowest 1% of each action spent its server time, from the Server-Timing
+    // phases: the first thing to read when a p99 misses its goal.
+    println!("\nslowest 1% per action: mean ms per Server-Timing phase");
+    for (action, phases) in tails {
+        let line: Vec<String> = phases
+            .iter()
+            .map(|(name, ms)| format!("{name} {ms:.3}"))
+            .collect();
+        println!("{action:<32} {}", line.join(", "));
+    }
     over
+}
+
+/// The mean of each Server-Timing phase over the slowest 1% of `turns` (sorted by time).
+fn tail_phases(turns: &[(f64, String)]) -> Vec<(String, f64)> {
+    let n = (turns.len() / 100).max(1);
+    let mut sums: BTreeMap<String, f64> = BTreeMap::new();
+    for (_, header) in &turns[turns.len() - n..] {
+        for part in header.split(", ") {
+            if let Some((name, dur)) = part.split_once(";dur=") {
+                *sums.entry(name.to_string()).or_default() += dur.parse::<f64>().unwrap_or(0.0);
+            }
+        }
+    }
+    let mut out: Vec<(String, f64)> = sums
+        .into_iter()
+        .map(|(name, sum)| (name, sum / n as f64))
+        .collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1));
+    out
 }

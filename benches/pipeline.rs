@@ -41,6 +41,11 @@ fn pipeline(c: &mut Criterion) {
         },
     );
     let mut g = c.benchmark_group("pipeline");
+    // The floor under every SQLite step of a turn: one round trip to the blocking pool.
+    g.bench_function("blocking_pool_hop", |b| {
+        b.to_async(&rt)
+            .iter(|| async { tokio::task::spawn_blocking(|| 1u8).await.is_ok() })
+    });
     g.bench_function("lookup_person_uncached", |b| {
         b.to_async(&rt).iter(|| {
             let (bridge, p) = (uncached.clone(), principal.clone());
@@ -72,6 +77,38 @@ fn pipeline(c: &mut Criterion) {
         b.to_async(&rt).iter(|| turn(common::lookup_body()))
     });
 
+    // What one durable write adds to the log, before timing it: bytes of WAL per keyed note
+    // and per bare effect (each frame is one 4 KiB page plus a 24-byte header). Every dirty
+    // page is written at commit, so this is the write's I/O cost.
+    let wal_per_write = |label: &str, write: &dyn Fn(u64)| {
+        bridge_store.checkpoint_sync().expect("checkpoint");
+        let before = bridge_store.file_sizes().wal_bytes;
+        for i in 0..200 {
+            write(i);
+        }
+        let bytes = bridge_store.file_sizes().wal_bytes.saturating_sub(before) / 200;
+        println!(
+            "{label}: {bytes} bytes of WAL per write (~{} pages)",
+            bytes / 4120
+        );
+    };
+    let phases = std::sync::Mutex::new(std::collections::BTreeMap::<String, f64>::new());
+    wal_per_write("note_on_contact_with_key", &|i| {
+        let out = rt.block_on(turn(json!({ "action": { "type": "note_on_contact", "contactRef": "Sarah Chen", "note": "bench note" },
+                                 "idempotencyKey": format!("wal-note-{i}") })));
+        let mut phases = phases.lock().expect("phases");
+        for part in out.server_timing.split(", ") {
+            if let Some((name, ms)) = part.split_once(";dur=") {
+                *phases.entry(name.to_string()).or_default() +=
+                    ms.parse::<f64>().unwrap_or(0.0) / 200.0;
+            }
+        }
+    });
+    println!(
+        "note_on_contact_with_key: mean ms per Server-Timing phase {:?}",
+        phases.lock().expect("phases")
+    );
+
     let mut n = 0u64;
     g.bench_function("note_on_contact_with_key", |b| {
         b.to_async(&rt).iter(|| {
@@ -95,6 +132,19 @@ fn pipeline(c: &mut Criterion) {
         pilot_bridge::native::plan::Step::Execute(plan) => plan,
         pilot_bridge::native::plan::Step::Reply(_) => panic!("a note plans a write"),
     };
+    wal_per_write("note_on_contact_effect_only", &|_| {
+        bridge_store
+            .write_sync(|tx| {
+                let ctx = pilot_bridge::native::actions::ExecCtx {
+                    org: "demo",
+                    key_id: &principal.key_id,
+                    outbox_hold_secs: 30,
+                    undo_window_secs: 600,
+                };
+                pilot_bridge::native::actions::execute(tx, &ctx, note_plan.clone()).map(|_| ())
+            })
+            .expect("effect");
+    });
     g.bench_function("note_on_contact_effect_only", |b| {
         b.iter(|| {
             bridge_store

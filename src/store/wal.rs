@@ -309,7 +309,10 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        assert_eq!(resets, 3, "only {resets} resets finished in {attempts} attempts");
+        assert_eq!(
+            resets, 3,
+            "only {resets} resets finished in {attempts} attempts"
+        );
         assert!(!reset(&store, Mode::Truncate).unwrap().busy);
         assert_eq!(store.file_sizes().wal_bytes, 0);
     }

@@ -50,6 +50,10 @@ const CONTROL_ROOM: usize = 2;
 /// A frame for the writer, with the in-flight permit it holds until it is written.
 type Outgoing = (Message, Option<OwnedSemaphorePermit>);
 
+/// Most frames fed to the socket before one flush: bounds how much a single write (and its
+/// timeout) covers.
+const WRITE_BATCH: usize = 32;
+
 /// How the connection was authenticated when the session starts.
 pub(super) enum Credentials {
     /// `Authorization` on the upgrade request, already checked and charged to the org.
@@ -234,11 +238,19 @@ where
                             let (app, out, end) = (app.clone(), out_tx.clone(), end_tx.clone());
                             let permit = permit.take();
                             let received = Instant::now();
-                            tokio::spawn(async move {
+                            let work = async move {
                                 if let Some(reply) = turn(&app, &a, text, received, &out, &end, peer).await {
                                     queue(&out, reply, permit).await;
                                 }
-                            });
+                            };
+                            // A frame answered without waiting (a cached read, a ping, a bad
+                            // frame) is done in this first poll, saving a task; one that waits
+                            // (the database, upstream, a write's own task) goes on in its own
+                            // task, so the session keeps reading meanwhile.
+                            let mut work = Box::pin(work);
+                            if futures_util::poll!(work.as_mut()).is_pending() {
+                                tokio::spawn(work);
+                            }
                         }
                         None => match first_frame(&app, text.as_str(), &mut slot, peer).await {
                             Ok((principal, token, reply, frame_resume)) => {
@@ -388,14 +400,34 @@ async fn write_loop<S>(
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
 {
-    while let Some((msg, permit)) = rx.recv().await {
-        let closing = matches!(msg, Message::Close(_));
-        let kind = frames::kind(&msg);
-        match tokio::time::timeout(write_timeout, sink.send(msg)).await {
-            Ok(Ok(())) => telemetry::ws_frame("out", kind),
+    let mut permits = Vec::new();
+    while let Some(first) = rx.recv().await {
+        // Frames already queued go out together: fed to the socket's buffer, then one flush
+        // (one write to the peer) for the lot.
+        let mut closing = false;
+        let mut next = Some(first);
+        let batch = async {
+            let mut fed = 0;
+            while let Some((msg, permit)) = next.take() {
+                closing = matches!(msg, Message::Close(_));
+                let kind = frames::kind(&msg);
+                sink.feed(msg).await?;
+                telemetry::ws_frame("out", kind);
+                permits.extend(permit);
+                fed += 1;
+                if closing || fed == WRITE_BATCH {
+                    break;
+                }
+                next = rx.try_recv().ok();
+            }
+            sink.flush().await
+        };
+        match tokio::time::timeout(write_timeout, batch).await {
+            Ok(Ok(())) => {}
             Ok(Err(_)) | Err(_) => return Err(()),
         }
-        drop(permit);
+        // Written: their turns' slots are free again.
+        permits.clear();
         if closing {
             break;
         }
