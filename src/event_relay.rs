@@ -453,8 +453,16 @@ mod tests {
             a.publish(event("k", n));
         }
         for want in 1..=3u64 {
-            assert_eq!(next(&mut on_a).await, (want, want), "the producer's own session");
-            assert_eq!(next(&mut on_b).await, (want, want), "another replica's session");
+            assert_eq!(
+                next(&mut on_a).await,
+                (want, want),
+                "the producer's own session"
+            );
+            assert_eq!(
+                next(&mut on_b).await,
+                (want, want),
+                "another replica's session"
+            );
         }
         nothing_more(&mut on_b).await;
         nothing_more(&mut other_key).await;
@@ -524,7 +532,8 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(20);
         let got = loop {
             a.publish(event("k", 10));
-            if let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(500), on_b.recv()).await {
+            if let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(500), on_b.recv()).await
+            {
                 break e;
             }
             assert!(Instant::now() < deadline, "delivery did not resume");

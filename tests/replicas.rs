@@ -23,12 +23,12 @@ use futures_util::{SinkExt, StreamExt};
 use native_common::{demo_with, Demo, KEY, PATH};
 use pilot_bridge::config::{BackendKind, Config, StateBackend};
 use pilot_bridge::events::{Event, EventKind};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
-use ws_common::Ws;
 use redis_common::TestRedis;
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use ws_common::Ws;
 
 /// A round-robin TCP forwarder: each accepted connection goes to the next replica.
 async fn round_robin(replicas: Vec<SocketAddr>) -> SocketAddr {
@@ -421,7 +421,10 @@ fn tenant() -> String {
 }
 
 fn ws_url(root: &str) -> String {
-    format!("{}/api/v1/native/outreachpilot/ws", root.replacen("http", "ws", 1))
+    format!(
+        "{}/api/v1/native/outreachpilot/ws",
+        root.replacen("http", "ws", 1)
+    )
 }
 
 /// A socket on `root` authenticated by header; `Err` with the HTTP status and body when the
@@ -550,7 +553,9 @@ async fn events_reach_the_keys_socket_on_another_replica_once_and_in_order() {
         "one seq per event, in order"
     );
     assert!(
-        next_event(&mut ws, Duration::from_millis(500)).await.is_none(),
+        next_event(&mut ws, Duration::from_millis(500))
+            .await
+            .is_none(),
         "nothing twice"
     );
 

@@ -331,7 +331,12 @@ async fn renew_leases(limiter: std::sync::Weak<ConnectionLimiter>) {
                 let mut p = redis::pipe();
                 for (id, org) in &open {
                     let key = shared_key(org);
-                    p.cmd("ZADD").arg(&key).arg("XX").arg(expiry).arg(id).ignore();
+                    p.cmd("ZADD")
+                        .arg(&key)
+                        .arg("XX")
+                        .arg(expiry)
+                        .arg(id)
+                        .ignore();
                     p.cmd("PEXPIRE").arg(&key).arg(lease_ms()).ignore();
                 }
                 p.query_async::<()>(&mut c).await

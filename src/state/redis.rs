@@ -163,8 +163,7 @@ impl RedisLink {
     /// A new dedicated pub/sub connection (subscribing takes a connection of its own), opened
     /// within the call timeout.
     pub async fn pubsub(&self) -> RedisResult<redis::aio::PubSub> {
-        match tokio::time::timeout(self.inner.timeout, self.inner.client.get_async_pubsub()).await
-        {
+        match tokio::time::timeout(self.inner.timeout, self.inner.client.get_async_pubsub()).await {
             Ok(r) => r,
             Err(_) => Err(redis::RedisError::from(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -918,7 +917,10 @@ impl StateStore for RedisState {
         candidate: &str,
         window: Duration,
     ) -> ApiResult<Option<String>> {
-        let (key, candidate) = (keyless_key(org, key_id, &fingerprint), candidate.to_string());
+        let (key, candidate) = (
+            keyless_key(org, key_id, &fingerprint),
+            candidate.to_string(),
+        );
         let id: String = self
             .link
             .call("keyless_effect", |mut c| async move {

@@ -139,7 +139,9 @@ pub async fn delete(
     let id2 = id.clone();
     let deleted = app
         .store
-        .write_for(&org.clone(), move |tx| interactions::delete_note(tx, &org, &id2))
+        .write_for(&org.clone(), move |tx| {
+            interactions::delete_note(tx, &org, &id2)
+        })
         .await?;
     if !deleted {
         return Err(ApiError::not_found("Note"));

@@ -145,7 +145,9 @@ pub async fn create(
     let org = p.org_id.clone();
     let webhook = app
         .store
-        .write_for(&org.clone(), move |tx| webhooks::insert(tx, &org, &url, &events, &secret))
+        .write_for(&org.clone(), move |tx| {
+            webhooks::insert(tx, &org, &url, &events, &secret)
+        })
         .await?;
     Ok(Created(CreatedWebhook {
         webhook,
