@@ -64,6 +64,16 @@ impl ConnectionLimiter {
         unauthenticated_max: usize,
         link: RedisLink,
     ) -> Arc<Self> {
+        Self::shared_with_lease(per_org_max, total_max, unauthenticated_max, link, LEASE)
+    }
+
+    fn shared_with_lease(
+        per_org_max: usize,
+        total_max: usize,
+        unauthenticated_max: usize,
+        link: RedisLink,
+        lease: Duration,
+    ) -> Arc<Self> {
         let limiter = Arc::new(ConnectionLimiter {
             per_org_max,
             total_max,
@@ -74,10 +84,11 @@ impl ConnectionLimiter {
             shared: Some(SharedConnections {
                 link,
                 open: Arc::new(DashMap::new()),
+                lease_ms: i64::try_from(lease.as_millis()).unwrap_or(i64::MAX),
             }),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(renew_leases(Arc::downgrade(&limiter)));
+            rt.spawn(renew_leases(Arc::downgrade(&limiter), lease / 3));
         }
         limiter
     }
@@ -228,8 +239,7 @@ impl Drop for ConnectionSlot {
 /// crashed stops renewing, and its connections stop counting after this.
 const LEASE: Duration = Duration::from_secs(30);
 
-/// How often this process renews the leases of its open connections.
-const RENEW_EVERY: Duration = Duration::from_secs(10);
+/// This process renews the leases of its open connections three times per lease.
 
 /// Per-org connection counts in Redis: `pb:{org}:ws`, a sorted set of connection ids scored
 /// by lease expiry (unix ms).
@@ -237,6 +247,7 @@ struct SharedConnections {
     link: RedisLink,
     /// This process's counted connections: id → org, for renewal.
     open: Arc<DashMap<String, String>>,
+    lease_ms: i64,
 }
 
 fn shared_key(org: &str) -> String {
@@ -257,10 +268,6 @@ return 1
     )
 });
 
-fn lease_ms() -> i64 {
-    i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX)
-}
-
 impl SharedConnections {
     async fn join(&self, org: &str, id: &str, max: usize) -> crate::error::ApiResult<bool> {
         let (key, id) = (shared_key(org), id.to_string());
@@ -270,10 +277,10 @@ impl SharedConnections {
             .call("ws_join", |mut c| async move {
                 JOIN.key(key)
                     .arg(now)
-                    .arg(now.saturating_add(lease_ms()))
+                    .arg(now.saturating_add(self.lease_ms))
                     .arg(id)
                     .arg(max)
-                    .arg(lease_ms())
+                    .arg(self.lease_ms)
                     .invoke_async(&mut c)
                     .await
             })
@@ -303,10 +310,10 @@ impl SharedConnections {
     }
 }
 
-/// Renews the leases of this process's open connections every [`RENEW_EVERY`], in one
-/// pipeline, until the limiter is gone. `ZADD XX` renews only members still present.
-async fn renew_leases(limiter: std::sync::Weak<ConnectionLimiter>) {
-    let mut tick = tokio::time::interval(RENEW_EVERY);
+/// Renews the leases of this process's open connections every `every`, in one pipeline,
+/// until the limiter is gone. `ZADD XX` renews only members still present.
+async fn renew_leases(limiter: std::sync::Weak<ConnectionLimiter>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -324,7 +331,8 @@ async fn renew_leases(limiter: std::sync::Weak<ConnectionLimiter>) {
         if open.is_empty() {
             continue;
         }
-        let expiry = crate::state::now_ms().saturating_add(lease_ms());
+        let lease_ms = shared.lease_ms;
+        let expiry = crate::state::now_ms().saturating_add(lease_ms);
         let renewed = shared
             .link
             .call("ws_renew", |mut c| async move {
@@ -337,7 +345,7 @@ async fn renew_leases(limiter: std::sync::Weak<ConnectionLimiter>) {
                         .arg(expiry)
                         .arg(id)
                         .ignore();
-                    p.cmd("PEXPIRE").arg(&key).arg(lease_ms()).ignore();
+                    p.cmd("PEXPIRE").arg(&key).arg(lease_ms).ignore();
                 }
                 p.query_async::<()>(&mut c).await
             })
@@ -457,5 +465,75 @@ mod tests {
         drop(b);
         assert_eq!(l.open(), 0);
         assert!(l.per_org.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_per_org_cap_is_shared_by_replicas_and_lapses_with_a_dead_one() {
+        use crate::state::redis::test_server::TestRedis;
+        let Some(redis) = TestRedis::start() else {
+            return;
+        };
+        let replica = |lease: Duration| {
+            let link = RedisLink::connect(&redis.url(), Duration::from_secs(2)).unwrap();
+            ConnectionLimiter::shared_with_lease(2, 100, 100, link, lease)
+        };
+        let (a, b) = (replica(LEASE), replica(LEASE));
+        let mut a1 = a.acquire_total().unwrap();
+        a.admit(&mut a1, "o").await.unwrap();
+        let mut b1 = b.acquire_total().unwrap();
+        b.admit(&mut b1, "o").await.unwrap();
+        // B has one socket of org "o" itself, but the org has two over both replicas.
+        let mut b2 = b.acquire_total().unwrap();
+        let e = b.admit(&mut b2, "o").await.unwrap_err();
+        assert_eq!((e.code, e.status()), (ErrorCode::RateLimited, 429));
+        assert_eq!(e.retry_after, Some(5));
+        assert!(!e.spoken_summary.is_empty());
+        // Another org is counted on its own.
+        let mut other = b.acquire_total().unwrap();
+        b.admit(&mut other, "o2").await.unwrap();
+        // Closing on A frees the place for B (the release runs in the background).
+        drop(a1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while b.admit(&mut b2, "o").await.is_err() {
+            assert!(std::time::Instant::now() < deadline, "slot not freed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop((b1, b2, other));
+
+        // A replica that dies without closing: its sockets stop counting once their lease
+        // lapses (here 300 ms).
+        let c = replica(Duration::from_millis(300));
+        let mut c1 = c.acquire_total().unwrap();
+        c.admit(&mut c1, "o3").await.unwrap();
+        let mut c2 = c.acquire_total().unwrap();
+        c.admit(&mut c2, "o3").await.unwrap();
+        // Dead: it neither closes its sockets nor renews their leases.
+        std::mem::forget((c1, c2));
+        if let Some(shared) = &c.shared {
+            shared.open.clear();
+        }
+        let mut d1 = b.acquire_total().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while b.admit(&mut d1, "o3").await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "lapsed leases still count"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn without_redis_each_replica_applies_the_cap_alone() {
+        // Nothing listens on port 1: every Redis call fails at once.
+        let link = RedisLink::connect("redis://127.0.0.1:1/0", Duration::from_millis(200)).unwrap();
+        let l = ConnectionLimiter::shared(1, 10, 10, link);
+        let mut a = l.acquire_total().unwrap();
+        l.admit(&mut a, "o").await.unwrap();
+        let mut b = l.acquire_total().unwrap();
+        assert_eq!(
+            l.admit(&mut b, "o").await.unwrap_err().code,
+            ErrorCode::RateLimited
+        );
     }
 }

@@ -44,10 +44,13 @@ pub async fn forward(
     }
     let is_write = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
     // Whose cached native reads a write may make stale: the caller's tenant.
-    let tenant = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(crate::auth::upstream_tenant);
+    let tenant = match is_write {
+        true => headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::auth::upstream_tenant),
+        false => None,
+    };
     let path_and_query = match uri.query() {
         Some(q) => format!("{relative}?{q}"),
         None => relative.to_string(),
@@ -61,7 +64,7 @@ pub async fn forward(
             body,
         )
         .await;
-    if let (true, Some(tenant)) = (is_write, &tenant) {
+    if let Some(tenant) = &tenant {
         // Whatever it changed upstream, the caller's native reads cached before it are stale
         // now, on every replica.
         app.bridge.invalidate_reads(tenant).await;

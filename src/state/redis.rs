@@ -1452,6 +1452,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn read_generations_and_keyless_identities_are_shared() {
+        let Some(redis) = TestRedis::start() else {
+            return;
+        };
+        let (a, b) = (state(&redis), state(&redis));
+        assert_eq!(b.read_generation("o").await.unwrap(), 0);
+        a.bump_read_generation("o").await.unwrap();
+        a.bump_read_generation("o").await.unwrap();
+        assert_eq!(b.read_generation("o").await.unwrap(), 2);
+        assert_eq!(b.read_generation("o2").await.unwrap(), 0, "per org");
+        // The first replica's identity wins for the window; another key or request is apart.
+        let window = Duration::from_millis(200);
+        let first = a.keyless_effect("o", "k", [1; 32], "id-a", window);
+        assert_eq!(first.await.unwrap().as_deref(), Some("id-a"));
+        let again = b.keyless_effect("o", "k", [1; 32], "id-b", window);
+        assert_eq!(again.await.unwrap().as_deref(), Some("id-a"));
+        let other_key = b.keyless_effect("o", "k2", [1; 32], "id-c", window);
+        assert_eq!(other_key.await.unwrap().as_deref(), Some("id-c"));
+        let other_request = b.keyless_effect("o", "k", [2; 32], "id-d", window);
+        assert_eq!(other_request.await.unwrap().as_deref(), Some("id-d"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let later = b.keyless_effect("o", "k", [1; 32], "id-e", window);
+        assert_eq!(
+            later.await.unwrap().as_deref(),
+            Some("id-e"),
+            "a new write after it"
+        );
+    }
+
+    #[tokio::test]
     async fn every_key_of_an_org_shares_one_cluster_slot() {
         let scope = Scope::new("acme", "k", "n");
         for key in [
