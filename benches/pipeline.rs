@@ -238,6 +238,9 @@ fn state_stores(_c: &mut Criterion) {
         ("lookup_person_uncached", 1),
     ] {
         for (name, bridge, p) in &runs {
+            if *name == "redis" {
+                redis_stats(&rt, redis.1, true);
+            }
             let samples = rt.block_on(async {
                 let mut ms = Vec::with_capacity(turns);
                 for i in 0..turns + 100 {
@@ -267,10 +270,51 @@ fn state_stores(_c: &mut Criterion) {
             );
             p50.insert((case, *name), a);
             eprintln!("state_stores/{case}/{name}: p50 {a:.3} ms, p99 {b:.3} ms");
+            if *name == "redis" {
+                let per_turn: Vec<String> = redis_stats(&rt, redis.1, false)
+                    .into_iter()
+                    .map(|(cmd, calls)| format!("{cmd} {:.1}", calls as f64 / (turns + 100) as f64))
+                    .collect();
+                eprintln!(
+                    "state_stores/{case}/redis: Redis commands per turn: {}",
+                    per_turn.join(", ")
+                );
+            }
         }
         let added = p50[&(case, "redis")] - p50[&(case, "sqlite")];
         eprintln!("state_stores/{case}: Redis adds {added:+.3} ms p50");
     }
+}
+
+/// Redis's own command counts (`INFO commandstats`), then reset when `reset`.
+fn redis_stats(rt: &tokio::runtime::Runtime, port: u16, reset: bool) -> Vec<(String, u64)> {
+    rt.block_on(async {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).expect("client");
+        let mut c = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connection");
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut c)
+            .await
+            .expect("info");
+        if reset {
+            let _: () = redis::cmd("CONFIG")
+                .arg("RESETSTAT")
+                .query_async(&mut c)
+                .await
+                .expect("resetstat");
+        }
+        // Lines like `cmdstat_evalsha:calls=9000,usec=...`.
+        info.lines()
+            .filter_map(|l| {
+                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls = rest.strip_prefix("calls=")?.split(',').next()?.parse().ok()?;
+                (name != "info" && !name.starts_with("config")).then(|| (name.to_string(), calls))
+            })
+            .collect()
+    })
 }
 
 criterion_group! {
