@@ -310,7 +310,12 @@ fn redis_stats(rt: &tokio::runtime::Runtime, port: u16, reset: bool) -> Vec<(Str
         info.lines()
             .filter_map(|l| {
                 let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-                let calls = rest.strip_prefix("calls=")?.split(',').next()?.parse().ok()?;
+                let calls = rest
+                    .strip_prefix("calls=")?
+                    .split(',')
+                    .next()?
+                    .parse()
+                    .ok()?;
                 (name != "info" && !name.starts_with("config")).then(|| (name.to_string(), calls))
             })
             .collect()

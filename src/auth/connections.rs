@@ -236,10 +236,9 @@ impl Drop for ConnectionSlot {
 }
 
 /// How long a connection counts in its org's shared set without being renewed: a replica that
-/// crashed stops renewing, and its connections stop counting after this.
+/// crashed stops renewing, and its connections stop counting after this. Each process renews
+/// the leases of its open connections three times per lease.
 const LEASE: Duration = Duration::from_secs(30);
-
-/// This process renews the leases of its open connections three times per lease.
 
 /// Per-org connection counts in Redis: `pb:{org}:ws`, a sorted set of connection ids scored
 /// by lease expiry (unix ms).
