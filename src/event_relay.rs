@@ -335,13 +335,19 @@ async fn listen(
                 if relay.upgrade().is_none() {
                     return Ok(Listen::RelayGone);
                 }
-                let pong = tokio::time::timeout(link.timeout(), sink.ping::<String>()).await;
-                if !matches!(pong, Ok(Ok(_))) {
+                if !alive(&mut sink, link.timeout()).await {
                     return Ok(Listen::Lost);
                 }
             }
         }
     }
+}
+
+/// True when the subscribed connection answers a PING within `wait`. (Subscribed, Redis
+/// answers `["pong", ""]`, not `PONG`: any answer counts.)
+async fn alive(sink: &mut redis::aio::PubSubSink, wait: Duration) -> bool {
+    let pong = tokio::time::timeout(wait, sink.ping::<redis::Value>()).await;
+    matches!(pong, Ok(Ok(_)))
 }
 
 /// A message from the channel worth relaying: another replica's, for a key with a session
@@ -488,6 +494,19 @@ mod tests {
         assert_eq!(next(&mut on_a).await, (4, 4));
         assert_eq!(next(&mut on_a).await, (5, 5));
         assert_eq!(next(&mut on_a).await, (6, 6));
+    }
+
+    #[tokio::test]
+    async fn a_subscribed_connection_passes_the_liveness_ping() {
+        let Some(redis) = TestRedis::start() else {
+            return;
+        };
+        let link = RedisLink::connect(&redis.url(), Duration::from_secs(2)).expect("link");
+        let (mut sink, _stream) = link.pubsub().await.expect("pubsub").split();
+        sink.subscribe(CHANNEL).await.expect("subscribe");
+        assert!(alive(&mut sink, Duration::from_secs(2)).await);
+        drop(redis);
+        assert!(!alive(&mut sink, Duration::from_secs(2)).await);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
