@@ -1,6 +1,8 @@
 //! The bridge core in process (no HTTP): a read, a durable write with an idempotency key (and
 //! the same write's effect alone, as the baseline of what durable state costs), a replay of
-//! that write, and a confirm round of a dangerous action.
+//! that write, and a confirm round of a dangerous action. Then (DESIGN §14, §16) the same keyed
+//! write and read with the SQLite state store and with the Redis state store, in the same run,
+//! against a `redis-server` on loopback started here (skipped with a notice without one).
 
 mod common;
 
@@ -207,9 +209,172 @@ fn pipeline(c: &mut Criterion) {
     g.finish();
 }
 
+/// A throwaway `redis-server` on a free loopback port; killed when dropped.
+struct BenchRedis(std::process::Child, u16);
+
+impl BenchRedis {
+    fn start() -> Option<BenchRedis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .ok()?;
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(BenchRedis(child, port))
+    }
+}
+
+impl Drop for BenchRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The same turns over the SQLite and the Redis state store, one after the other in this run:
+/// a keyed `note_on_contact` (claim, execute, record, undo entry) and an uncached
+/// `lookup_person`. Timed turn by turn; prints p50 and p99 per store and what Redis adds.
+fn state_stores(_c: &mut Criterion) {
+    let Some(redis) = BenchRedis::start() else {
+        eprintln!("state_stores: SKIPPED, redis-server is not installed");
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let turns: usize = common::env_or("STATE_BENCH_TURNS", 3_000);
+    let cfg = pilot_bridge::config::NativeConfig {
+        read_cache_ms: 0,
+        ..Default::default()
+    };
+    let (_d1, sqlite_store) = common::demo_store();
+    let (_d2, redis_store) = common::demo_store();
+    let principal = common::principal(&sqlite_store);
+    let redis_principal = common::principal(&redis_store);
+    let sqlite = Bridge::new(sqlite_store, cfg.clone());
+    let redis_bridge = rt.block_on(async {
+        let url = format!("redis://127.0.0.1:{}/0", redis.1);
+        let link = pilot_bridge::state::redis::RedisLink::connect(
+            &url,
+            pilot_bridge::state::redis::DEFAULT_TIMEOUT,
+        )
+        .expect("redis link");
+        let retention = Bridge::state_retention(&cfg);
+        let state =
+            std::sync::Arc::new(pilot_bridge::state::redis::RedisState::new(link, retention));
+        Bridge::embedded_with_state(redis_store, cfg.clone(), state)
+    });
+    let runs = [
+        ("sqlite", sqlite, principal),
+        ("redis", redis_bridge, redis_principal),
+    ];
+    let mut p50 = std::collections::HashMap::new();
+    eprintln!("state_stores: {turns} turns each, in process, read cache off");
+    for (case, body_of) in [
+        ("note_on_contact_with_key", 0),
+        ("lookup_person_uncached", 1),
+    ] {
+        for (name, bridge, p) in &runs {
+            if *name == "redis" {
+                redis_stats(&rt, redis.1, true);
+            }
+            let samples = rt.block_on(async {
+                let mut ms = Vec::with_capacity(turns);
+                for i in 0..turns + 100 {
+                    let body = match body_of {
+                        0 => json!({ "action": { "type": "note_on_contact", "contactRef": "Sarah Chen", "note": "bench note" },
+                                     "idempotencyKey": format!("state-bench-{i}") }),
+                        _ => common::lookup_body(),
+                    };
+                    let t = Instant::now();
+                    let out = bridge
+                        .handle(p.clone(), body, ServerTiming::start(), Transport::Http)
+                        .await;
+                    let elapsed = t.elapsed().as_secs_f64() * 1000.0;
+                    assert!(out.result.is_ok(), "{:?}", out.result.err());
+                    // The first 100 warm up connections and caches.
+                    if i >= 100 {
+                        ms.push(elapsed);
+                    }
+                }
+                ms
+            });
+            let mut sorted = samples;
+            sorted.sort_by(f64::total_cmp);
+            let (a, b) = (
+                common::percentile(&sorted, 0.5),
+                common::percentile(&sorted, 0.99),
+            );
+            p50.insert((case, *name), a);
+            eprintln!("state_stores/{case}/{name}: p50 {a:.3} ms, p99 {b:.3} ms");
+            if *name == "redis" {
+                let per_turn: Vec<String> = redis_stats(&rt, redis.1, false)
+                    .into_iter()
+                    .map(|(cmd, calls)| format!("{cmd} {:.1}", calls as f64 / (turns + 100) as f64))
+                    .collect();
+                eprintln!(
+                    "state_stores/{case}/redis: Redis commands per turn: {}",
+                    per_turn.join(", ")
+                );
+            }
+        }
+        let added = p50[&(case, "redis")] - p50[&(case, "sqlite")];
+        eprintln!("state_stores/{case}: Redis adds {added:+.3} ms p50");
+    }
+}
+
+/// Redis's own command counts (`INFO commandstats`), then reset when `reset`.
+fn redis_stats(rt: &tokio::runtime::Runtime, port: u16, reset: bool) -> Vec<(String, u64)> {
+    rt.block_on(async {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).expect("client");
+        let mut c = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connection");
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut c)
+            .await
+            .expect("info");
+        if reset {
+            let _: () = redis::cmd("CONFIG")
+                .arg("RESETSTAT")
+                .query_async(&mut c)
+                .await
+                .expect("resetstat");
+        }
+        // Lines like `cmdstat_evalsha:calls=9000,usec=...`.
+        info.lines()
+            .filter_map(|l| {
+                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls = rest
+                    .strip_prefix("calls=")?
+                    .split(',')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                (name != "info" && !name.starts_with("config")).then(|| (name.to_string(), calls))
+            })
+            .collect()
+    })
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(5));
-    targets = pipeline
+    targets = pipeline, state_stores
 }
 criterion_main!(benches);

@@ -82,22 +82,31 @@ impl App {
                 )
             }
         };
-        let limiter = match redis {
+        let limiter = match redis.clone() {
             Some(link) => RateLimiter::shared(config.limits.default_rate_limit, link),
             None => RateLimiter::new(config.limits.default_rate_limit),
         };
         let chat = crate::chat::Chat::new(store.clone(), bridge.clone(), &config.chat)?;
-        let events = event_bus(&config, &bridge);
+        let events = event_bus(&config, &bridge, redis.clone());
         Ok(Arc::new(App {
             chat,
             auth,
             limiter,
             bridge,
-            ws_connections: ConnectionLimiter::new(
-                config.websocket.max_connections_per_org,
-                config.websocket.max_connections,
-                config.websocket.max_unauthenticated,
-            ),
+            ws_connections: match redis {
+                // The per-org cap counted across replicas (best effort).
+                Some(link) => ConnectionLimiter::shared(
+                    config.websocket.max_connections_per_org,
+                    config.websocket.max_connections,
+                    config.websocket.max_unauthenticated,
+                    link,
+                ),
+                None => ConnectionLimiter::new(
+                    config.websocket.max_connections_per_org,
+                    config.websocket.max_connections,
+                    config.websocket.max_unauthenticated,
+                ),
+            },
             ws_auth_failures: AuthFailureLimiter::new(
                 config.websocket.max_auth_failures_per_address,
             ),
@@ -187,10 +196,11 @@ impl App {
     }
 }
 
-/// Pushed events, journaled in the state store for `resume_after` (DESIGN §21). Without a
-/// runtime to run the journaling task on (some unit tests build an `App` outside one), events
-/// are delivered live only.
-fn event_bus(config: &Config, bridge: &Arc<Bridge>) -> Arc<dyn EventBus> {
+/// Pushed events, journaled in the state store for `resume_after` (DESIGN §21), and relayed to
+/// the other replicas over Redis pub/sub when the state is shared there. Without a runtime to
+/// run the journaling task on (some unit tests build an `App` outside one), events are
+/// delivered live only.
+fn event_bus(config: &Config, bridge: &Arc<Bridge>, redis: Option<RedisLink>) -> Arc<dyn EventBus> {
     let local = Arc::new(LocalEventHub::new(config.websocket.event_buffer));
     if tokio::runtime::Handle::try_current().is_err() {
         return local;
@@ -199,5 +209,17 @@ fn event_bus(config: &Config, bridge: &Arc<Bridge>) -> Arc<dyn EventBus> {
         keep: std::time::Duration::from_secs(config.control.event_retention_secs),
         max_len: config.control.max_replay_events,
     };
-    crate::event_journal::JournaledBus::spawn(local, bridge.state().clone(), retention)
+    let state = bridge.state().clone();
+    match redis {
+        Some(link) => {
+            let relay = crate::event_relay::EventRelay::spawn(
+                local.clone(),
+                state.clone(),
+                link,
+                config.control.max_replay_events,
+            );
+            crate::event_journal::JournaledBus::spawn_with(local, relay, state, retention)
+        }
+        None => crate::event_journal::JournaledBus::spawn(local, state, retention),
+    }
 }

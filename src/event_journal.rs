@@ -29,6 +29,18 @@ pub struct Retention {
     pub max_len: usize,
 }
 
+/// Where a numbered event goes: this process's sessions ([`LocalEventHub`]), and with a store
+/// shared by replicas, the other replicas' too (`crate::event_relay`).
+pub trait Fanout: Send + Sync + 'static {
+    fn fan_out(&self, key_id: &str, event: Arc<PublishedEvent>);
+}
+
+impl Fanout for LocalEventHub {
+    fn fan_out(&self, key_id: &str, event: Arc<PublishedEvent>) {
+        self.deliver(key_id, event);
+    }
+}
+
 /// An [`EventBus`] that journals every event before delivering it.
 pub struct JournaledBus {
     local: Arc<LocalEventHub>,
@@ -42,12 +54,27 @@ impl JournaledBus {
         state: Arc<dyn StateStore>,
         retention: Retention,
     ) -> Arc<Self> {
+        let fanout: Arc<dyn Fanout> = local.clone();
+        Self::spawn_with(local, fanout, state, retention)
+    }
+
+    /// Like [`spawn`](Self::spawn), handing each numbered event to `fanout` (which delivers to
+    /// `local`'s sessions itself); events the store could not number go to `local` only.
+    pub fn spawn_with(
+        local: Arc<LocalEventHub>,
+        fanout: Arc<dyn Fanout>,
+        state: Arc<dyn StateStore>,
+        retention: Retention,
+    ) -> Arc<Self> {
         let (tx, mut rx) = mpsc::channel::<Event>(QUEUE);
         let hub = local.clone();
         tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
-                let published = journal(state.as_ref(), &event, retention).await;
-                hub.deliver(&event.key_id, Arc::new(published));
+                let published = Arc::new(journal(state.as_ref(), &event, retention).await);
+                match published.seq {
+                    Some(_) => fanout.fan_out(&event.key_id, published),
+                    None => hub.deliver(&event.key_id, published),
+                }
             }
         });
         Arc::new(JournaledBus { local, tx })

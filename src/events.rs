@@ -140,6 +140,27 @@ impl PublishedEvent {
     }
 }
 
+/// The one field of a rendered frame a relayed event needs read back.
+#[derive(serde::Deserialize)]
+struct FrameKind<'a> {
+    #[serde(borrow)]
+    event: &'a str,
+}
+
+impl PublishedEvent {
+    /// A frame rendered by another replica (`crate::event_relay`), kept as it came. `None` for
+    /// one this version cannot read.
+    pub fn from_frame(frame: String, seq: u64) -> Option<PublishedEvent> {
+        let head: FrameKind<'_> = serde_json::from_str(&frame).ok()?;
+        let kind = EventKind::parse(head.event)?;
+        Some(PublishedEvent {
+            kind,
+            seq: Some(seq),
+            frame: Bytes::from(frame),
+        })
+    }
+}
+
 /// Where events are published and subscribed to.
 pub trait EventBus: Send + Sync {
     /// Delivers `event` to the current subscribers of its key; without any it is dropped (events
@@ -200,6 +221,11 @@ impl LocalEventHub {
         };
         let delivered = tx.send(published).unwrap_or(0);
         crate::telemetry::event_published(kind, delivered);
+    }
+
+    /// True when `key_id` has a session subscribed in this process.
+    pub fn has_subscribers(&self, key_id: &str) -> bool {
+        self.channels.contains_key(key_id)
     }
 
     fn subscribe_local(&self, key_id: &str) -> EventSubscription {

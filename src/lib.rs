@@ -51,6 +51,7 @@ pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod event_journal;
+pub mod event_relay;
 pub mod events;
 pub mod http;
 pub mod ids;

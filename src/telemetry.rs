@@ -49,6 +49,7 @@ pub mod names {
     pub const WEBHOOK_QUEUE_DEPTH: &str = "pilot_bridge_webhook_queue_depth";
     pub const REDIS_DURATION: &str = "pilot_bridge_redis_operation_duration_seconds";
     pub const REDIS_ERRORS: &str = "pilot_bridge_redis_errors_total";
+    pub const EVENTS_RELAYED: &str = "pilot_bridge_events_relayed_total";
 }
 
 /// Buckets of webhook delivery attempts, which wait on someone else's server for up to the
@@ -198,6 +199,10 @@ fn describe() {
     describe_counter!(
         REDIS_ERRORS,
         "Redis operations that failed or timed out, by operation (state backend redis only)."
+    );
+    describe_counter!(
+        EVENTS_RELAYED,
+        "Live events relayed between replicas over Redis pub/sub, by outcome (state backend redis only)."
     );
 }
 
@@ -394,6 +399,12 @@ pub fn redis_operation(operation: &'static str, elapsed: Duration, ok: bool) {
     if !ok {
         counter!(names::REDIS_ERRORS, "operation" => operation).increment(1);
     }
+}
+
+/// One live event through the cross-replica relay. `outcome` is one of: `published`,
+/// `publish_failed`, `received`, `duplicate`, `caught_up` (read from the journal to fill a gap).
+pub fn event_relayed(outcome: &'static str) {
+    counter!(names::EVENTS_RELAYED, "outcome" => outcome).increment(1);
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@ mod common;
 mod native_common;
 #[path = "common/redis.rs"]
 mod redis_common;
+#[path = "common/ws.rs"]
+mod ws_common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,11 +19,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::TestServer;
+use futures_util::{SinkExt, StreamExt};
 use native_common::{demo_with, Demo, KEY, PATH};
-use pilot_bridge::config::{BackendKind, StateBackend};
+use pilot_bridge::config::{BackendKind, Config, StateBackend};
+use pilot_bridge::events::{Event, EventKind};
 use redis_common::TestRedis;
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use ws_common::Ws;
 
 /// A round-robin TCP forwarder: each accepted connection goes to the next replica.
 async fn round_robin(replicas: Vec<SocketAddr>) -> SocketAddr {
@@ -53,6 +60,7 @@ struct Reply {
     status: u16,
     body: Value,
     retry_after: Option<String>,
+    server_timing: String,
 }
 
 impl Http {
@@ -80,11 +88,18 @@ impl Http {
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let server_timing = r
+            .headers()
+            .get("server-timing")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
         let body: Value = r.json().await.expect("json body");
         Reply {
             status,
             body,
             retry_after,
+            server_timing,
         }
     }
 
@@ -111,10 +126,16 @@ struct Topology {
 
 impl Topology {
     async fn start(redis: &TestRedis) -> Topology {
+        Self::start_with(redis, |_| {}).await
+    }
+
+    /// Like `start`, with `adjust` applied to each gateway's configuration last.
+    async fn start_with(redis: &TestRedis, adjust: impl Fn(&mut Config)) -> Topology {
         let upstream = demo_with(|_| {}, Some(0)).await;
         let mut gateways = Vec::new();
         for _ in 0..3 {
             let (base, url) = (upstream.s.root.clone(), redis.url());
+            let adjust = &adjust;
             gateways.push(
                 common::start_with(move |c| {
                     c.backend = BackendKind::Upstream;
@@ -128,6 +149,7 @@ impl Topology {
                     c.upstream.request_timeout_ms = 15_000;
                     c.upstream.connect_timeout_ms = 5_000;
                     c.state.redis_timeout_ms = 5_000;
+                    adjust(c);
                 })
                 .await,
             );
@@ -389,4 +411,292 @@ async fn the_org_quota_holds_in_total_across_replicas() {
         "the org's 6/min holds over all replicas together"
     );
     assert_eq!(limited, 9);
+}
+
+// ---- live events, read cache and connection caps across replicas ---------------------------
+
+/// The tenant a key is to a gateway in upstream mode (its org and key id).
+fn tenant() -> String {
+    pilot_bridge::auth::upstream_tenant(&format!("Bearer {KEY}")).expect("tenant")
+}
+
+fn ws_url(root: &str) -> String {
+    format!(
+        "{}/api/v1/native/outreachpilot/ws",
+        root.replacen("http", "ws", 1)
+    )
+}
+
+/// A socket on `root` authenticated by header; `Err` with the HTTP status and body when the
+/// upgrade is refused.
+async fn try_socket(root: &str) -> Result<Ws, (u16, Value)> {
+    let mut req = ws_url(root).into_client_request().expect("request");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {KEY}").parse().expect("header"),
+    );
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = serde_json::from_slice(resp.body().as_deref().unwrap_or(b"{}"))
+                .unwrap_or(Value::Null);
+            Err((resp.status().as_u16(), body))
+        }
+        Err(e) => panic!("connect: {e}"),
+    }
+}
+
+async fn socket(root: &str) -> Ws {
+    match try_socket(root).await {
+        Ok(ws) => ws,
+        Err((status, body)) => panic!("upgrade refused: {status} {body}"),
+    }
+}
+
+/// The next event frame within `wait`, skipping anything else; `None` when none came.
+async fn next_event(ws: &mut Ws, wait: Duration) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next()).await.ok()??;
+        if let Ok(Message::Text(t)) = msg {
+            let v: Value = serde_json::from_str(t.as_str()).expect("json frame");
+            if v["type"] == "event" {
+                return Some(v);
+            }
+        }
+    }
+}
+
+/// Waits until every gateway's event relay is subscribed (they connect in the background).
+async fn relays_subscribed(redis: &TestRedis, n: i64) {
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, subs): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(pilot_bridge::event_relay::CHANNEL)
+            .query_async(&mut conn)
+            .await
+            .expect("numsub");
+        if subs >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "relays not subscribed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn research_done(n: u32) -> Event {
+    Event {
+        kind: EventKind::JobCompleted,
+        key_id: tenant(),
+        data: json!({ "job": { "id": format!("job-{n}"), "type": "research" }, "n": n }),
+        spoken_summary: format!("Research {n} is ready."),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_reach_the_keys_socket_on_another_replica_once_and_in_order() {
+    let Some(mut redis) = TestRedis::start() else {
+        return;
+    };
+    let t = Topology::start_with(&redis, |c| c.native.pending_ttl_secs = 1).await;
+    relays_subscribed(&redis, 3).await;
+    let mut ws = socket(t.replica(1)).await;
+
+    // A confirmation asked over HTTP on replica 1 expires unanswered; whichever replica's
+    // sweep takes it, the socket on replica 2 hears it once.
+    let ask = t
+        .http
+        .native(
+            t.replica(0),
+            json!({ "action": { "type": "pause_campaign", "campaignRef": "Seed founders" } }),
+        )
+        .await;
+    assert_eq!(mode(&ask), "confirmation_required", "{}", ask.body);
+    let pid = ask.body["data"]["pending_action_id"].clone();
+    let e = next_event(&mut ws, Duration::from_secs(30))
+        .await
+        .expect("pending.expired");
+    assert_eq!(e["event"], "pending.expired", "{e}");
+    assert_eq!(e["data"]["pending_action_id"], pid);
+    assert!(e["spoken_summary"].as_str().is_some_and(|s| !s.is_empty()));
+    let first_seq = e["seq"].as_u64().expect("seq");
+
+    // Upstream-mode gateways do not run jobs themselves (the upstream does), so research
+    // results are handed to replica 1's event bus directly: they reach replica 2's socket in
+    // seq order, each once; one produced on replica 3 afterwards follows them.
+    for n in 1..=3 {
+        t.gateways[0].server.app.events.publish(research_done(n));
+    }
+    let mut seqs = Vec::new();
+    for n in 1..=4u64 {
+        if n == 4 {
+            t.gateways[2].server.app.events.publish(research_done(4));
+        }
+        let e = next_event(&mut ws, Duration::from_secs(30))
+            .await
+            .expect("job.completed");
+        assert_eq!(e["event"], "job.completed", "{e}");
+        assert_eq!(e["data"]["n"], n, "{e}");
+        assert_eq!(e["spoken_summary"], format!("Research {n} is ready."));
+        assert!(e.get("id").is_none());
+        seqs.push(e["seq"].as_u64().expect("seq"));
+    }
+    assert_eq!(
+        seqs,
+        (first_seq + 1..=first_seq + 4).collect::<Vec<_>>(),
+        "one seq per event, in order"
+    );
+    assert!(
+        next_event(&mut ws, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "nothing twice"
+    );
+
+    // A Redis outage neither closes nor wedges the socket: it still answers turns.
+    redis.stop();
+    send_lookup(&mut ws, "during-outage").await;
+    assert_eq!(reply_to(&mut ws, "during-outage").await["ok"], true);
+    redis.restart();
+    relays_subscribed(&redis, 3).await;
+    // Live delivery resumes once the relays are back (the journaling task may need a few
+    // tries after the restart).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        t.gateways[0].server.app.events.publish(research_done(9));
+        if let Some(e) = next_event(&mut ws, Duration::from_millis(500)).await {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "delivery did not resume");
+    };
+    assert_eq!(after["data"]["n"], 9, "{after}");
+    drop(ws);
+}
+
+async fn send_lookup(ws: &mut Ws, id: &str) {
+    ws_common::send(
+        ws,
+        json!({ "id": id, "action": { "type": "lookup_person", "personName": "John Smith" } }),
+    )
+    .await;
+}
+
+/// The reply to request `id`, skipping events and progress frames.
+async fn reply_to(ws: &mut Ws, id: &str) -> Value {
+    loop {
+        let v = ws_common::next_json(ws).await;
+        if v["id"] == id && v["type"] != "progress" {
+            return v;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_through_one_replica_is_seen_by_the_next_cached_read_on_another() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    // Cached answers would otherwise live a minute.
+    let t = Topology::start_with(&redis, |c| c.upstream.read_cache_ms = 60_000).await;
+    let lookup = json!({ "action": { "type": "lookup_person", "personName": "John Smith" } });
+    let first = t.http.native(t.replica(1), lookup.clone()).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert!(
+        first.body["data"]["spoken_summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("Status is new")),
+        "{}",
+        first.body
+    );
+    let again = t.http.native(t.replica(1), lookup.clone()).await;
+    assert!(
+        again.server_timing.contains("cache;dur="),
+        "the read cache is on with Redis: {}",
+        again.server_timing
+    );
+
+    // A native write through replica 1 …
+    let r = t
+        .http
+        .native(
+            t.replica(0),
+            json!({ "action": { "type": "mark_status", "contactRef": "John Smith", "status": "interested" },
+                    "idempotencyKey": "cache-gen-1" }),
+        )
+        .await;
+    assert_eq!(mode(&r), "result", "{}", r.body);
+    // … is seen by replica 2's next read.
+    let after = t.http.native(t.replica(1), lookup.clone()).await;
+    assert!(
+        after.body["data"]["spoken_summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("Status is interested")),
+        "{}",
+        after.body
+    );
+    assert!(!after.server_timing.contains("cache;dur="));
+
+    // So is a REST write proxied through replica 3.
+    let id = after.body["data"]["ids"]["contact_id"]
+        .as_str()
+        .expect("contact id")
+        .to_string();
+    let _ = t.http.native(t.replica(1), lookup.clone()).await;
+    let put = t
+        .http
+        .http
+        .put(format!("{}/api/v1/contacts/{id}", t.replica(2)))
+        .bearer_auth(KEY)
+        .json(&json!({ "title": "Chief Replica Officer" }))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(put.status().as_u16(), 200);
+    let after = t.http.native(t.replica(1), lookup).await;
+    assert_eq!(
+        after.body["data"]["data"]["contact"]["title"], "Chief Replica Officer",
+        "{}",
+        after.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_per_org_socket_cap_holds_across_replicas_and_a_close_frees_a_slot() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let t = Topology::start_with(&redis, |c| c.websocket.max_connections_per_org = 2).await;
+    let mut a = socket(t.replica(0)).await;
+    let _b = socket(t.replica(1)).await;
+    // Replica 3 has no socket of this org, but the org has two across the replicas.
+    match try_socket(t.replica(2)).await {
+        Err((status, body)) => {
+            assert_eq!(status, 429, "{body}");
+            assert_eq!(body["ok"], false);
+            assert_eq!(body["error"]["code"], "RATE_LIMITED", "{body}");
+            assert!(body["error"]["spoken_summary"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty()));
+        }
+        Ok(_) => panic!("a third socket of the org was accepted"),
+    }
+    // Closing one frees a slot for any replica (the release is asynchronous: poll).
+    a.send(Message::Close(None)).await.expect("close");
+    while a.next().await.is_some() {}
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let _c = loop {
+        match try_socket(t.replica(2)).await {
+            Ok(ws) => break ws,
+            Err((429, _)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err((status, body)) => panic!("slot not freed: {status} {body}"),
+        }
+    };
 }

@@ -246,7 +246,7 @@ fn lookup(conn: &rusqlite::Connection, hash: &[u8; 32]) -> ApiResult<Verdict> {
 /// known (and enforced here, as in embedded mode); the upstream enforces the rest, and its rate
 /// limit, on every call.
 fn upstream_principal(token: &str, hash: &[u8; 32], native: bool) -> Principal {
-    let id = format!("key_{}", hex::encode(&hash[..12]));
+    let id = upstream_tenant_of(hash);
     Principal {
         org_id: id.clone(),
         key_id: id,
@@ -278,6 +278,18 @@ fn verdict_error(code: ErrorCode) -> ApiError {
         ErrorCode::OrgNotFound => ApiError::new(code, "Organization deleted or invalid"),
         _ => invalid_key(),
     }
+}
+
+/// The tenant (org and key id) a key is in upstream mode, from its hash.
+fn upstream_tenant_of(hash: &[u8; 32]) -> String {
+    format!("key_{}", hex::encode(&hash[..12]))
+}
+
+/// The tenant an `Authorization` header names in upstream mode (see `upstream_principal`),
+/// whether or not the key is valid; `None` without a bearer token.
+pub fn upstream_tenant(authorization: &str) -> Option<String> {
+    let token = parse_bearer(authorization)?;
+    Some(upstream_tenant_of(&keys::hash_key(token.trim())))
 }
 
 /// Extracts the token from `Bearer <token>` (scheme case-insensitive).

@@ -90,12 +90,13 @@ impl Backend for EmbeddedBackend {
             .await
     }
 
-    fn generation(&self) -> u64 {
-        self.store.generation()
+    fn generation(&self, org: &str) -> u64 {
+        self.store.org_generation(org)
     }
 
-    fn invalidate_reads(&self) {
-        // The store counts its own commits; nothing writes around it.
+    async fn invalidate_reads(&self, org: &str) {
+        // The store counts its own commits; this is for writes around it.
+        self.store.touched(org);
     }
 
     async fn plan(
@@ -141,7 +142,7 @@ impl Backend for EmbeddedBackend {
         let t = Instant::now();
         let result = self
             .store
-            .write(move |tx| {
+            .write_for(&p.org_id, move |tx| {
                 // The writer lock is held from here to the commit: nothing can record this
                 // scope or settle this pending action between the check and the seal.
                 if let Some(seal) = &seal {
@@ -243,7 +244,8 @@ impl Backend for EmbeddedBackend {
         let t = Instant::now();
         let r = self
             .store
-            .write(move |tx| audit::insert(tx, &owned.record()))
+            // No read answer shows audit records: other cached reads stay valid.
+            .write_bookkeeping(move |tx| audit::insert(tx, &owned.record()))
             .await;
         timing.record("audit", t.elapsed());
         telemetry::backend_operation("audit", "embedded", t.elapsed());

@@ -64,11 +64,18 @@ pub trait Backend: Send + Sync {
     /// `embedded` or `upstream`, for metrics.
     fn name(&self) -> &'static str;
 
-    /// Changes whenever a write may have changed records, so cached read answers are dropped.
-    fn generation(&self) -> u64;
+    /// This process's write generation of `org`: it changes whenever a write may have changed
+    /// the org's records, so the org's cached read answers are dropped.
+    fn generation(&self, org: &str) -> u64;
 
-    /// Something was written past the bridge (the REST proxy in upstream mode).
-    fn invalidate_reads(&self);
+    /// True when writes through other processes count too: the read cache then also checks
+    /// the generation shared in the state store ([`StateStore::read_generation`]).
+    fn shared_generations(&self) -> bool {
+        false
+    }
+
+    /// Something was written past the bridge for `org` (the REST proxy in upstream mode).
+    async fn invalidate_reads(&self, org: &str);
 
     /// The upstream client, when there is one (the REST proxy and readiness need it).
     fn upstream(&self) -> Option<&Arc<Upstream>> {

@@ -2,7 +2,6 @@
 //! (`native::remote`); undo entries live in the gateway's state store, since the upstream does
 //! not know which key made which write through the gateway; audit records are log lines.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +17,7 @@ use crate::native::timing::{round_ms, ServerTiming};
 use crate::native::{remote, undo};
 use crate::state::{Seal, StateStore, UndoEntry};
 use crate::store::audit;
+use crate::store::generations::OrgGenerations;
 use crate::telemetry;
 use crate::upstream::Upstream;
 
@@ -26,10 +26,12 @@ pub struct UpstreamBackend {
     /// Undo entries per API key (DESIGN: undo stays in the gateway).
     state: Arc<dyn StateStore>,
     undo_window: Duration,
-    /// Writes sent upstream (or past the bridge): changes invalidate cached reads.
-    writes: AtomicU64,
+    /// Writes sent upstream (or past the bridge) per org: they invalidate the org's cached
+    /// reads. With a shared state store the count in Redis covers other replicas' writes.
+    writes: OrgGenerations,
     /// Keyless writes' upstream effect ids for the dedupe window (see `effect`).
     keyless_effects: moka::sync::Cache<(String, [u8; 32]), String>,
+    dedupe_window: Duration,
 }
 
 impl UpstreamBackend {
@@ -43,7 +45,8 @@ impl UpstreamBackend {
             client,
             state,
             undo_window,
-            writes: AtomicU64::new(0),
+            writes: OrgGenerations::new(),
+            dedupe_window,
             keyless_effects: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(dedupe_window)
@@ -54,14 +57,41 @@ impl UpstreamBackend {
     /// The upstream identity of a logical write. A keyless write keeps one id for the dedupe
     /// window: a retry after a failed attempt that may have landed upstream is the same write,
     /// while an identical write minutes later is a new one.
-    fn effect(&self, p: &Principal, effect: &Effect) -> String {
+    /// With a state store shared by replicas the id is kept there, so a retry that lands on
+    /// another replica reaches the upstream as the same write too.
+    async fn effect(&self, p: &Principal, effect: &Effect) -> ApiResult<String> {
         let logical = match effect {
             Effect::Keyed(k) => k.clone(),
+            Effect::Keyless(fingerprint) if self.state.shared() => {
+                let candidate = crate::ids::new_id();
+                self.state
+                    .keyless_effect(
+                        &p.org_id,
+                        &p.key_id,
+                        *fingerprint,
+                        &candidate,
+                        self.dedupe_window,
+                    )
+                    .await?
+                    .unwrap_or(candidate)
+            }
             Effect::Keyless(fingerprint) => self
                 .keyless_effects
                 .get_with((p.key_id.clone(), *fingerprint), crate::ids::new_id),
         };
-        remote::effect_key(&p.key_id, &logical)
+        Ok(remote::effect_key(&p.key_id, &logical))
+    }
+
+    /// Counts a write of `org`: here, and in the state store for the other replicas. A
+    /// store that does not answer cannot be told; the write happened, so it is only logged
+    /// (other replicas' cached answers then live out their `read_cache_ms`).
+    async fn wrote(&self, org: &str) {
+        self.writes.bump(org);
+        if self.state.shared() {
+            if let Err(e) = self.state.bump_read_generation(org).await {
+                tracing::warn!(error = %e, "shared read-cache generation not bumped");
+            }
+        }
     }
 
     /// The caller's view of the upstream for one turn. The turn's upstream budget counts from
@@ -89,7 +119,7 @@ impl UpstreamBackend {
         if let Plan::UndoLast = write.plan {
             return self.undo_last(&r, p).await;
         }
-        let effect_key = self.effect(p, &write.effect);
+        let effect_key = self.effect(p, &write.effect).await?;
         let ctx = remote::RemoteCtx {
             effect_key: &effect_key,
         };
@@ -155,12 +185,16 @@ impl Backend for UpstreamBackend {
         "upstream"
     }
 
-    fn generation(&self) -> u64 {
-        self.writes.load(Ordering::Acquire)
+    fn generation(&self, org: &str) -> u64 {
+        self.writes.get(org)
     }
 
-    fn invalidate_reads(&self) {
-        self.writes.fetch_add(1, Ordering::AcqRel);
+    fn shared_generations(&self) -> bool {
+        self.state.shared()
+    }
+
+    async fn invalidate_reads(&self, org: &str) {
+        self.wrote(org).await;
     }
 
     fn upstream(&self) -> Option<&Arc<Upstream>> {
@@ -193,8 +227,8 @@ impl Backend for UpstreamBackend {
     ) -> ApiResult<Execution> {
         let t = Instant::now();
         let result = self.run(p, &write, timing.total()).await;
-        // Whatever happened upstream may have changed records: drop cached reads.
-        self.invalidate_reads();
+        // Whatever happened upstream may have changed records: drop the org's cached reads.
+        self.wrote(&p.org_id).await;
         timing.record("upstream", t.elapsed());
         telemetry::backend_operation("execute", "upstream", t.elapsed());
         let record = |outcome: &str, ids: &serde_json::Map<String, Value>| {

@@ -43,6 +43,14 @@ pub async fn forward(
             .into_response();
     }
     let is_write = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+    // Whose cached native reads a write may make stale: the caller's tenant.
+    let tenant = match is_write {
+        true => headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::auth::upstream_tenant),
+        false => None,
+    };
     let path_and_query = match uri.query() {
         Some(q) => format!("{relative}?{q}"),
         None => relative.to_string(),
@@ -56,9 +64,10 @@ pub async fn forward(
             body,
         )
         .await;
-    if is_write {
-        // Whatever it changed upstream, native reads cached before it are stale now.
-        app.bridge.invalidate_reads();
+    if let Some(tenant) = &tenant {
+        // Whatever it changed upstream, the caller's native reads cached before it are stale
+        // now, on every replica.
+        app.bridge.invalidate_reads(tenant).await;
     }
     match result {
         Ok(resp) if resp.status.as_u16() >= 400 && !is_json(&resp.headers) => {

@@ -160,17 +160,14 @@ impl Bridge {
     }
 
     /// A bridge in front of an upstream API with conversation state in `state`. With a store
-    /// shared by replicas the read cache is off: a write through another replica would not
-    /// invalidate this one's cached answers.
+    /// shared by replicas, cached answers also check the org's generation kept there, so a
+    /// write through another replica invalidates them.
     pub fn upstream_with_state(
         mut cfg: NativeConfig,
         client: Arc<Upstream>,
         state: Arc<dyn StateStore>,
     ) -> Arc<Self> {
-        cfg.read_cache_ms = match state.shared() {
-            true => 0,
-            false => client.config().read_cache_ms,
-        };
+        cfg.read_cache_ms = client.config().read_cache_ms;
         let backend = UpstreamBackend::new(
             client,
             state.clone(),
@@ -214,10 +211,10 @@ impl Bridge {
         })
     }
 
-    /// Drops cached read answers: something was written past the bridge (the REST proxy in
-    /// upstream mode).
-    pub fn invalidate_reads(&self) {
-        self.backend.invalidate_reads();
+    /// Drops `org`'s cached read answers: something was written past the bridge (the REST
+    /// proxy in upstream mode).
+    pub async fn invalidate_reads(&self, org: &str) {
+        self.backend.invalidate_reads(org).await;
     }
 
     /// The upstream client, in upstream mode.

@@ -56,7 +56,7 @@ pub fn spawn(
 }
 
 /// Publishes the events committed since the last tick, then deletes them. Opens a write
-/// transaction only when there are some (a commit empties the native read cache).
+/// transaction only when there are some.
 pub async fn publish_waiting_events(store: &Store, bus: &dyn EventBus) -> ApiResult<usize> {
     let waiting = store
         .read(|c| event_rows::waiting(c, EVENTS_PER_TICK))
@@ -67,8 +67,9 @@ pub async fn publish_waiting_events(store: &Store, bus: &dyn EventBus) -> ApiRes
     let n = waiting.len();
     // Delete first: an event is a notification for open sessions, so losing one to a crash
     // between these two steps is better than announcing it twice after a restart.
+    // The event outbox is not something a read answer shows: no org's cache goes stale.
     store
-        .write(move |tx| event_rows::delete_through(tx, last))
+        .write_bookkeeping(move |tx| event_rows::delete_through(tx, last))
         .await?;
     for event in waiting.into_iter().filter_map(|(_, e)| e) {
         bus.publish(event);
@@ -179,26 +180,35 @@ fn job_event(
     }
 }
 
-/// Delivers due messages, opening a write transaction only when there are some: every commit
-/// bumps the store's write generation and so empties the native read cache.
+/// Delivers due messages, opening a write transaction only when there are some. Only the orgs
+/// whose messages went out have their cached reads dropped.
 async fn deliver_if_due(store: &Store) -> ApiResult<()> {
     let now = now_rfc3339();
     let any_due = store
         .read(move |c| Ok(!rows::due_outbox(c, &now, 1)?.is_empty()))
         .await?;
     if any_due {
-        store.write(|tx| deliver_due_messages(tx)).await?;
+        let orgs = store
+            .write_bookkeeping(|tx| deliver_due_messages(tx))
+            .await?;
+        for org in orgs {
+            store.touched(&org);
+        }
     }
     Ok(())
 }
 
-/// Marks due messages sent and records them as outbound interactions.
-pub fn deliver_due_messages(conn: &rusqlite::Connection) -> ApiResult<usize> {
+/// Marks due messages sent and records them as outbound interactions; returns the orgs whose
+/// records changed (once each).
+pub fn deliver_due_messages(conn: &rusqlite::Connection) -> ApiResult<Vec<String>> {
     let due = rows::due_outbox(conn, &now_rfc3339(), 100)?;
-    let mut n = 0;
+    let mut orgs: Vec<String> = Vec::new();
     for (org, m) in due {
         if !rows::mark_sent(conn, &m.id)? {
             continue;
+        }
+        if !orgs.contains(&org) {
+            orgs.push(org.clone());
         }
         let sent = interactions::insert(
             conn,
@@ -236,9 +246,8 @@ pub fn deliver_due_messages(conn: &rusqlite::Connection) -> ApiResult<usize> {
             let event = message_event(EventKind::MessageSent, key_id, &sent, contact.as_ref());
             event_rows::enqueue(conn, &event)?;
         }
-        n += 1;
     }
-    Ok(n)
+    Ok(orgs)
 }
 
 /// Runs the jobs that are due. One job's failure never stops the others: it is counted against
@@ -250,14 +259,16 @@ async fn run_due_jobs(store: &Store, retry: &RetryPolicy) -> ApiResult<()> {
     let now = now_rfc3339();
     let due = store.read(move |c| jobs::due(c, &cutoff, &now, 20)).await?;
     for (org, job) in due {
-        let id = job.id.clone();
+        let (id, job_org) = (job.id.clone(), org.clone());
         let Err(e) = run_job(store, org, job).await else {
             continue;
         };
         let (policy, err) = (*retry, e.clone());
         let job_id = id.clone();
         match store
-            .write(move |tx| jobs::record_failure(tx, &job_id, &err, &policy))
+            .write_for(&job_org, move |tx| {
+                jobs::record_failure(tx, &job_id, &err, &policy)
+            })
             .await
         {
             Ok(AfterFailure::RetryAt(at)) => {
@@ -279,7 +290,7 @@ async fn run_job(store: &Store, org: String, job: rows::Job) -> ApiResult<()> {
     let (o, j) = (org.clone(), job.clone());
     let prepared = store.read(move |c| prepare_job(c, &o, &j)).await?;
     store
-        .write(move |tx| apply_job(tx, &org, &job, prepared))
+        .write_for(&org.clone(), move |tx| apply_job(tx, &org, &job, prepared))
         .await
 }
 

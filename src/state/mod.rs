@@ -403,6 +403,33 @@ pub trait StateStore: Send + Sync {
         true
     }
 
+    /// The read-cache generation of `org` shared by the replicas (DESIGN §16): it moves on
+    /// every write of the org through any of them. A store used by one process keeps none
+    /// (its process counts its own writes) and answers 0.
+    async fn read_generation(&self, _org: &str) -> ApiResult<u64> {
+        Ok(0)
+    }
+
+    /// Counts a write of `org` in the shared read-cache generation.
+    async fn bump_read_generation(&self, _org: &str) -> ApiResult<()> {
+        Ok(())
+    }
+
+    /// The upstream identity of a keyless write (API key `key_id`, request `fingerprint`)
+    /// for the dedupe `window`: the one chosen first by any process sharing the store, else
+    /// `candidate`, which is then kept for the window. `None` from a store used by one
+    /// process: the caller keeps the identity itself.
+    async fn keyless_effect(
+        &self,
+        _org: &str,
+        _key_id: &str,
+        _fingerprint: [u8; 32],
+        _candidate: &str,
+        _window: Duration,
+    ) -> ApiResult<Option<String>> {
+        Ok(None)
+    }
+
     /// Appends a pushed event to the journal of API key `key_id` (DESIGN §21) and returns its
     /// sequence number: 1, 2, 3, … per key, never reused, also after the journal emptied.
     /// `body` is opaque to the store. The entry is kept for `keep`, and at most `max_len`

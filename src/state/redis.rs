@@ -14,6 +14,8 @@
 //! | `pb:{org}:undo:<key_id>` | list, bounded, PX = retention | undo entries, newest first |
 //! | `pb:{org}:undone:<id>` | string, PX = retention | `1` reverted / `0` left alone by `undo_last` |
 //! | `pb:{org}:rate:<minute>` | counter, PX = 61 s | the org's requests in that wall-clock minute |
+//! | `pb:{org}:gen` | counter, PX = 1 day | the org's read-cache generation (moves on every write) |
+//! | `pb:{org}:keyless:<len>:<key_id>:<fp>` | string, PX = dedupe window | a keyless write's upstream identity |
 //!
 //! Expiry is Redis's own (`PX`), so [`StateStore::prune`] has nothing to do. Every operation is
 //! bounded by a timeout that fits the turn budget; a failure is `STATE_UNAVAILABLE` (503,
@@ -68,6 +70,8 @@ pub struct RedisLink {
 }
 
 struct Link {
+    /// For the dedicated pub/sub connection of the event relay (`crate::event_relay`).
+    client: redis::Client,
     conn: ConnectionManager,
     timeout: Duration,
     /// False after a failed call until one succeeds (logged once per outage).
@@ -93,9 +97,10 @@ impl RedisLink {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(20))
             .set_max_delay(Duration::from_millis(200));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
         let link = RedisLink {
             inner: Arc::new(Link {
+                client,
                 conn,
                 timeout,
                 healthy: AtomicBool::new(true),
@@ -155,6 +160,23 @@ impl RedisLink {
         }
     }
 
+    /// A new dedicated pub/sub connection (subscribing takes a connection of its own), opened
+    /// within the call timeout.
+    pub async fn pubsub(&self) -> RedisResult<redis::aio::PubSub> {
+        match tokio::time::timeout(self.inner.timeout, self.inner.client.get_async_pubsub()).await {
+            Ok(r) => r,
+            Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "pub/sub connection timed out",
+            ))),
+        }
+    }
+
+    /// The longest wait for one call.
+    pub fn timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
     /// True when Redis answers a PING in time.
     pub async fn ping(&self) -> bool {
         self.call("ping", |mut c| async move {
@@ -208,6 +230,37 @@ fn undone_key(org: &str, id: &str) -> String {
 pub fn rate_key(org: &str, minute: i64) -> String {
     format!("{}rate:{minute}", prefix(org))
 }
+
+/// The org's read-cache generation.
+fn generation_key(org: &str) -> String {
+    format!("{}gen", prefix(org))
+}
+
+/// How long an org's generation outlives its last write. Far beyond any read cache's TTL
+/// (at most a minute), so a counter that expired and starts over cannot meet an answer cached
+/// under its old value.
+const GENERATION_KEEP_MS: i64 = 24 * 3600 * 1000;
+
+fn keyless_key(org: &str, key_id: &str, fingerprint: &[u8; 32]) -> String {
+    format!(
+        "{}keyless:{}:{key_id}:{}",
+        prefix(org),
+        key_id.len(),
+        hex::encode(fingerprint)
+    )
+}
+
+/// The identity stored under KEYS[1], or ARGV[1] stored for ARGV[2] ms when there is none.
+static KEYLESS_EFFECT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ARGV[1]
+",
+    )
+});
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
@@ -829,6 +882,59 @@ impl StateStore for RedisState {
         self.link.ping().await
     }
 
+    async fn read_generation(&self, org: &str) -> ApiResult<u64> {
+        let key = generation_key(org);
+        let n: Option<u64> = self
+            .link
+            .call("read_generation", |mut c| async move {
+                redis::cmd("GET").arg(key).query_async(&mut c).await
+            })
+            .await?;
+        Ok(n.unwrap_or(0))
+    }
+
+    async fn bump_read_generation(&self, org: &str) -> ApiResult<()> {
+        let key = generation_key(org);
+        self.link
+            .call("bump_generation", |mut c| async move {
+                redis::pipe()
+                    .atomic()
+                    .incr(&key, 1)
+                    .ignore()
+                    .pexpire(&key, GENERATION_KEEP_MS)
+                    .ignore()
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await
+    }
+
+    async fn keyless_effect(
+        &self,
+        org: &str,
+        key_id: &str,
+        fingerprint: [u8; 32],
+        candidate: &str,
+        window: Duration,
+    ) -> ApiResult<Option<String>> {
+        let (key, candidate) = (
+            keyless_key(org, key_id, &fingerprint),
+            candidate.to_string(),
+        );
+        let id: String = self
+            .link
+            .call("keyless_effect", |mut c| async move {
+                KEYLESS_EFFECT
+                    .key(key)
+                    .arg(candidate)
+                    .arg(millis(window))
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(Some(id))
+    }
+
     async fn append_event(
         &self,
         key_id: &str,
@@ -895,7 +1001,7 @@ impl StateStore for RedisState {
 
 /// The per-key event sequence counter. Events belong to an API key (an event does not know its
 /// org), so the key id is the hash tag: counter and journal share a slot in Redis Cluster.
-fn event_seq_key(key_id: &str) -> String {
+pub(crate) fn event_seq_key(key_id: &str) -> String {
     format!("pb:{{{key_id}}}:evseq")
 }
 
@@ -1346,6 +1452,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn read_generations_and_keyless_identities_are_shared() {
+        let Some(redis) = TestRedis::start() else {
+            return;
+        };
+        let (a, b) = (state(&redis), state(&redis));
+        assert_eq!(b.read_generation("o").await.unwrap(), 0);
+        a.bump_read_generation("o").await.unwrap();
+        a.bump_read_generation("o").await.unwrap();
+        assert_eq!(b.read_generation("o").await.unwrap(), 2);
+        assert_eq!(b.read_generation("o2").await.unwrap(), 0, "per org");
+        // The first replica's identity wins for the window; another key or request is apart.
+        let window = Duration::from_millis(200);
+        let first = a.keyless_effect("o", "k", [1; 32], "id-a", window);
+        assert_eq!(first.await.unwrap().as_deref(), Some("id-a"));
+        let again = b.keyless_effect("o", "k", [1; 32], "id-b", window);
+        assert_eq!(again.await.unwrap().as_deref(), Some("id-a"));
+        let other_key = b.keyless_effect("o", "k2", [1; 32], "id-c", window);
+        assert_eq!(other_key.await.unwrap().as_deref(), Some("id-c"));
+        let other_request = b.keyless_effect("o", "k", [2; 32], "id-d", window);
+        assert_eq!(other_request.await.unwrap().as_deref(), Some("id-d"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let later = b.keyless_effect("o", "k", [1; 32], "id-e", window);
+        assert_eq!(
+            later.await.unwrap().as_deref(),
+            Some("id-e"),
+            "a new write after it"
+        );
+    }
+
+    #[tokio::test]
     async fn every_key_of_an_org_shares_one_cluster_slot() {
         let scope = Scope::new("acme", "k", "n");
         for key in [
@@ -1356,6 +1492,8 @@ mod tests {
             undo_key("acme", "k"),
             undone_key("acme", "u"),
             rate_key("acme", 1),
+            generation_key("acme"),
+            keyless_key("acme", "k", &[0; 32]),
         ] {
             assert!(key.starts_with("pb:{acme}:"), "{key}");
         }

@@ -13,6 +13,7 @@ pub mod campaigns;
 pub mod companies;
 pub mod contacts;
 pub mod events;
+pub mod generations;
 pub mod interactions;
 pub mod jobs;
 pub mod keys;
@@ -80,9 +81,11 @@ struct Inner {
     checkpointer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
-    /// Bumped after every committed write through this store; caches of read results compare
-    /// it to know whether anything may have changed since they were filled.
+    /// Bumped after every committed write through this store (the WAL checkpointer watches it).
     generation: std::sync::atomic::AtomicU64,
+    /// Per-org write generations: read caches compare them to know whether anything of that
+    /// org may have changed since they were filled.
+    orgs: generations::OrgGenerations,
 }
 
 /// Cheap to clone; all clones share the same connections.
@@ -191,6 +194,7 @@ impl Store {
                 readers,
                 next_reader: AtomicUsize::new(0),
                 generation: std::sync::atomic::AtomicU64::new(0),
+                orgs: generations::OrgGenerations::new(),
             }),
         })
     }
@@ -251,7 +255,45 @@ impl Store {
         out
     }
 
+    /// Like [`Store::write`], on the calling thread. The write's org is not known, so every
+    /// org's cached reads go stale; [`Store::write_sync_for`] names the org.
     pub fn write_sync<T>(&self, f: impl FnOnce(&Transaction<'_>) -> ApiResult<T>) -> ApiResult<T> {
+        let out = self.commit(f)?;
+        self.inner.orgs.bump_all();
+        Ok(out)
+    }
+
+    /// Like [`Store::write`] for a write that changes records of `org` only: other orgs'
+    /// cached reads stay warm.
+    pub async fn write_for<T, F>(&self, org: &str, f: F) -> ApiResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> ApiResult<T> + Send + 'static,
+    {
+        let (store, org) = (self.clone(), org.to_string());
+        tokio::task::spawn_blocking(move || store.write_sync_for(&org, f))
+            .await
+            .map_err(ApiError::internal)?
+    }
+
+    /// [`Store::write_for`] on the calling thread.
+    pub fn write_sync_for<T>(
+        &self,
+        org: &str,
+        f: impl FnOnce(&Transaction<'_>) -> ApiResult<T>,
+    ) -> ApiResult<T> {
+        let out = self.commit(f)?;
+        self.inner.orgs.bump(org);
+        Ok(out)
+    }
+
+    /// Counts a write of `org` committed through [`Store::write_bookkeeping`] (several orgs in
+    /// one transaction): its cached reads go stale.
+    pub fn touched(&self, org: &str) {
+        self.inner.orgs.bump(org);
+    }
+
+    fn commit<T>(&self, f: impl FnOnce(&Transaction<'_>) -> ApiResult<T>) -> ApiResult<T> {
         let mut conn = lock(&self.inner.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
@@ -260,27 +302,28 @@ impl Store {
         Ok(out)
     }
 
+    /// The write generation of `org`: it changes after every committed write that may have
+    /// changed the org's records (its own, or one of unknown org). Writes by other processes
+    /// on the same file (the CLI) are not counted.
+    pub fn org_generation(&self, org: &str) -> u64 {
+        self.inner.orgs.get(org)
+    }
+
     /// Like [`Store::write`] for bookkeeping that no cached read can show (when a key was last
-    /// used, conversation state): it does not count as a write for `generation`, so read caches
-    /// stay warm.
+    /// used, conversation state, audit records): it does not move any org's generation, so read
+    /// caches stay warm. (The WAL checkpointer still sees it as activity.)
     pub async fn write_bookkeeping<T, F>(&self, f: F) -> ApiResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> ApiResult<T> + Send + 'static,
     {
         let store = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = lock(&store.inner.writer);
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        })
-        .await
-        .map_err(ApiError::internal)?
+        tokio::task::spawn_blocking(move || store.commit(f))
+            .await
+            .map_err(ApiError::internal)?
     }
 
-    /// The number of writes committed through this store so far (see `generation`). Writes by
+    /// The number of writes committed through this store so far, for the WAL checkpointer. Writes by
     /// other processes on the same file (the CLI) are not counted.
     pub fn generation(&self) -> u64 {
         self.inner.generation.load(Ordering::Acquire)

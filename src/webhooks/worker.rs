@@ -241,7 +241,7 @@ impl Worker {
         let (status, error) = (outcome.response_status(), outcome.error());
         let webhook_id = a.webhook_id.clone();
         self.store
-            .write(move |tx| {
+            .write_bookkeeping(move |tx| {
                 webhooks::record_attempt(tx, seq, status, error.as_deref(), &settled)?;
                 if gone {
                     webhooks::disable(tx, &webhook_id)?;
@@ -319,7 +319,7 @@ impl Worker {
             crate::ids::to_rfc3339(chrono::Utc::now() - chrono::Duration::days(RETENTION_DAYS));
         if let Err(e) = self
             .store
-            .write(move |tx| webhooks::prune(tx, &before))
+            .write_bookkeeping(move |tx| webhooks::prune(tx, &before))
             .await
         {
             tracing::warn!(error = %e, "pruning webhook deliveries failed");

@@ -114,7 +114,7 @@ pub async fn update(
     let org = p.org_id.clone();
     Ok(Data(
         app.store
-            .write(move |tx| {
+            .write_for(&org.clone(), move |tx| {
                 let before = campaigns::require(tx, &org, &id)?;
                 let after = campaigns::update(tx, &org, &id, &changes)?;
                 webhooks::campaign_status_changed(tx, &org, before.status, &after)?;
@@ -200,7 +200,7 @@ pub async fn trigger(
     let org = p.org_id.clone();
     let (campaign_id, contact_id, already) = app
         .store
-        .write(move |tx| {
+        .write_for(&org.clone(), move |tx| {
             let campaign = campaigns::require(tx, &org, &id)?;
             campaigns::ensure_active(&campaign)?;
             let contact = match target {

@@ -98,7 +98,9 @@ pub async fn create(
     let org = p.org_id.clone();
     let created = app
         .store
-        .write(move |tx| companies::create_many(tx, &org, &items, upsert))
+        .write_for(&org.clone(), move |tx| {
+            companies::create_many(tx, &org, &items, upsert)
+        })
         .await?;
     let count = created.len();
     Ok(Created(CompaniesCreated {
@@ -152,7 +154,9 @@ pub async fn update(
     let org = p.org_id.clone();
     Ok(Data(
         app.store
-            .write(move |tx| companies::update(tx, &org, &id, &fields))
+            .write_for(&org.clone(), move |tx| {
+                companies::update(tx, &org, &id, &fields)
+            })
             .await?,
     ))
 }
@@ -175,7 +179,7 @@ pub async fn delete(
     let id2 = id.clone();
     if !app
         .store
-        .write(move |tx| companies::delete(tx, &org, &id2))
+        .write_for(&org.clone(), move |tx| companies::delete(tx, &org, &id2))
         .await?
     {
         return Err(ApiError::not_found("Company"));

@@ -118,7 +118,7 @@ pub async fn create(
     let org = p.org_id.clone();
     let created = app
         .store
-        .write(move |tx| {
+        .write_for(&org.clone(), move |tx| {
             let rows = contacts::upsert_many(tx, &org, &items, upsert)?;
             for (contact, before) in &rows {
                 match before {
@@ -180,7 +180,7 @@ pub async fn update(
     let org = p.org_id.clone();
     let c = app
         .store
-        .write(move |tx| {
+        .write_for(&org.clone(), move |tx| {
             let before = contacts::require(tx, &org, &id)?;
             let after = contacts::update(tx, &org, &id, &fields)?;
             webhooks::contact_changed(tx, &org, &before, &after)?;
@@ -208,7 +208,7 @@ pub async fn delete(
     let id2 = id.clone();
     let deleted = app
         .store
-        .write(move |tx| contacts::delete(tx, &org, &id2))
+        .write_for(&org.clone(), move |tx| contacts::delete(tx, &org, &id2))
         .await?;
     if !deleted {
         return Err(ApiError::not_found("Contact"));

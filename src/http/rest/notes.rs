@@ -84,7 +84,7 @@ pub async fn create(
     let org = p.org_id.clone();
     let (note, replayed) = app
         .store
-        .write(move |tx| {
+        .write_for(&org.clone(), move |tx| {
             if let Some(k) = &key {
                 if let Some(existing) = interactions::find_by_idempotency_key(tx, &org, k)? {
                     if existing.channel == "note"
@@ -139,7 +139,9 @@ pub async fn delete(
     let id2 = id.clone();
     let deleted = app
         .store
-        .write(move |tx| interactions::delete_note(tx, &org, &id2))
+        .write_for(&org.clone(), move |tx| {
+            interactions::delete_note(tx, &org, &id2)
+        })
         .await?;
     if !deleted {
         return Err(ApiError::not_found("Note"));

@@ -72,7 +72,7 @@ pub async fn update(
     let org = p.org_id.clone();
     let settings = app
         .store
-        .write(move |tx| {
+        .write_for(&org.clone(), move |tx| {
             if let Some(mode) = mode {
                 orgs::set_pilot_mode(tx, &org, mode)?;
             }

@@ -145,7 +145,9 @@ pub async fn create(
     let org = p.org_id.clone();
     let webhook = app
         .store
-        .write(move |tx| webhooks::insert(tx, &org, &url, &events, &secret))
+        .write_for(&org.clone(), move |tx| {
+            webhooks::insert(tx, &org, &url, &events, &secret)
+        })
         .await?;
     Ok(Created(CreatedWebhook {
         webhook,
@@ -173,7 +175,7 @@ pub async fn delete(
     let id2 = id.clone();
     if !app
         .store
-        .write(move |tx| webhooks::deactivate(tx, &org, &id2))
+        .write_for(&org.clone(), move |tx| webhooks::deactivate(tx, &org, &id2))
         .await?
     {
         return Err(ApiError::not_found("Webhook"));

@@ -89,7 +89,7 @@ pub async fn upgrade(
                 Ok(p) => p,
                 Err(e) => return e.into_response(),
             };
-            if let Err(e) = app.ws_connections.assign(&mut slot, &principal.org_id) {
+            if let Err(e) = app.ws_connections.admit(&mut slot, &principal.org_id).await {
                 return e.into_response();
             }
             // Kept to re-check the key on every frame (a revoked key must stop working).

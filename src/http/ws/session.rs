@@ -567,7 +567,7 @@ async fn first_frame(
         Ok(p) => p,
         Err(e) => return Err(refuse(e)),
     };
-    if let Err(e) = app.ws_connections.assign(slot, &principal.org_id) {
+    if let Err(e) = app.ws_connections.admit(slot, &principal.org_id).await {
         return Err((
             frames::error_frame(&e, id_str, &rid),
             close::TRY_AGAIN_LATER,
