@@ -8,7 +8,6 @@
 pub mod breaker;
 
 use std::time::Duration;
-use tracing::Instrument;
 
 use bytes::Bytes;
 use rand::Rng;
@@ -16,6 +15,7 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use self::breaker::Breaker;
 use crate::config::UpstreamConfig;
