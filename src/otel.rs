@@ -5,13 +5,14 @@
 //! `tracing-opentelemetry`) carries `transport`, `action`, `mode` (execution mode), `outcome`
 //! (reply mode or error code), `request_id` and `idempotency_key_hash`. Under it:
 //! - one span per Server-Timing phase (`auth`, `parse`, `idem`, `resolve`, `exec`, `audit`,
-//!   `state`, `upstream`, …), made from the very durations [`ServerTiming`] measures, so tracing
-//!   adds no clock reads of its own;
+//!   `state`, `upstream`, …), made with the SDK's tracer from the very durations
+//!   [`ServerTiming`] measures (one wall-clock read per phase places them), since a `tracing`
+//!   span cannot be given a start time after the fact;
 //! - one `upstream.call` span per request to an upstream API, live around the request, with
 //!   the operation, the HTTP status and the upstream's own `X-Request-Id`.
 //!
 //! Nothing a user said or typed is exported: no API key, transcript, name, email or text, only
-//! fixed tokens, ids the service made, and the first 16 hex digits of the SHA-256 of the
+//! fixed tokens, request ids (ours and the upstream's), and the first 16 hex digits of the SHA-256 of the
 //! idempotency key. Spans go to a batch exporter on its own thread; a turn never waits for it.
 //!
 //! With no endpoint nothing here runs: [`enabled`] is one relaxed atomic load, the spans'
