@@ -328,8 +328,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cfg.state.redis_url = u;
     }
     cfg.mcp.apply_env();
+    cfg.telemetry.apply_env();
     cfg.validate()?;
-    crate::telemetry::init_tracing(cfg.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let traces = crate::telemetry::init_tracing(cfg.log_format, &cfg.telemetry, runtime.handle())?;
     // Bind first: a busy port must fail before anything is created, seeded or printed.
     let listener = std::net::TcpListener::bind(cfg.listen)
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -364,10 +369,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // A closed stdout (a supervisor that does not read it) must not stop the server.
         let _ = std::io::Write::write_all(&mut std::io::stdout(), banner.as_bytes());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let server = crate::server::start_on(listener, cfg, store).await?;
@@ -377,6 +378,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         crate::server::shutdown_signal().await;
         server.shutdown().await;
+        // Last, so the turns that finished while draining are sent too.
+        if let Some(traces) = traces {
+            traces.shutdown().await;
+        }
         tracing::info!("stopped");
         Ok(())
     })

@@ -51,6 +51,54 @@ pub struct Config {
     pub state: StateConfig,
     pub chat: ChatConfig,
     pub control: ControlConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[telemetry]`: per-turn OpenTelemetry traces (DESIGN §21).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP collector URL (`PILOT_BRIDGE_OTLP_ENDPOINT`); empty turns tracing off. A URL
+    /// with no path gets `/v1/traces`, as the OTLP base endpoint does; any other path is used
+    /// as it is.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported resource.
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: String::new(),
+            service_name: "pilot-bridge".to_string(),
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// Applies `PILOT_BRIDGE_OTLP_ENDPOINT` over the file's value.
+    pub fn apply_env(&mut self) {
+        if let Ok(url) = std::env::var("PILOT_BRIDGE_OTLP_ENDPOINT") {
+            self.otlp_endpoint = url.trim().to_string();
+        }
+    }
+
+    /// The URL traces are posted to, when tracing is on.
+    pub fn traces_url(&self) -> anyhow::Result<Option<reqwest::Url>> {
+        let raw = self.otlp_endpoint.trim();
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        let mut url = reqwest::Url::parse(raw)
+            .with_context(|| format!("telemetry.otlp_endpoint {raw:?} is not a URL"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            bail!("telemetry.otlp_endpoint must be an http:// or https:// URL with a host");
+        }
+        if url.path() == "/" || url.path().is_empty() {
+            url.set_path("/v1/traces");
+        }
+        Ok(Some(url))
+    }
 }
 
 /// Control no model can bypass (DESIGN §21).
@@ -456,6 +504,7 @@ impl Default for Config {
             state: StateConfig::default(),
             chat: ChatConfig::default(),
             control: ControlConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -872,6 +921,11 @@ impl Config {
         {
             bail!("control.two_step_key_ids entries must be 1 to 128 characters (got {bad:?})");
         }
+        self.telemetry.traces_url()?;
+        let name = &self.telemetry.service_name;
+        if name.trim().is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+            bail!("telemetry.service_name must be 1 to 128 printable characters");
+        }
         if self.state.backend == StateBackend::Redis {
             let url = self.state.redis_url.trim();
             let scheme_ok = url.starts_with("redis://") || url.starts_with("unix://");
@@ -931,6 +985,33 @@ mod tests {
         ] {
             let e = Config::from_toml(bad).unwrap().validate().unwrap_err();
             assert!(e.to_string().contains("control."), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn telemetry_settings_are_read_and_checked() {
+        let c =
+            Config::from_toml("[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\n").unwrap();
+        c.validate().unwrap();
+        let url = c.telemetry.traces_url().unwrap().unwrap();
+        assert_eq!(url.as_str(), "http://127.0.0.1:4318/v1/traces");
+        assert_eq!(c.telemetry.service_name, "pilot-bridge");
+        let full = TelemetryConfig {
+            otlp_endpoint: "https://otel.example/custom/traces".into(),
+            ..TelemetryConfig::default()
+        };
+        assert_eq!(
+            full.traces_url().unwrap().unwrap().as_str(),
+            "https://otel.example/custom/traces"
+        );
+        assert!(TelemetryConfig::default().traces_url().unwrap().is_none());
+        for bad in [
+            "[telemetry]\notlp_endpoint = \"collector:4318\"\n",
+            "[telemetry]\notlp_endpoint = \"ftp://collector\"\n",
+            "[telemetry]\nservice_name = \"\"\n",
+        ] {
+            let e = Config::from_toml(bad).unwrap().validate().unwrap_err();
+            assert!(e.to_string().contains("telemetry."), "{bad}: {e}");
         }
     }
 

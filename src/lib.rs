@@ -31,6 +31,7 @@
 //! mcp/            MCP at /mcp (rmcp, stateless): the actions as tools, Host/Origin checks
 //! demo.rs         the demo workspace seeded by `serve --demo`
 //! telemetry.rs    tracing subscriber and Prometheus recorder
+//! otel.rs         per-turn OpenTelemetry traces over OTLP/HTTP (only with [telemetry] otlp_endpoint)
 //! webhooks/       event outbox (`emit`), Standard Webhooks signing, SSRF guard, delivery worker
 //! ```
 
@@ -59,6 +60,7 @@ pub mod input;
 pub mod intent;
 pub mod mcp;
 pub mod native;
+pub mod otel;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::config::LogFormat;
+use crate::config::{LogFormat, TelemetryConfig};
 
 /// Histogram buckets in seconds, from 50 µs to 2.5 s, so sub-millisecond work is visible.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -59,22 +59,48 @@ pub const WEBHOOK_BUCKETS: &[f64] = &[
 ];
 
 /// Installs the global tracing subscriber. Logs go to stderr so stdout stays clean for the CLI's
-/// machine-readable output (`keys create` prints only the key).
-pub fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+/// machine-readable output (`keys create` prints only the key). With `[telemetry]
+/// otlp_endpoint` set, turn traces are exported too (see `otel`); the returned exporter is to
+/// be shut down last, so it sends what is still queued. `rt` runs the exporter's requests.
+pub fn init_tracing(
+    format: LogFormat,
+    telemetry: &TelemetryConfig,
+    rt: &tokio::runtime::Handle,
+) -> anyhow::Result<Option<crate::otel::Exporter>> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // Turn spans are for the trace exporter alone: never in log lines, and with no exporter
+    // no layer wants them, so making one costs nothing.
+    if let Ok(off) = format!("{}=off", crate::otel::TARGET).parse() {
+        filter = filter.add_directive(off);
+    }
+    let (traces, exporter) = match telemetry.traces_url()? {
+        Some(url) => {
+            let (layer, exporter) = crate::otel::start(&url, &telemetry.service_name, rt.clone())?;
+            (Some(layer), Some(exporter))
+        }
+        None => (None, None),
+    };
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let registry = tracing_subscriber::registry().with(traces);
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
+        LogFormat::Text => registry.with(logs.with_filter(filter)).try_init(),
+        LogFormat::Json => registry
+            .with(
+                logs.json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_filter(filter),
+            )
             .try_init(),
     };
+    Ok(exporter)
 }
 
 /// Installs the global Prometheus recorder (once per process) and returns its handle.

@@ -264,6 +264,10 @@ fn serve_refuses_out_of_range_settings_with_a_clear_message() {
             "[storage]\nwal_reset_bytes = 1\n",
             "storage.wal_reset_bytes must be between 1048576 and 1073741824",
         ),
+        (
+            "[telemetry]\notlp_endpoint = \"ftp://collector:4318\"\n",
+            "telemetry.otlp_endpoint must be an http:// or https:// URL",
+        ),
     ] {
         let config = dir.path().join("bad.toml");
         std::fs::write(&config, toml).expect("config");

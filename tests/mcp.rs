@@ -12,7 +12,8 @@ mod common;
 #[path = "common/native.rs"]
 mod native_common;
 
-use pilot_bridge::domain::{Plan, Scope};
+use pilot_bridge::domain::{KeyPolicy, Plan, Scope};
+use pilot_bridge::store::keys;
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
     ProtocolVersion,
@@ -480,6 +481,67 @@ async fn idempotency_key_argument_and_the_keyless_dedupe_window() {
         "VALIDATION_ERROR",
     );
     assert!(e["details"].as_str().unwrap().starts_with("idempotencyKey"));
+    c.cancel().await.unwrap();
+}
+
+/// A key of the demo org with the `two_step` policy (DESIGN §21).
+async fn two_step_key(d: &Demo) -> String {
+    let raw = d.s.create_key("demo", Scope::ALL).await;
+    let r = raw.clone();
+    d.s.store()
+        .write(move |tx| {
+            let (_, rec) = keys::find_by_hash(tx, &keys::hash_key(&r))?.expect("key row");
+            keys::set_policy(tx, &rec.key_id, KeyPolicy::TwoStep)
+        })
+        .await
+        .expect("set policy");
+    raw
+}
+
+#[tokio::test]
+async fn a_two_step_key_runs_a_dangerous_tool_only_through_confirm_pending_action() {
+    let d = demo().await;
+    let key = two_step_key(&d).await;
+    let c = connect(&d, &key).await;
+    let before = audience(&c, "Seed founders").await;
+    let add = json!({"personName": "John Smith", "campaignRef": "Seed founders"});
+
+    // A model confirming on its own: neither `confirmed` nor a pending id is an argument of an
+    // action tool. Refused with a pointer to the confirmation tool; nothing is asked or run.
+    for (arg, value) in [("confirmed", json!(true)), ("pendingActionId", json!("p"))] {
+        let mut forced = add.clone();
+        forced[arg] = value;
+        let e = failure(
+            &call(&c, "add_to_campaign", forced).await,
+            "VALIDATION_ERROR",
+        );
+        let details = e["details"].as_str().unwrap();
+        assert!(
+            details.starts_with(&format!("{arg}: not an argument"))
+                && details.contains("confirm_pending_action"),
+            "{details}"
+        );
+    }
+    assert_eq!(audience(&c, "Seed founders").await, before);
+
+    // The tool asks, naming the policy; a retry replays the same question; nothing runs.
+    let asked = reply(&call(&c, "add_to_campaign", add.clone()).await);
+    assert_eq!(asked["mode"], "confirmation_required", "{asked}");
+    assert_eq!(asked["data"]["confirmation_policy"], "two_step", "{asked}");
+    let pid = asked["pending_action_id"].as_str().unwrap();
+    let again = reply(&call(&c, "add_to_campaign", add).await);
+    assert_eq!(again["mode"], "duplicate", "{again}");
+    assert_eq!(again["pending_action_id"], pid, "{again}");
+    assert_eq!(audience(&c, "Seed founders").await, before);
+
+    // Only confirm_pending_action, with the pending id, runs it — once.
+    let yes = json!({"pendingActionId": pid, "confirmed": true});
+    let done = reply(&call(&c, "confirm_pending_action", yes.clone()).await);
+    assert_eq!(done["mode"], "result", "{done}");
+    assert_eq!(audience(&c, "Seed founders").await, before + 1);
+    let replayed = reply(&call(&c, "confirm_pending_action", yes).await);
+    assert_eq!(replayed["mode"], "duplicate", "{replayed}");
+    assert_eq!(audience(&c, "Seed founders").await, before + 1);
     c.cancel().await.unwrap();
 }
 

@@ -68,6 +68,10 @@ pub async fn serve(State(app): State<AppState>, req: Request) -> Response {
         principal,
         started,
         auth: t.elapsed(),
+        // Only traces use it; the SDK runs the tool call outside this request's scope.
+        request_id: crate::otel::enabled()
+            .then(|| REQUEST.try_with(|c| c.request_id.clone()).ok())
+            .flatten(),
     });
     let resp = service(&app)
         .handle(Request::from_parts(parts, body))

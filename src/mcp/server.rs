@@ -28,6 +28,8 @@ pub struct Caller {
     pub started: Instant,
     /// Time spent authenticating, reported as the turn's `auth` phase.
     pub auth: std::time::Duration,
+    /// The HTTP request's id, kept when traces are exported (for the turn's root span).
+    pub request_id: Option<String>,
 }
 
 const INSTRUCTIONS: &str = "pilot-bridge drives an OutreachPilot sales CRM. Each tool result \
@@ -95,6 +97,9 @@ impl ServerHandler for PilotMcp {
             return Err(ErrorData::internal_error("caller not authenticated", None));
         };
         let mut timing = ServerTiming::starting_at(caller.started);
+        if let (Some(trace), Some(id)) = (timing.trace(), &caller.request_id) {
+            trace.record_request_id(id);
+        }
         timing.record("auth", caller.auth);
         let bridge = &self.app.bridge;
         let outcome = match tools::native_body(&request.name, request.arguments.as_ref()) {

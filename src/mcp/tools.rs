@@ -249,6 +249,19 @@ pub fn native_body(name: &str, args: Option<&JsonObject>) -> Result<Value, ApiEr
             IDEMPOTENCY_KEY => {
                 body.insert(k.clone(), v.clone());
             }
+            // Only `confirm_pending_action` settles a question, with what the user answered:
+            // an action tool never runs a dangerous action on the caller's own say-so, whatever
+            // the key (DESIGN §19, §21).
+            "confirmed" | "pendingActionId" => {
+                return Err(ApiError::validation(
+                    k,
+                    format!(
+                        "not an argument of {name}; a dangerous action answers with a question \
+                         (mode confirmation_required), and {CONFIRM_TOOL} answers it"
+                    ),
+                )
+                .with_spoken("I need to ask you before I do that."))
+            }
             // The tool's name is the type; a `type` argument would contradict it.
             "type" => {
                 return Err(ApiError::validation(
@@ -393,6 +406,15 @@ mod tests {
             json!({"pendingActionId": "p", "confirmed": true, "x": 1}),
         );
         assert!(unknown.details.unwrap().starts_with("x: unknown argument"));
+        for self_confirm in [
+            json!({"contactId": "c", "campaignRef": "Seed", "confirmed": true}),
+            json!({"contactId": "c", "campaignRef": "Seed", "pendingActionId": "p"}),
+        ] {
+            let refused = e("add_to_campaign", self_confirm);
+            let details = refused.details.clone().unwrap_or_default();
+            assert!(details.contains(CONFIRM_TOOL), "{details}");
+            assert_eq!(refused.status(), 422);
+        }
         let missing = e(CONFIRM_TOOL, json!({"confirmed": true}));
         assert_eq!(missing.details.as_deref(), Some("pendingActionId: missing"));
         assert_eq!(missing.status(), 422);

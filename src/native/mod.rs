@@ -243,11 +243,28 @@ impl Bridge {
         self: &Arc<Self>,
         principal: Arc<Principal>,
         body: Value,
+        timing: ServerTiming,
+        transport: Transport,
+    ) -> TurnOutcome {
+        // With traces on, the turn runs inside its root span, so upstream calls (and a write's
+        // task, which takes the current span along) become its children.
+        match timing.trace().map(|t| t.root().clone()) {
+            Some(root) => {
+                let turn = self.handle_turn(principal, body, timing, transport);
+                tracing::Instrument::instrument(turn, root).await
+            }
+            None => self.handle_turn(principal, body, timing, transport).await,
+        }
+    }
+
+    async fn handle_turn(
+        self: &Arc<Self>,
+        principal: Arc<Principal>,
+        body: Value,
         mut timing: ServerTiming,
         transport: Transport,
     ) -> TurnOutcome {
-        let span = tracing::Span::current();
-        span.record("org_id", principal.org_id.as_str());
+        timing.annotate("org_id", principal.org_id.as_str());
         let parsed = timing.measure("parse", || NativeRequest::parse(&body));
         let req = match parsed {
             Ok(r) => r,
@@ -334,9 +351,8 @@ impl Bridge {
             (Some(a), None) => a.type_name(),
             (None, None) => "unknown",
         };
-        let span = tracing::Span::current();
-        span.record("action", action);
-        span.record("mode", req.execution_mode.as_str());
+        timing.annotate("action", action);
+        timing.annotate("mode", req.execution_mode.as_str());
         let (result, replayed) = if req.is_read() {
             let mut r = self.read(principal, &req, &mut timing).await;
             if let Ok(reply) = &mut r {
@@ -346,6 +362,14 @@ impl Bridge {
         } else {
             self.write(principal, &req, &mut timing).await
         };
+        if let Some(t) = timing.trace() {
+            // The key the reply reports (a confirmation's derived one), else the client's.
+            let key = match &result {
+                Ok(r) => r.idempotency_key.as_deref(),
+                Err(_) => None,
+            };
+            t.record_key(key.or(req.idempotency_key.as_deref()));
+        }
         self.finish(
             result,
             replayed,
@@ -360,7 +384,7 @@ impl Bridge {
         &self,
         mut result: Result<NativeReply, ApiError>,
         replayed: bool,
-        timing: ServerTiming,
+        mut timing: ServerTiming,
         mode: ExecutionMode,
         action: &'static str,
         transport: Transport,
@@ -373,7 +397,11 @@ impl Bridge {
             Ok(r) => r.mode.as_str(),
             Err(e) => e.code.as_str(),
         };
-        tracing::Span::current().record("outcome", outcome);
+        timing.annotate("outcome", outcome);
+        if let Some(trace) = timing.take_trace() {
+            let failed = result.as_ref().is_err_and(|e| e.status() >= 500);
+            trace.finish(transport.as_str(), failed);
+        }
         telemetry::native_turn(
             action,
             mode.as_str(),
@@ -484,7 +512,9 @@ impl Bridge {
             seal.stamp(reply);
         }
         if let Some(guard) = guard {
+            let t = Instant::now();
             self.keep(guard, &seal, &turn).await;
+            timing.record("state", t.elapsed());
         }
         (turn.result, turn.replayed)
     }

@@ -4,11 +4,16 @@
 use std::fmt::Write;
 use std::time::{Duration, Instant};
 
+use crate::otel::TurnTrace;
+
 /// Phases recorded for one turn, in the order they ran.
 #[derive(Debug, Clone)]
 pub struct ServerTiming {
     started: Instant,
     phases: Vec<(&'static str, Duration)>,
+    /// This turn's trace, only when traces are exported (`[telemetry] otlp_endpoint`); each
+    /// recorded phase becomes one of its spans.
+    trace: Option<Box<TurnTrace>>,
 }
 
 impl ServerTiming {
@@ -17,6 +22,7 @@ impl ServerTiming {
         ServerTiming {
             started,
             phases: Vec::with_capacity(8),
+            trace: TurnTrace::begin(),
         }
     }
 
@@ -26,6 +32,9 @@ impl ServerTiming {
 
     /// Adds `d` to phase `name` (phases that run twice are summed).
     pub fn record(&mut self, name: &'static str, d: Duration) {
+        if let Some(t) = &self.trace {
+            t.phase(name, d);
+        }
         if let Some(p) = self.phases.iter_mut().find(|(n, _)| *n == name) {
             p.1 += d;
         } else {
@@ -54,6 +63,28 @@ impl ServerTiming {
         }
         let _ = write!(s, "total;dur={total_ms:.3}");
         s
+    }
+
+    /// The turn's trace, when traces are exported.
+    pub fn trace(&self) -> Option<&TurnTrace> {
+        self.trace.as_deref()
+    }
+
+    /// Takes the turn's trace out, so its root span ends when the turn does rather than when
+    /// the last copy of this timing is dropped.
+    pub fn take_trace(&mut self) -> Option<Box<TurnTrace>> {
+        self.trace.take()
+    }
+
+    /// Records a log field of the turn (`org_id`, `action`, `mode`, `outcome`) on the
+    /// current span, and on the trace's root when there is one.
+    pub fn annotate(&self, field: &'static str, value: &str) {
+        match &self.trace {
+            None => {
+                tracing::Span::current().record(field, value);
+            }
+            Some(t) => t.record(field, value),
+        }
     }
 
     pub fn phase_names(&self) -> impl Iterator<Item = &'static str> + '_ {

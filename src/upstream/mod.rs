@@ -15,6 +15,7 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use self::breaker::Breaker;
 use crate::config::UpstreamConfig;
@@ -357,6 +358,7 @@ impl Upstream {
             // The upstream logs it next to its own id: one request, traceable across both.
             req = req.header("x-request-id", id);
         }
+        let span = crate::otel::upstream_span(op);
         let started = std::time::Instant::now();
         let limit = self.cfg.max_response_bytes;
         let result = async {
@@ -387,20 +389,34 @@ impl Upstream {
                 body: body.freeze(),
             })
         }
+        .instrument(span.clone())
         .await;
         match result {
             Ok(r) => {
-                self.record(op, class, r.status, started.elapsed());
+                let outcome = self.record(op, class, r.status, started.elapsed());
+                crate::otel::upstream_answered(
+                    &span,
+                    outcome,
+                    Some((r.status, &r.headers, &r.body)),
+                );
                 Ok(r)
             }
             Err(f) => {
-                self.record_failure(op, class, &f, started.elapsed());
+                let outcome = self.record_failure(op, class, &f, started.elapsed());
+                crate::otel::upstream_answered(&span, outcome, None);
                 Err(f)
             }
         }
     }
 
-    fn record(&self, op: &'static str, class: RouteClass, status: StatusCode, elapsed: Duration) {
+    /// Counts an answer; returns its outcome label.
+    fn record(
+        &self,
+        op: &'static str,
+        class: RouteClass,
+        status: StatusCode,
+        elapsed: Duration,
+    ) -> &'static str {
         let breaker = self.breaker(class);
         let outcome = if status.is_server_error() {
             breaker.failure();
@@ -416,12 +432,19 @@ impl Upstream {
             }
         };
         telemetry::upstream_request(op, outcome, elapsed);
+        outcome
     }
 
     /// Only what the upstream caused counts against the breaker: no connection, and its own
     /// request timeout. Our budget running out, and an answer too large for us (the upstream
-    /// is alive and answering), are inconclusive.
-    fn record_failure(&self, op: &'static str, class: RouteClass, f: &Failure, elapsed: Duration) {
+    /// is alive and answering), are inconclusive. Returns the outcome label.
+    fn record_failure(
+        &self,
+        op: &'static str,
+        class: RouteClass,
+        f: &Failure,
+        elapsed: Duration,
+    ) -> &'static str {
         let breaker = self.breaker(class);
         let outcome = match f {
             Failure::Timeout => {
@@ -443,6 +466,7 @@ impl Upstream {
             Failure::Breaker(_) => "breaker_open",
         };
         telemetry::upstream_request(op, outcome, elapsed);
+        outcome
     }
 }
 

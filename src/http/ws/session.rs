@@ -624,7 +624,6 @@ async fn turn(
         done: false,
     };
     let request_id = new_request_id();
-    let mut timing = ServerTiming::starting_at(received);
     let t = Instant::now();
     let parsed: Result<Value, ApiError> = crate::http::extract::parse_json(raw.as_bytes());
     let body = match parsed {
@@ -693,6 +692,13 @@ async fn turn(
             ))
         }
     };
+    // Only now is this frame a turn (not a ping, auth or cancel frame, nor refused before it
+    // reached the pipeline): its timing, and its trace when traces are exported, start here
+    // with the clock at the frame's arrival.
+    let mut timing = ServerTiming::starting_at(received);
+    if let Some(trace) = timing.trace() {
+        trace.record_request_id(&request_id);
+    }
     timing.record("parse", t.elapsed());
     let gate = CommitGate::new();
     let key = id.as_str().unwrap_or_default().to_string();
