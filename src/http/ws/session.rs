@@ -164,6 +164,7 @@ where
         Credentials::FirstFrame { deadline } => (None, Some(deadline), None),
     };
 
+    let inline_from = tokio::runtime::Handle::current().metrics().num_workers();
     let ping_every = Duration::from_secs(cfg.ping_interval_secs);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let mut last_seen = tokio::time::Instant::now();
@@ -235,6 +236,7 @@ where
                         Some(a) => {
                             let a = a.clone();
                             a.unregistered.fetch_add(1, Ordering::AcqRel);
+                            let spread = app.ws_connections.open() < inline_from;
                             let (app, out, end) = (app.clone(), out_tx.clone(), end_tx.clone());
                             let permit = permit.take();
                             let received = Instant::now();
@@ -243,12 +245,15 @@ where
                                     queue(&out, reply, permit).await;
                                 }
                             };
-                            // A frame answered without waiting (a cached read, a ping, a bad
-                            // frame) is done in this first poll, saving a task; one that waits
+                            // With at least as many open sockets as worker threads, every
+                            // core has sessions to run, and a frame answered without waiting
+                            // (a cached read, a ping, a bad frame) is cheapest done in this
+                            // first poll, saving a task. With fewer, a task of its own lets a
+                            // pipelining client's frames use the idle cores. A frame that waits
                             // (the database, upstream, a write's own task) goes on in its own
-                            // task, so the session keeps reading meanwhile.
+                            // task either way, so the session keeps reading meanwhile.
                             let mut work = Box::pin(work);
-                            if futures_util::poll!(work.as_mut()).is_pending() {
+                            if spread || futures_util::poll!(work.as_mut()).is_pending() {
                                 tokio::spawn(work);
                             }
                         }
