@@ -30,6 +30,10 @@ use crate::error::ApiError;
 /// frames are small, and larger ones are simply read in more steps.
 const READ_BUFFER: usize = 2 * 1024;
 
+/// Replies are gathered up to this size before they are written to the socket: the session's
+/// writer feeds every queued reply and then flushes, so a batch goes out in one write.
+const WRITE_BUFFER: usize = 16 * 1024;
+
 /// Open the WebSocket twin of the native endpoint (protocol and frames: `docs/websocket.md`).
 ///
 /// A standard RFC 6455 handshake (`Upgrade: websocket`, `Connection: Upgrade`,
@@ -100,10 +104,10 @@ pub async fn upgrade(
         }
     };
     let cfg = &app.config.websocket;
-    // No cap on the write buffer beyond one reply: replies of any size go out (a reply waits
-    // for the previous one to be written before it is buffered, so this holds at most one).
+    // No cap on the write buffer beyond one batch: replies of any size go out (a batch is
+    // flushed before the next one is buffered, so this holds one batch at most).
     ws.read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(usize::MAX)
         .max_message_size(cfg.max_message_bytes)
         .max_frame_size(cfg.max_message_bytes)
