@@ -84,10 +84,7 @@ fn create_key(dir: &Path, org: &str, scopes: Option<&str>) -> (String, String) {
     (key.to_string(), id)
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
+use common::free_port;
 
 /// A `serve` child process, killed (SIGKILL) and reaped when dropped.
 struct Server {

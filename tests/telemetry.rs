@@ -176,10 +176,7 @@ impl Drop for Serve {
     }
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
+use common::free_port;
 
 impl Serve {
     async fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Serve {

@@ -38,10 +38,7 @@ impl Drop for UpstreamProcess {
     }
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
+use common::free_port;
 
 impl UpstreamProcess {
     /// Seeds the demo workspace (rate limit off, the tests' key, an org limited to 2 requests a

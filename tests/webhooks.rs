@@ -877,13 +877,7 @@ async fn wait_ready(port: u16) {
     panic!("serve on {port} not ready");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::free_port;
 
 #[tokio::test]
 async fn a_pending_delivery_survives_kill_9() {

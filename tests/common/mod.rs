@@ -382,3 +382,10 @@ impl Resp {
         self.body["error"]["details"].as_str().unwrap_or("")
     }
 }
+
+/// A loopback port that was free a moment ago, for a child process that must be told its
+/// port up front (the in-process server binds port 0 itself).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
