@@ -50,6 +50,8 @@ pub mod names {
     pub const REDIS_DURATION: &str = "pilot_bridge_redis_operation_duration_seconds";
     pub const REDIS_ERRORS: &str = "pilot_bridge_redis_errors_total";
     pub const EVENTS_RELAYED: &str = "pilot_bridge_events_relayed_total";
+    pub const CHAT_MESSAGES: &str = "pilot_bridge_chat_messages_total";
+    pub const CHAT_TOOL_CALLS: &str = "pilot_bridge_chat_tool_calls_total";
 }
 
 /// Buckets of webhook delivery attempts, which wait on someone else's server for up to the
@@ -162,6 +164,34 @@ fn describe() {
     describe_counter!(CONFIRMATIONS, "Confirmation requests by result.");
     describe_gauge!(WS_CONNECTIONS, "Open WebSocket connections.");
     describe_counter!(WS_FRAMES, "WebSocket frames by direction and kind.");
+    describe_counter!(
+        WS_CLOSES,
+        "WebSocket sessions ended, by close code sent or echoed and reason."
+    );
+    describe_counter!(
+        WS_AUTH_FAILURES,
+        "Failed WebSocket auth frames by outcome (refused: checked and wrong; limited: not checked)."
+    );
+    describe_counter!(
+        EVENTS_PUBLISHED,
+        "Live events published to this replica's subscribers, by event type."
+    );
+    describe_counter!(
+        EVENTS_DELIVERED,
+        "Live events handed to WebSocket sessions (one per subscribed session), by event type."
+    );
+    describe_counter!(
+        EVENTS_SKIPPED,
+        "Live events a slow WebSocket session skipped because its buffer was full."
+    );
+    describe_counter!(
+        CHAT_MESSAGES,
+        "POST /api/v1/chat messages answered, by provider."
+    );
+    describe_counter!(
+        CHAT_TOOL_CALLS,
+        "Tool calls run for chat messages, by provider."
+    );
     describe_counter!(
         RATE_LIMITED,
         "Requests refused by the per-org rate limit, by transport."

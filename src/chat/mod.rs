@@ -23,6 +23,7 @@ use crate::config::{ChatConfig, ChatProvider};
 use crate::error::{ApiError, ApiResult};
 use crate::native::Bridge;
 use crate::store::Store;
+use crate::telemetry::names::{CHAT_MESSAGES, CHAT_TOOL_CALLS};
 
 /// `POST /chat` body.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -83,11 +84,6 @@ pub struct Chat {
     cfg: ChatConfig,
     provider: Box<dyn Provider>,
 }
-
-/// Chat messages answered, by provider.
-pub const CHAT_MESSAGES: &str = "pilot_bridge_chat_messages_total";
-/// Tool calls run for chat messages, by provider.
-pub const CHAT_TOOL_CALLS: &str = "pilot_bridge_chat_tool_calls_total";
 
 const NOTHING_PENDING: &str = "There's nothing waiting for a yes or no in this conversation.";
 
