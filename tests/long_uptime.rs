@@ -2,9 +2,9 @@
 //! truncated once the load stops; junk request methods add no metric series; a failing job is
 //! retried with backoff, marked failed, and never blocks a good one.
 
+#[path = "integration/common/mod.rs"]
 mod common;
-#[path = "common/native.rs"]
-mod native_common;
+use common::native as native_common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -29,7 +29,7 @@ use crate::error::{ApiError, ErrorCode};
 /// through `guard_rest`, which adds authentication when serving, or swaps in the proxy in
 /// upstream mode), the native endpoint and its WebSocket twin. Routes are only ever registered here, through `routes!`, which reads method
 /// and path from each handler's `#[utoipa::path]`: a route cannot exist without its spec entry
-/// (`tests/openapi.rs` checks that nothing bypasses this).
+/// (`tests/integration/openapi.rs` checks that nothing bypasses this).
 pub fn routes(
     guard_rest: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>,
 ) -> OpenApiRouter<AppState> {

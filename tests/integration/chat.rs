@@ -3,9 +3,7 @@
 //! message, 402 at zero, `GET /credits`, `org set --credits`), bad input and foreign threads,
 //! and the `openai` provider against a fake OpenAI-compatible server started here.
 
-mod common;
-#[path = "common/native.rs"]
-mod native_common;
+use crate::common::native as native_common;
 
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! while a server process runs, `serve --demo`, and durability of acknowledged writes across a
 //! `kill -9` (DESIGN §11).
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -2,13 +2,9 @@
 //! self-confirmation over HTTP and WebSocket (and from the CLI), confirmations bound to the
 //! action they confirm, events replayed after a reconnect, and commit-aware cancellation.
 
-mod common;
-#[path = "common/native.rs"]
-mod native_common;
-#[path = "common/redis.rs"]
-mod redis_common;
-#[path = "common/ws.rs"]
-mod ws_common;
+use crate::common::native as native_common;
+use crate::common::redis as redis_common;
+use crate::common::ws as ws_common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The envelope on every response (framework rejections included), operator endpoints, API key
 //! authentication, plans, scopes and per-org rate limiting (DESIGN §§1, 4, 10).
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

@@ -2,9 +2,7 @@
 //! the native endpoint and the REST extractors of a real server, and at its WebSocket frame
 //! handler. Nothing panics, nothing answers 5xx, and every rejection is our JSON envelope.
 
-mod common;
-#[path = "common/native.rs"]
-mod native_common;
+use crate::common::native as native_common;
 
 use std::sync::OnceLock;
 use std::time::Duration;

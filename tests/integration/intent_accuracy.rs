@@ -36,7 +36,7 @@ fn outcome(line: &Labelled) -> Value {
 
 #[test]
 fn labelled_utterances_are_understood() {
-    let data = include_str!("data/intents.jsonl");
+    let data = include_str!("../data/intents.jsonl");
     let lines: Vec<Labelled> = data
         .lines()
         .filter(|l| !l.trim().is_empty())

@@ -8,9 +8,8 @@
 //! keyless dedupe window; auth (401, 403 by scope) and `Origin`/`Host` checks (403) before any
 //! MCP processing; and that another key cannot confirm someone's pending action.
 
-mod common;
-#[path = "common/native.rs"]
-mod native_common;
+use crate::common;
+use crate::common::native as native_common;
 
 use pilot_bridge::domain::{KeyPolicy, Plan, Scope};
 use pilot_bridge::store::keys;

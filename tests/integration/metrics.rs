@@ -1,7 +1,7 @@
 //! `/metrics`: Prometheus text that promtool accepts, with the documented metric names and no
 //! org, key or raw-path labels.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

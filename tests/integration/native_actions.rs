@@ -3,9 +3,7 @@
 //! REST v1, reference resolution, send_message under each pilot mode, and the audit rules of
 //! fast and standard mode.
 
-mod common;
-#[path = "common/native.rs"]
-mod native_common;
+use crate::common::native as native_common;
 
 use std::time::Duration;
 

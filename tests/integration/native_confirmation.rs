@@ -4,9 +4,7 @@
 //! replays afterwards; cancelling, unknown or foreign ids, type mismatches, one-step
 //! confirmation, inactive campaigns and expiry.
 
-mod common;
-#[path = "common/native.rs"]
-mod native_common;
+use crate::common::native as native_common;
 
 use std::time::Duration;
 

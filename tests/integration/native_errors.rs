@@ -2,9 +2,7 @@
 //! validation, size, rate limit — uses the error envelope with a `spoken_summary`, and carries
 //! `Server-Timing`, `meta.performance` and `X-Request-Id` like any other native reply.
 
-mod common;
-#[path = "common/native.rs"]
-mod native_common;
+use crate::common::native as native_common;
 
 use native_common::*;
 use pilot_bridge::domain::{Plan, Scope};

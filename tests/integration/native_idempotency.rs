@@ -2,9 +2,7 @@
 //! key reuse, 100 concurrent twins, stored business errors, unstored validation errors, reads,
 //! the keyless dedupe window, and undo scoped to the calling key.
 
-mod common;
-#[path = "common/native.rs"]
-mod native_common;
+use crate::common::native as native_common;
 
 use std::time::Duration;
 

@@ -3,9 +3,7 @@
 //! many, times in the org's time zone, outcomes in `data` as well as in speech, and request
 //! parsing that is strict about unknown fields yet forgiving about how numbers and dates arrive.
 
-mod common;
-#[path = "common/native.rs"]
-mod native_common;
+use crate::common::native as native_common;
 
 use chrono::{Datelike, Duration, Utc};
 use native_common::*;

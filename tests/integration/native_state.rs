@@ -4,9 +4,8 @@
 //! replays after an undo, compare-and-set undo, and the re-check of pilot mode at confirmation.
 //! (Restarts of the real binary, with SIGTERM and kill -9, are in `cli_and_durability.rs`.)
 
-mod common;
-#[path = "common/native.rs"]
-mod native_common;
+use crate::common;
+use crate::common::native as native_common;
 
 use std::time::Duration;
 

@@ -4,9 +4,7 @@
 //! nothing recognised asks with `data.reason: "unrecognized"`; dates are read in the org's
 //! time zone.
 
-mod common;
-#[path = "common/native.rs"]
-mod native_common;
+use crate::common::native as native_common;
 
 use native_common::*;
 use pilot_bridge::domain::Scope;

@@ -4,9 +4,8 @@
 //! absolute auth deadline and the unauthenticated cap, replies of any size, server-pushed events,
 //! reconnect without double effects, and graceful shutdown with 1001.
 
-mod common;
-#[path = "common/ws.rs"]
-mod ws_common;
+use crate::common;
+use crate::common::ws as ws_common;
 
 use std::time::Duration;
 

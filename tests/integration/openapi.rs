@@ -15,7 +15,7 @@
 //! A scan of `.route("...")` strings alone would miss routes built in other ways; a live probe
 //! alone cannot discover routes it does not know about. Together with (1) they close the loop.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -5,13 +5,10 @@
 //! upstream itself. A real `redis-server` runs per test; without the binary the tests print a
 //! notice and pass (CI installs it).
 
-mod common;
-#[path = "common/native.rs"]
-mod native_common;
-#[path = "common/redis.rs"]
-mod redis_common;
-#[path = "common/ws.rs"]
-mod ws_common;
+use crate::common;
+use crate::common::native as native_common;
+use crate::common::redis as redis_common;
+use crate::common::ws as ws_common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,7 +1,7 @@
 //! REST v1 `/campaigns`: list filters, get with `audience_stats`, PATCH, trigger (by contact id
 //! and by email), status, CAMPAIGN_NOT_ACTIVE, and cross-org isolation.
 
-mod common;
+use crate::common;
 
 use common::{start, Client, TestServer};
 use serde_json::{json, Value};

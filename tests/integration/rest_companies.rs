@@ -1,7 +1,7 @@
 //! REST v1 `/companies`: unknown fields into `context`, upsert by domain, partial PUT, delete
 //! unlinking contacts, automatic linking of contacts by email domain, list filters, isolation.
 
-mod common;
+use crate::common;
 
 use common::start;
 use serde_json::{json, Value};

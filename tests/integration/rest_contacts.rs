@@ -1,7 +1,7 @@
 //! REST v1 `/contacts`: list filters and pagination, create (one, batch, upsert by email), get,
 //! PUT with partial changes, delete, and cross-org isolation.
 
-mod common;
+use crate::common;
 
 use common::start;
 use serde_json::{json, Value};

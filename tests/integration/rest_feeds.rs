@@ -1,7 +1,7 @@
 //! REST v1 feeds for briefing and debrief: `/signals`, `/activity` and `/notes` (filters, page
 //! caps of 100, note creation with `idempotency_key` replay) and their isolation between orgs.
 
-mod common;
+use crate::common;
 
 use chrono::{Duration, FixedOffset, SecondsFormat, Utc};
 use common::{start, Client, TestServer};

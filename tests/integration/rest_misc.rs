@@ -1,7 +1,7 @@
 //! REST v1 `/credits`, `/settings` (pilot mode) and `/webhooks` (list with available events,
 //! register, deactivate by `?id=`), including isolation between orgs.
 
-mod common;
+use crate::common;
 
 use common::start;
 use pilot_bridge::domain::Plan;

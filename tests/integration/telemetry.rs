@@ -10,7 +10,7 @@
 //! own request id; and that no API key, transcript, name, email, note text or raw idempotency
 //! key is anywhere in the exported bytes.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;

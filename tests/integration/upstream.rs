@@ -3,9 +3,8 @@
 //! either directly or through a fault proxy on loopback that can delay, refuse or fail requests.
 //! The native suite runs through the gateway and every effect is checked on the upstream itself.
 
-mod common;
-#[path = "common/native.rs"]
-mod native_common;
+use crate::common;
+use crate::common::native as native_common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

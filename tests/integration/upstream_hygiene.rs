@@ -3,7 +3,7 @@
 //! and without a `Content-Length`), `Location` and `Cache-Control` are passed on, and the
 //! gateway's request id travels upstream as `X-Request-Id`.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 

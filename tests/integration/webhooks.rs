@@ -5,7 +5,7 @@
 //! generated secrets, the SSRF guard at registration and at delivery, subscription and org
 //! isolation, the event mapping, and a delivery pending across `kill -9`.
 
-mod common;
+use crate::common;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

@@ -4,6 +4,10 @@
 
 #![allow(dead_code)]
 
+pub mod native;
+pub mod redis;
+pub mod ws;
+
 use std::time::Duration;
 
 use pilot_bridge::config::Config;
