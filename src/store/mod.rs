@@ -76,6 +76,8 @@ struct Inner {
     /// The `-wal` file next to `path`.
     wal_path: PathBuf,
     wal_reset_bytes: u64,
+    /// Bytes of one WAL frame: a page plus its 24-byte frame header.
+    wal_frame_bytes: u64,
     writer: Mutex<Connection>,
     /// Runs WAL checkpoints off the request path.
     checkpointer: Mutex<Connection>,
@@ -182,12 +184,14 @@ impl Store {
             configure(&r, opts.durability)?;
             readers.push(Mutex::new(r));
         }
+        let page_size: i64 = writer.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         let mut wal_name = path.as_os_str().to_owned();
         wal_name.push("-wal");
         Ok(Store {
             inner: Arc::new(Inner {
                 wal_path: PathBuf::from(wal_name),
                 wal_reset_bytes: opts.wal_reset_bytes,
+                wal_frame_bytes: u64::try_from(page_size).unwrap_or(4096) + 24,
                 path,
                 writer: Mutex::new(writer),
                 checkpointer: Mutex::new(checkpointer),
@@ -347,12 +351,15 @@ impl Store {
     /// reader has moved past it.
     pub fn checkpoint(&self, mode: wal::Mode) -> ApiResult<wal::Outcome> {
         let started = std::time::Instant::now();
+        let frame_bytes = self.inner.wal_frame_bytes;
         let run = |conn: &Connection| -> rusqlite::Result<wal::Outcome> {
             conn.query_row(mode.pragma(), [], |r| {
+                let log_frames: i64 = r.get(1)?;
                 Ok(wal::Outcome {
                     busy: r.get::<_, i64>(0)? != 0,
-                    log_frames: r.get(1)?,
+                    log_frames,
                     checkpointed_frames: r.get(2)?,
+                    log_bytes: u64::try_from(log_frames).unwrap_or(0) * frame_bytes,
                 })
             })
         };
