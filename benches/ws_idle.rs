@@ -1,7 +1,8 @@
 //! Idle WebSocket cost (`harness = false`): starts the release server as its own process, opens
 //! 10,000 authenticated WebSocket connections that then stay idle, and reports the server's extra
 //! resident memory (VmRSS) in total and per connection. Exits non-zero above 100 MB extra
-//! (DESIGN §14). `WS_IDLE_CONNECTIONS` sets the count.
+//! (DESIGN §14). `WS_IDLE_CONNECTIONS` sets the count; `WS_IDLE_WRAPPER` names a program to run
+//! the server under, e.g. `heaptrack` to see where the per-connection memory goes.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,7 +54,16 @@ fn main() {
         .local_addr()
         .expect("addr")
         .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_pilot-bridge"))
+    let server_bin = env!("CARGO_BIN_EXE_pilot-bridge");
+    let mut command = match std::env::var("WS_IDLE_WRAPPER") {
+        Ok(wrapper) if !wrapper.is_empty() => {
+            let mut c = Command::new(wrapper);
+            c.arg(server_bin);
+            c
+        }
+        _ => Command::new(server_bin),
+    };
+    let child = command
         .args(["serve", "--demo", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(dir.path().join("data"))

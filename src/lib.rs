@@ -38,7 +38,10 @@
 #![forbid(unsafe_code)]
 
 /// mimalloc instead of the system allocator: under concurrent load glibc's malloc spent about a
-/// third of the CPU time of a native turn (measured with `perf` on `benches/http.rs`).
+/// third of the CPU time of a native turn (measured with `perf` on `benches/http.rs`). Heap
+/// profilers that hook malloc (heaptrack) see only the system allocator: build with
+/// `--no-default-features` to profile.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -26,9 +26,10 @@ use crate::auth::Principal;
 use crate::domain::Scope;
 use crate::error::ApiError;
 
-/// Small read buffer so idle connections stay cheap (tungstenite's default is 128 KiB); voice
-/// frames are small, and larger ones are simply read in more steps.
-const READ_BUFFER: usize = 2 * 1024;
+/// Small read buffer so idle connections stay cheap (tungstenite's default is 128 KiB): every
+/// open socket keeps it. Voice frames are a few hundred bytes; a larger frame grows the buffer
+/// to its length once its header is read, and the buffer keeps that size.
+const READ_BUFFER: usize = 512;
 
 /// Replies are gathered up to this size before they are written to the socket: the session's
 /// writer feeds every queued reply and then flushes, so a batch goes out in one write.
