@@ -19,7 +19,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 
 use crate::app::AppState;
 use crate::auth::Principal;
@@ -112,9 +112,12 @@ pub async fn upgrade(
         .max_write_buffer_size(usize::MAX)
         .max_message_size(cfg.max_message_bytes)
         .max_frame_size(cfg.max_message_bytes)
-        .on_upgrade(move |socket| async move {
+        // A plain closure returning the session's future (not an `async` block around it): the
+        // block would keep its own moved-from copy of the socket and of every argument for the
+        // connection's lifetime, in the task every idle socket keeps.
+        .on_upgrade(move |socket| {
             let (sink, stream) = socket.split();
-            session::run(app, sink, stream, credentials, slot, peer, resume_after).await;
+            session::run(app, sink, stream, credentials, slot, peer, resume_after).map(|_| ())
         })
 }
 
