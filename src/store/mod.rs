@@ -351,15 +351,12 @@ impl Store {
     /// reader has moved past it.
     pub fn checkpoint(&self, mode: wal::Mode) -> ApiResult<wal::Outcome> {
         let started = std::time::Instant::now();
-        let frame_bytes = self.inner.wal_frame_bytes;
         let run = |conn: &Connection| -> rusqlite::Result<wal::Outcome> {
             conn.query_row(mode.pragma(), [], |r| {
-                let log_frames: i64 = r.get(1)?;
                 Ok(wal::Outcome {
                     busy: r.get::<_, i64>(0)? != 0,
-                    log_frames,
+                    log_frames: r.get(1)?,
                     checkpointed_frames: r.get(2)?,
-                    log_bytes: u64::try_from(log_frames).unwrap_or(0) * frame_bytes,
                 })
             })
         };
@@ -373,6 +370,12 @@ impl Store {
         };
         wal::record(mode, result.as_ref().ok(), started.elapsed());
         Ok(result?)
+    }
+
+    /// Bytes of log in use when `outcome`'s checkpoint ran: its frames, a page and a frame
+    /// header each. (The file can be larger: after a reset it keeps `journal_size_limit`.)
+    pub fn log_bytes(&self, outcome: &wal::Outcome) -> u64 {
+        u64::try_from(outcome.log_frames).unwrap_or(0) * self.inner.wal_frame_bytes
     }
 
     /// Current size in bytes of the database file and of its WAL (0 when the log is absent).
