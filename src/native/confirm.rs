@@ -272,7 +272,7 @@ impl Bridge {
                 r.spoken_summary = speech::speakable(
                     "That already ran, so it can't be cancelled. Say undo to reverse it.",
                 );
-                if let Value::Object(m) = &mut r.data {
+                if let Value::Object(m) = r.data.to_mut() {
                     m.insert("cancelled".into(), Value::Bool(false));
                     m.insert("already_executed".into(), Value::Bool(true));
                 }

@@ -70,10 +70,12 @@ impl Bridge {
                     .backend
                     .plan(p, action, req.action_json_or_null(), timing)
                     .await?;
-                let Step::Reply(reply) = step else {
+                let Step::Reply(mut reply) = step else {
                     return Err(ApiError::internal("a read planned a write"));
                 };
                 if let (Some(cache), Some(generation)) = (&self.read_cache, generation) {
+                    // Serialized once here; every hit then copies bytes, not the tree.
+                    reply.data.freeze();
                     cache.insert(
                         cache_key,
                         Arc::new(CachedRead {

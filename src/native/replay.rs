@@ -42,7 +42,7 @@ impl Bridge {
         };
         if undone {
             r.spoken_summary = "I did that earlier, but it was undone since.".to_string();
-            if let Value::Object(m) = &mut r.data {
+            if let Value::Object(m) = r.data.to_mut() {
                 m.insert("undone".into(), Value::Bool(true));
             }
         } else {

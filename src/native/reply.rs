@@ -1,6 +1,10 @@
 //! The native reply (DESIGN §4) and the outcome of one turn as transports see it.
 
-use serde::{Deserialize, Serialize};
+use std::ops::Deref;
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::timing::ServerTiming;
@@ -58,7 +62,7 @@ pub struct NativeReply {
     pub spoken_summary: String,
     /// Structured result; its fields depend on the action.
     #[schema(value_type = Object)]
-    pub data: Value,
+    pub data: ReplyData,
     /// Ids of the records involved, e.g. `contact_id`, `campaign_id`, `draft_id`.
     #[schema(value_type = std::collections::BTreeMap<String, String>)]
     pub ids: Map<String, Value>,
@@ -87,7 +91,7 @@ impl NativeReply {
         NativeReply {
             mode,
             spoken_summary: super::speech::speakable(spoken.as_ref()),
-            data,
+            data: ReplyData::new(data),
             ids: Map::new(),
             pending_action_id: None,
             expires_at: None,
@@ -105,6 +109,90 @@ impl NativeReply {
     pub fn with_id(mut self, name: &str, id: impl Into<String>) -> Self {
         self.ids.insert(name.to_string(), Value::String(id.into()));
         self
+    }
+}
+
+/// A reply's `data`, shared by every copy of the reply: a cached read hands the same tree to
+/// each hit instead of deep-copying it. Once [`ReplyData::frozen`], its JSON text is kept
+/// beside it, so each hit writes those bytes instead of walking the tree again.
+#[derive(Clone)]
+pub struct ReplyData(Arc<SharedData>);
+
+#[derive(Clone)]
+struct SharedData {
+    value: Value,
+    /// The serialization of `value`, when it was frozen; never out of date, since every
+    /// mutable borrow clears it.
+    json: Option<Box<RawValue>>,
+}
+
+impl ReplyData {
+    pub fn new(value: Value) -> Self {
+        ReplyData(Arc::new(SharedData { value, json: None }))
+    }
+
+    /// Computes the serialization once, for a reply that is served many times (a cached
+    /// read). Copies the value first only if another reply shares it.
+    pub fn freeze(&mut self) {
+        if self.0.json.is_none() {
+            let json = serde_json::value::to_raw_value(&self.0.value).ok();
+            Arc::make_mut(&mut self.0).json = json;
+        }
+    }
+
+    /// The value, for changing it: copied first if another reply shares it.
+    pub fn to_mut(&mut self) -> &mut Value {
+        let shared = Arc::make_mut(&mut self.0);
+        shared.json = None;
+        &mut shared.value
+    }
+
+    pub fn into_value(self) -> Value {
+        match Arc::try_unwrap(self.0) {
+            Ok(shared) => shared.value,
+            Err(shared) => shared.value.clone(),
+        }
+    }
+}
+
+impl Deref for ReplyData {
+    type Target = Value;
+
+    fn deref(&self) -> &Value {
+        &self.0.value
+    }
+}
+
+impl From<Value> for ReplyData {
+    fn from(value: Value) -> Self {
+        ReplyData::new(value)
+    }
+}
+
+impl PartialEq<Value> for ReplyData {
+    fn eq(&self, other: &Value) -> bool {
+        self.0.value == *other
+    }
+}
+
+impl std::fmt::Debug for ReplyData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.value.fmt(f)
+    }
+}
+
+impl Serialize for ReplyData {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0.json {
+            Some(raw) => raw.serialize(s),
+            None => self.0.value.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ReplyData {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Value::deserialize(d).map(ReplyData::new)
     }
 }
 
@@ -183,4 +271,46 @@ struct Meta<'a> {
     server_timing: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     idempotent_replayed: Option<bool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn frozen_data_serializes_as_the_value_and_a_change_unfreezes_it() {
+        let value = json!({"contact": {"name": "Sarah \"S\" Chen", "n": 1.5}, "list": [1, null]});
+        let mut data = ReplyData::new(value.clone());
+        let plain = serde_json::to_string(&data).unwrap();
+        data.freeze();
+        assert!(data.0.json.is_some());
+        assert_eq!(serde_json::to_string(&data).unwrap(), plain);
+        // The value serializer (MCP's structuredContent) reads the frozen text back.
+        assert_eq!(serde_json::to_value(&data).unwrap(), value);
+
+        // A copy shares the tree; changing it copies first, so the other copy is untouched.
+        let shared = data.clone();
+        assert!(Arc::ptr_eq(&shared.0, &data.0));
+        data.to_mut()["undone"] = json!(true);
+        assert!(data.0.json.is_none());
+        assert_eq!(shared, value);
+        assert_eq!(data["undone"], true);
+        assert_eq!(
+            serde_json::to_value(&data).unwrap()["undone"],
+            json!(true),
+            "the old text is not served after a change"
+        );
+    }
+
+    #[test]
+    fn a_reply_round_trips_through_its_stored_form() {
+        let mut reply =
+            NativeReply::result("Done.", json!({"x": [1, 2]})).with_id("contact_id", "c1");
+        reply.data.freeze();
+        let stored = serde_json::to_string(&reply).unwrap();
+        let back: NativeReply = serde_json::from_str(&stored).unwrap();
+        assert_eq!(back.data, json!({"x": [1, 2]}));
+        assert_eq!(back.ids["contact_id"], "c1");
+    }
 }

@@ -214,7 +214,7 @@ pub fn incomplete(e: &ApiError, parsed: Value) -> NativeReply {
 
 /// Adds `parsed_action` to the reply's `data`.
 fn with_parsed_action(reply: &mut NativeReply, parsed: Value) {
-    match &mut reply.data {
+    match reply.data.to_mut() {
         Value::Object(m) => {
             m.insert("parsed_action".into(), parsed);
         }
