@@ -9,12 +9,13 @@ pub fn new_id() -> String {
 
 /// A new request id, `req_` plus 24 hex characters.
 pub fn new_request_id() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let u = uuid::Uuid::new_v4();
     let mut s = String::with_capacity(28);
     s.push_str("req_");
     for b in &u.as_bytes()[..12] {
-        use std::fmt::Write;
-        let _ = write!(s, "{b:02x}");
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 0xf)]));
     }
     s
 }

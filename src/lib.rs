@@ -30,7 +30,7 @@
 //! http/           axum transport: router, envelope, extractors, middleware, REST v1 handlers
 //! mcp/            MCP at /mcp (rmcp, stateless): the actions as tools, Host/Origin checks
 //! demo.rs         the demo workspace seeded by `serve --demo`
-//! telemetry.rs    tracing subscriber and Prometheus recorder
+//! telemetry/      tracing subscriber, Prometheus recorder, cached handles of per-request series
 //! otel.rs         per-turn OpenTelemetry traces over OTLP/HTTP (only with [telemetry] otlp_endpoint)
 //! webhooks/       event outbox (`emit`), Standard Webhooks signing, SSRF guard, delivery worker
 //! ```

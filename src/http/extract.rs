@@ -5,6 +5,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{header, request::Parts, StatusCode};
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::domain::ContactStatus;
 use crate::error::{ApiError, ErrorCode};
@@ -74,6 +75,15 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             .with_spoken("That request wasn't valid JSON.")
     })?;
     Ok(value)
+}
+
+/// A body as an untyped JSON value (the native endpoint, WebSocket frames). Only its syntax
+/// can be wrong, so unlike [`parse_json`] no field path is tracked; the errors read the same.
+pub fn parse_json_value(bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::validation("body", format!("malformed JSON: {e}"))
+            .with_spoken("That request wasn't valid JSON.")
+    })
 }
 
 /// serde_json appends " at line 1 column 42" to data errors; the field path says more.

@@ -27,7 +27,8 @@ pub async fn request_context(State(app): State<AppState>, req: Request, next: Ne
     let id = ctx.request_id.clone();
     let started = ctx.started;
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // Only an error reply quotes the path; a `Uri` copy shares its bytes.
+    let uri = req.uri().clone();
     // The matched route template, never the raw path (ids would explode label cardinality).
     let route = req.extensions().get::<MatchedPath>().cloned();
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
@@ -47,7 +48,7 @@ pub async fn request_context(State(app): State<AppState>, req: Request, next: Ne
         .await;
     if resp.status().as_u16() >= 400 && !is_json(resp.headers()) {
         resp = REQUEST
-            .scope(ctx, async { envelope_for(resp, &method, &path) })
+            .scope(ctx, async { envelope_for(resp, &method, uri.path()) })
             .await;
     }
     if let Ok(v) = HeaderValue::from_str(&id) {

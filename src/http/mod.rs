@@ -34,17 +34,18 @@ pub fn routes(
     guard_rest: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>,
 ) -> OpenApiRouter<AppState> {
     // The native endpoint authenticates inside its handler so auth time shows in Server-Timing.
-    let api = guard_rest(rest::router())
-        .routes(routes!(native::handle))
-        .routes(routes!(ws::upgrade));
+    // Its routes sit at the top level with their full paths rather than inside the `/api/v1`
+    // nest: a nested route strips the prefix from every request's URI (a copy per request).
     OpenApiRouter::new()
+        .routes(routes!(native::handle))
+        .routes(routes!(ws::upgrade))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
         .routes(routes!(openapi::serve))
         .routes(routes!(docs::serve))
         .routes(routes!(crate::mcp::serve))
-        .nest("/api/v1", api)
+        .nest("/api/v1", guard_rest(rest::router()))
 }
 
 /// The whole service: the routes above, REST v1 behind auth, the envelope safety net.

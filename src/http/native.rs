@@ -6,10 +6,9 @@ use std::time::Instant;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
 
 use super::envelope::REQUEST;
-use super::extract::{json_bytes, parse_json};
+use super::extract::{json_bytes, parse_json_value};
 use super::middleware::apply_rate_headers;
 use crate::app::AppState;
 use crate::auth::rate_limit::RateDecision;
@@ -20,7 +19,7 @@ use crate::native::Transport;
 
 /// Run one native action (or confirm or cancel a pending one). Every response carries
 /// `Server-Timing`; a replay from the idempotency store carries `Idempotent-Replayed: true`.
-#[utoipa::path(post, path = "/native/outreachpilot", tag = "native", operation_id = "nativeOutreachpilot",
+#[utoipa::path(post, path = "/api/v1/native/outreachpilot", tag = "native", operation_id = "nativeOutreachpilot",
     request_body = crate::http::schemas::NativeRequestBody,
     responses(
         (status = 200, description = "A reply: `result`, `confirmation_required`, `clarification_required`, `queued` or `duplicate`", body = crate::http::schemas::NativeEnvelope),
@@ -61,7 +60,7 @@ pub async fn handle(State(app): State<AppState>, req: Request) -> Response {
     let t = Instant::now();
     let body = match json_bytes(req, &())
         .await
-        .and_then(|b| parse_json::<Value>(&b))
+        .and_then(|b| parse_json_value(&b))
     {
         Ok(v) => v,
         Err(e) => {

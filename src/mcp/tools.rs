@@ -381,7 +381,7 @@ mod tests {
             body,
             json!({"action": {"type": "note_on_contact", "personName": "Sarah Chen", "note": "Likes tea"}, "idempotencyKey": "k-1"})
         );
-        let req = NativeRequest::parse(&body).unwrap();
+        let req = NativeRequest::parse(body).unwrap();
         assert_eq!(req.idempotency_key.as_deref(), Some("k-1"));
         let undo = native_body("undo_last", None).unwrap();
         assert_eq!(undo, json!({"action": {"type": "undo_last"}}));

@@ -265,7 +265,7 @@ impl Bridge {
         transport: Transport,
     ) -> TurnOutcome {
         timing.annotate("org_id", principal.org_id.as_str());
-        let parsed = timing.measure("parse", || NativeRequest::parse(&body));
+        let parsed = timing.measure("parse", || NativeRequest::parse(body));
         let req = match parsed {
             Ok(r) => r,
             Err(e) => {

@@ -126,8 +126,8 @@ impl NativeRequest {
     /// Validates a request body. Unknown fields, top-level or inside `action`, are errors that
     /// name the field and suggest the known one it resembles: a mistyped `idempotency_key` must
     /// not let a write run without its key.
-    pub fn parse(body: &Value) -> ApiResult<NativeRequest> {
-        let Value::Object(obj) = body else {
+    pub fn parse(body: Value) -> ApiResult<NativeRequest> {
+        let Value::Object(mut obj) = body else {
             return Err(ApiError::validation("body", "expected a JSON object"));
         };
         if let Some(unknown) = obj.keys().find(|k| !TOP_LEVEL_FIELDS.contains(&k.as_str())) {
@@ -140,7 +140,7 @@ impl NativeRequest {
                 "Part of that request isn't something I understand, so I didn't run it.",
             ));
         }
-        let transcript = string_field(obj, "transcript")?;
+        let transcript = string_field(&obj, "transcript")?;
         if transcript
             .as_ref()
             .is_some_and(|t| t.chars().count() > MAX_TRANSCRIPT)
@@ -150,11 +150,11 @@ impl NativeRequest {
                 format!("longer than {MAX_TRANSCRIPT} characters"),
             ));
         }
-        let idempotency_key = string_field(obj, "idempotencyKey")?;
+        let idempotency_key = string_field(&obj, "idempotencyKey")?;
         if let Some(k) = &idempotency_key {
             validate_idempotency_key(k)?;
         }
-        let execution_mode = match string_field(obj, "executionMode")?.as_deref() {
+        let execution_mode = match string_field(&obj, "executionMode")?.as_deref() {
             None | Some("fast") => ExecutionMode::Fast,
             Some("standard") => ExecutionMode::Standard,
             Some(other) => {
@@ -167,9 +167,9 @@ impl NativeRequest {
                 ))
             }
         };
-        let audit_read_actions = bool_field(obj, "auditReadActions")?.unwrap_or(false);
+        let audit_read_actions = bool_field(&obj, "auditReadActions")?.unwrap_or(false);
         let pending_action_id =
-            string_field(obj, "pendingActionId")?.filter(|s| !s.trim().is_empty());
+            string_field(&obj, "pendingActionId")?.filter(|s| !s.trim().is_empty());
         if pending_action_id
             .as_ref()
             .is_some_and(|p| p.chars().count() > 128)
@@ -179,10 +179,10 @@ impl NativeRequest {
                 "longer than 128 characters",
             ));
         }
-        let confirmed = bool_field(obj, "confirmed")?;
-        let action_json = match obj.get("action") {
+        let confirmed = bool_field(&obj, "confirmed")?;
+        let action_json = match obj.remove("action") {
             None | Some(Value::Null) => None,
-            Some(v) => Some(v.clone()),
+            Some(v) => Some(v),
         };
         let action = action_json.as_ref().map(parse_action).transpose()?;
         // A transcript alone is a transcript turn: the intent parser supplies the action, or
@@ -225,55 +225,63 @@ pub fn fingerprint(
     pending: Option<&str>,
     confirmed: Option<bool>,
 ) -> [u8; 32] {
-    let mut buf = String::with_capacity(256);
-    buf.push_str("{\"action\":");
+    let mut buf = Vec::with_capacity(256);
+    buf.extend_from_slice(b"{\"action\":");
     match action {
         Some(a) => write_canonical(a, &mut buf),
-        None => buf.push_str("null"),
+        None => buf.extend_from_slice(b"null"),
     }
-    buf.push_str(",\"confirmed\":");
-    buf.push_str(match confirmed {
-        Some(true) => "true",
-        Some(false) => "false",
-        None => "null",
+    buf.extend_from_slice(b",\"confirmed\":");
+    buf.extend_from_slice(match confirmed {
+        Some(true) => b"true",
+        Some(false) => b"false",
+        None => b"null",
     });
-    buf.push_str(",\"pendingActionId\":");
+    buf.extend_from_slice(b",\"pendingActionId\":");
     match pending {
-        Some(p) => write_canonical(&Value::String(p.to_string()), &mut buf),
-        None => buf.push_str("null"),
+        Some(p) => write_leaf(p, &mut buf),
+        None => buf.extend_from_slice(b"null"),
     }
-    buf.push('}');
-    Sha256::digest(buf.as_bytes()).into()
+    buf.push(b'}');
+    Sha256::digest(&buf).into()
 }
 
-fn write_canonical(v: &Value, out: &mut String) {
+fn write_canonical(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.iter().enumerate() {
+            let mut entries: Vec<(&String, &Value)> = m.iter().collect();
+            // A map's keys are unique, so an unstable sort is deterministic.
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                out.push_str(&Value::String((*k).clone()).to_string());
-                out.push(':');
-                write_canonical(&m[k.as_str()], out);
+                write_leaf(k, out);
+                out.push(b':');
+                write_canonical(v, out);
             }
-            out.push('}');
+            out.push(b'}');
         }
         Value::Array(a) => {
-            out.push('[');
+            out.push(b'[');
             for (i, x) in a.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_canonical(x, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        other => out.push_str(&other.to_string()),
+        other => write_leaf(other, out),
     }
+}
+
+/// A string or scalar exactly as serde_json writes it (fingerprints already stored were made
+/// from that text, so it must not change).
+fn write_leaf<T: serde::Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) {
+    // Writing a string or scalar into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, v);
 }
 
 #[cfg(test)]
@@ -284,7 +292,7 @@ mod tests {
     #[test]
     fn parses_defaults() {
         let r =
-            NativeRequest::parse(&json!({"action":{"type":"undo_last"},"id":"frame-1"})).unwrap();
+            NativeRequest::parse(json!({"action":{"type":"undo_last"},"id":"frame-1"})).unwrap();
         assert_eq!(r.execution_mode, ExecutionMode::Fast);
         assert!(!r.audit_read_actions);
         assert!(r.idempotency_key.is_none());
@@ -293,7 +301,7 @@ mod tests {
     #[test]
     fn unknown_top_level_fields_are_named_with_a_hint() {
         let e = |v: Value| {
-            let e = NativeRequest::parse(&v).unwrap_err();
+            let e = NativeRequest::parse(v).unwrap_err();
             assert_eq!(e.code, crate::error::ErrorCode::ValidationError);
             assert!(!e.spoken_summary.contains('_'), "{}", e.spoken_summary);
             e.details.unwrap_or_default()
@@ -325,10 +333,10 @@ mod tests {
 
     #[test]
     fn fingerprint_ignores_key_order_transcript_and_mode() {
-        let a = NativeRequest::parse(&json!({"action":{"type":"lookup_person","personName":"x","company":"y"},"transcript":"a"})).unwrap();
-        let b = NativeRequest::parse(&json!({"action":{"company":"y","personName":"x","type":"lookup_person"},"transcript":"b","executionMode":"standard"})).unwrap();
+        let a = NativeRequest::parse(json!({"action":{"type":"lookup_person","personName":"x","company":"y"},"transcript":"a"})).unwrap();
+        let b = NativeRequest::parse(json!({"action":{"company":"y","personName":"x","type":"lookup_person"},"transcript":"b","executionMode":"standard"})).unwrap();
         assert_eq!(a.fingerprint, b.fingerprint);
-        let c = NativeRequest::parse(&json!({"action":{"type":"lookup_person","personName":"z"}}))
+        let c = NativeRequest::parse(json!({"action":{"type":"lookup_person","personName":"z"}}))
             .unwrap();
         assert_ne!(a.fingerprint, c.fingerprint);
     }
@@ -336,7 +344,7 @@ mod tests {
     #[test]
     fn rejects_bad_top_level_fields() {
         let e = |v: Value| {
-            NativeRequest::parse(&v)
+            NativeRequest::parse(v)
                 .unwrap_err()
                 .details
                 .unwrap_or_default()
@@ -377,16 +385,16 @@ mod tests {
     #[test]
     fn a_transcript_alone_is_read_later_with_the_same_fingerprint_as_sent() {
         let r =
-            NativeRequest::parse(&json!({"transcript":"undo that","idempotencyKey":"k"})).unwrap();
+            NativeRequest::parse(json!({"transcript":"undo that","idempotencyKey":"k"})).unwrap();
         assert!(r.needs_understanding());
         let read = r.with_action(json!({"type":"undo_last"})).unwrap();
-        let sent = NativeRequest::parse(&json!({"action":{"type":"undo_last"}})).unwrap();
+        let sent = NativeRequest::parse(json!({"action":{"type":"undo_last"}})).unwrap();
         assert_eq!(read.fingerprint, sent.fingerprint);
         assert!(!read.needs_understanding());
-        let yes = NativeRequest::parse(&json!({"transcript":"yes","pendingActionId":"p"})).unwrap();
+        let yes = NativeRequest::parse(json!({"transcript":"yes","pendingActionId":"p"})).unwrap();
         assert!(yes.needs_understanding());
         let c = yes.with_confirmation("p".into(), true);
-        let sent = NativeRequest::parse(&json!({"pendingActionId":"p","confirmed":true})).unwrap();
+        let sent = NativeRequest::parse(json!({"pendingActionId":"p","confirmed":true})).unwrap();
         assert_eq!(c.fingerprint, sent.fingerprint);
     }
 

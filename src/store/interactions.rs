@@ -104,6 +104,21 @@ pub fn list(
     filter: &ActivityFilter,
     page: PageRequest,
 ) -> ApiResult<Page<Interaction>> {
+    activity_filter(org, filter).page(conn, "interactions", COLUMNS, "created_at", page, from_row)
+}
+
+/// The newest `limit` interactions that match, without the total [`list`] counts.
+pub fn latest(
+    conn: &Connection,
+    org: &str,
+    filter: &ActivityFilter,
+    limit: u32,
+) -> ApiResult<Vec<Interaction>> {
+    let page = PageRequest { limit, offset: 0 };
+    activity_filter(org, filter).items(conn, "interactions", COLUMNS, "created_at", page, from_row)
+}
+
+fn activity_filter(org: &str, filter: &ActivityFilter) -> Filter {
     let mut f = Filter::new("org_id = ?", org.to_string());
     if let Some(c) = &filter.contact_id {
         f.push("contact_id = ?", c.clone());
@@ -126,7 +141,7 @@ pub fn list(
     if filter.unread_only {
         f.push_raw("is_read = 0");
     }
-    f.page(conn, "interactions", COLUMNS, "created_at", page, from_row)
+    f
 }
 
 pub fn get(conn: &Connection, org: &str, id: &str) -> ApiResult<Option<Interaction>> {

@@ -11,6 +11,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::config::{LogFormat, TelemetryConfig};
 
+mod series;
+
 /// Histogram buckets in seconds, from 50 µs to 2.5 s, so sub-millisecond work is visible.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -122,6 +124,7 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
                 .install_recorder()
                 .ok()?;
             describe();
+            series::enable();
             Some(handle)
         })
         .clone()
@@ -270,8 +273,18 @@ pub fn native_turn(
     outcome: &'static str,
     elapsed: Duration,
 ) {
-    counter!(names::NATIVE_REQUESTS, "action" => action, "mode" => execution_mode, "transport" => transport, "outcome" => outcome).increment(1);
-    histogram!(names::NATIVE_SERVER_TIME, "action" => action, "mode" => execution_mode, "transport" => transport)
+    let Some(hot) = series::hot() else {
+        return;
+    };
+    hot.native_requests
+        .get((action, execution_mode, transport, outcome), |&(a, m, t, o)| {
+            counter!(names::NATIVE_REQUESTS, "action" => a, "mode" => m, "transport" => t, "outcome" => o)
+        })
+        .increment(1);
+    hot.native_time
+        .get((action, execution_mode, transport), |&(a, m, t)| {
+            histogram!(names::NATIVE_SERVER_TIME, "action" => a, "mode" => m, "transport" => t)
+        })
         .record(elapsed.as_secs_f64());
 }
 
@@ -279,9 +292,22 @@ pub fn native_turn(
 /// sends: `route` is a template of the router (or `unmatched`), `method` one of the nine
 /// standard methods (or `other`), `status` a code the service answers with (or its class).
 pub fn http_request(route: &str, method: &axum::http::Method, status: u16, elapsed: Duration) {
+    let Some(hot) = series::hot() else {
+        return;
+    };
+    let route = hot.route_label(route);
     let method = method_label(method);
-    counter!(names::HTTP_REQUESTS, "route" => route.to_string(), "method" => method, "status" => status_label(status)).increment(1);
-    histogram!(names::HTTP_DURATION, "route" => route.to_string(), "method" => method)
+    hot.http_requests
+        .get(
+            (route, method, status_label(status)),
+            |&(r, m, s)| counter!(names::HTTP_REQUESTS, "route" => r, "method" => m, "status" => s),
+        )
+        .increment(1);
+    hot.http_duration
+        .get(
+            (route, method),
+            |&(r, m)| histogram!(names::HTTP_DURATION, "route" => r, "method" => m),
+        )
         .record(elapsed.as_secs_f64());
 }
 

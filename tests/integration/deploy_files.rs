@@ -434,11 +434,11 @@ fn dashboard_queries(dash: &Value) -> Vec<(String, String)> {
     out
 }
 
-/// Every metric name the server defines (`src/telemetry.rs`), including those of modes the
+/// Every metric name the server defines (`src/telemetry/mod.rs`), including those of modes the
 /// traffic below does not start (upstream backend, Redis state store, chat provider): panels and
 /// alert rules may use those even though this test's /metrics does not export them.
 fn defined_metric_names() -> BTreeSet<String> {
-    metric_names(&read("src/telemetry.rs"))
+    metric_names(&read("src/telemetry/mod.rs"))
 }
 
 const KEY: &str = "op_live_DeployFilesTestKey0123456789abcdefghij";

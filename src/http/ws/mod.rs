@@ -44,7 +44,7 @@ const WRITE_BUFFER: usize = 16 * 1024;
 /// client-chosen `id`; reply frames are the HTTP envelope plus that `id` and
 /// `meta.server_timing`. Frames without `id` are pushed by the server: `progress` for a slow
 /// turn, `event` for work of this API key that finished later.
-#[utoipa::path(get, path = "/native/outreachpilot/ws", tag = "native", operation_id = "nativeOutreachpilotWebSocket",
+#[utoipa::path(get, path = "/api/v1/native/outreachpilot/ws", tag = "native", operation_id = "nativeOutreachpilotWebSocket",
     responses(
         (status = 101, description = "Switching protocols: the connection speaks the frame protocol in docs/websocket.md"),
         (status = 422, description = "`VALIDATION_ERROR`: not a WebSocket upgrade request, or `resume_after` is not a non-negative integer"),

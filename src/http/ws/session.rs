@@ -665,7 +665,7 @@ async fn turn(
     };
     let request_id = new_request_id();
     let t = Instant::now();
-    let parsed: Result<Value, ApiError> = crate::http::extract::parse_json(raw.as_bytes());
+    let parsed: Result<Value, ApiError> = crate::http::extract::parse_json_value(raw.as_bytes());
     let body = match parsed {
         Ok(Value::Object(m)) => m,
         Ok(_) => {

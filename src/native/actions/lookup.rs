@@ -29,19 +29,15 @@ pub fn lookup_person(conn: &Connection, org: &str, a: &LookupPerson) -> ApiResul
         None => None,
     };
     let memberships = campaigns::memberships(conn, org, &contact.id)?;
-    let recent = interactions::list(
+    let recent = interactions::latest(
         conn,
         org,
         &ActivityFilter {
             contact_id: Some(contact.id.clone()),
             ..Default::default()
         },
-        PageRequest {
-            limit: 3,
-            offset: 0,
-        },
-    )?
-    .items;
+        3,
+    )?;
     Ok(Step::Reply(person_reply(
         contact,
         account,
