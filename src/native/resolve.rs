@@ -133,18 +133,17 @@ pub fn contact(
         &[Step::Exact, Step::Prefix, Step::Fuzzy]
     };
     for step in steps.iter().copied() {
-        let ids = match step {
-            Step::Exact => contacts::ids_by_exact_name(conn, org, &query, PROBE_CAP)?,
-            Step::Prefix => prefix_matches(conn, org, &query)?,
-            Step::Fuzzy => fuzzy_matches(conn, org, &query)?,
+        let matches = match step {
+            // The rows at once: an exact name is the common case, and one query is cheaper
+            // than ids and then a query per id.
+            Step::Exact => contacts::by_exact_name(conn, org, &query, PROBE_CAP)?,
+            Step::Prefix => contacts::get_many(conn, org, &prefix_matches(conn, org, &query)?)?,
+            Step::Fuzzy => contacts::get_many(conn, org, &fuzzy_matches(conn, org, &query)?)?,
         };
-        if ids.is_empty() {
+        if matches.is_empty() {
             continue;
         }
-        let found: Vec<Contact> = contacts::get_many(conn, org, &ids)?
-            .into_iter()
-            .filter(|c| fits_company(c))
-            .collect();
+        let found: Vec<Contact> = matches.into_iter().filter(|c| fits_company(c)).collect();
         if let Some(r) = pick(found, contact_candidate) {
             return Ok(r);
         }

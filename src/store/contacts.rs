@@ -130,8 +130,15 @@ pub struct ContactFilter {
     pub search: Option<String>,
 }
 
-const COLUMNS: &str = "id, email, first_name, last_name, company, title, linkedin_url, phone, \
-                       status, folder_id, account_id, custom_fields, created_at, updated_at";
+/// The columns [`from_row`] reads, as a literal so fast-path queries can be spelled out with
+/// `concat!` at compile time rather than formatted per call.
+macro_rules! columns {
+    () => {
+        "id, email, first_name, last_name, company, title, linkedin_url, phone, \
+         status, folder_id, account_id, custom_fields, created_at, updated_at"
+    };
+}
+const COLUMNS: &str = columns!();
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Contact> {
     let first: Option<String> = r.get(2)?;
@@ -165,9 +172,13 @@ fn full_name(first: Option<&str>, last: Option<&str>) -> String {
 }
 
 pub fn get(conn: &Connection, org: &str, id: &str) -> ApiResult<Option<Contact>> {
-    let sql = format!("SELECT {COLUMNS} FROM contacts WHERE id = ?1 AND org_id = ?2");
+    const SQL: &str = concat!(
+        "SELECT ",
+        columns!(),
+        " FROM contacts WHERE id = ?1 AND org_id = ?2"
+    );
     Ok(conn
-        .prepare_cached(&sql)?
+        .prepare_cached(SQL)?
         .query_row([id, org], from_row)
         .optional()?)
 }
@@ -535,6 +546,24 @@ pub fn by_account(
 }
 
 /// Ids of contacts whose normalised full name is exactly `name_norm`.
+/// Contacts whose normalized name is exactly `name_norm`, at most `cap`, by id (the index's
+/// order, so no sort).
+pub fn by_exact_name(
+    conn: &Connection,
+    org: &str,
+    name_norm: &str,
+    cap: usize,
+) -> ApiResult<Vec<Contact>> {
+    const SQL: &str = concat!(
+        "SELECT ",
+        columns!(),
+        " FROM contacts WHERE org_id = ?1 AND name_norm = ?2 ORDER BY id LIMIT ?3"
+    );
+    let mut stmt = conn.prepare_cached(SQL)?;
+    let rows = stmt.query_map(params![org, name_norm, cap as i64], from_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 pub fn ids_by_exact_name(
     conn: &Connection,
     org: &str,

@@ -80,7 +80,13 @@ impl Default for ActivityFilter {
     }
 }
 
-const COLUMNS: &str = "id, contact_id, campaign_id, direction, channel, subject, content, metadata, is_read, created_at";
+/// The columns [`from_row`] reads, as a literal for `concat!`.
+macro_rules! columns {
+    () => {
+        "id, contact_id, campaign_id, direction, channel, subject, content, metadata, is_read, created_at"
+    };
+}
+const COLUMNS: &str = columns!();
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Interaction> {
     Ok(Interaction {
@@ -107,15 +113,23 @@ pub fn list(
     activity_filter(org, filter).page(conn, "interactions", COLUMNS, "created_at", page, from_row)
 }
 
-/// The newest `limit` interactions that match, without the total [`list`] counts.
-pub fn latest(
+/// A contact's newest `limit` interactions other than notes (what `lookup_person` shows),
+/// without the total [`list`] counts: counting walks every match, and this is the fast path.
+pub fn latest_for_contact(
     conn: &Connection,
     org: &str,
-    filter: &ActivityFilter,
+    contact_id: &str,
     limit: u32,
 ) -> ApiResult<Vec<Interaction>> {
-    let page = PageRequest { limit, offset: 0 };
-    activity_filter(org, filter).items(conn, "interactions", COLUMNS, "created_at", page, from_row)
+    const SQL: &str = concat!(
+        "SELECT ",
+        columns!(),
+        " FROM interactions WHERE org_id = ?1 AND contact_id = ?2 AND channel != 'note'
+          ORDER BY created_at DESC, id DESC LIMIT ?3"
+    );
+    let mut stmt = conn.prepare_cached(SQL)?;
+    let rows = stmt.query_map(rusqlite::params![org, contact_id, limit], from_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 fn activity_filter(org: &str, filter: &ActivityFilter) -> Filter {

@@ -483,9 +483,8 @@ pub(crate) mod sql {
             })
         }
 
-        /// One page of the rows of `table` that match, as [`Filter::page`] reads it, without
-        /// counting them all: counting walks every match, which a "latest few" answer on the
-        /// fast path does not need.
+        /// One page of the rows of `table` that match, newest first (the page of
+        /// [`Filter::page`]).
         pub fn items<T>(
             &self,
             conn: &rusqlite::Connection,
@@ -577,6 +576,37 @@ mod tests {
             .read_sync(|c| Ok(c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn fast_path_lookups_read_rows_in_index_order() {
+        let (_dir, store) = test_store();
+        let plans = store
+            .read_sync(|c| {
+                let mut out = Vec::new();
+                for sql in [
+                    "SELECT id FROM contacts WHERE org_id = ?1 AND name_norm = ?2 ORDER BY id LIMIT ?3",
+                    "SELECT c.id FROM campaign_audiences a JOIN campaigns c ON c.id = a.campaign_id
+                      WHERE a.contact_id = ?1 AND a.org_id = ?2 AND a.status != 'removed'
+                      ORDER BY a.added_at DESC",
+                    "SELECT id FROM interactions WHERE org_id = ?1 AND contact_id = ?2
+                      AND channel != 'note' ORDER BY created_at DESC, id DESC LIMIT ?3",
+                ] {
+                    let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                    let n = stmt.parameter_count();
+                    let args = ["o", "x", "3"].into_iter().take(n);
+                    let steps = stmt
+                        .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))?
+                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                    out.push((sql, steps.join("; ")));
+                }
+                Ok(out)
+            })
+            .unwrap();
+        for (sql, plan) in plans {
+            assert!(!plan.contains("TEMP B-TREE"), "{sql}\n  {plan}");
+            assert!(!plan.contains("SCAN"), "{sql}\n  {plan}");
+        }
     }
 
     #[test]

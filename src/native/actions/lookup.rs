@@ -29,15 +29,7 @@ pub fn lookup_person(conn: &Connection, org: &str, a: &LookupPerson) -> ApiResul
         None => None,
     };
     let memberships = campaigns::memberships(conn, org, &contact.id)?;
-    let recent = interactions::latest(
-        conn,
-        org,
-        &ActivityFilter {
-            contact_id: Some(contact.id.clone()),
-            ..Default::default()
-        },
-        3,
-    )?;
+    let recent = interactions::latest_for_contact(conn, org, &contact.id, 3)?;
     Ok(Step::Reply(person_reply(
         contact,
         account,
