@@ -106,14 +106,14 @@ impl Backend for EmbeddedBackend {
         _action_json: &Value,
         timing: &mut ServerTiming,
     ) -> ApiResult<Step> {
+        let org = p.org_id.clone();
+        let action = action.clone();
         let t = Instant::now();
-        // On this task's thread, not the blocking pool: planning is a few index lookups
-        // (DESIGN §11: nothing on the fast path scans), tens of microseconds, and handing it
-        // to a pool thread and back (two thread wake-ups) cost more CPU than the lookups
-        // themselves (`benches/README.md`, HTTP uncached).
+        // On this task's thread when a reader is free (see `Store::read_fast`).
         let step = self
             .store
-            .read_sync(|conn| actions::plan(conn, &p.org_id, action));
+            .read_fast(move |conn| actions::plan(conn, &org, &action))
+            .await;
         timing.record("resolve", t.elapsed());
         telemetry::backend_operation("resolve", "embedded", t.elapsed());
         step

@@ -545,7 +545,6 @@ pub fn by_account(
     Ok((total as u64, rows.collect::<rusqlite::Result<_>>()?))
 }
 
-/// Ids of contacts whose normalised full name is exactly `name_norm`.
 /// Contacts whose normalized name is exactly `name_norm`, at most `cap`, by id (the index's
 /// order, so no sort).
 pub fn by_exact_name(
@@ -564,6 +563,7 @@ pub fn by_exact_name(
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+/// Ids of contacts whose normalised full name is exactly `name_norm`.
 pub fn ids_by_exact_name(
     conn: &Connection,
     org: &str,

@@ -113,7 +113,7 @@ pub fn list(
     activity_filter(org, filter).page(conn, "interactions", COLUMNS, "created_at", page, from_row)
 }
 
-/// A contact's newest `limit` interactions other than notes (what `lookup_person` shows),
+/// A contact's newest `limit` interactions, notes included (what `lookup_person` shows),
 /// without the total [`list`] counts: counting walks every match, and this is the fast path.
 pub fn latest_for_contact(
     conn: &Connection,
@@ -124,7 +124,7 @@ pub fn latest_for_contact(
     const SQL: &str = concat!(
         "SELECT ",
         columns!(),
-        " FROM interactions WHERE org_id = ?1 AND contact_id = ?2 AND channel != 'note'
+        " FROM interactions WHERE org_id = ?1 AND contact_id = ?2
           ORDER BY created_at DESC, id DESC LIMIT ?3"
     );
     let mut stmt = conn.prepare_cached(SQL)?;

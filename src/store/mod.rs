@@ -244,19 +244,37 @@ impl Store {
             .map_err(ApiError::internal)?
     }
 
+    /// Runs `f` on a reader on the calling thread when one is free, else like [`Store::read`]
+    /// on the blocking pool. For the native fast path's planning reads: a few index lookups
+    /// (DESIGN §11: nothing there scans), tens of microseconds, for which handing the work to
+    /// a pool thread and back (two thread wake-ups) cost more CPU than the lookups
+    /// (`benches/README.md`, HTTP uncached). Never waits for a reader on the calling thread,
+    /// which may be an async worker: with every reader busy (long REST listings), `f` goes to
+    /// the pool.
+    pub async fn read_fast<T, F>(&self, f: F) -> ApiResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> ApiResult<T> + Send + 'static,
+    {
+        // The reader's guard must be gone before the await (it is not `Send`).
+        let f = match self.free_reader() {
+            Some(conn) => return in_read_transaction(&conn, f),
+            None => f,
+        };
+        self.read(f).await
+    }
+
+    /// A reader nobody holds, without waiting.
+    fn free_reader(&self) -> Option<MutexGuard<'_, Connection>> {
+        let n = self.inner.readers.len();
+        let start = self.inner.next_reader.fetch_add(1, Ordering::Relaxed);
+        (0..n).find_map(|i| self.inner.readers[(start + i) % n].try_lock().ok())
+    }
+
     /// Runs `f` on a reader inside one read transaction: every query of `f` sees the same
     /// snapshot, and the shared lock is taken once rather than once per statement.
     pub fn read_sync<T>(&self, f: impl FnOnce(&Connection) -> ApiResult<T>) -> ApiResult<T> {
-        let conn = self.reader();
-        if !conn.is_autocommit() {
-            // Left open by a closure that panicked; start from a clean state.
-            conn.prepare_cached("ROLLBACK")?.execute([])?;
-        }
-        conn.prepare_cached("BEGIN")?.execute([])?;
-        let out = f(&conn);
-        // A read transaction has nothing to commit; ending it releases the snapshot.
-        conn.prepare_cached("ROLLBACK")?.execute([])?;
-        out
+        in_read_transaction(&self.reader(), f)
     }
 
     /// Like [`Store::write`], on the calling thread. The write's org is not known, so every
@@ -419,6 +437,22 @@ fn writable(conn: &Connection) -> bool {
 }
 
 /// Helpers shared by the table modules.
+/// Runs `f` on `conn` inside one read transaction.
+fn in_read_transaction<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> ApiResult<T>,
+) -> ApiResult<T> {
+    if !conn.is_autocommit() {
+        // Left open by a closure that panicked; start from a clean state.
+        conn.prepare_cached("ROLLBACK")?.execute([])?;
+    }
+    conn.prepare_cached("BEGIN")?.execute([])?;
+    let out = f(conn);
+    // A read transaction has nothing to commit; ending it releases the snapshot.
+    conn.prepare_cached("ROLLBACK")?.execute([])?;
+    out
+}
+
 pub(crate) mod sql {
     use rusqlite::types::Value;
 
@@ -579,18 +613,47 @@ mod tests {
     }
 
     #[test]
+    fn a_fast_read_never_waits_for_a_reader_on_the_calling_thread() {
+        let (_dir, store) = test_store();
+        let held: Vec<_> = store.inner.readers.iter().map(lock).collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s = store.clone();
+        let worker = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let read = tokio::spawn(async move {
+                    s.read_fast(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+                        .await
+                });
+                // The runtime's only thread goes on running tasks while every reader is held:
+                // the read waits on the blocking pool, not here.
+                tokio::task::yield_now().await;
+                let _ = tx.send("worker free");
+                read.await.unwrap()
+            })
+        });
+        let got = rx.recv_timeout(std::time::Duration::from_secs(5));
+        drop(held);
+        assert_eq!(got, Ok("worker free"));
+        assert_eq!(worker.join().unwrap().unwrap(), 1);
+    }
+
+    #[test]
     fn fast_path_lookups_read_rows_in_index_order() {
         let (_dir, store) = test_store();
         let plans = store
             .read_sync(|c| {
                 let mut out = Vec::new();
                 for sql in [
-                    "SELECT id FROM contacts WHERE org_id = ?1 AND name_norm = ?2 ORDER BY id LIMIT ?3",
+                    "SELECT * FROM contacts WHERE org_id = ?1 AND name_norm = ?2 ORDER BY id LIMIT ?3",
                     "SELECT c.id FROM campaign_audiences a JOIN campaigns c ON c.id = a.campaign_id
                       WHERE a.contact_id = ?1 AND a.org_id = ?2 AND a.status != 'removed'
                       ORDER BY a.added_at DESC",
                     "SELECT id FROM interactions WHERE org_id = ?1 AND contact_id = ?2
-                      AND channel != 'note' ORDER BY created_at DESC, id DESC LIMIT ?3",
+                      ORDER BY created_at DESC, id DESC LIMIT ?3",
                 ] {
                     let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
                     let n = stmt.parameter_count();

@@ -412,15 +412,13 @@ CREATE INDEX event_journal_expiry ON event_journal(expires_ms);
 "#,
     // 12: indexes in the order the fast path reads. Resolving a name ordered its matches by id
     // and listing a contact's campaigns by date, each through a temporary B-tree built per
-    // lookup; with the id and the date in the index, the rows come out in order. The
-    // interactions index on (contact_id, created_at) duplicated (org_id, contact_id,
-    // created_at, id) for queries that always name the org, and cost a page on every note.
+    // lookup; with the id and the date in the index, the rows come out in order. (Both still
+    // start with what their foreign keys' cascades search by.)
     r#"
 DROP INDEX contacts_org_name;
 CREATE INDEX contacts_org_name ON contacts(org_id, name_norm, id);
 DROP INDEX campaign_audiences_contact;
 CREATE INDEX campaign_audiences_contact ON campaign_audiences(contact_id, added_at);
-DROP INDEX interactions_contact_created;
 "#,
 ];
 

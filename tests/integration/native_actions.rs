@@ -54,6 +54,21 @@ async fn lookup_person_answers_with_the_contact() {
 }
 
 #[tokio::test]
+async fn lookup_person_lists_a_new_note_first_in_recent_activity() {
+    let d = demo().await;
+    d.act(json!({ "type": "note_on_contact", "contactRef": "Sarah Chen", "note": "Likes tea." }))
+        .await;
+    let r = d
+        .act(json!({ "type": "lookup_person", "personName": "Sarah Chen", "company": "Notion" }))
+        .await;
+    let recent = r["data"]["recent_activity"].clone();
+    let recent = recent.as_array().expect("recent_activity is a list");
+    assert!(recent.len() <= 3, "{recent:?}");
+    assert_eq!(recent[0]["channel"], "note", "{recent:?}");
+    assert_eq!(recent[0]["content"], "Likes tea.", "{recent:?}");
+}
+
+#[tokio::test]
 async fn lookup_company_by_domain_name_and_id() {
     let d = demo().await;
     let a = d
