@@ -502,37 +502,15 @@ pub(crate) mod sql {
             page: PageRequest,
             from_row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
         ) -> ApiResult<Page<T>> {
+            let where_sql = self.where_sql();
+            let params = || rusqlite::params_from_iter(self.params.iter());
             let total: i64 = conn
-                .prepare_cached(&format!(
-                    "SELECT count(*) FROM {table} {}",
-                    self.where_sql()
-                ))?
-                .query_row(rusqlite::params_from_iter(self.params.iter()), |r| r.get(0))?;
-            let items = self.items(conn, table, columns, order_col, page, from_row)?;
-            Ok(Page {
-                items,
-                total: total as u64,
-                limit: page.limit,
-                offset: page.offset,
-            })
-        }
-
-        /// One page of the rows of `table` that match, newest first (the page of
-        /// [`Filter::page`]).
-        pub fn items<T>(
-            &self,
-            conn: &rusqlite::Connection,
-            table: &str,
-            columns: &str,
-            order_col: &str,
-            page: PageRequest,
-            from_row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-        ) -> ApiResult<Vec<T>> {
+                .prepare_cached(&format!("SELECT count(*) FROM {table} {where_sql}"))?
+                .query_row(params(), |r| r.get(0))?;
             // LIMIT and OFFSET are bound, not formatted in: every page of a listing then reuses
             // one cached statement instead of pushing the fast path's statements out of the cache.
             let sql = format!(
-                "SELECT {columns} FROM {table} {} ORDER BY {order_col} DESC, id DESC LIMIT ? OFFSET ?",
-                self.where_sql()
+                "SELECT {columns} FROM {table} {where_sql} ORDER BY {order_col} DESC, id DESC LIMIT ? OFFSET ?"
             );
             let mut bound: Vec<rusqlite::types::Value> = self.params.clone();
             bound.push(i64::from(page.limit).into());
@@ -541,7 +519,12 @@ pub(crate) mod sql {
             let items = stmt
                 .query_map(rusqlite::params_from_iter(bound.iter()), from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(items)
+            Ok(Page {
+                items,
+                total: total as u64,
+                limit: page.limit,
+                offset: page.offset,
+            })
         }
     }
 
