@@ -146,13 +146,6 @@ impl ReplyData {
         shared.json = None;
         &mut shared.value
     }
-
-    pub fn into_value(self) -> Value {
-        match Arc::try_unwrap(self.0) {
-            Ok(shared) => shared.value,
-            Err(shared) => shared.value.clone(),
-        }
-    }
 }
 
 impl Deref for ReplyData {

@@ -207,15 +207,13 @@ impl Store {
         &self.inner.path
     }
 
+    /// A free reader, else waits for one.
     fn reader(&self) -> MutexGuard<'_, Connection> {
-        let n = self.inner.readers.len();
-        let start = self.inner.next_reader.fetch_add(1, Ordering::Relaxed);
-        for i in 0..n {
-            if let Ok(g) = self.inner.readers[(start + i) % n].try_lock() {
-                return g;
-            }
-        }
-        lock(&self.inner.readers[start % n])
+        self.free_reader().unwrap_or_else(|| {
+            let n = self.inner.readers.len();
+            let next = self.inner.next_reader.load(Ordering::Relaxed);
+            lock(&self.inner.readers[next % n])
+        })
     }
 
     /// Runs `f` on a reader connection, on the blocking pool.
@@ -436,7 +434,6 @@ fn writable(conn: &Connection) -> bool {
             .is_ok()
 }
 
-/// Helpers shared by the table modules.
 /// Runs `f` on `conn` inside one read transaction.
 fn in_read_transaction<T>(
     conn: &Connection,
@@ -453,6 +450,7 @@ fn in_read_transaction<T>(
     out
 }
 
+/// Helpers shared by the table modules.
 pub(crate) mod sql {
     use rusqlite::types::Value;
 
