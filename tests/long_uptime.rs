@@ -180,10 +180,40 @@ async fn junk_methods_add_no_metric_series() {
 }
 
 #[tokio::test]
+async fn unknown_paths_share_the_unmatched_route_label() {
+    let s = common::start().await;
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        let (http, url) = (http.clone(), format!("{}{path}", s.root));
+        async move {
+            let r = http.get(url).send().await.expect("request");
+            assert_eq!(r.status(), 404);
+            let body: serde_json::Value = r.json().await.expect("envelope");
+            assert_eq!(body["error"]["code"], "RESOURCE_NOT_FOUND", "{body}");
+        }
+    };
+    get("/no-such-page".into()).await;
+    let count = |text: &str| {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.contains("route=\"unmatched\""))
+            .count()
+    };
+    let before = count(&metrics_text(&s.root).await);
+    for i in 0..40 {
+        get(format!("/junk/{i}/x{i}")).await;
+    }
+    let after = metrics_text(&s.root).await;
+    assert!(count(&after) > 0, "{after}");
+    assert!(!after.contains("/junk/"), "a raw path became a label");
+    assert_eq!(count(&after), before, "unknown paths added series");
+}
+
+#[tokio::test]
 async fn a_poison_job_is_retried_then_failed_and_never_blocks_a_good_one() {
     let d = demo_with(
         |c| {
-            c.native.job_retry_base_ms = 100;
+            // Long enough for a poll to see the job waiting for its retry.
+            c.native.job_retry_base_ms = 400;
             c.native.job_max_attempts = 3;
         },
         Some(0),
@@ -228,6 +258,22 @@ async fn a_poison_job_is_retried_then_failed_and_never_blocks_a_good_one() {
     })
     .await;
     assert!(done["result"]["updated_fields"].is_array(), "{done}");
+    assert_eq!(done["attempts"], 0, "{done}");
+    // Between attempts the job stays queued and says why and when it runs again.
+    let waiting = eventually(
+        Duration::from_secs(10),
+        "poison job waiting to retry",
+        || {
+            let j = job(poison_job.clone());
+            async move {
+                let j = j.await;
+                (j["status"] == "queued" && j["attempts"].as_u64() >= Some(1)).then_some(j)
+            }
+        },
+    )
+    .await;
+    assert!(waiting["next_attempt_at"].is_string(), "{waiting}");
+    assert_eq!(waiting["last_error"]["code"], "INTERNAL_ERROR", "{waiting}");
     let failed = eventually(Duration::from_secs(10), "poison job failed", || {
         let j = job(poison_job.clone());
         async move {
@@ -242,6 +288,8 @@ async fn a_poison_job_is_retried_then_failed_and_never_blocks_a_good_one() {
         "{failed}"
     );
     assert!(failed["finished_at"].is_string(), "{failed}");
+    assert_eq!(failed["attempts"], 3, "{failed}");
+    assert!(failed["next_attempt_at"].is_null(), "{failed}");
 }
 
 #[test]
@@ -262,7 +310,7 @@ fn serve_refuses_out_of_range_settings_with_a_clear_message() {
         ),
         (
             "[storage]\nwal_reset_bytes = 1\n",
-            "storage.wal_reset_bytes must be between 1048576 and 1073741824",
+            "storage.wal_reset_bytes must be between 1048576 and 134217728",
         ),
         (
             "[telemetry]\notlp_endpoint = \"ftp://collector:4318\"\n",

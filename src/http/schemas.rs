@@ -280,6 +280,14 @@ pub struct JobDoc {
     started_at: Option<String>,
     #[schema(required = true)]
     finished_at: Option<String>,
+    /// Failed attempts so far (shown while a job waits for its retry, and once it failed).
+    attempts: u32,
+    /// When a job that failed an attempt is tried again; null otherwise.
+    #[schema(format = DateTime, required = true)]
+    next_attempt_at: Option<String>,
+    /// The last failure, `{"code", "message"}`; null while nothing failed.
+    #[schema(value_type = Option<Object>, required = true)]
+    last_error: (),
 }
 
 // ---- the envelope ---------------------------------------------------------------------------
@@ -719,6 +727,9 @@ mod tests {
                 created_at: s("t"),
                 started_at: None,
                 finished_at: None,
+                attempts: 0,
+                next_attempt_at: None,
+                last_error: None,
             },
         );
     }

@@ -28,7 +28,7 @@ pub fn due(
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![created_before, now, cap as i64], |r| {
-        Ok((r.get::<_, String>(10)?, job_row(r)?))
+        Ok((r.get::<_, String>(13)?, job_row(r)?))
     })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }

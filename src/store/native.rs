@@ -243,10 +243,17 @@ pub struct Job {
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// Failed attempts so far; a job retried after a failure shows them while it waits.
+    pub attempts: u32,
+    /// When a job that failed an attempt is tried again (RFC 3339); null otherwise.
+    pub next_attempt_at: Option<String>,
+    /// The last failure, `{"code", "message"}`; null while nothing failed.
+    pub last_error: Option<Value>,
 }
 
 pub(crate) const JOB_COLUMNS: &str =
-    "id, kind, contact_id, company, topic, status, result, created_at, started_at, finished_at";
+    "id, kind, contact_id, company, topic, status, result, created_at, started_at, finished_at, \
+     attempts, next_attempt_at, last_error";
 
 pub(crate) fn job_row(r: &Row<'_>) -> rusqlite::Result<Job> {
     Ok(Job {
@@ -262,6 +269,11 @@ pub(crate) fn job_row(r: &Row<'_>) -> rusqlite::Result<Job> {
         created_at: r.get(7)?,
         started_at: r.get(8)?,
         finished_at: r.get(9)?,
+        attempts: r.get(10)?,
+        next_attempt_at: r.get(11)?,
+        last_error: r
+            .get::<_, Option<String>>(12)?
+            .and_then(|s| serde_json::from_str(&s).ok()),
     })
 }
 
