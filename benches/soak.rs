@@ -4,7 +4,8 @@
 //! and database sizes, the interval's request count and client-side p50/p99, and the errors so
 //! far. It exits non-zero when any request fails (a non-200 answer, an `ok: false` frame, a
 //! transport error), when the WAL ever exceeds 256 MiB or is not back under 64 MiB soon after
-//! the load, or when memory keeps growing through the second half of the run.
+//! the load, or when memory keeps growing through the second half of the run (a least-squares
+//! slope above 0.5 MiB/min).
 //!
 //! `SOAK_SECS` (default 600), `SOAK_HTTP` HTTP workers (default 6), `SOAK_WS` WebSocket
 //! connections (default 2).
@@ -27,6 +28,24 @@ const MIB: f64 = 1024.0 * 1024.0;
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 const WAL_PEAK_LIMIT: f64 = 256.0 * MIB;
 const WAL_SETTLED_LIMIT: f64 = 64.0 * MIB;
+/// Largest RSS growth through the second half of a run, in MiB per minute.
+const RSS_SLOPE_LIMIT: f64 = 0.5;
+
+/// The least-squares slope of `(seconds, MiB)` samples, in MiB per minute.
+fn slope_per_minute(samples: &[(f64, f64)]) -> f64 {
+    let n = samples.len() as f64;
+    let (mt, mr) = samples
+        .iter()
+        .fold((0.0, 0.0), |(t, r), &(st, sr)| (t + st / n, r + sr / n));
+    let (cov, var) = samples.iter().fold((0.0, 0.0), |(c, v), &(t, r)| {
+        (c + (t - mt) * (r - mr), v + (t - mt) * (t - mt))
+    });
+    if var == 0.0 {
+        0.0
+    } else {
+        cov / var * 60.0
+    }
+}
 
 struct Server(Child);
 
@@ -346,13 +365,19 @@ fn main() {
             failed.push(format!("WAL still {:.1} MiB after the load (limit 64)", wal_after / MIB));
         }
         // Memory: caches fill during the first half; through the second half RSS must level
-        // off. Growth of more than 20% plus 16 MiB from the middle sample to the last fails.
-        if rss_samples.len() >= 4 {
-            let mid = rss_samples[rss_samples.len() / 2].1;
-            let last = rss_samples[rss_samples.len() - 1].1;
-            println!("RSS {mid:.1} MiB at half time, {last:.1} MiB at the end");
-            if last > mid * 1.2 + 16.0 {
-                failed.push(format!("RSS kept growing: {mid:.1} -> {last:.1} MiB"));
+        // off. The least-squares slope of the second half's samples must stay under
+        // RSS_SLOPE_LIMIT, so a steady leak of that size fails a 10-minute run.
+        if rss_samples.len() >= 6 {
+            let second_half = &rss_samples[rss_samples.len() / 2..];
+            let slope = slope_per_minute(second_half);
+            let (mid, last) = (second_half[0].1, rss_samples[rss_samples.len() - 1].1);
+            println!(
+                "RSS {mid:.1} MiB at half time, {last:.1} MiB at the end; second-half slope {slope:+.2} MiB/min"
+            );
+            if slope > RSS_SLOPE_LIMIT {
+                failed.push(format!(
+                    "RSS kept growing through the second half: {slope:+.2} MiB/min ({mid:.1} -> {last:.1} MiB)"
+                ));
             }
         }
         for f in &failed {

@@ -74,8 +74,9 @@ impl Bridge {
                     return Err(ApiError::internal("a read planned a write"));
                 };
                 if let (Some(cache), Some(generation)) = (&self.read_cache, generation) {
-                    // Serialized once here; every hit then copies bytes, not the tree.
-                    reply.data.freeze();
+                    // Serialized once here; every hit then copies bytes, not the tree, and
+                    // the cache holds only the text.
+                    reply.data.compact();
                     cache.insert(
                         cache_key,
                         Arc::new(CachedRead {

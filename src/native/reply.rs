@@ -1,7 +1,7 @@
 //! The native reply (DESIGN §4) and the outcome of one turn as transports see it.
 
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
@@ -87,11 +87,11 @@ pub struct NativeReply {
 }
 
 impl NativeReply {
-    pub fn new(mode: ReplyMode, spoken: impl AsRef<str>, data: Value) -> Self {
+    pub fn new(mode: ReplyMode, spoken: impl AsRef<str>, data: impl Into<ReplyData>) -> Self {
         NativeReply {
             mode,
             spoken_summary: super::speech::speakable(spoken.as_ref()),
-            data: ReplyData::new(data),
+            data: data.into(),
             ids: Map::new(),
             pending_action_id: None,
             expires_at: None,
@@ -102,7 +102,7 @@ impl NativeReply {
         }
     }
 
-    pub fn result(spoken: impl AsRef<str>, data: Value) -> Self {
+    pub fn result(spoken: impl AsRef<str>, data: impl Into<ReplyData>) -> Self {
         Self::new(ReplyMode::Result, spoken, data)
     }
 
@@ -113,46 +113,108 @@ impl NativeReply {
 }
 
 /// A reply's `data`, shared by every copy of the reply: a cached read hands the same tree to
-/// each hit instead of deep-copying it. Once [`ReplyData::frozen`], its JSON text is kept
-/// beside it, so each hit writes those bytes instead of walking the tree again.
+/// each hit instead of deep-copying it. Once [`ReplyData::compact`]ed, only its JSON text is
+/// kept, so each hit writes those bytes instead of walking a tree again. A reply built
+/// from typed records ([`ReplyData::of`]) starts as text alone; the tree is parsed from it only
+/// if someone reads or changes it, which a plain read's answer never needs.
 #[derive(Clone)]
 pub struct ReplyData(Arc<SharedData>);
 
 #[derive(Clone)]
 struct SharedData {
-    value: Value,
-    /// The serialization of `value`, when it was frozen; never out of date, since every
-    /// mutable borrow clears it.
+    /// The tree; for data made from its text, filled from `json` on first use.
+    value: OnceLock<Value>,
+    /// The serialization of the value, when it was compacted or made from records; never out of
+    /// date, since every mutable borrow clears it. At least one of the two is always set.
     json: Option<Box<RawValue>>,
 }
 
 impl ReplyData {
     pub fn new(value: Value) -> Self {
-        ReplyData(Arc::new(SharedData { value, json: None }))
+        ReplyData(Arc::new(SharedData {
+            value: OnceLock::from(value),
+            json: None,
+        }))
     }
 
-    /// Computes the serialization once, for a reply that is served many times (a cached
-    /// read). Copies the value first only if another reply shares it.
-    pub fn freeze(&mut self) {
-        if self.0.json.is_none() {
-            let json = serde_json::value::to_raw_value(&self.0.value).ok();
-            Arc::make_mut(&mut self.0).json = json;
+    /// Data serialized straight from typed records, without building a tree first.
+    pub fn of<T: Serialize>(records: &T) -> Self {
+        match serde_json::value::to_raw_value(records) {
+            Ok(json) => ReplyData(Arc::new(SharedData {
+                value: OnceLock::new(),
+                json: Some(json),
+            })),
+            // Only maps with non-string keys fail, and no reply record has one.
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialize a reply's records");
+                ReplyData::new(Value::Null)
+            }
+        }
+    }
+
+    /// Keeps only the JSON text (made now if there is none) and drops the tree, for a reply
+    /// that a cache holds and serves many times: serving needs only the text, and the tree
+    /// takes several times its memory. Whoever reads or changes the data later parses the text
+    /// again.
+    pub fn compact(&mut self) {
+        if self.0.value.get().is_none() {
+            return;
+        }
+        let json = match &self.0.json {
+            Some(json) => json.clone(),
+            None => match serde_json::value::to_raw_value(self.value()) {
+                Ok(json) => json,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot serialize a reply's data");
+                    return;
+                }
+            },
+        };
+        *self = ReplyData(Arc::new(SharedData {
+            value: OnceLock::new(),
+            json: Some(json),
+        }));
+    }
+
+    /// The length of the data's JSON text.
+    pub fn json_len(&self) -> usize {
+        match &self.0.json {
+            Some(json) => json.get().len(),
+            None => self.value().to_string().len(),
         }
     }
 
     /// The value, for changing it: copied first if another reply shares it.
     pub fn to_mut(&mut self) -> &mut Value {
         let shared = Arc::make_mut(&mut self.0);
+        let value = match shared.value.take() {
+            Some(v) => v,
+            None => parse(shared.json.as_deref()),
+        };
         shared.json = None;
-        &mut shared.value
+        shared.value = OnceLock::from(value);
+        match shared.value.get_mut() {
+            Some(v) => v,
+            None => unreachable!("the cell was filled on the line above"),
+        }
     }
+
+    fn value(&self) -> &Value {
+        self.0.value.get_or_init(|| parse(self.0.json.as_deref()))
+    }
+}
+
+/// Reads back text this module serialized itself, so it always parses.
+fn parse(json: Option<&RawValue>) -> Value {
+    json.and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .unwrap_or(Value::Null)
 }
 
 impl Deref for ReplyData {
     type Target = Value;
 
     fn deref(&self) -> &Value {
-        &self.0.value
+        self.value()
     }
 }
 
@@ -164,13 +226,13 @@ impl From<Value> for ReplyData {
 
 impl PartialEq<Value> for ReplyData {
     fn eq(&self, other: &Value) -> bool {
-        self.0.value == *other
+        self.value() == other
     }
 }
 
 impl std::fmt::Debug for ReplyData {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.value.fmt(f)
+        self.value().fmt(f)
     }
 }
 
@@ -178,7 +240,7 @@ impl Serialize for ReplyData {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match &self.0.json {
             Some(raw) => raw.serialize(s),
-            None => self.0.value.serialize(s),
+            None => self.value().serialize(s),
         }
     }
 }
@@ -272,12 +334,14 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn frozen_data_serializes_as_the_value_and_a_change_unfreezes_it() {
+    fn compacted_data_serializes_as_the_value_and_a_change_drops_the_text() {
         let value = json!({"contact": {"name": "Sarah \"S\" Chen", "n": 1.5}, "list": [1, null]});
         let mut data = ReplyData::new(value.clone());
         let plain = serde_json::to_string(&data).unwrap();
-        data.freeze();
+        data.compact();
         assert!(data.0.json.is_some());
+        assert!(data.0.value.get().is_none(), "the tree is dropped");
+        assert_eq!(data.json_len(), plain.len());
         assert_eq!(serde_json::to_string(&data).unwrap(), plain);
         // The value serializer (MCP's structuredContent) reads the frozen text back.
         assert_eq!(serde_json::to_value(&data).unwrap(), value);
@@ -297,10 +361,48 @@ mod tests {
     }
 
     #[test]
+    fn data_made_from_records_is_their_text_until_it_is_read_or_changed() {
+        #[derive(Serialize)]
+        struct Person<'a> {
+            name: &'a str,
+            title: Option<&'a str>,
+            tags: Vec<u8>,
+        }
+        let person = Person {
+            name: "Sarah \"S\" Chen",
+            title: None,
+            tags: vec![1, 2],
+        };
+        let expected = json!({"name": "Sarah \"S\" Chen", "title": null, "tags": [1, 2]});
+        let mut data = ReplyData::of(&person);
+        assert!(
+            data.0.value.get().is_none(),
+            "no tree until someone reads it"
+        );
+        assert_eq!(
+            serde_json::to_string(&data).unwrap(),
+            serde_json::to_string(&expected).unwrap(),
+            "the same bytes as the tree would give, in field order"
+        );
+        assert!(
+            data.0.value.get().is_none(),
+            "writing it out does not parse it"
+        );
+        assert_eq!(data["tags"][1], 2);
+        assert_eq!(data, expected);
+
+        let shared = data.clone();
+        data.to_mut()["undone"] = json!(true);
+        assert!(data.0.json.is_none());
+        assert_eq!(shared, expected, "the other copy keeps the old text");
+        assert_eq!(serde_json::to_value(&data).unwrap()["undone"], true);
+    }
+
+    #[test]
     fn a_reply_round_trips_through_its_stored_form() {
         let mut reply =
             NativeReply::result("Done.", json!({"x": [1, 2]})).with_id("contact_id", "c1");
-        reply.data.freeze();
+        reply.data.compact();
         let stored = serde_json::to_string(&reply).unwrap();
         let back: NativeReply = serde_json::from_str(&stored).unwrap();
         assert_eq!(back.data, json!({"x": [1, 2]}));

@@ -50,7 +50,7 @@ impl SqliteState {
                 let key = k.org.len() + k.key_id.len() + k.name.len();
                 let body = match &v.record.outcome {
                     super::Outcome::Reply { reply } => {
-                        reply.spoken_summary.len() + reply.data.to_string().len() + 256
+                        reply.spoken_summary.len() + reply.data.json_len() + 256
                     }
                     super::Outcome::Error { error } => {
                         error.message.len() + error.spoken_summary.len() + 128
@@ -79,7 +79,11 @@ impl SqliteState {
 
     /// Notes a record that a backend committed with its effect, so the next lookup needs no
     /// read of the table.
-    fn cache(&self, scope: &Scope, record: Record, expires_at_ms: i64) {
+    fn cache(&self, scope: &Scope, mut record: Record, expires_at_ms: i64) {
+        // Held as text: the weigher counts text, and a tree takes several times that.
+        if let super::Outcome::Reply { reply } = &mut record.outcome {
+            reply.data.compact();
+        }
         self.front.insert(
             scope.clone(),
             Arc::new(Cached {

@@ -2,6 +2,7 @@
 //! and `reply_inbox`.
 
 use rusqlite::Connection;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::{contact_or_clarify, optional_contact, reply};
@@ -10,7 +11,7 @@ use crate::ids::to_rfc3339;
 use crate::native::action::parse_since;
 use crate::native::action::{LookupCompany, LookupPerson, RecentSignals, ReplyInbox};
 use crate::native::plan::Step;
-use crate::native::reply::NativeReply;
+use crate::native::reply::{NativeReply, ReplyData};
 use crate::native::resolve::{self, Resolved};
 use crate::native::speech::{self, article, count, quote};
 use crate::store::companies::Company;
@@ -33,16 +34,25 @@ pub fn lookup_person(conn: &Connection, org: &str, a: &LookupPerson) -> ApiResul
     Ok(Step::Reply(person_reply(
         contact,
         account,
-        serde_json::to_value(memberships).unwrap_or_default(),
+        memberships,
         recent,
     )))
 }
 
+/// `data` of the answer to `lookup_person`, serialized from the records as they are.
+#[derive(Serialize)]
+struct PersonData<'a, M> {
+    contact: &'a Contact,
+    company: &'a Option<Company>,
+    campaigns: M,
+    recent_activity: &'a [Interaction],
+}
+
 /// The answer to `lookup_person`, whichever backend read the records.
-pub(crate) fn person_reply(
+pub(crate) fn person_reply<M: Serialize>(
     contact: Contact,
     account: Option<Company>,
-    memberships: Value,
+    memberships: M,
     recent: Vec<Interaction>,
 ) -> NativeReply {
     let name = speech::name(contact.display_name());
@@ -59,12 +69,13 @@ pub(crate) fn person_reply(
         (None, None) => format!("{name} is in your CRM."),
     };
     let spoken = format!("{who} Status is {}.", contact.status.spoken());
-    let contact_id = contact.id.clone();
-    NativeReply::result(
-        spoken,
-        json!({ "contact": contact, "company": account, "campaigns": memberships, "recent_activity": recent }),
-    )
-    .with_id("contact_id", contact_id)
+    let data = ReplyData::of(&PersonData {
+        contact: &contact,
+        company: &account,
+        campaigns: memberships,
+        recent_activity: &recent,
+    });
+    NativeReply::result(spoken, data).with_id("contact_id", contact.id)
 }
 
 pub fn lookup_company(conn: &Connection, org: &str, a: &LookupCompany) -> ApiResult<Step> {
