@@ -1,9 +1,11 @@
 //! Webhook delivery (DESIGN §18) against real local HTTP receivers: Standard Webhooks
 //! signatures checked by an implementation written here from the specification (and by the
-//! published test vector in `webhooks::signing`), native and REST writes, retries on a
+//! published test vector, which it is shown to accept), native and REST writes, retries on a
 //! compressed schedule with `Retry-After`, no redirects, 410 disabling a subscription,
-//! generated secrets, the SSRF guard at registration and at delivery, subscription and org
-//! isolation, the event mapping, and a delivery pending across `kill -9`.
+//! `last_delivery`, generated secrets, the SSRF guard at registration and at delivery (DNS
+//! rebinding through the production guard with an injected name lookup), a stalled receiver
+//! not holding back others, subscription and org isolation, the event mapping, and a delivery
+//! pending across `kill -9`.
 
 use crate::common;
 
