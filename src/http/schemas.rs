@@ -222,17 +222,19 @@ pub struct WebhookDoc {
     url: String,
     events: Vec<String>,
     has_secret: bool,
+    /// False once the receiver answered 410 Gone: nothing more is sent to it.
     active: bool,
     #[schema(format = DateTime)]
     created_at: String,
     #[schema(format = DateTime)]
     updated_at: String,
-    /// The newest delivery to this subscription; null before the first event.
+    /// The most recently attempted delivery to this subscription (before any attempt, the
+    /// newest queued one); null before the first event.
     #[schema(required = true)]
     last_delivery: Option<LastDeliveryDoc>,
 }
 
-/// The newest delivery to a webhook subscription.
+/// The most recently attempted delivery to a webhook subscription.
 #[derive(ToSchema)]
 #[schema(as = LastDelivery)]
 #[allow(dead_code)]

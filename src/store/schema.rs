@@ -420,6 +420,16 @@ CREATE INDEX contacts_org_name ON contacts(org_id, name_norm, id);
 DROP INDEX campaign_audiences_contact;
 CREATE INDEX campaign_audiences_contact ON campaign_audiences(contact_id, added_at);
 "#,
+    // 13 (issue 15): `GET /webhooks` shows a subscription disabled by a 410 (inactive) but not
+    // one deleted through the API, so deletion gets its own mark; rows inactive before this
+    // step cannot be told apart and count as deleted, so nothing deleted reappears. The index
+    // finds each subscription's most recently attempted delivery (its `last_delivery`).
+    r#"
+ALTER TABLE webhooks ADD COLUMN deleted_at TEXT;
+UPDATE webhooks SET deleted_at = updated_at WHERE active = 0;
+CREATE INDEX webhook_deliveries_attempted ON webhook_deliveries(webhook_id, last_attempt_at)
+    WHERE last_attempt_at IS NOT NULL;
+"#,
 ];
 
 /// Brings the database up to the newest schema. Safe to call on every open, from several

@@ -31,7 +31,9 @@ pub const AVAILABLE_EVENTS: &[&str] = &[
     "contact.status_changed",
 ];
 
-/// Where a subscription's deliveries stand: its newest delivery.
+/// Where a subscription's deliveries stand: its most recently attempted delivery, or, before
+/// any attempt, its newest one (so a new event waiting for its first attempt does not hide
+/// how the previous one went).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct LastDelivery {
     /// `pending` (queued or waiting for a retry), `succeeded` or `failed` (retries exhausted,
@@ -52,10 +54,12 @@ pub struct Webhook {
     pub events: Vec<String>,
     /// The secret itself is never returned (except once, when the server generated it).
     pub has_secret: bool,
+    /// False once the receiver answered 410 Gone: nothing more is sent to it.
     pub active: bool,
     pub created_at: String,
     pub updated_at: String,
-    /// The newest delivery to this subscription; null when none was made yet.
+    /// The most recently attempted delivery to this subscription (the newest queued one before
+    /// any attempt); null when it has had no event yet.
     pub last_delivery: Option<LastDelivery>,
 }
 
@@ -63,9 +67,12 @@ const LIST_SQL: &str =
     "SELECT w.id, w.url, w.events, w.secret IS NOT NULL, w.active, w.created_at, w.updated_at,
         d.status, d.attempts, d.response_status, COALESCE(d.last_attempt_at, d.created_at)
    FROM webhooks w
-   LEFT JOIN webhook_deliveries d
-     ON d.seq = (SELECT max(seq) FROM webhook_deliveries WHERE webhook_id = w.id)
-  WHERE w.org_id = ?1 AND w.active = 1 ORDER BY w.created_at, w.id";
+   LEFT JOIN webhook_deliveries d ON d.seq = COALESCE(
+        (SELECT a.seq FROM webhook_deliveries a
+          WHERE a.webhook_id = w.id AND a.last_attempt_at IS NOT NULL
+          ORDER BY a.last_attempt_at DESC, a.seq DESC LIMIT 1),
+        (SELECT max(n.seq) FROM webhook_deliveries n WHERE n.webhook_id = w.id))
+  WHERE w.org_id = ?1 AND w.deleted_at IS NULL ORDER BY w.created_at, w.id";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<(Webhook, String)> {
     let events: String = r.get(2)?;
@@ -99,7 +106,8 @@ fn parse_events(id: &str, raw: &str) -> ApiResult<Vec<String>> {
         .map_err(|e| ApiError::internal(format!("webhook {id}: unreadable events column: {e}")))
 }
 
-pub fn list_active(conn: &Connection, org: &str) -> ApiResult<Vec<Webhook>> {
+/// The org's subscriptions that were not deleted: the active ones and those a 410 disabled.
+pub fn list(conn: &Connection, org: &str) -> ApiResult<Vec<Webhook>> {
     let mut stmt = conn.prepare_cached(LIST_SQL)?;
     let rows = stmt
         .query_map([org], from_row)?
@@ -145,11 +153,13 @@ pub fn insert(
     })
 }
 
-/// Deactivates an active subscription and gives up its pending deliveries; false when there
-/// is none with that id in the org.
+/// Deletes a subscription (active or disabled by a 410): it stops receiving, leaves the
+/// listing and gives up its pending deliveries. The row stays, so its delivery history does
+/// too, until pruned. False when the org has no such subscription.
 pub fn deactivate(conn: &Connection, org: &str, id: &str) -> ApiResult<bool> {
     let n = conn.execute(
-        "UPDATE webhooks SET active = 0, updated_at = ?3 WHERE id = ?1 AND org_id = ?2 AND active = 1",
+        "UPDATE webhooks SET active = 0, deleted_at = ?3, updated_at = ?3
+          WHERE id = ?1 AND org_id = ?2 AND deleted_at IS NULL",
         params![id, org, now_rfc3339()],
     )?;
     if n > 0 {
@@ -158,7 +168,7 @@ pub fn deactivate(conn: &Connection, org: &str, id: &str) -> ApiResult<bool> {
     Ok(n > 0)
 }
 
-/// Disables a subscription whose receiver answered 410 Gone.
+/// Disables a subscription whose receiver answered 410 Gone; it stays listed, inactive.
 pub fn disable(conn: &Connection, id: &str) -> ApiResult<()> {
     conn.execute(
         "UPDATE webhooks SET active = 0, updated_at = ?2 WHERE id = ?1",
@@ -348,13 +358,17 @@ pub fn queue_depth(conn: &Connection) -> ApiResult<u64> {
 }
 
 /// Deletes finished deliveries created before `before` (RFC 3339), keeping each
-/// subscription's newest one (it is its `last_delivery`), then events left without
-/// deliveries. Returns the deliveries deleted.
+/// subscription's newest one and its most recently attempted one (either can be its
+/// `last_delivery`), then events left without deliveries. Returns the deliveries deleted.
 pub fn prune(conn: &Connection, before: &str) -> ApiResult<usize> {
     let n = conn.execute(
         "DELETE FROM webhook_deliveries
           WHERE status != 'pending' AND created_at < ?1
-            AND seq NOT IN (SELECT max(seq) FROM webhook_deliveries GROUP BY webhook_id)",
+            AND seq NOT IN (SELECT max(seq) FROM webhook_deliveries GROUP BY webhook_id)
+            AND seq IS NOT (SELECT a.seq FROM webhook_deliveries a
+                             WHERE a.webhook_id = webhook_deliveries.webhook_id
+                               AND a.last_attempt_at IS NOT NULL
+                             ORDER BY a.last_attempt_at DESC, a.seq DESC LIMIT 1)",
         [before],
     )?;
     conn.execute(
@@ -432,7 +446,7 @@ mod tests {
                     &["note.created".into()],
                     "s",
                 )?;
-                assert_eq!(list_active(tx, "acme")?[0].last_delivery, None);
+                assert_eq!(list(tx, "acme")?[0].last_delivery, None);
                 insert_event(tx, &event("msg_1", "acme"), std::slice::from_ref(&w.id))?;
                 assert_eq!(queue_depth(tx)?, 1);
                 let due_now = due(tx, 10, 10)?;
@@ -448,10 +462,7 @@ mod tests {
                 )?;
                 assert!(due(tx, 98, 10)?.is_empty(), "not due before its retry");
                 assert_eq!(due(tx, 99, 10)?.len(), 1);
-                let last = list_active(tx, "acme")?[0]
-                    .last_delivery
-                    .clone()
-                    .expect("last");
+                let last = list(tx, "acme")?[0].last_delivery.clone().expect("last");
                 assert_eq!(
                     (last.status.as_str(), last.attempts, last.response_status),
                     ("pending", 1, Some(500))
@@ -459,11 +470,95 @@ mod tests {
                 record_attempt(tx, a.seq, Some(204), None, &Settled::Succeeded)?;
                 assert_eq!(queue_depth(tx)?, 0);
                 assert!(attempt(tx, a.seq)?.is_none());
-                let last = list_active(tx, "acme")?[0]
-                    .last_delivery
-                    .clone()
-                    .expect("last");
+                let last = list(tx, "acme")?[0].last_delivery.clone().expect("last");
                 assert_eq!((last.status.as_str(), last.attempts), ("succeeded", 2));
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn last_delivery_is_the_latest_attempt_not_the_newest_event() {
+        let (_dir, store) = test_store();
+        store
+            .write_sync(|tx| {
+                orgs::create(tx, &orgs::NewOrg::named("acme"))?;
+                let w = insert(
+                    tx,
+                    "acme",
+                    "https://a.example",
+                    &["note.created".into()],
+                    "s",
+                )?;
+                let ids = std::slice::from_ref(&w.id);
+                let last = |tx: &Connection| -> ApiResult<LastDelivery> {
+                    Ok(list(tx, "acme")?[0].last_delivery.clone().expect("last"))
+                };
+                insert_event(tx, &event("msg_1", "acme"), ids)?;
+                let first = due(tx, 10, 10)?[0].seq;
+                assert_eq!(
+                    (last(tx)?.status.as_str(), last(tx)?.attempts),
+                    ("pending", 0),
+                    "before any attempt: the queued delivery"
+                );
+                record_attempt(tx, first, Some(500), Some("HTTP 500"), &Settled::Failed)?;
+                // A newer event waiting for its first attempt does not hide that failure.
+                insert_event(tx, &event("msg_2", "acme"), ids)?;
+                let l = last(tx)?;
+                assert_eq!(
+                    (l.status.as_str(), l.attempts, l.response_status),
+                    ("failed", 1, Some(500))
+                );
+                // Pruned long after, the failure is still what the listing shows.
+                assert_eq!(prune(tx, "2030-01-01T00:00:00.000Z")?, 0);
+                assert_eq!(last(tx)?.status, "failed");
+                let second = due(tx, 10, 10)?[0].seq;
+                assert_ne!(second, first);
+                record_attempt(tx, second, Some(204), None, &Settled::Succeeded)?;
+                let l = last(tx)?;
+                assert_eq!(
+                    (l.status.as_str(), l.response_status),
+                    ("succeeded", Some(204))
+                );
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn deleted_subscriptions_leave_the_listing_disabled_ones_stay() {
+        let (_dir, store) = test_store();
+        store
+            .write_sync(|tx| {
+                orgs::create(tx, &orgs::NewOrg::named("acme"))?;
+                let gone = insert(
+                    tx,
+                    "acme",
+                    "https://a.example",
+                    &["note.created".into()],
+                    "s",
+                )?;
+                let kept = insert(
+                    tx,
+                    "acme",
+                    "https://b.example",
+                    &["note.created".into()],
+                    "s",
+                )?;
+                disable(tx, &gone.id)?;
+                let active: Vec<(String, bool)> = list(tx, "acme")?
+                    .into_iter()
+                    .map(|w| (w.id, w.active))
+                    .collect();
+                assert_eq!(active, [(gone.id.clone(), false), (kept.id.clone(), true)]);
+                assert!(!deactivate(tx, "other", &gone.id)?, "another org's id");
+                assert!(
+                    deactivate(tx, "acme", &gone.id)?,
+                    "a disabled one can be deleted"
+                );
+                assert!(deactivate(tx, "acme", &kept.id)?);
+                assert!(!deactivate(tx, "acme", &kept.id)?, "deleted once");
+                assert!(list(tx, "acme")?.is_empty());
                 Ok(())
             })
             .unwrap();
@@ -554,7 +649,10 @@ mod tests {
                 insert_event(tx, &event("msg_2", "acme"), ids)?;
                 disable(tx, &w.id)?;
                 assert_eq!(queue_depth(tx)?, 0);
-                assert!(list_active(tx, "acme")?.is_empty());
+                let listed = list(tx, "acme")?;
+                assert_eq!(listed.len(), 1, "a disabled subscription stays listed");
+                assert!(!listed[0].active);
+                assert!(subscribers(tx, "acme", "note.created")?.is_empty());
                 assert_eq!(prune(tx, "2030-01-01T00:00:00.000Z")?, 1);
                 let left: i64 =
                     tx.query_row("SELECT count(*) FROM webhook_events", [], |r| r.get(0))?;

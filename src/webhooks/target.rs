@@ -4,7 +4,10 @@
 //! resolver the delivery client connects with, so a name that re-resolves to an internal
 //! address after registration (DNS rebinding) is refused too.
 
+use std::future::Future;
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,15 +60,10 @@ fn refusal_v6(ip: Ipv6Addr) -> Option<&'static str> {
     if let Some(v4) = ip.to_ipv4_mapped() {
         return refusal_v4(v4);
     }
-    let seg = ip.segments();
-    // NAT64 (64:ff9b::/96) carries an IPv4 address in its last 32 bits.
-    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        return refusal_v4(Ipv4Addr::new(
-            (seg[6] >> 8) as u8,
-            seg[6] as u8,
-            (seg[7] >> 8) as u8,
-            seg[7] as u8,
-        ));
+    // Forms that carry an IPv4 address a router or host may translate to and reach: the
+    // address is judged as that IPv4 address.
+    if let Some(v4) = embedded_v4(ip) {
+        return refusal_v4(v4);
     }
     if ip.is_loopback() {
         return Some("loopback");
@@ -73,6 +71,7 @@ fn refusal_v6(ip: Ipv6Addr) -> Option<&'static str> {
     if ip.is_unspecified() {
         return Some("unspecified");
     }
+    let seg = ip.segments();
     if seg == [0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254] {
         return Some("cloud metadata");
     }
@@ -84,6 +83,28 @@ fn refusal_v6(ip: Ipv6Addr) -> Option<&'static str> {
     }
     if ip.is_multicast() {
         return Some("reserved");
+    }
+    None
+}
+
+/// The IPv4 address inside an IPv6 address that embeds one: NAT64 (`64:ff9b::/96`, RFC 6052),
+/// 6to4 (`2002:AABB:CCDD::/48`, RFC 3056) and IPv4-compatible (`::a.b.c.d`, deprecated by
+/// RFC 4291 but still routed by some stacks; `::` and `::1` are left to the checks below).
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let seg = ip.segments();
+    let v4 = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
+        Ipv4Addr::new(a, b, c, d)
+    };
+    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some(v4(seg[6], seg[7]));
+    }
+    if seg[0] == 0x2002 {
+        return Some(v4(seg[1], seg[2]));
+    }
+    if seg[..6] == [0; 6] && !(seg[6] == 0 && seg[7] <= 1) {
+        return Some(v4(seg[6], seg[7]));
     }
     None
 }
@@ -176,28 +197,63 @@ pub async fn check_registration(url: &Url) -> Result<(), Refused> {
     }
 }
 
-/// The delivery client's DNS resolver: the system resolver, refusing names that resolve to an
-/// address the guard forbids. The address reqwest connects to is one this resolver returned,
-/// so the check cannot be raced by a second lookup.
-#[derive(Debug, Default)]
-pub struct GuardedResolver;
+/// How the delivery client turns a host name into addresses, beneath the guard: the system
+/// resolver in production ([`SystemLookup`]). The seam exists so a test can point a name at a
+/// local receiver without DNS while the guard it runs is this module's.
+pub trait LookupHost: Send + Sync + 'static {
+    fn lookup(&self, host: String)
+        -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send>>;
+}
+
+/// The operating system's resolver (`getaddrinfo`, on tokio's blocking pool).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemLookup;
+
+impl LookupHost for SystemLookup {
+    fn lookup(
+        &self,
+        host: String,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send>> {
+        Box::pin(async move {
+            Ok(tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .map(|a| a.ip())
+                .collect())
+        })
+    }
+}
+
+/// The delivery client's DNS resolver: `lookup`, refusing names that resolve to an address the
+/// guard forbids (unless private targets are allowed). The address reqwest connects to is one
+/// this resolver returned, so the check cannot be raced by a second lookup.
+pub struct GuardedResolver {
+    lookup: Arc<dyn LookupHost>,
+    guard: bool,
+}
 
 impl GuardedResolver {
-    pub fn shared() -> Arc<GuardedResolver> {
-        Arc::new(GuardedResolver)
+    pub fn new(lookup: Arc<dyn LookupHost>, allow_private: bool) -> Arc<GuardedResolver> {
+        Arc::new(GuardedResolver {
+            lookup,
+            guard: !allow_private,
+        })
     }
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let host = name.as_str().to_string();
+        let lookup = self.lookup.lookup(host.clone());
+        let guard = self.guard;
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if let Some(r) = first_refused(&host, addrs.iter().map(SocketAddr::ip)) {
-                return Err(Box::new(r) as Box<dyn std::error::Error + Send + Sync>);
+            let ips = lookup.await?;
+            if guard {
+                if let Some(r) = first_refused(&host, ips.iter().copied()) {
+                    return Err(Box::new(r) as Box<dyn std::error::Error + Send + Sync>);
+                }
             }
-            Ok(Box::new(addrs.into_iter()) as Addrs)
+            // Port 0: the connector puts the URL's port in.
+            Ok(Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0))) as Addrs)
         })
     }
 }
@@ -245,6 +301,19 @@ mod tests {
             ("::ffff:127.0.0.1", "loopback"),
             ("::ffff:10.0.0.1", "private"),
             ("64:ff9b::a9fe:a9fe", "cloud metadata"),
+            ("64:ff9b::7f00:1", "loopback"),
+            ("64:ff9b::c0a8:101", "private"),
+            ("64:ff9b::10.0.0.1", "private"),
+            // 6to4: the IPv4 address is in bits 16..48.
+            ("2002:7f00:1::", "loopback"),
+            ("2002:a00:1::1", "private"),
+            ("2002:c0a8:101:1::1", "private"),
+            ("2002:a9fe:a9fe::", "cloud metadata"),
+            // IPv4-compatible.
+            ("::127.0.0.1", "loopback"),
+            ("::10.0.0.1", "private"),
+            ("::169.254.169.254", "cloud metadata"),
+            ("::0.0.0.2", "unspecified"),
             ("224.0.0.1", "reserved"),
             ("255.255.255.255", "reserved"),
         ] {
@@ -260,6 +329,10 @@ mod tests {
             "172.32.0.1",
             "100.128.0.1",
             "2606:2800:21f:cb07:6820:80da:af6b:8b2c",
+            // Embedded IPv4 addresses that are public.
+            "64:ff9b::808:808",
+            "2002:5db8:d70e::1",
+            "::8.8.8.8",
         ] {
             assert_eq!(reason(ip), None, "{ip}");
         }
@@ -290,7 +363,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_resolver_refuses_names_of_internal_addresses() {
-        let err = GuardedResolver
+        let err = GuardedResolver::new(Arc::new(SystemLookup), false)
             .resolve("localhost".parse::<Name>().expect("a DNS name"))
             .await
             .err()
@@ -298,5 +371,46 @@ mod tests {
         let refused = refused_in(err.as_ref()).expect("a refusal");
         assert_eq!(refused.reason, "loopback");
         assert!(refused.to_string().starts_with("localhost resolves to "));
+    }
+
+    /// Answers every name with one address.
+    struct Always(IpAddr);
+
+    impl LookupHost for Always {
+        fn lookup(
+            &self,
+            _host: String,
+        ) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send>> {
+            let ip = self.0;
+            Box::pin(async move { Ok(vec![ip]) })
+        }
+    }
+
+    #[tokio::test]
+    async fn the_guard_judges_what_the_lookup_returns() {
+        let name = || "rebind.test".parse::<Name>().expect("a DNS name");
+        let loopback = Arc::new(Always("127.0.0.1".parse().unwrap()));
+        let err = GuardedResolver::new(loopback.clone(), false)
+            .resolve(name())
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(
+            refused_in(err.as_ref()).map(|r| r.to_string()).as_deref(),
+            Some("rebind.test resolves to 127.0.0.1, a loopback address")
+        );
+        let allowed: Vec<SocketAddr> = GuardedResolver::new(loopback, true)
+            .resolve(name())
+            .await
+            .expect("private targets allowed")
+            .collect();
+        assert_eq!(allowed, ["127.0.0.1:0".parse().unwrap()]);
+        let public: Vec<SocketAddr> =
+            GuardedResolver::new(Arc::new(Always("93.184.215.14".parse().unwrap())), false)
+                .resolve(name())
+                .await
+                .expect("a public address passes")
+                .collect();
+        assert_eq!(public.len(), 1);
     }
 }

@@ -142,21 +142,33 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(store: Store, config: &WebhooksConfig) -> anyhow::Result<Arc<Worker>> {
+        Worker::with_lookup(store, config, Arc::new(target::SystemLookup))
+    }
+
+    /// Like [`Worker::new`], resolving target names with `lookup` instead of the system
+    /// resolver (the SSRF guard still judges every address it returns).
+    pub fn with_lookup(
+        store: Store,
+        config: &WebhooksConfig,
+        lookup: Arc<dyn target::LookupHost>,
+    ) -> anyhow::Result<Arc<Worker>> {
         let timeout = Duration::from_secs(config.timeout_secs);
-        let mut builder = reqwest::Client::builder()
+        let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .redirect(reqwest::redirect::Policy::none())
             // A proxy would connect on our behalf, past the guard.
             .no_proxy()
             .pool_max_idle_per_host(2)
-            .user_agent(concat!("pilot-bridge-webhooks/", env!("CARGO_PKG_VERSION")));
-        if !config.allow_private_targets {
-            builder = builder.dns_resolver(target::GuardedResolver::shared());
-        }
+            .user_agent(concat!("pilot-bridge-webhooks/", env!("CARGO_PKG_VERSION")))
+            .dns_resolver(target::GuardedResolver::new(
+                lookup,
+                config.allow_private_targets,
+            ))
+            .build()?;
         Ok(Arc::new(Worker {
             store,
-            client: builder.build()?,
+            client,
             schedule: config.retry_schedule_secs.clone(),
             allow_private: config.allow_private_targets,
             max_concurrency: config.max_concurrency,

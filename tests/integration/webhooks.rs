@@ -1,9 +1,11 @@
 //! Webhook delivery (DESIGN §18) against real local HTTP receivers: Standard Webhooks
 //! signatures checked by an implementation written here from the specification (and by the
-//! published test vector in `webhooks::signing`), native and REST writes, retries on a
+//! published test vector, which it is shown to accept), native and REST writes, retries on a
 //! compressed schedule with `Retry-After`, no redirects, 410 disabling a subscription,
-//! generated secrets, the SSRF guard at registration and at delivery, subscription and org
-//! isolation, the event mapping, and a delivery pending across `kill -9`.
+//! `last_delivery`, generated secrets, the SSRF guard at registration and at delivery (DNS
+//! rebinding through the production guard with an injected name lookup), a stalled receiver
+//! not holding back others, subscription and org isolation, the event mapping, and a delivery
+//! pending across `kill -9`.
 
 use crate::common;
 
@@ -20,7 +22,12 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use common::{Client, TestServer};
 use hmac::{Hmac, Mac};
-use pilot_bridge::config::Config;
+use pilot_bridge::config::{Config, WebhooksConfig};
+use pilot_bridge::store::webhooks as store_webhooks;
+use pilot_bridge::store::{orgs, Store, StoreOptions};
+use pilot_bridge::webhooks::target::LookupHost;
+use pilot_bridge::webhooks::worker::{self, Worker};
+use pilot_bridge::webhooks::EventType;
 use serde_json::{json, Value};
 use sha2::Sha256;
 use tokio::sync::mpsc;
@@ -56,6 +63,8 @@ struct Receiver {
     addr: SocketAddr,
     rx: mpsc::UnboundedReceiver<Received>,
     script: Arc<Mutex<VecDeque<Answer>>>,
+    /// How long each request is held after it is recorded, before it is answered.
+    stall: Arc<Mutex<Duration>>,
 }
 
 impl Receiver {
@@ -70,10 +79,11 @@ impl Receiver {
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = mpsc::unbounded_channel();
         let script: Arc<Mutex<VecDeque<Answer>>> = Arc::default();
-        let s = script.clone();
+        let stall: Arc<Mutex<Duration>> = Arc::default();
+        let (s, st) = (script.clone(), stall.clone());
         let app = axum::Router::new().fallback(
             move |uri: axum::http::Uri, headers: HeaderMap, body: String| {
-                let (tx, s) = (tx.clone(), s.clone());
+                let (tx, s, st) = (tx.clone(), s.clone(), st.clone());
                 async move {
                     let h = |n: &str| {
                         headers
@@ -91,6 +101,8 @@ impl Receiver {
                         body,
                         at: Instant::now(),
                     });
+                    let hold = *st.lock().unwrap();
+                    tokio::time::sleep(hold).await;
                     let (status, extra) = s.lock().unwrap().pop_front().unwrap_or((204, vec![]));
                     let mut resp = StatusCode::from_u16(status).unwrap().into_response();
                     for (k, v) in extra {
@@ -103,7 +115,17 @@ impl Receiver {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Receiver { addr, rx, script }
+        Receiver {
+            addr,
+            rx,
+            script,
+            stall,
+        }
+    }
+
+    /// Holds every request from now on for `d` before answering it.
+    fn stall(&self, d: Duration) {
+        *self.stall.lock().unwrap() = d;
     }
 
     fn url(&self) -> String {
@@ -150,17 +172,24 @@ fn key_of(secret: &str) -> Vec<u8> {
     }
 }
 
-/// Verifies a delivery as a Standard Webhooks consumer does: one of the space-separated
+/// Checks a delivery as a Standard Webhooks consumer does: one of the space-separated
 /// `v1,<base64>` signatures is the HMAC-SHA256 of `id.timestamp.body`, and the timestamp is
-/// within five minutes of now.
-fn verify(secret: &str, r: &Received) {
-    assert!(r.id.starts_with("msg_"), "webhook-id {:?}", r.id);
+/// within `tolerance_secs` of `now` (unix seconds). Says why when it does not verify.
+fn check_signature(
+    secret: &str,
+    r: &Received,
+    now: i64,
+    tolerance_secs: i64,
+) -> Result<(), String> {
     let ts: i64 = r
         .timestamp
         .parse()
-        .expect("webhook-timestamp is unix seconds");
-    let now = chrono::Utc::now().timestamp();
-    assert!((now - ts).abs() <= 300, "timestamp {ts} is not current");
+        .map_err(|_| format!("webhook-timestamp {:?} is not unix seconds", r.timestamp))?;
+    if (now - ts).abs() > tolerance_secs {
+        return Err(format!(
+            "timestamp {ts} is not within {tolerance_secs} s of {now}"
+        ));
+    }
     let mut mac = Hmac::<Sha256>::new_from_slice(&key_of(secret)).expect("key");
     mac.update(format!("{}.{}.{}", r.id, r.timestamp, r.body).as_bytes());
     let expected = STANDARD.encode(mac.finalize().into_bytes());
@@ -169,31 +198,68 @@ fn verify(secret: &str, r: &Received) {
         .split(' ')
         .filter_map(|s| s.strip_prefix("v1,"))
         .any(|s| s == expected);
-    assert!(ok, "signature {:?} does not verify", r.signature);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("signature {:?} does not verify", r.signature))
+    }
+}
+
+/// Asserts that a delivery verifies now, with the specification's suggested five-minute
+/// tolerance, and looks like one of ours.
+fn verify(secret: &str, r: &Received) {
+    assert!(r.id.starts_with("msg_"), "webhook-id {:?}", r.id);
+    let now = chrono::Utc::now().timestamp();
+    if let Err(e) = check_signature(secret, r, now, 300) {
+        panic!("{e}");
+    }
     assert!(r.content_type.starts_with("application/json"));
 }
 
 #[test]
-fn the_verifier_accepts_the_published_vector() {
-    // The test's own verifier, checked against the specification's vector before it checks us.
-    let r = Received {
+fn the_verifier_accepts_the_published_vector_and_rejects_tampering() {
+    // The specification's test vector (standard-webhooks, libraries' shared test), checked at
+    // its own time: the test's verifier is shown to be right before it checks the server.
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    const AT: i64 = 1614265330;
+    let vector = Received {
         path: String::new(),
         id: "msg_p5jXN8AQM9LWM0D4loKWxJek".into(),
-        timestamp: chrono::Utc::now().timestamp().to_string(),
-        signature: String::new(),
+        timestamp: AT.to_string(),
+        signature: "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=".into(),
         content_type: "application/json".into(),
         body: r#"{"test": 2432232314}"#.into(),
         at: Instant::now(),
     };
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(&key_of("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")).unwrap();
-    mac.update(br#"msg_p5jXN8AQM9LWM0D4loKWxJek.1614265330.{"test": 2432232314}"#);
-    assert_eq!(
-        STANDARD.encode(mac.finalize().into_bytes()),
-        "g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    assert_eq!(check_signature(SECRET, &vector, AT, 300), Ok(()));
+    assert_eq!(check_signature(SECRET, &vector, AT + 299, 300), Ok(()));
+    // Several signatures (a key rotation): one that verifies is enough.
+    let mut rotated = vector.clone();
+    rotated.signature = format!("v1,Zm9v {}", vector.signature);
+    assert_eq!(check_signature(SECRET, &rotated, AT, 300), Ok(()));
+
+    let tampered = |change: &dyn Fn(&mut Received)| {
+        let mut r = vector.clone();
+        change(&mut r);
+        check_signature(SECRET, &r, AT, 300)
+    };
+    assert!(tampered(&|r| r.body = r#"{"test": 2432232315}"#.into()).is_err());
+    assert!(tampered(&|r| r.id = "msg_p5jXN8AQM9LWM0D4loKWxJel".into()).is_err());
+    assert!(tampered(&|r| r.timestamp = (AT + 1).to_string()).is_err());
+    assert!(tampered(&|r| r.signature = r.signature.replace("v1,", "v2,")).is_err());
+    assert!(tampered(&|r| r.signature = String::new()).is_err());
+    assert!(
+        check_signature("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSx", &vector, AT, 300).is_err(),
+        "another key"
     );
-    let result = std::panic::catch_unwind(|| verify("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &r));
-    assert!(result.is_err(), "an empty signature must not verify");
+    assert!(
+        check_signature(SECRET, &vector, AT + 301, 300).is_err(),
+        "too old"
+    );
+    assert!(
+        check_signature(SECRET, &vector, AT - 301, 300).is_err(),
+        "too far in the future"
+    );
 }
 
 // ---- helpers -----------------------------------------------------------------------------------
@@ -419,17 +485,84 @@ async fn gone_disables_the_subscription() {
     let note = json!({ "type": "note_on_contact", "contactRef": "John Smith", "note": "Gone?" });
     native(&c, note.clone()).await;
     rx.next().await;
-    wait_for_hook(&c, hook["id"].as_str().unwrap(), Value::is_null).await;
+    let id = hook["id"].as_str().unwrap();
+    // Still listed, so its owner sees why nothing arrives any more.
+    let disabled = wait_for_hook(&c, id, |h| h["active"] == false).await;
+    assert_eq!(disabled["last_delivery"]["status"], "failed");
+    assert_eq!(disabled["last_delivery"]["response_status"], 410);
     native(
         &c,
         json!({ "type": "note_on_contact", "contactRef": "John Smith", "note": "Still there?" }),
     )
     .await;
     rx.nothing_for(Duration::from_millis(1500)).await;
-    let deleted = c
-        .delete(&format!("/webhooks?id={}", hook["id"].as_str().unwrap()))
+    // Deleting it takes it out of the listing.
+    c.delete(&format!("/webhooks?id={id}")).await.ok(200);
+    wait_for_hook(&c, id, Value::is_null).await;
+    c.delete(&format!("/webhooks?id={id}"))
+        .await
+        .err(404, "RESOURCE_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn last_delivery_is_the_latest_attempt_not_a_newer_queued_event() {
+    let s = server(&[]).await;
+    let c = s.demo_client().await;
+    let mut rx = Receiver::start().await;
+    let hook = subscribe(&c, &rx.url(), &["note.created"], None).await;
+    let id = hook["id"].as_str().unwrap();
+    rx.answer([(500, vec![])]);
+    let note =
+        |text: &str| json!({ "type": "note_on_contact", "contactRef": "John Smith", "note": text });
+    native(&c, note("Fails for good.")).await;
+    rx.next().await;
+    wait_for_hook(&c, id, |h| h["last_delivery"]["status"] == "failed").await;
+    // The next event's attempt is held by the receiver: queued, not yet answered.
+    rx.stall(Duration::from_secs(30));
+    native(&c, note("Queued behind it.")).await;
+    rx.next().await;
+    let hook = wait_for_hook(&c, id, |_| true).await;
+    let last = &hook["last_delivery"];
+    assert_eq!(last["status"], "failed", "{hook}");
+    assert_eq!(last["attempts"], 1);
+    assert_eq!(last["response_status"], 500);
+}
+
+#[tokio::test]
+async fn a_stalled_receiver_does_not_hold_back_the_others() {
+    let s = common::start_with(|c| {
+        c.webhooks.allow_private_targets = true;
+        c.webhooks.retry_schedule_secs = vec![1];
+        c.webhooks.max_concurrency = 2;
+        // Longer than this test waits: the stalled attempt stays in flight throughout.
+        c.webhooks.timeout_secs = 60;
+    })
+    .await;
+    let c = s.demo_client().await;
+    let mut slow = Receiver::start().await;
+    let mut fast = Receiver::start().await;
+    slow.stall(Duration::from_secs(120));
+    let slow_hook = subscribe(&c, &slow.url(), &["note.created"], None).await;
+    subscribe(&c, &fast.url(), &["note.created"], None).await;
+    for i in 0..4 {
+        native(
+            &c,
+            json!({ "type": "note_on_contact", "contactRef": "John Smith", "note": format!("Note {i}") }),
+        )
         .await;
-    deleted.err(404, "RESOURCE_NOT_FOUND");
+    }
+    let stalled = slow.next().await;
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..4 {
+        ids.insert(fast.next().await.id);
+    }
+    assert_eq!(ids.len(), 4, "every event reached the fast receiver");
+    assert!(ids.contains(&stalled.id));
+    // The slow subscription still has its first attempt in flight and nothing else sent.
+    slow.nothing_for(Duration::from_millis(500)).await;
+    let hook = wait_for_hook(&c, slow_hook["id"].as_str().unwrap(), |_| true).await;
+    assert_eq!(hook["last_delivery"]["attempts"], 0, "{hook}");
+    assert_eq!(hook["last_delivery"]["status"], "pending");
 }
 
 #[tokio::test]
@@ -547,6 +680,118 @@ async fn private_targets_are_refused_without_the_flag() {
         metrics.contains(r#"pilot_bridge_webhook_deliveries_total{outcome="refused"}"#),
         "{metrics}"
     );
+}
+
+/// A name lookup that knows one name: what a DNS server under an attacker's control answers
+/// for it once it has been rebound to an internal address.
+struct PointAt {
+    name: &'static str,
+    ip: std::net::IpAddr,
+}
+
+impl LookupHost for PointAt {
+    fn lookup(
+        &self,
+        host: String,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<Vec<std::net::IpAddr>>> + Send>,
+    > {
+        let found = (host == self.name).then_some(vec![self.ip]);
+        Box::pin(async move {
+            found.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, host))
+        })
+    }
+}
+
+/// A store with one org subscribed to `note.created` at `url`, one note event queued, and a
+/// delivery worker running on it whose name lookup answers `rebind.test` with 127.0.0.1.
+async fn worker_resolving_rebind_test(
+    url: &str,
+    allow_private_targets: bool,
+) -> (tempfile::TempDir, Store, tokio::sync::watch::Sender<bool>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let store = tokio::task::spawn_blocking(move || Store::open(&path, &StoreOptions::default()))
+        .await
+        .unwrap()
+        .expect("store");
+    let url = url.to_string();
+    store
+        .write(move |tx| {
+            orgs::create(tx, &orgs::NewOrg::named("acme"))?;
+            store_webhooks::insert(tx, "acme", &url, &["note.created".into()], SECRET)?;
+            pilot_bridge::webhooks::emit(
+                tx,
+                "acme",
+                EventType::NoteCreated,
+                &json!({ "id": "n1", "content": "Rebound?" }),
+            )
+        })
+        .await
+        .expect("seed");
+    let config = WebhooksConfig {
+        allow_private_targets,
+        retry_schedule_secs: vec![60],
+        ..WebhooksConfig::default()
+    };
+    let lookup = Arc::new(PointAt {
+        name: "rebind.test",
+        ip: "127.0.0.1".parse().unwrap(),
+    });
+    let worker = Worker::with_lookup(store.clone(), &config, lookup).expect("worker");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    worker::spawn(worker, stopped);
+    (dir, store, stop)
+}
+
+const SECRET: &str = "whsec_c2VjcmV0";
+
+#[tokio::test]
+async fn a_name_rebound_to_loopback_is_refused_at_delivery() {
+    // A name (not `localhost`, not an IP literal, so only the resolver can catch it) that
+    // resolves to the loopback address a real receiver listens on.
+    let mut rx = Receiver::start().await;
+    let url = format!("http://rebind.test:{}/hook", rx.addr.port());
+
+    // With private targets allowed, the same worker, lookup and URL reach the receiver: the
+    // name does lead there.
+    let (_dir, _store, _stop) = worker_resolving_rebind_test(&url, true).await;
+    let got = rx.next().await;
+    verify(SECRET, &got);
+    assert_eq!(got.json()["data"]["content"], "Rebound?");
+
+    // Without the flag, the production worker's guard refuses the address at delivery.
+    let (_dir, store, _stop) = worker_resolving_rebind_test(&url, false).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (attempts, status, error) = loop {
+        let row: (u32, String, Option<String>) = store
+            .read(|c| {
+                Ok(c.query_row(
+                    "SELECT attempts, status, last_error FROM webhook_deliveries",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?)
+            })
+            .await
+            .expect("read");
+        if row.0 > 0 || Instant::now() > deadline {
+            break row;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(attempts, 1, "one attempt made");
+    assert_eq!(status, "pending", "refused, to be retried on the schedule");
+    assert_eq!(
+        error.as_deref(),
+        Some("target refused: rebind.test resolves to 127.0.0.1, a loopback address")
+    );
+    rx.nothing_for(Duration::from_millis(1000)).await;
+    let listed = store
+        .read(|c| store_webhooks::list(c, "acme"))
+        .await
+        .expect("list");
+    let last = listed[0].last_delivery.as_ref().expect("last delivery");
+    assert_eq!((last.attempts, last.response_status), (1, None));
 }
 
 #[tokio::test]
@@ -732,8 +977,8 @@ async fn writes_map_to_the_events_a_user_expects() {
 }
 
 /// Verifies `r` with the `standardwebhooks` Python library (the specification's reference
-/// implementation, `pip install standardwebhooks`; CI installs it). `None` when it is not
-/// installed here.
+/// implementation, `pip install standardwebhooks`). `.ci/run` installs it, so under CI (`CI`
+/// set) a missing library fails the test; elsewhere this says why it skips and gives `None`.
 fn python_verifies(secret: &str, raw: bool, r: &Received) -> Option<bool> {
     let has_lib = Command::new("python3")
         .args(["-c", "import standardwebhooks"])
@@ -742,6 +987,11 @@ fn python_verifies(secret: &str, raw: bool, r: &Received) -> Option<bool> {
         .status()
         .is_ok_and(|s| s.success());
     if !has_lib {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "python3 with standardwebhooks is needed in CI (.ci/run installs it)"
+        );
+        eprintln!("skipping the reference check: python3 cannot import standardwebhooks (pip install standardwebhooks)");
         return None;
     }
     // The library base64-decodes string secrets (with or without `whsec_`); raw secrets are
@@ -800,21 +1050,17 @@ async fn the_reference_python_verifier_accepts_deliveries() {
     let raw = raw_rx.next().await;
     verify(&generated, &got);
     verify("plain text secret", &raw);
-    match (
+    // When python_verifies skips it says why; this file's own verifier checked both above.
+    if let (Some(a), Some(b)) = (
         python_verifies(&generated, false, &got),
         python_verifies("plain text secret", true, &raw),
     ) {
-        (Some(a), Some(b)) => {
-            assert!(a, "standardwebhooks rejected a whsec_ delivery");
-            assert!(b, "standardwebhooks rejected a raw-secret delivery");
-            let mut tampered = got.clone();
-            tampered.body = tampered.body.replace("quoted", "QUOTED");
-            assert_ne!(tampered.body, got.body);
-            assert_eq!(python_verifies(&generated, false, &tampered), Some(false));
-        }
-        _ => eprintln!(
-            "standardwebhooks (Python) is not installed: verified by this file's own verifier only"
-        ),
+        assert!(a, "standardwebhooks rejected a whsec_ delivery");
+        assert!(b, "standardwebhooks rejected a raw-secret delivery");
+        let mut tampered = got.clone();
+        tampered.body = tampered.body.replace("quoted", "QUOTED");
+        assert_ne!(tampered.body, got.body);
+        assert_eq!(python_verifies(&generated, false, &tampered), Some(false));
     }
 }
 

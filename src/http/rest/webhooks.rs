@@ -1,4 +1,4 @@
-//! `/webhooks`: list active subscriptions (with their last delivery) and the available events,
+//! `/webhooks`: list subscriptions (active, or disabled by a 410; with their last delivery) and the available events,
 //! register (SSRF-checked, with a signing secret generated when none is given), deactivate.
 
 use std::sync::Arc;
@@ -28,7 +28,7 @@ pub struct WebhookList {
     pub available_events: Vec<&'static str>,
 }
 
-/// Active webhook subscriptions and the events available.
+/// Webhook subscriptions (active, or disabled by a 410 Gone) and the events available.
 #[utoipa::path(get, path = "/webhooks", tag = "webhooks", operation_id = "listWebhooks",
     responses((status = 200, description = "Subscriptions", body = crate::http::schemas::Envelope<WebhookList>)))]
 pub async fn list(
@@ -37,10 +37,7 @@ pub async fn list(
 ) -> ApiResult<Data<WebhookList>> {
     p.require_any(&[Scope::Campaigns])?;
     let org = p.org_id.clone();
-    let hooks = app
-        .store
-        .read(move |c| webhooks::list_active(c, &org))
-        .await?;
+    let hooks = app.store.read(move |c| webhooks::list(c, &org)).await?;
     Ok(Data(WebhookList {
         webhooks: hooks,
         available_events: AVAILABLE_EVENTS.to_vec(),
@@ -155,7 +152,7 @@ pub async fn create(
     }))
 }
 
-/// Deactivate a webhook.
+/// Delete a webhook (active or disabled).
 #[utoipa::path(delete, path = "/webhooks", tag = "webhooks", operation_id = "deleteWebhook",
     params(("id" = String, Query, pattern = "\\S", description = "Webhook id")),
     responses(
