@@ -191,9 +191,14 @@ async fn lists_eighteen_tools_with_annotations_and_schemas() {
     assert_eq!(add["additionalProperties"], false);
     let status = tool("mark_status").input_schema["properties"]["status"].to_string();
     assert!(status.contains("disqualified"), "{status}");
-    assert!(tool("lookup_person").input_schema["properties"]
-        .get("idempotencyKey")
-        .is_none());
+    // Every tool declares the `idempotencyKey` it accepts, reads included.
+    for t in &tools {
+        assert_eq!(
+            t.input_schema["properties"]["idempotencyKey"]["type"], "string",
+            "{}",
+            t.name
+        );
+    }
     let confirm = &tool("confirm_pending_action").input_schema;
     assert_eq!(confirm["required"], json!(["pendingActionId", "confirmed"]));
     c.cancel().await.unwrap();
@@ -475,6 +480,23 @@ async fn idempotency_key_argument_and_the_keyless_dedupe_window() {
             &c,
             "note_on_contact",
             json!({"personName": "John Smith", "note": "x", "idempotencyKey": "has space"}),
+        )
+        .await,
+        "VALIDATION_ERROR",
+    );
+    assert!(e["details"].as_str().unwrap().starts_with("idempotencyKey"));
+    // A read takes the key as the native endpoint does: validated, echoed, never replayed.
+    let read = json!({"personName": "Sarah Chen", "idempotencyKey": "mcp-read-1"});
+    for _ in 0..2 {
+        let r = reply(&call(&c, "lookup_person", read.clone()).await);
+        assert_eq!(r["mode"], "result", "{r}");
+        assert_eq!(r["idempotency_key"], "mcp-read-1");
+    }
+    let e = failure(
+        &call(
+            &c,
+            "lookup_person",
+            json!({"personName": "Sarah Chen", "idempotencyKey": "has space"}),
         )
         .await,
         "VALIDATION_ERROR",
