@@ -33,13 +33,13 @@ use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use self::origin::OriginPolicy;
 use self::server::{Caller, PilotMcp};
 use crate::app::AppState;
-use crate::config::Config;
-use crate::native::Bridge;
 use crate::auth::rate_limit::RateDecision;
+use crate::config::Config;
 use crate::domain::Scope;
 use crate::error::{ApiError, ErrorCode};
 use crate::http::envelope::{error_body, json_response, REQUEST};
 use crate::http::middleware::apply_rate_headers;
+use crate::native::Bridge;
 
 /// What `/mcp` needs besides the app: built once at start and kept in the app state, since
 /// neither depends on the request.
