@@ -29,6 +29,8 @@ pub struct App {
     pub ws_auth_failures: AuthFailureLimiter,
     /// Server-pushed events, per API key, for open WebSocket sessions.
     pub events: Arc<dyn EventBus>,
+    /// `/mcp`: the SDK's service and the parsed `[mcp]` allow-lists.
+    pub mcp: crate::mcp::Mcp,
     /// Flips to true when shutdown begins; long-lived connections watch it to close cleanly.
     shutdown: tokio::sync::watch::Sender<bool>,
     /// Renders `/metrics`; `None` when no recorder is installed (some tests).
@@ -88,7 +90,9 @@ impl App {
         };
         let chat = crate::chat::Chat::new(store.clone(), bridge.clone(), &config.chat)?;
         let events = event_bus(&config, &bridge, redis.clone());
+        let mcp = crate::mcp::Mcp::new(&config, bridge.clone()).map_err(anyhow::Error::msg)?;
         Ok(Arc::new(App {
+            mcp,
             chat,
             auth,
             limiter,

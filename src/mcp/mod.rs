@@ -2,9 +2,16 @@
 //! `confirm_pending_action` as MCP tools, for agent frameworks.
 //!
 //! Streamable HTTP through the official SDK (`rmcp`), stateless with JSON answers, so any
-//! replica can serve any request. Before the SDK sees a request, [`serve`] checks `Host` and
-//! `Origin` ([`origin`]), the API key (scope `native` or `chat`) and the org's rate limit, and
-//! answers refusals in the service's JSON envelope. A tool call then runs the same pipeline as
+//! replica can serve any request. The SDK's service and the parsed `[mcp]` allow-lists are built
+//! once, at start ([`Mcp`], kept in the app state). Before the SDK sees a request, [`serve`]
+//! checks `Host` and `Origin` ([`origin`]), the API key (scope `native` or `chat`) and the org's
+//! rate limit, and answers refusals in the service's JSON envelope.
+//!
+//! `/mcp` is a handler registered through `routes!` like every route, not an axum
+//! `nest_service` mount: the project's route rule (`tests/integration/openapi.rs`) allows routes
+//! only where their OpenAPI entry is declared, and a nested service would also answer under
+//! `/mcp/` and `/mcp/{*rest}`, undocumented. The handler hands the whole request to the same
+//! `StreamableHttpService::handle` a mount would call. A tool call then runs the same pipeline as
 //! `POST /api/v1/native/outreachpilot` ([`server`]); [`tools`] holds the tool list and the
 //! translations between tool calls and native requests.
 
@@ -27,10 +34,65 @@ use self::origin::OriginPolicy;
 use self::server::{Caller, PilotMcp};
 use crate::app::AppState;
 use crate::auth::rate_limit::RateDecision;
+use crate::config::Config;
 use crate::domain::Scope;
 use crate::error::{ApiError, ErrorCode};
 use crate::http::envelope::{error_body, json_response, REQUEST};
 use crate::http::middleware::apply_rate_headers;
+use crate::native::Bridge;
+
+/// What `/mcp` needs besides the app: built once at start and kept in the app state, since
+/// neither depends on the request.
+pub struct Mcp {
+    /// `[mcp] allowed_hosts` and `allowed_origins`, parsed.
+    policy: OriginPolicy,
+    /// The SDK's Streamable HTTP service. Stateless with JSON answers (no session manager, no
+    /// server streams); per request it makes a [`PilotMcp`], a clone of the bridge handle. Its
+    /// own `Host`/`Origin` checks are off because [`Mcp::check_origin`] runs first and answers
+    /// in our envelope.
+    service: StreamableHttpService<PilotMcp, NeverSessionManager>,
+}
+
+impl Mcp {
+    /// Parses the allow-lists (an entry that cannot match anything is an error naming it) and
+    /// builds the SDK's service over `bridge`.
+    pub fn new(config: &Config, bridge: Arc<Bridge>) -> Result<Mcp, String> {
+        let policy = OriginPolicy::new(&config.mcp)?;
+        let sdk_config = StreamableHttpServerConfig::default()
+            .with_legacy_session_mode(false)
+            .with_json_response(true)
+            .with_sse_keep_alive(None)
+            .with_sse_retry(None)
+            .disable_allowed_hosts()
+            .disable_allowed_origins()
+            .with_max_request_body_bytes(config.limits.max_body_bytes);
+        let service = StreamableHttpService::new(
+            move || {
+                Ok(PilotMcp {
+                    bridge: bridge.clone(),
+                })
+            },
+            Arc::new(NeverSessionManager::default()),
+            sdk_config,
+        );
+        Ok(Mcp { policy, service })
+    }
+
+    /// `Host` (or the URI's authority) and `Origin` against `[mcp]`.
+    fn check_origin(&self, parts: &axum::http::request::Parts) -> Result<(), ApiError> {
+        let host = parts.uri.authority().map(|a| a.as_str()).or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .map(|v| v.to_str().unwrap_or(""))
+        });
+        let origin = parts
+            .headers
+            .get(header::ORIGIN)
+            .map(|v| v.to_str().unwrap_or(""));
+        self.policy.check(host, origin)
+    }
+}
 
 /// MCP over Streamable HTTP: one JSON-RPC message per `POST`, answered with JSON. `initialize`
 /// (revisions 2025-06-18 and 2025-11-25) or `server/discover` (2026-07-28), `tools/list`, and
@@ -51,11 +113,12 @@ use crate::http::middleware::apply_rate_headers;
         (status = 429, description = "`RATE_LIMITED`: over the org's request quota (every request counts, as on REST)"),
     ))]
 pub async fn serve(State(app): State<AppState>, req: Request) -> Response {
+    let mcp = &app.mcp;
     let started = REQUEST
         .try_with(|c| c.started)
         .unwrap_or_else(|_| Instant::now());
     let (mut parts, body) = req.into_parts();
-    if let Err(e) = check_origin(&app, &parts) {
+    if let Err(e) = mcp.check_origin(&parts) {
         return e.into_response();
     }
     let t = Instant::now();
@@ -73,29 +136,14 @@ pub async fn serve(State(app): State<AppState>, req: Request) -> Response {
             .then(|| REQUEST.try_with(|c| c.request_id.clone()).ok())
             .flatten(),
     });
-    let resp = service(&app)
+    let resp = mcp
+        .service
         .handle(Request::from_parts(parts, body))
         .await
         .map(Body::new);
     let mut resp = envelope_transport_error(resp).await;
     apply_rate_headers(resp.headers_mut(), &decision);
     resp
-}
-
-/// `Host` and `Origin` against `[mcp]` (validated at start, so the lists parse).
-fn check_origin(app: &AppState, parts: &axum::http::request::Parts) -> Result<(), ApiError> {
-    let policy = OriginPolicy::new(&app.config.mcp).map_err(ApiError::internal)?;
-    let host = parts.uri.authority().map(|a| a.as_str()).or_else(|| {
-        parts
-            .headers
-            .get(header::HOST)
-            .map(|v| v.to_str().unwrap_or(""))
-    });
-    let origin = parts
-        .headers
-        .get(header::ORIGIN)
-        .map(|v| v.to_str().unwrap_or(""));
-    policy.check(host, origin)
 }
 
 /// The API key as on REST: the same key cache, scope `native` or `chat`, one request against
@@ -137,26 +185,6 @@ fn refusal(e: ApiError, decision: Option<&RateDecision>) -> Response {
         apply_rate_headers(resp.headers_mut(), d);
     }
     resp
-}
-
-/// The SDK's service for one request. Stateless with JSON answers: nothing is kept between
-/// requests, so building it per request costs a few allocations. Its own `Host`/`Origin`
-/// checks are off because [`check_origin`] ran already and answers in our envelope.
-fn service(app: &AppState) -> StreamableHttpService<PilotMcp, NeverSessionManager> {
-    let config = StreamableHttpServerConfig::default()
-        .with_legacy_session_mode(false)
-        .with_json_response(true)
-        .with_sse_keep_alive(None)
-        .with_sse_retry(None)
-        .disable_allowed_hosts()
-        .disable_allowed_origins()
-        .with_max_request_body_bytes(app.config.limits.max_body_bytes);
-    let app = app.clone();
-    StreamableHttpService::new(
-        move || Ok(PilotMcp { app: app.clone() }),
-        Arc::new(NeverSessionManager::default()),
-        config,
-    )
 }
 
 /// The SDK answers transport-level refusals (wrong `Accept`, an oversized body, `GET` on a

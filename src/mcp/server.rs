@@ -13,11 +13,10 @@ use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 
 use super::tools;
-use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::native::timing::ServerTiming;
-use crate::native::Transport;
+use crate::native::{Bridge, Transport};
 
 /// Who is calling and since when, put into the HTTP request by the guard in `mcp::serve` and
 /// read back here from the request parts the SDK hands to each handler.
@@ -38,10 +37,11 @@ const INSTRUCTIONS: &str = "pilot-bridge drives an OutreachPilot sales CRM. Each
     the chosen id. A result with mode confirmation_required is a question for the user: call \
     confirm_pending_action with its pending_action_id and the user's answer, never on your own.";
 
-/// One per request (the transport is stateless); cheap to build.
+/// One per request (the transport is stateless); cheap to build: a handle on the bridge. (Not
+/// the whole app state, which holds the SDK service that makes these.)
 #[derive(Clone)]
 pub struct PilotMcp {
-    pub app: AppState,
+    pub bridge: Arc<Bridge>,
 }
 
 impl ServerHandler for PilotMcp {
@@ -101,7 +101,7 @@ impl ServerHandler for PilotMcp {
             trace.record_request_id(id);
         }
         timing.record("auth", caller.auth);
-        let bridge = &self.app.bridge;
+        let bridge = &self.bridge;
         let outcome = match tools::native_body(&request.name, request.arguments.as_ref()) {
             Ok(body) => {
                 bridge

@@ -15,7 +15,7 @@ use crate::native::schema;
 /// The tool that answers a `confirmation_required` reply.
 pub const CONFIRM_TOOL: &str = "confirm_pending_action";
 
-/// The optional argument every write tool and the confirmation tool accept.
+/// The optional argument every tool accepts, as the native request's `idempotencyKey`.
 const IDEMPOTENCY_KEY: &str = "idempotencyKey";
 
 /// How a tool behaves, as MCP annotations say it (hints for clients, DESIGN §19).
@@ -103,15 +103,23 @@ fn object(v: Value) -> Arc<JsonObject> {
     }
 }
 
-fn idempotency_key_schema() -> Value {
+/// `idempotencyKey` as a write (or the confirmation) uses it, or as a read does: the native
+/// endpoint validates a read's key and echoes it in the reply, but stores and replays nothing.
+fn idempotency_key_schema(read_only: bool) -> Value {
+    let description = if read_only {
+        "Optional: a key for this request (1 to 255 visible ASCII characters), echoed in the \
+         reply as idempotency_key. Reads are not replayed, so it has no other effect."
+    } else {
+        "Optional: a key for this request (1 to 255 visible ASCII characters). A retry with \
+         the same key replays the first answer instead of acting twice. Without one, identical \
+         calls within a few seconds are answered once."
+    };
     json!({
         "type": "string",
         "minLength": 1,
         "maxLength": 255,
         "pattern": "^[!-~]+$",
-        "description": "Optional: a key for this request (1 to 255 visible ASCII characters). \
-            A retry with the same key replays the first answer instead of acting twice. \
-            Without one, identical calls within a few seconds are answered once."
+        "description": description,
     })
 }
 
@@ -145,10 +153,10 @@ fn action_tool(ty: &'static str) -> Option<Tool> {
     let b = behaviour(ty)?;
     let input = schema::action_input(ty)?;
     let mut input_schema = input.schema.clone();
-    if !b.read_only {
-        if let Some(props) = input_schema["properties"].as_object_mut() {
-            props.insert(IDEMPOTENCY_KEY.into(), idempotency_key_schema());
-        }
+    // Every action accepts it, reads included: `native_body` passes it on for any tool, as the
+    // native endpoint takes it with any action.
+    if let Some(props) = input_schema["properties"].as_object_mut() {
+        props.insert(IDEMPOTENCY_KEY.into(), idempotency_key_schema(b.read_only));
     }
     let description = if asks(ty) {
         format!("{}{ASKS}", input.description)
@@ -180,7 +188,7 @@ fn confirm_tool() -> Tool {
                 "description": "true runs the action (once, however often it is confirmed); \
                     false cancels it. Send only what the user said."
             },
-            IDEMPOTENCY_KEY: idempotency_key_schema(),
+            IDEMPOTENCY_KEY: idempotency_key_schema(false),
         }
     });
     // Confirming runs what was asked, which may be a removal or a pause; confirming twice
@@ -332,10 +340,11 @@ mod tests {
             "reply_inbox",
         ] {
             assert_eq!(hint(read).read_only_hint, Some(true), "{read}");
-            assert!(tool(read).input_schema.get("properties").is_some());
-            assert!(tool(read).input_schema["properties"]
-                .get(IDEMPOTENCY_KEY)
-                .is_none());
+            let key = &tool(read).input_schema["properties"][IDEMPOTENCY_KEY];
+            assert_eq!(key["type"], "string", "{read}");
+            assert!(key["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("not replayed")));
         }
         for destructive in [
             "remove_from_campaign",
@@ -383,6 +392,15 @@ mod tests {
         );
         let req = NativeRequest::parse(body).unwrap();
         assert_eq!(req.idempotency_key.as_deref(), Some("k-1"));
+        let read = native_body(
+            "lookup_person",
+            json!({"personName": "Sarah Chen", "idempotencyKey": "k-2"}).as_object(),
+        )
+        .unwrap();
+        assert_eq!(
+            read,
+            json!({"action": {"type": "lookup_person", "personName": "Sarah Chen"}, "idempotencyKey": "k-2"})
+        );
         let undo = native_body("undo_last", None).unwrap();
         assert_eq!(undo, json!({"action": {"type": "undo_last"}}));
         let confirm = native_body(

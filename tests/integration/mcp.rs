@@ -3,8 +3,9 @@
 //! client SDK hides (the envelope of refusals, headers).
 //!
 //! Covers: the handshake at revisions 2025-06-18 and 2025-11-25 and `server/discover` at
-//! 2026-07-28; the 18 tools with their annotations and schemas; a read; ask and confirm
-//! exactly once; tool failures as `isError` results; the `idempotencyKey` argument and the
+//! 2026-07-28; the 18 tools with every annotation, and input schemas equal to the OpenAPI
+//! document's action schemas; a read; ask and confirm exactly once, concurrent confirmations
+//! included; tool failures as `isError` results; the `idempotencyKey` argument and the
 //! keyless dedupe window; auth (401, 403 by scope) and `Origin`/`Host` checks (403) before any
 //! MCP processing; and that another key cannot confirm someone's pending action.
 
@@ -191,11 +192,139 @@ async fn lists_eighteen_tools_with_annotations_and_schemas() {
     assert_eq!(add["additionalProperties"], false);
     let status = tool("mark_status").input_schema["properties"]["status"].to_string();
     assert!(status.contains("disqualified"), "{status}");
-    assert!(tool("lookup_person").input_schema["properties"]
-        .get("idempotencyKey")
-        .is_none());
+    // Every tool declares the `idempotencyKey` it accepts, reads included.
+    for t in &tools {
+        assert_eq!(
+            t.input_schema["properties"]["idempotencyKey"]["type"], "string",
+            "{}",
+            t.name
+        );
+    }
     let confirm = &tool("confirm_pending_action").input_schema;
     assert_eq!(confirm["required"], json!(["pendingActionId", "confirmed"]));
+    c.cancel().await.unwrap();
+}
+
+/// Every annotation of every tool, so that any one hint changing fails: (readOnlyHint,
+/// destructiveHint, idempotentHint, openWorldHint). Reads state no destructive or idempotent
+/// hint (the spec gives those meaning only when readOnlyHint is false).
+#[tokio::test]
+async fn every_annotation_of_every_tool() {
+    let d = demo().await;
+    let c = connect(&d, KEY).await;
+    let tools = c.list_all_tools().await.expect("tools/list");
+    let (t, f) = (Some(true), Some(false));
+    let read = (t, None, None, f);
+    let expected = [
+        ("lookup_person", read),
+        ("lookup_company", read),
+        ("recent_signals", read),
+        ("start_research", (f, f, f, f)),
+        ("enrich_contact", (f, f, f, f)),
+        ("add_to_campaign", (f, f, t, f)),
+        ("remove_from_campaign", (f, t, t, f)),
+        ("pause_campaign", (f, t, t, f)),
+        ("resume_campaign", (f, f, t, f)),
+        ("draft_message", (f, f, f, f)),
+        ("send_message", (f, f, f, t)),
+        ("campaign_stats", read),
+        ("reply_inbox", read),
+        ("book_meeting", (f, f, f, f)),
+        ("mark_status", (f, t, t, f)),
+        ("note_on_contact", (f, f, f, f)),
+        ("undo_last", (f, t, f, f)),
+        ("confirm_pending_action", (f, t, t, f)),
+    ];
+    assert_eq!(tools.len(), expected.len());
+    for (name, hints) in expected {
+        let tool = tools
+            .iter()
+            .find(|x| x.name == name)
+            .unwrap_or_else(|| panic!("no tool {name}"));
+        let a = tool.annotations.clone().expect("annotations");
+        assert_eq!(
+            (
+                a.read_only_hint,
+                a.destructive_hint,
+                a.idempotent_hint,
+                a.open_world_hint
+            ),
+            hints,
+            "{name}"
+        );
+        assert_eq!(a.title.as_deref(), tool.title.as_deref(), "{name}");
+    }
+    c.cancel().await.unwrap();
+}
+
+/// `schema` with every `$ref` into `#/components/schemas/` replaced by its target, merged with
+/// the keywords next to the `$ref` (OpenAPI 3.1 puts a property's `description` there).
+fn inline_refs(schema: &Value, components: &Value) -> Value {
+    match schema {
+        Value::Object(m) => {
+            if let Some(r) = m.get("$ref").and_then(Value::as_str) {
+                let name = r.trim_start_matches("#/components/schemas/");
+                let Some(Value::Object(target)) = components.get(name) else {
+                    panic!("dangling {r}")
+                };
+                let mut merged = target.clone();
+                merged.extend(
+                    m.iter()
+                        .filter(|(k, _)| *k != "$ref")
+                        .map(|(k, v)| (k.clone(), v.clone())),
+                );
+                return inline_refs(&Value::Object(merged), components);
+            }
+            Value::Object(
+                m.iter()
+                    .map(|(k, v)| (k.clone(), inline_refs(v, components)))
+                    .collect(),
+            )
+        }
+        Value::Array(a) => Value::Array(a.iter().map(|v| inline_refs(v, components)).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Each action tool's input schema, as served by `tools/list`, is the OpenAPI document's
+/// `<Type>Action` schema, as served by `/openapi.json`, without `type` (the tool's name says
+/// it), with references inlined and without the shared struct's title and description (the
+/// tool has its own), plus the `idempotencyKey` argument that the native request carries next
+/// to `action`.
+#[tokio::test]
+async fn tool_input_schemas_are_the_openapi_action_schemas_without_type() {
+    let d = demo().await;
+    let doc = d.s.root_client().get("/openapi.json").await.body;
+    let components = &doc["components"]["schemas"];
+    let c = connect(&d, KEY).await;
+    let tools = c.list_all_tools().await.expect("tools/list");
+    for ty in pilot_bridge::native::action::ACTION_TYPES {
+        let pascal: String = ty
+            .split('_')
+            .map(|w| w[..1].to_ascii_uppercase() + &w[1..])
+            .collect();
+        let mut want = inline_refs(&components[format!("{pascal}Action")], components);
+        assert_eq!(want["properties"]["type"]["const"], *ty, "{ty}");
+        let obj = want.as_object_mut().expect("object schema");
+        obj.remove("title");
+        obj.remove("description");
+        if let Some(props) = obj.get_mut("properties").and_then(Value::as_object_mut) {
+            props.remove("type");
+        }
+        if let Some(required) = obj.get_mut("required").and_then(Value::as_array_mut) {
+            required.retain(|r| r != "type");
+            if required.is_empty() {
+                obj.remove("required");
+            }
+        }
+        let tool = tools.iter().find(|t| t.name == *ty).expect("tool");
+        let mut got = Value::Object((*tool.input_schema).clone());
+        let key = got["properties"]
+            .as_object_mut()
+            .and_then(|p| p.remove("idempotencyKey"));
+        assert!(key.is_some(), "{ty} declares idempotencyKey");
+        assert_eq!(got, want, "{ty}");
+    }
     c.cancel().await.unwrap();
 }
 
@@ -348,6 +477,49 @@ async fn a_dangerous_tool_asks_and_a_confirmation_runs_it_exactly_once() {
     c.cancel().await.unwrap();
 }
 
+/// Two clients, each with its own handshake, confirm the same pending action at the same time:
+/// it runs once, and the other answer is the replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_double_confirmation_runs_once() {
+    let d = demo().await;
+    let john = d.contact_id("john@acme.com").await;
+    let (a, b) = tokio::join!(
+        connect(&d, KEY),
+        connect_at(&d, KEY, ProtocolVersion::V_2025_11_25)
+    );
+    let asked = reply(
+        &call(
+            &a,
+            "book_meeting",
+            json!({"personName": "John Smith", "startTime": "2030-06-01T09:00:00Z"}),
+        )
+        .await,
+    );
+    assert_eq!(asked["mode"], "confirmation_required", "{asked}");
+    let pid = asked["pending_action_id"].as_str().unwrap();
+    let yes = json!({"pendingActionId": pid, "confirmed": true});
+    let (ra, rb) = tokio::join!(
+        call(&a, "confirm_pending_action", yes.clone()),
+        call(&b, "confirm_pending_action", yes)
+    );
+    let mut modes = [reply(&ra), reply(&rb)].map(|r| {
+        assert_eq!(
+            r["idempotency_key"],
+            format!("native:book_meeting:{pid}").as_str()
+        );
+        r["mode"].as_str().unwrap_or("").to_string()
+    });
+    modes.sort();
+    assert_eq!(modes, ["duplicate", "result"]);
+    let meetings = d
+        .activity(&[("channel", "meeting"), ("contact_id", &john)])
+        .await;
+    assert_eq!(meetings.len(), 1, "exactly one meeting booked");
+    assert_eq!(d.rows("meetings", None).await, 1);
+    a.cancel().await.unwrap();
+    b.cancel().await.unwrap();
+}
+
 #[tokio::test]
 async fn failures_are_error_results_with_the_spoken_error() {
     let d = demo().await;
@@ -475,6 +647,23 @@ async fn idempotency_key_argument_and_the_keyless_dedupe_window() {
             &c,
             "note_on_contact",
             json!({"personName": "John Smith", "note": "x", "idempotencyKey": "has space"}),
+        )
+        .await,
+        "VALIDATION_ERROR",
+    );
+    assert!(e["details"].as_str().unwrap().starts_with("idempotencyKey"));
+    // A read takes the key as the native endpoint does: validated, echoed, never replayed.
+    let read = json!({"personName": "Sarah Chen", "idempotencyKey": "mcp-read-1"});
+    for _ in 0..2 {
+        let r = reply(&call(&c, "lookup_person", read.clone()).await);
+        assert_eq!(r["mode"], "result", "{r}");
+        assert_eq!(r["idempotency_key"], "mcp-read-1");
+    }
+    let e = failure(
+        &call(
+            &c,
+            "lookup_person",
+            json!({"personName": "Sarah Chen", "idempotencyKey": "has space"}),
         )
         .await,
         "VALIDATION_ERROR",

@@ -3,7 +3,8 @@
 //! loopback round-robin TCP proxy with no session affinity (every request opens a new
 //! connection, so consecutive requests land on different replicas). Effects are counted on the
 //! upstream itself. A real `redis-server` runs per test; without the binary the tests print a
-//! notice and pass (CI installs it).
+//! notice and pass (CI installs it). `/mcp` is checked here too: stateless, so a confirmation
+//! needs no affinity to the replica that asked.
 
 use crate::common;
 use crate::common::native as native_common;
@@ -21,6 +22,13 @@ use native_common::{demo_with, Demo, KEY, PATH};
 use pilot_bridge::config::{BackendKind, Config, StateBackend};
 use pilot_bridge::events::{Event, EventKind};
 use redis_common::TestRedis;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
+};
+use rmcp::service::RunningService;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::{RoleClient, ServiceExt};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -172,6 +180,24 @@ impl Topology {
             d.c.get_query("/notes", &[("contact_id", &id), ("limit", "100")])
                 .await;
         r.page().iter().filter(|n| n["content"] == content).count()
+    }
+
+    /// A campaign's audience size, counted on the upstream.
+    async fn campaign_audience(&self, name: &str) -> u64 {
+        let r = self
+            .upstream
+            .c
+            .get_query("/campaigns", &[("limit", "100")])
+            .await;
+        let c = r.page().iter().find(|c| c["name"] == name).cloned();
+        let id = c.expect("campaign")["id"]
+            .as_str()
+            .expect("campaign id")
+            .to_string();
+        let one = self.upstream.c.get(&format!("/campaigns/{id}")).await;
+        one.ok(200)["audience_stats"]["total"]
+            .as_u64()
+            .expect("audience total")
     }
 
     async fn campaign_status(&self, name: &str) -> String {
@@ -696,4 +722,110 @@ async fn the_per_org_socket_cap_holds_across_replicas_and_a_close_frees_a_slot()
             Err((status, body)) => panic!("slot not freed: {status} {body}"),
         }
     };
+}
+
+type McpClient = RunningService<RoleClient, ClientConfig>;
+
+/// An `rmcp` client that did its own `initialize` with the replica at `root`.
+async fn mcp_client(root: &str) -> McpClient {
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(format!("{root}/mcp")).auth_header(KEY),
+    );
+    ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("replicas-test", "1.0"),
+    )
+    .serve(transport)
+    .await
+    .expect("MCP client connects")
+}
+
+/// A tool call's native reply (`structuredContent`), after checking it is not an error result.
+async fn mcp_call(c: &McpClient, name: &str, args: Value) -> Value {
+    let Value::Object(args) = args else {
+        panic!("arguments must be an object")
+    };
+    let r: CallToolResult = c
+        .call_tool(CallToolRequestParams::new(name.to_string()).with_arguments(args))
+        .await
+        .expect("tools/call answers");
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    r.structured_content.expect("structuredContent")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mcp_asks_on_one_replica_and_is_confirmed_on_another_once_without_sessions() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let t = Topology::start(&redis).await;
+
+    // No replica hands out a session: neither the handshake nor a tool call carries
+    // `Mcp-Session-Id`, so nothing ties a client to the replica it first reached.
+    let post = |root: &str, version: Option<&str>, body: Value| {
+        let mut req = t
+            .http
+            .http
+            .post(format!("{root}/mcp"))
+            .bearer_auth(KEY)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body);
+        if let Some(v) = version {
+            req = req.header("mcp-protocol-version", v);
+        }
+        req.send()
+    };
+    for i in 0..3 {
+        let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "curl", "version": "1"}}});
+        let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": "campaign_stats", "arguments": {"campaignRef": "Seed founders"}}});
+        for (version, body) in [(None, init), (Some("2025-06-18"), call)] {
+            let r = post(t.replica(i), version, body).await.expect("request");
+            assert_eq!(r.status().as_u16(), 200, "replica {i}");
+            assert!(
+                r.headers().get("mcp-session-id").is_none(),
+                "replica {i} sent Mcp-Session-Id"
+            );
+            let answer: Value = r.json().await.expect("JSON-RPC answer");
+            assert!(answer["result"].is_object(), "replica {i}: {answer}");
+        }
+    }
+
+    // A dangerous tool asked on replica 1 (its own handshake) changes nothing yet.
+    let before = t.campaign_audience("Seed founders").await;
+    let a = mcp_client(t.replica(0)).await;
+    let asked = mcp_call(
+        &a,
+        "add_to_campaign",
+        json!({"personName": "John Smith", "campaignRef": "Seed founders"}),
+    )
+    .await;
+    assert_eq!(asked["mode"], "confirmation_required", "{asked}");
+    let pid = asked["pending_action_id"]
+        .as_str()
+        .expect("pending id")
+        .to_string();
+    assert_eq!(t.campaign_audience("Seed founders").await, before);
+
+    // Confirmed on replicas 2 and 3 at once, each client with its own handshake: one runs it,
+    // the other replays; the upstream sees one new member.
+    let (b, c) = tokio::join!(mcp_client(t.replica(1)), mcp_client(t.replica(2)));
+    let yes = json!({"pendingActionId": pid, "confirmed": true});
+    let (rb, rc) = tokio::join!(
+        mcp_call(&b, "confirm_pending_action", yes.clone()),
+        mcp_call(&c, "confirm_pending_action", yes.clone())
+    );
+    let mut modes = [&rb, &rc].map(|r| r["mode"].as_str().unwrap_or("").to_string());
+    modes.sort();
+    assert_eq!(modes, ["duplicate", "result"], "{rb} {rc}");
+    assert_eq!(t.campaign_audience("Seed founders").await, before + 1);
+    // Back on the replica that asked: a replay, still one effect.
+    let again = mcp_call(&a, "confirm_pending_action", yes).await;
+    assert_eq!(again["mode"], "duplicate", "{again}");
+    assert_eq!(t.campaign_audience("Seed founders").await, before + 1);
+    for client in [a, b, c] {
+        client.cancel().await.expect("client closes");
+    }
 }
