@@ -125,9 +125,29 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
                 .ok()?;
             describe();
             series::enable();
+            spawn_upkeep(handle.clone());
             Some(handle)
         })
         .clone()
+}
+
+/// How often histogram samples are folded into their buckets between scrapes.
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The recorder keeps every histogram sample until something drains it: a scrape, or this
+/// upkeep. Without it, an instance nobody scrapes grew by every sample it took (about 5 MiB a
+/// minute at 2,000 turns/s in the soak bench). A thread rather than a task, because the
+/// recorder outlives any one runtime.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let started = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(METRICS_UPKEEP);
+            handle.run_upkeep();
+        });
+    if let Err(e) = started {
+        tracing::warn!(error = %e, "cannot start the metrics upkeep thread; histograms drain only when scraped");
+    }
 }
 
 fn describe() {
