@@ -711,6 +711,33 @@ async fn provider_failures_map_to_our_codes_and_refund_the_credit() {
     r.err(502, "UPSTREAM_UNAVAILABLE");
 }
 
+#[tokio::test]
+async fn the_tool_loop_stops_after_four_model_calls() {
+    let (url, seen) = fake_provider().await;
+    let d = openai_demo(url).await;
+    let before = credits(&d).await;
+    let a = chat(&d, json!({ "message": "loop" })).await;
+    let requests = seen.all();
+    assert_eq!(requests.len(), 4, "at most chat.max_rounds (4) model calls");
+    let choices: Vec<&Value> = requests.iter().map(|(_, b)| &b["tool_choice"]).collect();
+    assert_eq!(
+        choices,
+        ["auto", "auto", "auto", "none"],
+        "the last round may not call tools"
+    );
+    // Three rounds ran their tool; the fourth round's tool call was not run, and the answer is
+    // what the last tool said (the model gave no words).
+    let calls = a["tool_calls"].as_array().expect("tool_calls");
+    assert_eq!(calls.len(), 3, "{a}");
+    assert!(calls.iter().all(|c| c["name"] == "reply_inbox"));
+    assert_eq!(a["response"], calls[2]["result"]["spoken_summary"], "{a}");
+    assert_eq!(
+        a["usage"],
+        json!({ "input_tokens": 40, "output_tokens": 4 })
+    );
+    assert_eq!(credits(&d).await, before - 1);
+}
+
 /// A provider failure after a tool wrote: the credit comes back, and the retry with the same
 /// key replays the tool's write in the native pipeline instead of writing again.
 #[tokio::test]
