@@ -31,12 +31,17 @@ use crate::telemetry::names::{CHAT_MESSAGES, CHAT_TOOL_CALLS};
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChatRequest {
-    /// What the user says (1 to `chat.max_message_chars` characters, 4,000 by default).
+    /// What the user says: 1 to `chat.max_message_chars` characters (4,000 by default) once
+    /// trimmed; blank or longer is a 422. The whole body must also fit the server's body limit
+    /// (64 KiB by default; over it is a 413).
+    #[schema(min_length = 1, max_length = 4000)]
     pub message: String,
     /// Continue this thread (from an earlier reply); omit to start one.
     pub thread_id: Option<String>,
     /// Makes a retry safe, like the `Idempotency-Key` header (send either, or both equal): a
     /// retry with the same key and body gets the first reply again without running or paying.
+    /// Not part of the body the key is checked against.
+    #[schema(pattern = "^[!-~]{1,255}$")]
     pub idempotency_key: Option<String>,
 }
 

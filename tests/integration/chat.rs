@@ -212,6 +212,11 @@ async fn bad_messages_are_422_and_cost_nothing() {
             json!({ "message": "x".repeat(4001) }),
             "message: longer than 4000 characters",
         ),
+        // Far over the message limit, still under the 64 KiB body limit: the message's 422.
+        (
+            json!({ "message": "x".repeat(60_000) }),
+            "message: longer than 4000 characters",
+        ),
         (json!({}), "body: missing field `message`"),
         (json!({ "message": "hi", "threadId": "t" }), "threadId"),
         (json!({ "message": 5 }), "message"),
@@ -221,6 +226,11 @@ async fn bad_messages_are_422_and_cost_nothing() {
         r.err(422, "VALIDATION_ERROR");
         assert!(r.details().starts_with(details), "{body}: {}", r.details());
     }
+    // A body over the server's body limit is refused before it is read, as on every route.
+    let r =
+        d.c.post("/chat", json!({ "message": "x".repeat(70_000) }))
+            .await;
+    r.err(413, "PAYLOAD_TOO_LARGE");
     assert_eq!(credits(&d).await, before);
 }
 
