@@ -172,13 +172,14 @@ async fn credits_run_out_with_a_402_and_are_set_by_the_cli() {
 #[test]
 fn org_set_credits_sets_the_balance() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let run = |args: &[&str]| {
+    let run_with = |args: &[&str], env: &[(&str, &str)]| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pilot-bridge"));
         for (k, _) in std::env::vars() {
             if k.starts_with("PILOT_BRIDGE_") {
                 cmd.env_remove(k);
             }
         }
+        cmd.envs(env.iter().copied());
         let o = cmd
             .args(args)
             .arg("--data-dir")
@@ -190,6 +191,7 @@ fn org_set_credits_sets_the_balance() {
             String::from_utf8_lossy(&o.stdout).into_owned(),
         )
     };
+    let run = |args: &[&str]| run_with(args, &[]);
     let (ok, out) = run(&["org", "create", "acme", "--credits", "12"]);
     assert!(ok, "{out}");
     let org: Value = serde_json::from_str(&out).expect("JSON");
@@ -198,6 +200,14 @@ fn org_set_credits_sets_the_balance() {
     assert!(ok, "{out}");
     let org: Value = serde_json::from_str(&out).expect("JSON");
     assert_eq!(org["credits_remaining"], 7);
+    // Only the flag sets credits: a stray variable in the environment changes nothing.
+    let (ok, out) = run_with(
+        &["org", "set", "acme", "--rate-limit", "30"],
+        &[("PILOT_BRIDGE_CREDITS", "1000")],
+    );
+    assert!(ok, "{out}");
+    let org: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(org["credits_remaining"], 7, "{org}");
     assert!(!run(&["org", "set", "acme", "--credits", "-1"]).0);
     assert!(!run(&["org", "set", "nope", "--credits", "1"]).0);
 }
