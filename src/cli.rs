@@ -172,7 +172,9 @@ pub struct OrgSettings {
     #[arg(long, env = "PILOT_BRIDGE_TIMEZONE")]
     pub timezone: Option<TimeZone>,
     /// Credit balance (AI chat costs 1 credit per message)
-    #[arg(long, env = "PILOT_BRIDGE_CREDITS")]
+    // No environment fallback: `org set` would then reset the balance of whatever org it
+    // changes whenever the variable happens to be set.
+    #[arg(long)]
     pub credits: Option<u32>,
 }
 

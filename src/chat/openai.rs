@@ -1,8 +1,9 @@
 //! The `openai` chat provider: any OpenAI-compatible `POST {base_url}/chat/completions` with
 //! tool calling (OpenAI, vLLM, llama.cpp server, Ollama). The request carries the 17 actions'
 //! JSON Schemas as tools; tool calls run through the native pipeline and their results go back
-//! to the model. Bounded: at most `max_rounds` model calls (the last one may not call tools)
-//! within `deadline_ms` in all. Provider failures become our error codes: a timeout is
+//! to the model. Bounded: at most `max_rounds` model calls (the last one may not call tools;
+//! tool calls it makes anyway are ignored and the last tool's spoken summary answers) within
+//! `deadline_ms` in all, tool runs included. Provider failures become our error codes: a timeout is
 //! `UPSTREAM_TIMEOUT` (504), anything else `UPSTREAM_UNAVAILABLE` (502, with `Retry-After` when
 //! the provider sent one); the provider's key never appears in an error.
 
@@ -224,6 +225,22 @@ fn timed_out() -> ApiError {
         .with_spoken("The assistant took too long to answer. Please try again.")
 }
 
+fn tool_timed_out(tool: &str) -> ApiError {
+    ApiError::new(ErrorCode::UpstreamTimeout, "The chat model took too long")
+        .with_details(format!(
+            "chat.deadline_ms passed while the tool {} ran",
+            crate::text::clip(tool, 64)
+        ))
+        .with_spoken("The assistant took too long to answer. Please try again.")
+}
+
+/// What is left of `deadline` since `started`; `None` once it has passed.
+fn remaining(deadline: Duration, started: Instant) -> Option<Duration> {
+    deadline
+        .checked_sub(started.elapsed())
+        .filter(|d| !d.is_zero())
+}
+
 fn transport_error(e: reqwest::Error) -> ApiError {
     if e.is_timeout() {
         timed_out()
@@ -273,11 +290,7 @@ impl Provider for OpenAi {
         let mut usage = Usage::default();
         let mut last_spoken: Option<String> = None;
         for round in 0..self.max_rounds {
-            let left = self
-                .deadline
-                .checked_sub(started.elapsed())
-                .filter(|d| !d.is_zero())
-                .ok_or_else(timed_out)?;
+            let left = remaining(self.deadline, started).ok_or_else(timed_out)?;
             let last = round + 1 == self.max_rounds;
             let resp = self
                 .complete(&messages, &defs, if last { "none" } else { "auto" }, left)
@@ -317,11 +330,14 @@ impl Provider for OpenAi {
                     // field, and the model reads that in the tool result.
                     serde_json::from_str(&call.function.arguments).unwrap_or(Value::Null)
                 };
-                let result = if started.elapsed() >= self.deadline {
-                    return Err(timed_out());
-                } else {
-                    x.tools.run(&call.function.name, arguments, None).await
-                };
+                // The tool's share of the deadline is what is left of it. A native write runs
+                // in its own task, so giving up here leaves it to finish with its idempotency
+                // record: a retry under the same key replays it rather than repeating it.
+                let left = remaining(self.deadline, started).ok_or_else(timed_out)?;
+                let result =
+                    tokio::time::timeout(left, x.tools.run(&call.function.name, arguments, None))
+                        .await
+                        .map_err(|_| tool_timed_out(&call.function.name))?;
                 if let Some(s) = tools::spoken(&result) {
                     last_spoken = Some(s.to_string());
                 }

@@ -1,11 +1,11 @@
 //! Tool calls of one chat message: each runs its action through the native pipeline (the same
 //! resolution, confirmation gate, idempotency and audit as a client's request), under an
-//! idempotency key of its own. A model cannot confirm anything: `confirmed` and
+//! idempotency key of its own (see [`super::Chat`] for how the keys are made). A model cannot confirm anything: `confirmed` and
 //! `pendingActionId` are stripped from its arguments, so a dangerous tool only ever asks.
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::auth::Principal;
@@ -19,7 +19,7 @@ use crate::native::{Bridge, Transport};
 pub const MAX_CALLS_PER_MESSAGE: usize = 16;
 
 /// One tool call as reported in the chat reply.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ToolCall {
     /// The action type (or `confirm_pending_action` for the user's yes or no).
     pub name: String,
@@ -36,7 +36,7 @@ pub struct ToolCall {
 pub struct ToolRunner {
     bridge: Arc<Bridge>,
     principal: Arc<Principal>,
-    /// Prefix of each call's idempotency key: `chat:<thread>:<message>`.
+    /// Prefix of each call's idempotency key (the call's index follows).
     key_prefix: String,
     /// The user's words, kept in each call's audit record.
     transcript: String,
@@ -63,17 +63,17 @@ fn error_result(e: &ApiError) -> Value {
 }
 
 impl ToolRunner {
+    /// `key_prefix`: what each call's idempotency key starts with, `:<n>` following.
     pub fn new(
         bridge: Arc<Bridge>,
         principal: Arc<Principal>,
-        thread_id: &str,
-        message_id: &str,
+        key_prefix: String,
         transcript: &str,
     ) -> Self {
         ToolRunner {
             bridge,
             principal,
-            key_prefix: format!("chat:{thread_id}:{message_id}"),
+            key_prefix,
             transcript: transcript.to_string(),
             calls: Vec::new(),
             asked: None,

@@ -107,6 +107,7 @@ fn finish(doc: &mut Value) {
     error_schemas(schemas);
     crate::native::schema::add_action_schemas(schemas);
     request_schemas(schemas);
+    native_reply_data(schemas);
     doc["components"]["securitySchemes"] = json!({
         BEARER: {
             "type": "http",
@@ -187,6 +188,37 @@ fn error_schemas(schemas: &mut Value) {
 }
 
 /// Request bodies with "this shape or that" rules (see `schemas::composed!`).
+/// What a derive cannot say about the native reply's `data`: its fields depend on the action,
+/// and a transcript turn (DESIGN §19) adds what was understood.
+fn native_reply_data(schemas: &mut Value) {
+    let description = schemas["NativeReply"]["properties"]["data"]["description"]
+        .as_str()
+        .unwrap_or("Structured result; its fields depend on the action.")
+        .to_string();
+    schemas["NativeReply"]["properties"]["data"] = json!({
+        "type": "object",
+        "description": description,
+        "additionalProperties": true,
+        "properties": {
+            "parsed_action": {
+                "type": "object",
+                "required": ["type"],
+                "properties": { "type": { "type": "string" } },
+                "additionalProperties": true,
+                "description": "Only on a transcript-only turn that was understood as an action:                     the action as a client would have sent it (`type` and its fields), names as                     spoken, before resolution."
+            },
+            "reason": {
+                "type": "string",
+                "description": "Why nothing (or not everything) happened. On a transcript-only                     turn: `unrecognized` (mode `clarification_required`, nothing understood; the                     spoken summary says what one can say), `incomplete` (understood, a detail                     missing; see `field`), `nothing_pending` (a yes or no with nothing open).                     Actions add their own, e.g. `already_in_campaign`, `pilot_off`."
+            },
+            "field": {
+                "type": "string",
+                "description": "With `reason: incomplete`: the missing field, e.g. `action.startTime`."
+            }
+        }
+    });
+}
+
 fn request_schemas(schemas: &mut Value) {
     let pending_given = json!({
         "required": ["pendingActionId"],

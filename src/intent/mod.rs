@@ -751,7 +751,7 @@ fn contact_and_campaign(
         // "add John": a campaign action missing its campaign, so the user is asked for it.
         // Only for a short name, so "add a meeting with John" still reaches its own rule.
         const OTHER: &[&str] = &["a", "an", "meeting", "call", "demo", "note", "me", "us"];
-        const PLAIN_VERBS: &[&str] = &["add", "enroll", "enrol", "remove", "unenroll"];
+        const PLAIN_VERBS: &[&str] = &["add", "ad", "enroll", "enrol", "remove", "unenroll"];
         if (1..=3).contains(&rest.len())
             && w.first()
                 .is_some_and(|v| PLAIN_VERBS.contains(&v.norm.as_str()))
@@ -801,6 +801,8 @@ fn add(w: &[Word]) -> Option<Intent> {
         w,
         &[
             "add",
+            // Speech-to-text's homophone of "add"; only ever read as the first word.
+            "ad",
             "put",
             "enroll",
             "enrol",

@@ -430,6 +430,24 @@ UPDATE webhooks SET deleted_at = updated_at WHERE active = 0;
 CREATE INDEX webhook_deliveries_attempted ON webhook_deliveries(webhook_id, last_attempt_at)
     WHERE last_attempt_at IS NOT NULL;
 "#,
+    // 14 (issue 16, user_version 13): chat messages sent with an idempotency key (`POST /chat`,
+    // DESIGN §8). A row is claimed, with the message's credit, when the message starts (`reply` NULL, `claimed_ms` the claim's time) and gets the reply in the
+    // same transaction that saves the thread's turns, so a retry replays it instead of running
+    // its tools and paying again. Kept for `native.idempotency_ttl_secs`.
+    r#"
+CREATE TABLE chat_idempotency (
+    org_id       TEXT NOT NULL,
+    key_id       TEXT NOT NULL,
+    idem_key     TEXT NOT NULL,
+    fingerprint  TEXT NOT NULL,
+    thread_id    TEXT NOT NULL,
+    reply        TEXT,
+    claimed_ms   INTEGER NOT NULL,
+    created_ms   INTEGER NOT NULL,
+    PRIMARY KEY (org_id, key_id, idem_key)
+);
+CREATE INDEX chat_idempotency_age ON chat_idempotency(created_ms);
+"#,
 ];
 
 /// Brings the database up to the newest schema. Safe to call on every open, from several

@@ -4,7 +4,9 @@
 //! and the `openai` provider against a fake OpenAI-compatible server started here.
 
 use crate::common::native as native_common;
+use crate::common::{Client, Resp};
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
@@ -170,13 +172,14 @@ async fn credits_run_out_with_a_402_and_are_set_by_the_cli() {
 #[test]
 fn org_set_credits_sets_the_balance() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let run = |args: &[&str]| {
+    let run_with = |args: &[&str], env: &[(&str, &str)]| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pilot-bridge"));
         for (k, _) in std::env::vars() {
             if k.starts_with("PILOT_BRIDGE_") {
                 cmd.env_remove(k);
             }
         }
+        cmd.envs(env.iter().copied());
         let o = cmd
             .args(args)
             .arg("--data-dir")
@@ -188,6 +191,7 @@ fn org_set_credits_sets_the_balance() {
             String::from_utf8_lossy(&o.stdout).into_owned(),
         )
     };
+    let run = |args: &[&str]| run_with(args, &[]);
     let (ok, out) = run(&["org", "create", "acme", "--credits", "12"]);
     assert!(ok, "{out}");
     let org: Value = serde_json::from_str(&out).expect("JSON");
@@ -196,6 +200,14 @@ fn org_set_credits_sets_the_balance() {
     assert!(ok, "{out}");
     let org: Value = serde_json::from_str(&out).expect("JSON");
     assert_eq!(org["credits_remaining"], 7);
+    // Only the flag sets credits: a stray variable in the environment changes nothing.
+    let (ok, out) = run_with(
+        &["org", "set", "acme", "--rate-limit", "30"],
+        &[("PILOT_BRIDGE_CREDITS", "1000")],
+    );
+    assert!(ok, "{out}");
+    let org: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(org["credits_remaining"], 7, "{org}");
     assert!(!run(&["org", "set", "acme", "--credits", "-1"]).0);
     assert!(!run(&["org", "set", "nope", "--credits", "1"]).0);
 }
@@ -210,6 +222,11 @@ async fn bad_messages_are_422_and_cost_nothing() {
             json!({ "message": "x".repeat(4001) }),
             "message: longer than 4000 characters",
         ),
+        // Far over the message limit, still under the 64 KiB body limit: the message's 422.
+        (
+            json!({ "message": "x".repeat(60_000) }),
+            "message: longer than 4000 characters",
+        ),
         (json!({}), "body: missing field `message`"),
         (json!({ "message": "hi", "threadId": "t" }), "threadId"),
         (json!({ "message": 5 }), "message"),
@@ -219,6 +236,11 @@ async fn bad_messages_are_422_and_cost_nothing() {
         r.err(422, "VALIDATION_ERROR");
         assert!(r.details().starts_with(details), "{body}: {}", r.details());
     }
+    // A body over the server's body limit is refused before it is read, as on every route.
+    let r =
+        d.c.post("/chat", json!({ "message": "x".repeat(70_000) }))
+            .await;
+    r.err(413, "PAYLOAD_TOO_LARGE");
     assert_eq!(credits(&d).await, before);
 }
 
@@ -269,6 +291,150 @@ async fn unknown_and_foreign_threads_are_404() {
     r.err(403, "SCOPE_DENIED");
 }
 
+// ---- idempotency (DESIGN §8) ----------------------------------------------------------------
+
+async fn keyed(c: &Client, key: &str, body: Value) -> Resp {
+    c.post_with_headers("/chat", body, &[("Idempotency-Key", key)])
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_message_with_an_idempotency_key_runs_and_pays_once() {
+    let d = demo().await;
+    let john = d.contact_id("john@acme.com").await;
+    let notes_before = d.notes(&john).await.len();
+    let before = credits(&d).await;
+    let body = json!({ "message": "note on John Smith: wants pricing by Friday" });
+    let first = keyed(&d.c, "chat-retry-1", body.clone()).await;
+    let data = first.ok(200).clone();
+    assert!(first.header("idempotent-replayed").is_none());
+    assert_eq!(data["tool_calls"][0]["name"], "note_on_contact", "{data}");
+    assert_eq!(data["tool_calls"][0]["result"]["mode"], "result", "{data}");
+
+    let again = keyed(&d.c, "chat-retry-1", body.clone()).await;
+    assert_eq!(
+        again.ok(200),
+        &data,
+        "the same answer, thread and tool calls"
+    );
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    // The body's `idempotency_key` is the same key.
+    let mut in_body = body.clone();
+    in_body["idempotency_key"] = json!("chat-retry-1");
+    let again = d.c.post("/chat", in_body.clone()).await;
+    assert_eq!(again.ok(200), &data);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(d.notes(&john).await.len(), notes_before + 1, "one note");
+    assert_eq!(credits(&d).await, before - 1, "one credit");
+
+    // The same key with another body: refused, nothing run, nothing charged.
+    let other_bodies = [
+        json!({ "message": "note on John Smith: wants a discount" }),
+        json!({ "message": body["message"], "thread_id": data["thread_id"] }),
+    ];
+    for other in other_bodies {
+        let r = keyed(&d.c, "chat-retry-1", other).await;
+        let e = r.err(422, "IDEMPOTENCY_KEY_REUSED");
+        assert_eq!(
+            e["spoken_summary"],
+            "That request ID was already used for something else."
+        );
+        assert!(
+            r.details().starts_with("Idempotency-Key"),
+            "{}",
+            r.details()
+        );
+        assert!(r.header("idempotent-replayed").is_none());
+    }
+    // Header and body disagreeing, or a key that is no key, are 422 before anything runs.
+    let r = keyed(&d.c, "chat-retry-other", in_body).await;
+    r.err(422, "VALIDATION_ERROR");
+    assert!(
+        r.details().starts_with("idempotency_key"),
+        "{}",
+        r.details()
+    );
+    let r = keyed(&d.c, "has space", body.clone()).await;
+    r.err(422, "VALIDATION_ERROR");
+    assert!(
+        r.details().starts_with("Idempotency-Key"),
+        "{}",
+        r.details()
+    );
+    assert_eq!(d.notes(&john).await.len(), notes_before + 1);
+    assert_eq!(credits(&d).await, before - 1);
+
+    // Concurrent twins: one runs, the others wait for it and replay its answer.
+    let twin = json!({ "message": "note on John Smith: twins agree" });
+    let sends = (0..4).map(|_| keyed(&d.c, "chat-twins", twin.clone()));
+    let replies = futures_util::future::join_all(sends).await;
+    let fresh = replies
+        .iter()
+        .filter(|r| r.header("idempotent-replayed").is_none())
+        .count();
+    assert_eq!(fresh, 1, "exactly one twin ran");
+    let first = replies[0].ok(200).clone();
+    for r in &replies {
+        assert_eq!(r.ok(200), &first);
+    }
+    assert_eq!(d.notes(&john).await.len(), notes_before + 2);
+    assert_eq!(credits(&d).await, before - 2);
+
+    // Another API key's identical key is its own entry.
+    let key2 = d.s.create_key(DEMO_ORG, &[Scope::Chat]).await;
+    let r = keyed(
+        &d.s.client(&key2),
+        "chat-retry-1",
+        json!({ "message": "any replies" }),
+    )
+    .await;
+    r.ok(200);
+    assert!(r.header("idempotent-replayed").is_none());
+}
+
+/// The record is in the database: a retry after a restart still replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_reply_survives_a_restart() {
+    let d = demo().await;
+    let dir = d.s.dir.path().to_path_buf();
+    let body = json!({ "message": "add Sarah Chen to Seed founders" });
+    let first = keyed(&d.c, "chat-restart-1", body.clone()).await;
+    let data = first.ok(200).clone();
+    assert_eq!(
+        data["tool_calls"][0]["result"]["mode"],
+        "confirmation_required"
+    );
+    let before = credits(&d).await;
+    let Demo { s, .. } = d;
+    let crate::common::TestServer {
+        server, dir: tmp, ..
+    } = s;
+    server.shutdown().await;
+    let config = pilot_bridge::Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: dir,
+        ..Default::default()
+    };
+    let server = pilot_bridge::server::start(config, None)
+        .await
+        .expect("restart");
+    let c = Client::new(
+        format!("http://{}/api/v1", server.addr),
+        Some(format!("Bearer {KEY}")),
+    );
+    let again = keyed(&c, "chat-restart-1", body).await;
+    assert_eq!(
+        again.ok(200),
+        &data,
+        "the same question, the same pending action"
+    );
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    let left = c.get("/credits").await.ok(200)["credits_remaining"].as_i64();
+    assert_eq!(left, Some(before));
+    server.shutdown().await;
+    drop(tmp);
+}
+
 // ---- the openai provider against a fake ---------------------------------------------------
 
 const FAKE_KEY: &str = "sk-test-fake-provider-key";
@@ -277,9 +443,9 @@ const KEY_VAR: &str = "PILOT_BRIDGE_TEST_CHAT_PROVIDER_KEY";
 /// One request the fake received: its Authorization header and JSON body.
 type Received = (Option<String>, Value);
 
-/// What the fake received, in order.
+/// What the fake received, in order; and whether its one "flaky" failure has happened.
 #[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<Received>>>);
+struct Seen(Arc<Mutex<Vec<Received>>>, Arc<AtomicBool>);
 
 impl Seen {
     fn all(&self) -> Vec<Received> {
@@ -300,7 +466,8 @@ fn last_user_message(body: &Value) -> String {
 
 /// A fake `/v1/chat/completions`: for a message about a note or a campaign it asks for one
 /// tool call, and once a tool result is in the conversation it answers in words; "fail" is a
-/// 500, "slow" answers after 3 s.
+/// 500, "slow" answers after 3 s; "loop" asks for a tool call every time, however asked; a
+/// message with "flaky" fails with a 500 the first time a tool result comes back.
 async fn fake_completions(
     State(seen): State<Seen>,
     headers: HeaderMap,
@@ -329,6 +496,25 @@ async fn fake_completions(
     }
     if user == "slow" {
         tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    if user == "loop" {
+        let n = body["messages"].as_array().map_or(0, Vec::len);
+        return Json(json!({
+            "id": format!("c-loop-{n}"), "object": "chat.completion",
+            "choices": [{"index": 0, "finish_reason": "tool_calls",
+                "message": {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": format!("call_loop_{n}"), "type": "function",
+                     "function": {"name": "reply_inbox", "arguments": "{}"}}]}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}
+        }))
+        .into_response();
+    }
+    if has_tool_result && user.contains("flaky") && !seen.1.swap(true, Ordering::SeqCst) {
+        return (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": {"message": "flaked after the tool ran"}})),
+        )
+            .into_response();
     }
     if has_tool_result {
         return Json(json!({
@@ -543,4 +729,71 @@ async fn provider_failures_map_to_our_codes_and_refund_the_credit() {
     let d2 = openai_demo("http://127.0.0.1:9/v1".into()).await;
     let r = d2.c.post("/chat", json!({ "message": "hello" })).await;
     r.err(502, "UPSTREAM_UNAVAILABLE");
+}
+
+#[tokio::test]
+async fn the_tool_loop_stops_after_four_model_calls() {
+    let (url, seen) = fake_provider().await;
+    let d = openai_demo(url).await;
+    let before = credits(&d).await;
+    let a = chat(&d, json!({ "message": "loop" })).await;
+    let requests = seen.all();
+    assert_eq!(requests.len(), 4, "at most chat.max_rounds (4) model calls");
+    let choices: Vec<&Value> = requests.iter().map(|(_, b)| &b["tool_choice"]).collect();
+    assert_eq!(
+        choices,
+        ["auto", "auto", "auto", "none"],
+        "the last round may not call tools"
+    );
+    // Three rounds ran their tool; the fourth round's tool call was not run, and the answer is
+    // what the last tool said (the model gave no words).
+    let calls = a["tool_calls"].as_array().expect("tool_calls");
+    assert_eq!(calls.len(), 3, "{a}");
+    assert!(calls.iter().all(|c| c["name"] == "reply_inbox"));
+    assert_eq!(a["response"], calls[2]["result"]["spoken_summary"], "{a}");
+    assert_eq!(
+        a["usage"],
+        json!({ "input_tokens": 40, "output_tokens": 4 })
+    );
+    assert_eq!(credits(&d).await, before - 1);
+}
+
+/// A provider failure after a tool wrote: the credit comes back, and the retry with the same
+/// key replays the tool's write in the native pipeline instead of writing again.
+#[tokio::test]
+async fn a_retry_after_a_provider_failure_does_not_repeat_the_tools_writes() {
+    let (url, seen) = fake_provider().await;
+    let d = openai_demo(url).await;
+    let john = d.contact_id("john@acme.com").await;
+    let notes_before = d.notes(&john).await.len();
+    let before = credits(&d).await;
+    let body = json!({ "message": "flaky: add a note for John: wants pricing by Friday" });
+    let r = keyed(&d.c, "chat-flaky-1", body.clone()).await;
+    r.err(502, "UPSTREAM_UNAVAILABLE");
+    assert_eq!(
+        d.notes(&john).await.len(),
+        notes_before + 1,
+        "the tool did write"
+    );
+    assert_eq!(credits(&d).await, before, "no answer, no charge");
+    let r = keyed(&d.c, "chat-flaky-1", body.clone()).await;
+    let a = r.ok(200).clone();
+    assert!(
+        r.header("idempotent-replayed").is_none(),
+        "a failure is not replayed"
+    );
+    assert_eq!(a["tool_calls"][0]["result"]["mode"], "duplicate", "{a}");
+    assert_eq!(
+        d.notes(&john).await.len(),
+        notes_before + 1,
+        "still one note"
+    );
+    assert_eq!(credits(&d).await, before - 1);
+    // Answered now: a further retry is a replay, with no model call.
+    let calls = seen.all().len();
+    let r = keyed(&d.c, "chat-flaky-1", body).await;
+    assert_eq!(r.ok(200), &a);
+    assert_eq!(r.header("idempotent-replayed"), Some("true"));
+    assert_eq!(seen.all().len(), calls);
+    assert_eq!(credits(&d).await, before - 1);
 }

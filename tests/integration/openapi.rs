@@ -60,6 +60,38 @@ async fn serves_an_openapi_3_1_document() {
     }
     let native = &doc["paths"]["/api/v1/native/outreachpilot"]["post"];
     assert!(native["requestBody"].is_object());
+    // What a transcript turn adds to the reply's data.
+    let data = &schemas["NativeReply"]["properties"]["data"]["properties"];
+    assert!(data["parsed_action"].is_object());
+    assert!(data["reason"]["description"]
+        .as_str()
+        .is_some_and(|d| d.contains("`unrecognized`")));
+
+    // POST /chat: the message's bounds, the idempotency header, every status it answers.
+    let chat = &doc["paths"]["/api/v1/chat"]["post"];
+    let message = &schemas["ChatRequest"]["properties"]["message"];
+    assert_eq!(message["minLength"], 1);
+    assert_eq!(message["maxLength"], 4000);
+    let params = chat["parameters"].as_array().expect("chat parameters");
+    assert!(params
+        .iter()
+        .any(|p| p["name"] == "Idempotency-Key" && p["in"] == "header"));
+    for status in [
+        "200", "402", "403", "404", "409", "413", "422", "502", "504",
+    ] {
+        assert!(
+            chat["responses"].get(status).is_some(),
+            "POST /chat lacks {status}"
+        );
+    }
+    assert!(chat["responses"]["200"]["headers"]
+        .get("Idempotent-Replayed")
+        .is_some());
+    assert!(chat["responses"]["409"]["headers"]
+        .get("Retry-After")
+        .is_some());
+    let e422 = &schemas["Error422"];
+    assert!(e422.to_string().contains("IDEMPOTENCY_KEY_REUSED"));
 
     // The Bearer scheme, applied to /api/v1 and not to the operator endpoints.
     let bearer = &doc["components"]["securitySchemes"]["bearer"];

@@ -200,6 +200,27 @@ impl Client {
         self.json(Method::POST, path, body).await
     }
 
+    /// POST a JSON body with extra request headers (e.g. `Idempotency-Key`).
+    pub async fn post_with_headers(
+        &self,
+        path: &str,
+        body: Value,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&body).expect("serialise body"));
+        if let Some(a) = &self.authorization {
+            req = req.header("authorization", a);
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        Resp::read(req.send().await.expect("request")).await
+    }
+
     pub async fn put(&self, path: &str, body: Value) -> Resp {
         self.json(Method::PUT, path, body).await
     }
