@@ -222,7 +222,8 @@ async fn ws_worker(w: usize, url: String, stats: Arc<Stats>, stop: Arc<AtomicBoo
                 match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
                     Ok(Some(Ok(Message::Text(t)))) => {
                         let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
-                        if v["id"] != id.as_str() {
+                        // A `progress` frame ("One moment.") only says the answer is coming.
+                        if v["id"] != id.as_str() || v["type"] == "progress" {
                             continue;
                         }
                         break if v["ok"] == true {
