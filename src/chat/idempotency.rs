@@ -5,8 +5,10 @@
 //! `IDEMPOTENCY_KEY_REUSED`; a retry while the first still runs waits for it, then replays or
 //! answers `IDEMPOTENCY_KEY_IN_USE`. Scoped per (org, API key, key), like the native endpoint.
 //!
-//! A claim whose process died (no reply after its lease) is taken over by the next retry, in the
-//! same thread and without a second charge. The tool calls run under keys derived from the
+//! Each attempt holding the claim has an owner token: only the owner stores the reply or releases
+//! the claim (and only a release that removed the claim gives the credit back), and the owner
+//! renews the claim while it runs. A claim not renewed for its lease (its process died) is
+//! taken over by the next retry, in the same thread and without a second charge. The tool calls run under keys derived from the
 //! client's key and body ([`Claim::message_id`]), so writes an earlier attempt made (one that
 //! died, or failed after a tool ran and released its claim) replay in the native pipeline
 //! instead of running twice.
@@ -78,9 +80,9 @@ impl Claim {
 /// What a claim found.
 #[derive(Debug)]
 pub enum Begun {
-    /// Run the message in this thread. The credit is taken (by this claim, or by the earlier
-    /// one this took over).
-    Run { thread_id: String },
+    /// Run the message in this thread, as `owner`. The credit is taken (by this claim, or by
+    /// the earlier one this took over).
+    Run { thread_id: String, owner: String },
     /// Answered before: the reply, again.
     Replay(Box<ChatReply>),
     /// The first request with this key is still running.
@@ -99,9 +101,10 @@ fn reused(name: &str) -> ApiError {
 }
 
 /// Claims `c` for a message that will run in `thread_id` unless an earlier claim fixed the
-/// thread. `now_ms` is the time; records created before `expired_before_ms` are forgotten, and
-/// an unanswered claim older than `lease_ms` is taken over. A new claim takes the org's credit
-/// in the same transaction (`INSUFFICIENT_CREDITS` leaves nothing behind).
+/// thread. `now_ms` is the time; records created before `expired_before_ms` are forgotten
+/// (except a claim still renewed), and an unanswered claim not renewed for `lease_ms` is taken
+/// over. A new claim takes the org's credit in the same transaction (`INSUFFICIENT_CREDITS`
+/// leaves nothing behind).
 pub fn begin(
     conn: &Connection,
     c: &Claim,
@@ -110,16 +113,25 @@ pub fn begin(
     expired_before_ms: i64,
     lease_ms: i64,
 ) -> ApiResult<Begun> {
+    let stale_before_ms = now_ms.saturating_sub(lease_ms);
     conn.prepare_cached(
         "DELETE FROM chat_idempotency WHERE rowid IN
-           (SELECT rowid FROM chat_idempotency WHERE created_ms < ?1 LIMIT ?2)",
+           (SELECT rowid FROM chat_idempotency
+             WHERE created_ms < ?1 AND (reply IS NOT NULL OR claimed_ms < ?3) LIMIT ?2)",
     )?
-    .execute(params![expired_before_ms, PRUNE_BATCH])?;
+    .execute(params![expired_before_ms, PRUNE_BATCH, stale_before_ms])?;
     conn.prepare_cached(
         "DELETE FROM chat_idempotency
-          WHERE org_id = ?1 AND key_id = ?2 AND idem_key = ?3 AND created_ms < ?4",
+          WHERE org_id = ?1 AND key_id = ?2 AND idem_key = ?3 AND created_ms < ?4
+            AND (reply IS NOT NULL OR claimed_ms < ?5)",
     )?
-    .execute(params![c.org, c.key_id, c.name, expired_before_ms])?;
+    .execute(params![
+        c.org,
+        c.key_id,
+        c.name,
+        expired_before_ms,
+        stale_before_ms
+    ])?;
     let found: Option<(String, String, Option<String>, i64)> = conn
         .prepare_cached(
             "SELECT fingerprint, thread_id, reply, claimed_ms FROM chat_idempotency
@@ -129,12 +141,14 @@ pub fn begin(
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })
         .optional()?;
+    let owner = crate::ids::new_id();
     let Some((fingerprint, stored_thread, reply, claimed_ms)) = found else {
         store::charge(conn, &c.org)?;
         conn.prepare_cached(
             "INSERT INTO chat_idempotency
-               (org_id, key_id, idem_key, fingerprint, thread_id, reply, claimed_ms, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?6)",
+               (org_id, key_id, idem_key, fingerprint, thread_id, reply, owner, claimed_ms,
+                created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?7, ?7)",
         )?
         .execute(params![
             c.org,
@@ -142,10 +156,12 @@ pub fn begin(
             c.name,
             c.fingerprint,
             thread_id,
+            owner,
             now_ms
         ])?;
         return Ok(Begun::Run {
             thread_id: thread_id.to_string(),
+            owner,
         });
     };
     if fingerprint != c.fingerprint {
@@ -162,36 +178,63 @@ pub fn begin(
     // The claim's process is gone: its credit was taken and never given back, so this attempt
     // runs on it.
     conn.prepare_cached(
-        "UPDATE chat_idempotency SET claimed_ms = ?4
+        "UPDATE chat_idempotency SET owner = ?4, claimed_ms = ?5
           WHERE org_id = ?1 AND key_id = ?2 AND idem_key = ?3",
     )?
-    .execute(params![c.org, c.key_id, c.name, now_ms])?;
+    .execute(params![c.org, c.key_id, c.name, owner, now_ms])?;
     Ok(Begun::Run {
         thread_id: stored_thread,
+        owner,
     })
 }
 
-/// Stores the reply of a claimed message (in the transaction that saves its turns).
-pub fn finish(conn: &Connection, c: &Claim, reply: &ChatReply) -> ApiResult<()> {
-    let json = serde_json::to_string(reply)
-        .map_err(|e| ApiError::internal(format!("chat reply not serialisable: {e}")))?;
-    conn.prepare_cached(
-        "UPDATE chat_idempotency SET reply = ?4
-          WHERE org_id = ?1 AND key_id = ?2 AND idem_key = ?3",
-    )?
-    .execute(params![c.org, c.key_id, c.name, json])?;
-    Ok(())
+/// Keeps `owner`'s claim alive while its message runs. False when the claim is no longer its
+/// own (taken over after a stall, or gone).
+pub fn renew(conn: &Connection, c: &Claim, owner: &str, now_ms: i64) -> ApiResult<bool> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE chat_idempotency SET claimed_ms = ?5
+              WHERE org_id = ?1 AND key_id = ?2 AND idem_key = ?3 AND owner = ?4
+                AND reply IS NULL",
+        )?
+        .execute(params![c.org, c.key_id, c.name, owner, now_ms])?;
+    Ok(n == 1)
 }
 
-/// Drops an unanswered claim (the message failed; its credit is given back by the caller), so
-/// the client may retry with the same key.
-pub fn release(conn: &Connection, c: &Claim) -> ApiResult<()> {
-    conn.prepare_cached(
-        "DELETE FROM chat_idempotency
-          WHERE org_id = ?1 AND key_id = ?2 AND idem_key = ?3 AND reply IS NULL",
-    )?
-    .execute(params![c.org, c.key_id, c.name])?;
-    Ok(())
+/// Stores the reply of a claimed message (in the transaction that saves its turns). Refused with
+/// `IDEMPOTENCY_KEY_IN_USE` when another attempt took the claim over meanwhile, which rolls back
+/// that transaction: the other attempt answers the key.
+pub fn finish(conn: &Connection, c: &Claim, owner: &str, reply: &ChatReply) -> ApiResult<()> {
+    let json = serde_json::to_string(reply)
+        .map_err(|e| ApiError::internal(format!("chat reply not serialisable: {e}")))?;
+    let n = conn
+        .prepare_cached(
+            "UPDATE chat_idempotency SET reply = ?5
+              WHERE org_id = ?1 AND key_id = ?2 AND idem_key = ?3 AND owner = ?4
+                AND reply IS NULL",
+        )?
+        .execute(params![c.org, c.key_id, c.name, owner, json])?;
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::IdempotencyKeyInUse,
+            "Another request with this Idempotency-Key took over",
+        ))
+    }
+}
+
+/// Drops `owner`'s unanswered claim (the message failed), so the client may retry with the same
+/// key. True when it did: only then is the credit the claim took the caller's to give back.
+pub fn release(conn: &Connection, c: &Claim, owner: &str) -> ApiResult<bool> {
+    let n = conn
+        .prepare_cached(
+            "DELETE FROM chat_idempotency
+              WHERE org_id = ?1 AND key_id = ?2 AND idem_key = ?3 AND owner = ?4
+                AND reply IS NULL",
+        )?
+        .execute(params![c.org, c.key_id, c.name, owner])?;
+    Ok(n == 1)
 }
 
 #[cfg(test)]
@@ -232,14 +275,17 @@ mod tests {
         let begun = s
             .write_sync(|tx| begin(tx, &c, "t1", 1_000, 0, 60_000))
             .unwrap();
-        assert!(matches!(begun, Begun::Run { ref thread_id } if thread_id == "t1"));
+        let Begun::Run { thread_id, owner } = begun else {
+            panic!("not run: {begun:?}")
+        };
+        assert_eq!(thread_id, "t1");
         assert_eq!(credits(&s), 4);
         // A twin while it runs.
         let twin = s
             .write_sync(|tx| begin(tx, &c, "t2", 2_000, 0, 60_000))
             .unwrap();
         assert!(matches!(twin, Begun::Running));
-        s.write_sync(|tx| finish(tx, &c, &reply())).unwrap();
+        s.write_sync(|tx| finish(tx, &c, &owner, &reply())).unwrap();
         let again = s
             .write_sync(|tx| begin(tx, &c, "t3", 3_000, 0, 60_000))
             .unwrap();
@@ -258,6 +304,24 @@ mod tests {
             Begun::Run { .. }
         ));
         assert_eq!(credits(&s), 3);
+        // A running claim past the retention is kept while it is renewed.
+        let slow = Claim::new("acme", "k1", "key-slow".into(), "hi", None);
+        let Begun::Run {
+            owner: slow_owner, ..
+        } = s
+            .write_sync(|tx| begin(tx, &slow, "t7", 5_000, 0, 60_000))
+            .unwrap()
+        else {
+            panic!("not run")
+        };
+        assert!(s
+            .write_sync(|tx| renew(tx, &slow, &slow_owner, 8_000))
+            .unwrap());
+        assert!(matches!(
+            s.write_sync(|tx| begin(tx, &slow, "t7", 9_000, 6_000, 60_000))
+                .unwrap(),
+            Begun::Running
+        ));
         // Past the retention the key is free again.
         assert!(matches!(
             s.write_sync(|tx| begin(tx, &other, "t6", 9_000, 5_000, 60_000))
@@ -270,19 +334,41 @@ mod tests {
     fn a_dead_claim_is_taken_over_in_its_thread_without_a_second_charge() {
         let (_d, s) = store();
         let c = Claim::new("acme", "k1", "key-1".into(), "hi", Some("t0"));
-        s.write_sync(|tx| begin(tx, &c, "t1", 1_000, 0, 500))
-            .unwrap();
+        let Begun::Run { owner: first, .. } = s
+            .write_sync(|tx| begin(tx, &c, "t1", 1_000, 0, 500))
+            .unwrap()
+        else {
+            panic!("not run")
+        };
         assert_eq!(credits(&s), 4);
+        // Renewed, the claim is not taken over past its first lease.
+        assert!(s.write_sync(|tx| renew(tx, &c, &first, 1_400)).unwrap());
+        assert!(matches!(
+            s.write_sync(|tx| begin(tx, &c, "t9", 1_800, 0, 500))
+                .unwrap(),
+            Begun::Running
+        ));
         let taken = s
             .write_sync(|tx| begin(tx, &c, "t9", 2_000, 0, 500))
             .unwrap();
-        assert!(matches!(taken, Begun::Run { ref thread_id } if thread_id == "t1"));
+        let Begun::Run { thread_id, owner } = taken else {
+            panic!("not taken over: {taken:?}")
+        };
+        assert_eq!(thread_id, "t1");
         assert_eq!(credits(&s), 4);
-        // Released after a failure: the next attempt claims (and pays) anew.
-        s.write_sync(|tx| release(tx, &c)).unwrap();
+        // The first attempt, back from its stall, no longer owns the claim: it can neither
+        // renew it, nor store its reply, nor release it (so it gives no credit back).
+        assert!(!s.write_sync(|tx| renew(tx, &c, &first, 2_050)).unwrap());
+        let e = s
+            .write_sync(|tx| finish(tx, &c, &first, &reply()))
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::IdempotencyKeyInUse);
+        assert!(!s.write_sync(|tx| release(tx, &c, &first)).unwrap());
+        // Released by its owner after a failure: the next attempt claims (and pays) anew.
+        assert!(s.write_sync(|tx| release(tx, &c, &owner)).unwrap());
         assert!(matches!(
             s.write_sync(|tx| begin(tx, &c, "t2", 2_100, 0, 500)).unwrap(),
-            Begun::Run { ref thread_id } if thread_id == "t2"
+            Begun::Run { ref thread_id, .. } if thread_id == "t2"
         ));
         assert_eq!(credits(&s), 3);
         // Out of credits: nothing is claimed.

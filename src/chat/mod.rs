@@ -103,6 +103,19 @@ const LEASE_MARGIN_MS: u64 = 30_000;
 /// How often a retry polls for its running twin's reply.
 const TWIN_POLL: Duration = Duration::from_millis(50);
 
+/// How often a running message renews its claim: well inside the lease, so only a claim whose
+/// process stopped renewing it (died, or stalled that long) is taken over.
+const RENEW_EVERY: Duration = Duration::from_millis(LEASE_MARGIN_MS / 3);
+
+/// Renews a running message's claim until dropped.
+struct ClaimRenewal(tokio::task::JoinHandle<()>);
+
+impl Drop for ClaimRenewal {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A reply, and whether it was replayed from an earlier request with the same key.
 pub struct Answered {
     pub reply: ChatReply,
@@ -196,9 +209,14 @@ impl Chat {
         // Tool calls run under `<prefix>:<n>`. A keyed message's prefix comes from the client's
         // key and body alone (not the thread, which a retry after a failure starts afresh), so
         // every attempt's calls replay the writes of the attempts before it.
+        let mut owner = None;
         let (thread_id, key_prefix) = match &claim {
             Some(c) => match self.begin(c, &fresh_id).await? {
-                idempotency::Begun::Run { thread_id } => {
+                idempotency::Begun::Run {
+                    thread_id,
+                    owner: held,
+                } => {
+                    owner = Some(held);
                     (thread_id, format!("chat:{}", c.message_id()))
                 }
                 idempotency::Begun::Replay(reply) => {
@@ -218,6 +236,8 @@ impl Chat {
                 (fresh_id, prefix)
             }
         };
+        let held = claim.clone().zip(owner);
+        let _renewal = held.clone().map(|(c, o)| self.renew_while_running(c, o));
         if existing.is_none() {
             self.prune_idle_threads().await;
         }
@@ -229,7 +249,7 @@ impl Chat {
             .run(&p, &thread_id, key_prefix, message, pending, history)
             .await;
         let saved = match run {
-            Ok((reply, turns, asked)) => self.save(&p, claim.clone(), reply, turns, asked).await,
+            Ok((reply, turns, asked)) => self.save(&p, held.clone(), reply, turns, asked).await,
             Err(e) => Err(e),
         };
         match saved {
@@ -238,15 +258,21 @@ impl Chat {
                 replayed: false,
             }),
             Err(e) => {
-                // No answer: the credit goes back, and the key may be used again.
-                let (org, claim) = (p.org_id.clone(), claim);
+                // No answer: the credit goes back, and the key may be used again. Under a key,
+                // only while this attempt still holds the claim: one that took it over runs on
+                // the same credit.
+                let org = p.org_id.clone();
                 let undone = self
                     .store
                     .write_bookkeeping(move |tx| {
-                        if let Some(c) = &claim {
-                            idempotency::release(tx, c)?;
+                        let ours = match &held {
+                            Some((c, o)) => idempotency::release(tx, c, o)?,
+                            None => true,
+                        };
+                        if ours {
+                            store::refund(tx, &org)?;
                         }
-                        store::refund(tx, &org)
+                        Ok(())
                     })
                     .await;
                 if let Err(undo) = undone {
@@ -288,6 +314,27 @@ impl Chat {
         })
     }
 
+    /// Renews `owner`'s claim every [`RENEW_EVERY`] until the returned guard is dropped, so a
+    /// message that runs long (a slow provider, a tool waiting on its twin) is not taken over.
+    fn renew_while_running(&self, claim: idempotency::Claim, owner: String) -> ClaimRenewal {
+        let store = self.store.clone();
+        ClaimRenewal(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RENEW_EVERY).await;
+                let (c, o, now) = (claim.clone(), owner.clone(), crate::state::now_ms());
+                match store
+                    .write_bookkeeping(move |tx| idempotency::renew(tx, &c, &o, now))
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    // Retried at the next tick; the lease leaves room for a few misses.
+                    Err(e) => tracing::warn!(error = %e, "chat claim not renewed"),
+                }
+            }
+        }))
+    }
+
     /// Claims the message's key (taking its credit), waiting up to
     /// `native.idempotency_wait_ms` for a twin that is still running.
     async fn begin(
@@ -299,8 +346,8 @@ impl Chat {
         let wait = Duration::from_millis(native.idempotency_wait_ms);
         let ttl_ms =
             i64::try_from(native.idempotency_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-        // A claim outlives any message its process can still be running (the provider's
-        // deadline bounds the tool loop), so only a dead process's claim is taken over.
+        // A running message renews its claim (see `renew_while_running`), so only a claim its
+        // process stopped renewing is taken over.
         let lease_ms =
             i64::try_from(self.cfg.deadline_ms.saturating_add(LEASE_MARGIN_MS)).unwrap_or(i64::MAX);
         let started = Instant::now();
@@ -382,7 +429,7 @@ impl Chat {
     async fn save(
         &self,
         p: &Principal,
-        claim: Option<idempotency::Claim>,
+        claim: Option<(idempotency::Claim, String)>,
         reply: ChatReply,
         turns: Vec<Turn>,
         asked: Option<String>,
@@ -399,8 +446,8 @@ impl Chat {
                     asked.as_deref(),
                     keep,
                 )?;
-                if let Some(c) = &claim {
-                    idempotency::finish(tx, c, &reply)?;
+                if let Some((c, owner)) = &claim {
+                    idempotency::finish(tx, c, owner, &reply)?;
                 }
                 Ok(reply)
             })

@@ -331,7 +331,8 @@ pub fn finish_job(
     previous: Option<&Value>,
 ) -> ApiResult<()> {
     conn.execute(
-        "UPDATE jobs SET status = ?2, result = ?3, previous = COALESCE(?4, previous), finished_at = ?5 WHERE id = ?1",
+        "UPDATE jobs SET status = ?2, result = ?3, previous = COALESCE(?4, previous), finished_at = ?5,
+                next_attempt_at = NULL WHERE id = ?1",
         params![id, status, result.to_string(), previous.map(|p| p.to_string()), now_rfc3339()],
     )?;
     Ok(())

@@ -442,7 +442,8 @@ CREATE TABLE chat_idempotency (
     fingerprint  TEXT NOT NULL,
     thread_id    TEXT NOT NULL,
     reply        TEXT,
-    claimed_ms   INTEGER NOT NULL,
+    owner        TEXT NOT NULL,     -- the attempt holding the claim; only it stores or releases
+    claimed_ms   INTEGER NOT NULL,  -- renewed while that attempt runs
     created_ms   INTEGER NOT NULL,
     PRIMARY KEY (org_id, key_id, idem_key)
 );

@@ -67,9 +67,14 @@ pub async fn post(
     // In its own task: a client that hangs up does not stop a message halfway, so its claim
     // gets the reply (or is released) and a retry with the key replays instead of waiting out
     // the claim.
-    let answered = tokio::spawn(async move { app.chat.handle(p, req, key).await })
-        .await
-        .map_err(|e| ApiError::internal(format!("chat message failed: {e}")))??;
+    // The request's id and span go with it, so its turns log and trace under this request.
+    let turn = async move { app.chat.handle(p, req, key).await };
+    let turn = tracing::Instrument::instrument(turn, tracing::Span::current());
+    let answered = match crate::http::envelope::REQUEST.try_with(Clone::clone) {
+        Ok(ctx) => tokio::spawn(crate::http::envelope::REQUEST.scope(ctx, turn)).await,
+        Err(_) => tokio::spawn(turn).await,
+    }
+    .map_err(|e| ApiError::internal(format!("chat message failed: {e}")))??;
     let mut resp = Data(answered.reply).into_response();
     if answered.replayed {
         resp.headers_mut()
