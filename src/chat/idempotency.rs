@@ -241,13 +241,11 @@ pub fn release(conn: &Connection, c: &Claim, owner: &str) -> ApiResult<bool> {
 mod tests {
     use super::*;
     use crate::chat::Usage;
-    use crate::store::{orgs, Store, StoreOptions};
+    use crate::store::{orgs, Store};
 
+    /// The chat store's test database, with 5 credits.
     fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-        s.write_sync(|tx| orgs::create(tx, &orgs::NewOrg::named("acme")).map(|_| ()))
-            .unwrap();
+        let (dir, s) = super::store::tests::store();
         s.write_sync(|tx| store::set_credits(tx, "acme", 5))
             .unwrap();
         (dir, s)

@@ -169,11 +169,12 @@ pub fn set_credits(conn: &Connection, org: &str, credits: i64) -> ApiResult<()> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::store::{orgs, Store, StoreOptions};
 
-    fn store() -> (tempfile::TempDir, Store) {
+    /// A fresh database with the org `acme` (also the idempotency tests' store).
+    pub(in crate::chat) fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path(), &StoreOptions::default()).unwrap();
         s.write_sync(|tx| orgs::create(tx, &orgs::NewOrg::named("acme")).map(|_| ()))
