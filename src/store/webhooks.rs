@@ -385,6 +385,11 @@ mod tests {
     use super::*;
     use crate::store::{orgs, test_store};
 
+    /// A subscription of `org` to `note.created` at `url`.
+    fn subscribe(tx: &Connection, org: &str, url: &str) -> ApiResult<Webhook> {
+        insert(tx, org, url, &["note.created".into()], "s")
+    }
+
     fn event<'a>(id: &'a str, org: &'a str) -> NewEvent<'a> {
         NewEvent {
             id,
@@ -403,13 +408,7 @@ mod tests {
             .write_sync(|tx| {
                 orgs::create(tx, &orgs::NewOrg::named("acme"))?;
                 orgs::create(tx, &orgs::NewOrg::named("other"))?;
-                let a = insert(
-                    tx,
-                    "acme",
-                    "https://a.example",
-                    &["note.created".into()],
-                    "s",
-                )?;
+                let a = subscribe(tx, "acme", "https://a.example")?;
                 insert(
                     tx,
                     "acme",
@@ -417,13 +416,7 @@ mod tests {
                     &["contact.created".into()],
                     "s",
                 )?;
-                insert(
-                    tx,
-                    "other",
-                    "https://c.example",
-                    &["note.created".into()],
-                    "s",
-                )?;
+                subscribe(tx, "other", "https://c.example")?;
                 assert_eq!(subscribers(tx, "acme", "note.created")?, [a.id.as_str()]);
                 assert!(subscribers(tx, "acme", "email.sent")?.is_empty());
                 assert!(deactivate(tx, "acme", &a.id)?);
@@ -439,13 +432,7 @@ mod tests {
         store
             .write_sync(|tx| {
                 orgs::create(tx, &orgs::NewOrg::named("acme"))?;
-                let w = insert(
-                    tx,
-                    "acme",
-                    "https://a.example",
-                    &["note.created".into()],
-                    "s",
-                )?;
+                let w = subscribe(tx, "acme", "https://a.example")?;
                 assert_eq!(list(tx, "acme")?[0].last_delivery, None);
                 insert_event(tx, &event("msg_1", "acme"), std::slice::from_ref(&w.id))?;
                 assert_eq!(queue_depth(tx)?, 1);
@@ -483,13 +470,7 @@ mod tests {
         store
             .write_sync(|tx| {
                 orgs::create(tx, &orgs::NewOrg::named("acme"))?;
-                let w = insert(
-                    tx,
-                    "acme",
-                    "https://a.example",
-                    &["note.created".into()],
-                    "s",
-                )?;
+                let w = subscribe(tx, "acme", "https://a.example")?;
                 let ids = std::slice::from_ref(&w.id);
                 let last = |tx: &Connection| -> ApiResult<LastDelivery> {
                     Ok(list(tx, "acme")?[0].last_delivery.clone().expect("last"))
@@ -531,20 +512,8 @@ mod tests {
         store
             .write_sync(|tx| {
                 orgs::create(tx, &orgs::NewOrg::named("acme"))?;
-                let gone = insert(
-                    tx,
-                    "acme",
-                    "https://a.example",
-                    &["note.created".into()],
-                    "s",
-                )?;
-                let kept = insert(
-                    tx,
-                    "acme",
-                    "https://b.example",
-                    &["note.created".into()],
-                    "s",
-                )?;
+                let gone = subscribe(tx, "acme", "https://a.example")?;
+                let kept = subscribe(tx, "acme", "https://b.example")?;
                 disable(tx, &gone.id)?;
                 let active: Vec<(String, bool)> = list(tx, "acme")?
                     .into_iter()
@@ -570,20 +539,8 @@ mod tests {
         store
             .write_sync(|tx| {
                 orgs::create(tx, &orgs::NewOrg::named("acme"))?;
-                let busy = insert(
-                    tx,
-                    "acme",
-                    "https://a.example",
-                    &["note.created".into()],
-                    "s",
-                )?;
-                let quiet = insert(
-                    tx,
-                    "acme",
-                    "https://b.example",
-                    &["note.created".into()],
-                    "s",
-                )?;
+                let busy = subscribe(tx, "acme", "https://a.example")?;
+                let quiet = subscribe(tx, "acme", "https://b.example")?;
                 for i in 0..50 {
                     let id = format!("msg_busy_{i}");
                     insert_event(tx, &event(&id, "acme"), std::slice::from_ref(&busy.id))?;
@@ -637,13 +594,7 @@ mod tests {
         store
             .write_sync(|tx| {
                 orgs::create(tx, &orgs::NewOrg::named("acme"))?;
-                let w = insert(
-                    tx,
-                    "acme",
-                    "https://a.example",
-                    &["note.created".into()],
-                    "s",
-                )?;
+                let w = subscribe(tx, "acme", "https://a.example")?;
                 let ids = std::slice::from_ref(&w.id);
                 insert_event(tx, &event("msg_1", "acme"), ids)?;
                 insert_event(tx, &event("msg_2", "acme"), ids)?;
