@@ -256,6 +256,18 @@ mod tests {
             .unwrap()
     }
 
+    /// [`begin`] in its own transaction.
+    fn claim(
+        s: &Store,
+        c: &Claim,
+        thread: &str,
+        now_ms: i64,
+        expired_before_ms: i64,
+        lease_ms: i64,
+    ) -> ApiResult<Begun> {
+        s.write_sync(|tx| begin(tx, c, thread, now_ms, expired_before_ms, lease_ms))
+    }
+
     fn reply() -> ChatReply {
         ChatReply {
             response: "Done.".into(),
@@ -270,35 +282,26 @@ mod tests {
     fn a_key_runs_once_is_paid_once_and_replays() {
         let (_d, s) = store();
         let c = Claim::new("acme", "k1", "key-1".into(), "hi", None);
-        let begun = s
-            .write_sync(|tx| begin(tx, &c, "t1", 1_000, 0, 60_000))
-            .unwrap();
+        let begun = claim(&s, &c, "t1", 1_000, 0, 60_000).unwrap();
         let Begun::Run { thread_id, owner } = begun else {
             panic!("not run: {begun:?}")
         };
         assert_eq!(thread_id, "t1");
         assert_eq!(credits(&s), 4);
         // A twin while it runs.
-        let twin = s
-            .write_sync(|tx| begin(tx, &c, "t2", 2_000, 0, 60_000))
-            .unwrap();
+        let twin = claim(&s, &c, "t2", 2_000, 0, 60_000).unwrap();
         assert!(matches!(twin, Begun::Running));
         s.write_sync(|tx| finish(tx, &c, &owner, &reply())).unwrap();
-        let again = s
-            .write_sync(|tx| begin(tx, &c, "t3", 3_000, 0, 60_000))
-            .unwrap();
+        let again = claim(&s, &c, "t3", 3_000, 0, 60_000).unwrap();
         assert!(matches!(again, Begun::Replay(ref r) if r.thread_id == "t1"));
         assert_eq!(credits(&s), 4, "a replay is free");
         // Same key, other body; the same key of another API key is another entry.
         let other = Claim::new("acme", "k1", "key-1".into(), "hi there", None);
-        let e = s
-            .write_sync(|tx| begin(tx, &other, "t4", 4_000, 0, 60_000))
-            .unwrap_err();
+        let e = claim(&s, &other, "t4", 4_000, 0, 60_000).unwrap_err();
         assert_eq!(e.code, ErrorCode::IdempotencyKeyReused);
         let k2 = Claim::new("acme", "k2", "key-1".into(), "hi there", None);
         assert!(matches!(
-            s.write_sync(|tx| begin(tx, &k2, "t5", 4_000, 0, 60_000))
-                .unwrap(),
+            claim(&s, &k2, "t5", 4_000, 0, 60_000).unwrap(),
             Begun::Run { .. }
         ));
         assert_eq!(credits(&s), 3);
@@ -306,9 +309,7 @@ mod tests {
         let slow = Claim::new("acme", "k1", "key-slow".into(), "hi", None);
         let Begun::Run {
             owner: slow_owner, ..
-        } = s
-            .write_sync(|tx| begin(tx, &slow, "t7", 5_000, 0, 60_000))
-            .unwrap()
+        } = claim(&s, &slow, "t7", 5_000, 0, 60_000).unwrap()
         else {
             panic!("not run")
         };
@@ -316,14 +317,12 @@ mod tests {
             .write_sync(|tx| renew(tx, &slow, &slow_owner, 8_000))
             .unwrap());
         assert!(matches!(
-            s.write_sync(|tx| begin(tx, &slow, "t7", 9_000, 6_000, 60_000))
-                .unwrap(),
+            claim(&s, &slow, "t7", 9_000, 6_000, 60_000).unwrap(),
             Begun::Running
         ));
         // Past the retention the key is free again.
         assert!(matches!(
-            s.write_sync(|tx| begin(tx, &other, "t6", 9_000, 5_000, 60_000))
-                .unwrap(),
+            claim(&s, &other, "t6", 9_000, 5_000, 60_000).unwrap(),
             Begun::Run { .. }
         ));
     }
@@ -332,23 +331,17 @@ mod tests {
     fn a_dead_claim_is_taken_over_in_its_thread_without_a_second_charge() {
         let (_d, s) = store();
         let c = Claim::new("acme", "k1", "key-1".into(), "hi", Some("t0"));
-        let Begun::Run { owner: first, .. } = s
-            .write_sync(|tx| begin(tx, &c, "t1", 1_000, 0, 500))
-            .unwrap()
-        else {
+        let Begun::Run { owner: first, .. } = claim(&s, &c, "t1", 1_000, 0, 500).unwrap() else {
             panic!("not run")
         };
         assert_eq!(credits(&s), 4);
         // Renewed, the claim is not taken over past its first lease.
         assert!(s.write_sync(|tx| renew(tx, &c, &first, 1_400)).unwrap());
         assert!(matches!(
-            s.write_sync(|tx| begin(tx, &c, "t9", 1_800, 0, 500))
-                .unwrap(),
+            claim(&s, &c, "t9", 1_800, 0, 500).unwrap(),
             Begun::Running
         ));
-        let taken = s
-            .write_sync(|tx| begin(tx, &c, "t9", 2_000, 0, 500))
-            .unwrap();
+        let taken = claim(&s, &c, "t9", 2_000, 0, 500).unwrap();
         let Begun::Run { thread_id, owner } = taken else {
             panic!("not taken over: {taken:?}")
         };
@@ -365,7 +358,7 @@ mod tests {
         // Released by its owner after a failure: the next attempt claims (and pays) anew.
         assert!(s.write_sync(|tx| release(tx, &c, &owner)).unwrap());
         assert!(matches!(
-            s.write_sync(|tx| begin(tx, &c, "t2", 2_100, 0, 500)).unwrap(),
+            claim(&s, &c, "t2", 2_100, 0, 500).unwrap(),
             Begun::Run { ref thread_id, .. } if thread_id == "t2"
         ));
         assert_eq!(credits(&s), 3);
@@ -373,15 +366,12 @@ mod tests {
         s.write_sync(|tx| store::set_credits(tx, "acme", 0))
             .unwrap();
         let broke = Claim::new("acme", "k1", "key-2".into(), "hi", None);
-        let e = s
-            .write_sync(|tx| begin(tx, &broke, "t3", 3_000, 0, 500))
-            .unwrap_err();
+        let e = claim(&s, &broke, "t3", 3_000, 0, 500).unwrap_err();
         assert_eq!(e.code, ErrorCode::InsufficientCredits);
         s.write_sync(|tx| store::set_credits(tx, "acme", 1))
             .unwrap();
         assert!(matches!(
-            s.write_sync(|tx| begin(tx, &broke, "t3", 3_000, 0, 500))
-                .unwrap(),
+            claim(&s, &broke, "t3", 3_000, 0, 500).unwrap(),
             Begun::Run { .. }
         ));
     }
