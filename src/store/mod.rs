@@ -2,8 +2,9 @@
 //!
 //! One writer connection serialises writes (SQLite allows one writer at a time anyway, and a
 //! single connection avoids `SQLITE_BUSY` inside the process); a small pool of reader connections
-//! serves reads concurrently thanks to WAL. All SQLite work runs on tokio's blocking pool via
-//! [`Store::read`] / [`Store::write`], never on the async worker threads.
+//! serves reads concurrently thanks to WAL. Reads run on tokio's blocking pool via
+//! [`Store::read`], or on the calling thread when a reader is free ([`Store::read_fast`]); the
+//! server's writes queue for one writer thread that commits them in batches ([`writer`]).
 //!
 //! The per-table modules hold plain synchronous functions over a `&Connection`, so they compose
 //! inside one transaction and are easy to unit-test.
@@ -23,6 +24,7 @@ pub mod schema;
 pub mod signals;
 pub mod wal;
 pub mod webhooks;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -88,6 +90,8 @@ struct Inner {
     /// Per-org write generations: read caches compare them to know whether anything of that
     /// org may have changed since they were filled.
     orgs: generations::OrgGenerations,
+    /// The async writes' queue to the writer thread.
+    queue: writer::WriteQueue,
 }
 
 /// Cheap to clone; all clones share the same connections.
@@ -187,20 +191,23 @@ impl Store {
         let page_size: i64 = writer.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         let mut wal_name = path.as_os_str().to_owned();
         wal_name.push("-wal");
-        Ok(Store {
-            inner: Arc::new(Inner {
-                wal_path: PathBuf::from(wal_name),
-                wal_reset_bytes: opts.wal_reset_bytes,
-                wal_frame_bytes: u64::try_from(page_size).unwrap_or(4096) + 24,
-                path,
-                writer: Mutex::new(writer),
-                checkpointer: Mutex::new(checkpointer),
-                readers,
-                next_reader: AtomicUsize::new(0),
-                generation: std::sync::atomic::AtomicU64::new(0),
-                orgs: generations::OrgGenerations::new(),
-            }),
-        })
+        let (queue_tx, queue_rx) = std::sync::mpsc::channel();
+        let inner = Arc::new(Inner {
+            wal_path: PathBuf::from(wal_name),
+            wal_reset_bytes: opts.wal_reset_bytes,
+            wal_frame_bytes: u64::try_from(page_size).unwrap_or(4096) + 24,
+            path,
+            writer: Mutex::new(writer),
+            checkpointer: Mutex::new(checkpointer),
+            readers,
+            next_reader: AtomicUsize::new(0),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            orgs: generations::OrgGenerations::new(),
+            queue: writer::WriteQueue::new(queue_tx),
+        });
+        writer::WriteQueue::start(Arc::downgrade(&inner), queue_rx)
+            .context("cannot start the writer thread")?;
+        Ok(Store { inner })
     }
 
     pub fn path(&self) -> &Path {
@@ -228,18 +235,16 @@ impl Store {
             .map_err(ApiError::internal)?
     }
 
-    /// Runs `f` inside one immediate write transaction, on the blocking pool. The transaction
-    /// commits when `f` returns `Ok` and rolls back otherwise; the caller is answered only after
-    /// the commit, so an acknowledged write is durable.
+    /// Runs `f` on the writer thread inside an immediate write transaction, possibly shared
+    /// with other queued writes (see [`writer`]). Its changes are kept when `f` returns `Ok` and
+    /// rolled back otherwise; the caller is answered only after the commit, so an acknowledged
+    /// write is durable.
     pub async fn write<T, F>(&self, f: F) -> ApiResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> ApiResult<T> + Send + 'static,
     {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || store.write_sync(f))
-            .await
-            .map_err(ApiError::internal)?
+        self.inner.queue.write(writer::Touch::All, f).await
     }
 
     /// Runs `f` on a reader on the calling thread when one is free, else like [`Store::read`]
@@ -290,10 +295,10 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> ApiResult<T> + Send + 'static,
     {
-        let (store, org) = (self.clone(), org.to_string());
-        tokio::task::spawn_blocking(move || store.write_sync_for(&org, f))
+        self.inner
+            .queue
+            .write(writer::Touch::Org(org.to_string()), f)
             .await
-            .map_err(ApiError::internal)?
     }
 
     /// [`Store::write_for`] on the calling thread.
@@ -337,10 +342,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> ApiResult<T> + Send + 'static,
     {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || store.commit(f))
-            .await
-            .map_err(ApiError::internal)?
+        self.inner.queue.write(writer::Touch::Nothing, f).await
     }
 
     /// The number of writes committed through this store so far, for the WAL checkpointer. Writes by
