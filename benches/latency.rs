@@ -197,7 +197,11 @@ fn report(label: &str, turns: usize, samples: Vec<Sample>, target_ms: f64) -> Ve
     for (action, mut turns) in by_action {
         turns.sort_by(|a, b| a.0.total_cmp(&b.0));
         let v: Vec<f64> = turns.iter().map(|t| t.0).collect();
-        tails.push((action.clone(), tail_phases(&turns)));
+        tails.push((
+            action.clone(),
+            phases(middle_tenth(&turns)),
+            phases(slowest_percent(&turns)),
+        ));
         let (p50, p95, p99, max) = (
             common::percentile(&v, 0.5),
             common::percentile(&v, 0.95),
@@ -218,24 +222,43 @@ fn report(label: &str, turns: usize, samples: Vec<Sample>, target_ms: f64) -> Ve
             over.push(action);
         }
     }
-    // Where the slowest 1% of each action spent its server time, from the Server-Timing
-    // phases: the first thing to read when a p99 misses its goal.
-    println!("\nslowest 1% per action: mean ms per Server-Timing phase");
-    for (action, phases) in tails {
-        let line: Vec<String> = phases
+    // Where each action spent its server time, from the Server-Timing phases: the typical
+    // turn says what the work costs, the slowest 1% what a p99 that misses its goal waited for.
+    let line = |phases: &[(String, f64)]| {
+        phases
             .iter()
             .map(|(name, ms)| format!("{name} {ms:.3}"))
-            .collect();
-        println!("{action:<32} {}", line.join(", "));
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("\ntypical turn (p45–p55) per action: mean ms per Server-Timing phase");
+    for (action, typical, _) in &tails {
+        println!("{action:<32} {}", line(typical));
+    }
+    println!("\nslowest 1% per action: mean ms per Server-Timing phase");
+    for (action, _, slowest) in &tails {
+        println!("{action:<32} {}", line(slowest));
     }
     over
 }
 
-/// The mean of each Server-Timing phase over the slowest 1% of `turns` (sorted by time).
-fn tail_phases(turns: &[(f64, String)]) -> Vec<(String, f64)> {
+/// The turns between the 45th and 55th percentile of `turns` (sorted by time).
+fn middle_tenth(turns: &[(f64, String)]) -> &[(f64, String)] {
+    let (from, to) = (turns.len() * 45 / 100, (turns.len() * 55 / 100).max(1));
+    &turns[from.min(to - 1)..to]
+}
+
+/// The slowest 1% of `turns` (sorted by time), at least one.
+fn slowest_percent(turns: &[(f64, String)]) -> &[(f64, String)] {
     let n = (turns.len() / 100).max(1);
+    &turns[turns.len() - n..]
+}
+
+/// The mean of each Server-Timing phase over `turns`, largest first.
+fn phases(turns: &[(f64, String)]) -> Vec<(String, f64)> {
+    let n = turns.len().max(1);
     let mut sums: BTreeMap<String, f64> = BTreeMap::new();
-    for (_, header) in &turns[turns.len() - n..] {
+    for (_, header) in turns {
         for part in header.split(", ") {
             if let Some((name, dur)) = part.split_once(";dur=") {
                 *sums.entry(name.to_string()).or_default() += dur.parse::<f64>().unwrap_or(0.0);

@@ -34,7 +34,7 @@ impl EmbeddedBackend {
     }
 }
 
-/// An audit record with owned fields, to cross onto the blocking pool.
+/// An audit record with owned fields, to cross onto the store's writer thread.
 struct OwnedAudit {
     org_id: String,
     key_id: String,

@@ -1,5 +1,6 @@
 //! REST v1 handlers, one file per resource. Each checks its scope, reads its input through the
-//! extractors in `http::extract`, and runs its store work on the blocking pool.
+//! extractors in `http::extract`, and runs its store work off the async workers (reads on the
+//! blocking pool, writes on the store's writer thread).
 
 pub mod activity;
 pub mod campaigns;
