@@ -100,7 +100,7 @@ impl SqliteState {
     }
 }
 
-// The per-turn reads below are one indexed row each: they run on the calling thread when a
+// Most per-turn reads below are one indexed row each: they run on the calling thread when a
 // reader is free (`Store::read_fast`), which costs less than the two thread wake-ups of a trip
 // through the blocking pool.
 #[async_trait]
@@ -169,8 +169,9 @@ impl StateStore for SqliteState {
 
     async fn latest_open_pending(&self, org: &str, key_id: &str) -> ApiResult<Option<String>> {
         let (org, key_id, now) = (org.to_string(), key_id.to_string(), now_ms());
+        // Not `read_fast`: with none open, this walks every action the key still keeps.
         self.store
-            .read_fast(move |conn| {
+            .read(move |conn| {
                 Ok(conn
                     .prepare_cached(
                         "SELECT id FROM pending_actions

@@ -85,13 +85,16 @@ struct Inner {
     checkpointer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
-    /// Bumped after every committed write through this store (the WAL checkpointer watches it).
+    /// Bumped after every commit through this store (the WAL checkpointer watches it).
     generation: std::sync::atomic::AtomicU64,
     /// Per-org write generations: read caches compare them to know whether anything of that
     /// org may have changed since they were filled.
     orgs: generations::OrgGenerations,
     /// The async writes' queue to the writer thread.
     queue: writer::WriteQueue,
+    /// Set while a checkpoint waits for the writer mutex: the writer thread, which would
+    /// otherwise take the mutex back as soon as it lets go of it, waits its turn instead.
+    checkpoint_waiting: std::sync::atomic::AtomicBool,
 }
 
 /// Cheap to clone; all clones share the same connections.
@@ -204,6 +207,7 @@ impl Store {
             generation: std::sync::atomic::AtomicU64::new(0),
             orgs: generations::OrgGenerations::new(),
             queue: writer::WriteQueue::new(queue_tx),
+            checkpoint_waiting: std::sync::atomic::AtomicBool::new(false),
         });
         writer::WriteQueue::start(Arc::downgrade(&inner), queue_rx)
             .context("cannot start the writer thread")?;
@@ -345,8 +349,9 @@ impl Store {
         self.inner.queue.write(writer::Touch::Nothing, f).await
     }
 
-    /// The number of writes committed through this store so far, for the WAL checkpointer. Writes by
-    /// other processes on the same file (the CLI) are not counted.
+    /// The number of commits through this store so far (a batch of queued writes is one), for
+    /// the WAL checkpointer, which only compares it. Writes by other processes on the same file
+    /// (the CLI) are not counted.
     pub fn generation(&self) -> u64 {
         self.inner.generation.load(Ordering::Acquire)
     }
@@ -382,8 +387,14 @@ impl Store {
             wal::Mode::Passive => run(&lock(&self.inner.checkpointer)),
             wal::Mode::Restart | wal::Mode::Truncate => {
                 // Writer first, then checkpointer: the only order in which both are taken.
-                let _writer = lock(&self.inner.writer);
-                run(&lock(&self.inner.checkpointer))
+                self.inner.checkpoint_waiting.store(true, Ordering::Release);
+                let writer = lock(&self.inner.writer);
+                self.inner
+                    .checkpoint_waiting
+                    .store(false, Ordering::Release);
+                let result = run(&lock(&self.inner.checkpointer));
+                drop(writer);
+                result
             }
         };
         wal::record(mode, result.as_ref().ok(), started.elapsed());

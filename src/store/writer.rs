@@ -11,13 +11,19 @@
 //! Semantics are those of running the writes one after another: each sees the ones before it,
 //! and one that fails rolls back to its savepoint without touching the others. What changes is
 //! only that writes queued together become durable together; if that commit fails, every write
-//! of the batch fails, and none was answered before.
+//! of the batch fails, and none was answered before. A write must therefore never end the
+//! transaction itself (`COMMIT`, `ROLLBACK`, `RELEASE`): none does, and it would be reported
+//! as failed.
+//!
+//! A batch stops taking writes after [`BATCH_BUDGET`] of work, so a slow write (a prune, a bulk
+//! import) delays the writes queued before it by at most that much plus its own time.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Weak;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
@@ -28,6 +34,10 @@ use crate::error::{ApiError, ApiResult};
 /// At most this many writes share one transaction, so one commit's log append stays small
 /// and the writes at the head of a long queue are not held back by the ones at its tail.
 const MAX_BATCH: usize = 64;
+
+/// A batch takes no further write once it has run this long: the writes already in it are
+/// answered only at its commit.
+const BATCH_BUDGET: Duration = Duration::from_millis(1);
 
 /// Which orgs' read caches a committed write makes stale.
 pub(super) enum Touch {
@@ -73,7 +83,9 @@ where
 
     fn finish(self: Box<Self>, inner: &Inner, committed: Result<(), ApiError>) {
         let out = match (committed, self.out) {
-            (_, None) => Err(ApiError::internal("write dropped before it ran")),
+            // The batch failed before this write ran (the transaction could not start).
+            (Err(e), None) => Err(e),
+            (Ok(()), None) => Err(ApiError::internal("write dropped before it ran")),
             (Ok(()), Some(out)) => {
                 if out.is_ok() {
                     // Before the answer: a read that follows it must not be served stale.
@@ -157,22 +169,47 @@ fn serve(inner: &Weak<Inner>, rx: &Receiver<Box<dyn QueuedWrite>>) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        let (done, committed) = run_batch(&inner, &mut queued);
-        for job in done {
-            job.finish(&inner, committed.clone());
+        // The thread must outlive any bug in one round: without it no write could ever be made
+        // again. The writes of a round that panicked are dropped, and their callers get an error.
+        let round = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            wait_for_checkpoint(&inner);
+            let (done, committed) = run_batch(&inner, &mut queued, BATCH_BUDGET);
+            for job in done {
+                job.finish(&inner, committed.clone());
+            }
+        }));
+        if round.is_err() {
+            tracing::error!("the writer thread recovered from a panic; its batch failed");
+            queued.clear();
         }
     }
 }
 
-/// Runs queued writes in one transaction until the batch is full, the queue is empty, or the
-/// transaction can no longer be trusted; returns the writes it ran and how their batch ended.
+/// Lets a checkpoint that waits for the writer mutex have it first: this thread would otherwise
+/// take the mutex back right after letting go of it, and the log could not be reset.
+fn wait_for_checkpoint(inner: &Inner) {
+    while inner.checkpoint_waiting.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+/// Runs queued writes in one transaction until the batch is full, has run for `budget`, the
+/// queue is empty, or the transaction can no longer be trusted; returns the writes it ran and how their batch ended.
 /// Writes it did not run stay queued for the next batch.
 fn run_batch(
     inner: &Inner,
     queued: &mut VecDeque<Box<dyn QueuedWrite>>,
+    budget: Duration,
 ) -> (Vec<Box<dyn QueuedWrite>>, Result<(), ApiError>) {
     let mut done = Vec::with_capacity(queued.len().min(MAX_BATCH));
     let mut conn = lock(&inner.writer);
+    if !conn.is_autocommit() {
+        // Left open by a failure this thread did not see through; start from a clean state.
+        if let Err(e) = conn.execute_batch("ROLLBACK") {
+            tracing::warn!(error = %e, "could not roll back the writer's open transaction");
+        }
+    }
+    let started = Instant::now();
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
@@ -182,7 +219,7 @@ fn run_batch(
             return (done, Err(e.into()));
         }
     };
-    while done.len() < MAX_BATCH {
+    while done.len() < MAX_BATCH && (done.is_empty() || started.elapsed() < budget) {
         let Some(mut job) = queued.pop_front() else {
             break;
         };
@@ -290,10 +327,19 @@ mod tests {
             .unwrap()
     }
 
-    /// Runs one batch of `jobs` by hand and answers them, as the writer thread does.
+    /// Runs one batch of `jobs` by hand and answers them, as the writer thread does, with a
+    /// time budget no test machine reaches unless a test means it to.
     fn batch(store: &Store, jobs: Vec<Box<dyn QueuedWrite>>) -> VecDeque<Box<dyn QueuedWrite>> {
+        batch_within(store, jobs, Duration::from_secs(60))
+    }
+
+    fn batch_within(
+        store: &Store,
+        jobs: Vec<Box<dyn QueuedWrite>>,
+        budget: Duration,
+    ) -> VecDeque<Box<dyn QueuedWrite>> {
         let mut queued: VecDeque<_> = jobs.into();
-        let (done, committed) = run_batch(&store.inner, &mut queued);
+        let (done, committed) = run_batch(&store.inner, &mut queued, budget);
         for job in done {
             job.finish(&store.inner, committed.clone());
         }
@@ -377,6 +423,42 @@ mod tests {
         for a in answers {
             assert!(a.blocking_recv().unwrap().is_ok());
         }
+    }
+
+    #[test]
+    fn a_slow_write_ends_its_batch() {
+        let (_dir, store) = scratch();
+        let (slow, slow_answer) = job(|tx| {
+            std::thread::sleep(BATCH_BUDGET * 3);
+            tx.execute("INSERT INTO scratch (x) VALUES (1)", [])?;
+            Ok(1)
+        });
+        let (after, after_answer) = insert(2);
+        let left = batch_within(&store, vec![slow, after], BATCH_BUDGET);
+        assert_eq!(left.len(), 1, "the write after it waits for the next batch");
+        assert_eq!(slow_answer.blocking_recv().unwrap().unwrap(), 1);
+        assert!(batch(&store, left.into()).is_empty());
+        assert_eq!(after_answer.blocking_recv().unwrap().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_batch_that_cannot_start_fails_its_writes_and_the_next_one_works() {
+        let (_dir, store) = scratch();
+        // Another connection holds the write lock past the writer's busy timeout.
+        let other = rusqlite::Connection::open(store.path()).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        lock(&store.inner.writer)
+            .busy_timeout(Duration::from_millis(10))
+            .unwrap();
+        let (a, a_answer) = insert(1);
+        assert!(batch(&store, vec![a]).is_empty());
+        let e = a_answer.blocking_recv().unwrap().unwrap_err();
+        assert_eq!(e.code, ErrorCode::InternalError);
+        other.execute_batch("ROLLBACK").unwrap();
+        let (b, b_answer) = insert(2);
+        assert!(batch(&store, vec![b]).is_empty());
+        assert_eq!(b_answer.blocking_recv().unwrap().unwrap(), 2);
+        assert_eq!(rows(&store), vec![2]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
