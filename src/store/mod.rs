@@ -630,6 +630,10 @@ mod tests {
                 let mut out = Vec::new();
                 for sql in [
                     "SELECT * FROM contacts WHERE org_id = ?1 AND name_norm = ?2 ORDER BY id LIMIT ?3",
+                    // `contacts::by_exact_name_with_account`: the company by its primary key.
+                    "SELECT c.*, a.* FROM contacts c
+                       LEFT JOIN companies a ON a.id = c.account_id AND a.org_id = c.org_id
+                      WHERE c.org_id = ?1 AND c.name_norm = ?2 ORDER BY c.id LIMIT ?3",
                     "SELECT c.id FROM campaign_audiences a JOIN campaigns c ON c.id = a.campaign_id
                       WHERE a.contact_id = ?1 AND a.org_id = ?2 AND a.status != 'removed'
                       ORDER BY a.added_at DESC",
@@ -647,6 +651,13 @@ mod tests {
                 Ok(out)
             })
             .unwrap();
+        assert!(
+            plans[1]
+                .1
+                .contains("SEARCH a USING INDEX sqlite_autoindex_companies_1 (id=?)"),
+            "{}",
+            plans[1].1
+        );
         for (sql, plan) in plans {
             assert!(!plan.contains("TEMP B-TREE"), "{sql}\n  {plan}");
             assert!(!plan.contains("SCAN"), "{sql}\n  {plan}");
