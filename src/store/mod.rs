@@ -528,8 +528,14 @@ pub(crate) mod sql {
 
     /// Parses a JSON column, falling back to `default` for anything unreadable.
     pub fn json_col(s: Option<String>, default: serde_json::Value) -> serde_json::Value {
-        s.and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or(default)
+        match s.as_deref() {
+            // What most JSON columns hold (no custom fields, no metadata): the same value
+            // without running the parser, which a lookup would otherwise do for every record.
+            Some("{}") => serde_json::Value::Object(serde_json::Map::new()),
+            _ => s
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .unwrap_or(default),
+        }
     }
 
     /// Escapes `%`, `_` and `\` for a `LIKE ... ESCAPE '\'` pattern.
