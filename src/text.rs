@@ -7,6 +7,30 @@ use unicode_normalization::UnicodeNormalization;
 /// Lower-cases, strips accents and collapses everything that is not a letter or digit into single
 /// spaces: "  José  O'Neil " → "jose o neil".
 pub fn normalize(s: &str) -> String {
+    if s.is_ascii() {
+        let mut out = String::with_capacity(s.len());
+        let mut pending_space = false;
+        // The same steps without decomposition: ASCII has no accents to strip, and a letter's
+        // lower case is one byte. Names and references are mostly ASCII, and this runs for
+        // every one resolved.
+        for b in s.bytes() {
+            if b.is_ascii_alphanumeric() {
+                if pending_space && !out.is_empty() {
+                    out.push(' ');
+                }
+                pending_space = false;
+                out.push(char::from(b.to_ascii_lowercase()));
+            } else {
+                pending_space = true;
+            }
+        }
+        return out;
+    }
+    normalize_unicode(s)
+}
+
+/// [`normalize`] for any text.
+fn normalize_unicode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut pending_space = false;
     for c in s.nfd().filter(|c| !is_combining_mark(*c)) {
@@ -91,6 +115,14 @@ pub fn looks_like_domain(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The ASCII shortcut of `normalize` gives what decomposing does.
+        #[test]
+        fn ascii_normalizes_as_unicode_does(s in "[ -~\t\n]{0,40}") {
+            proptest::prop_assert_eq!(normalize(&s), normalize_unicode(&s));
+        }
+    }
 
     #[test]
     fn normalises_case_accents_and_punctuation() {

@@ -3,6 +3,7 @@
 //! exactly, then by token prefix, then fuzzily (Jaro–Winkler ≥ 0.9) — narrowed by company.
 //! Every step is an index lookup; nothing scans a table.
 
+use std::borrow::Borrow;
 use std::collections::HashSet;
 
 use rusqlite::Connection;
@@ -12,7 +13,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::ids::is_uuid;
 use crate::store::campaigns::{self, Campaign};
 use crate::store::companies::{self, Company};
-use crate::store::contacts::{self, Contact};
+use crate::store::contacts::{self, Contact, WithAccount};
 use crate::text::{looks_like_domain, normalize, tokens};
 
 /// Most candidates offered back for clarification.
@@ -106,17 +107,61 @@ pub fn contact(
     reference: &str,
     company: Option<&str>,
 ) -> ApiResult<Resolved<Contact>> {
+    contact_rows(
+        conn,
+        org,
+        reference,
+        company,
+        |query| contacts::by_exact_name(conn, org, query, PROBE_CAP),
+        Ok,
+    )
+}
+
+/// Like [`contact`], with the contact's company (for `lookup_person`). An exact name, the
+/// common case, reads both in one statement.
+pub fn contact_with_account(
+    conn: &Connection,
+    org: &str,
+    reference: &str,
+    company: Option<&str>,
+) -> ApiResult<Resolved<WithAccount>> {
+    contact_rows(
+        conn,
+        org,
+        reference,
+        company,
+        |query| contacts::by_exact_name_with_account(conn, org, query, PROBE_CAP),
+        |contact| {
+            let account = match &contact.account_id {
+                Some(id) => companies::get(conn, org, id)?,
+                None => None,
+            };
+            Ok(WithAccount { contact, account })
+        },
+    )
+}
+
+/// [`contact`]'s steps, over rows of type `T`: what `exact` reads for an exact name, else a
+/// contact found another way and completed by `complete` (only once it is the one picked).
+fn contact_rows<T: Borrow<Contact>>(
+    conn: &Connection,
+    org: &str,
+    reference: &str,
+    company: Option<&str>,
+    exact: impl Fn(&str) -> ApiResult<Vec<T>>,
+    complete: impl Fn(Contact) -> ApiResult<T>,
+) -> ApiResult<Resolved<T>> {
     let reference = reference.trim();
     let not_found = || contact_not_found(reference, company);
+    let one = |found: Option<Contact>| match found {
+        Some(c) => Ok(Resolved::One(complete(c)?)),
+        None => Err(not_found()),
+    };
     if is_uuid(reference) {
-        return contacts::get(conn, org, &reference.to_ascii_lowercase())?
-            .map(Resolved::One)
-            .ok_or_else(not_found);
+        return one(contacts::get(conn, org, &reference.to_ascii_lowercase())?);
     }
     if reference.contains('@') {
-        return contacts::find_by_email(conn, org, reference)?
-            .map(Resolved::One)
-            .ok_or_else(not_found);
+        return one(contacts::find_by_email(conn, org, reference)?);
     }
     let query = normalize(reference);
     if query.is_empty() {
@@ -127,29 +172,29 @@ pub fn contact(
     }
     let company_norm = company.map(normalize).filter(|c| !c.is_empty());
     let fits_company = |c: &Contact| fits_company(company_norm.as_deref(), c);
-    let steps: &[Step] = if too_short(&query) {
-        &[Step::Exact]
-    } else {
-        &[Step::Exact, Step::Prefix, Step::Fuzzy]
-    };
-    for step in steps.iter().copied() {
-        let matches = match step {
-            // The rows at once: an exact name is the common case, and one query is cheaper
-            // than ids and then a query per id.
-            Step::Exact => contacts::by_exact_name(conn, org, &query, PROBE_CAP)?,
-            Step::Prefix => contacts::get_many(conn, org, &prefix_matches(conn, org, &query)?)?,
-            Step::Fuzzy => contacts::get_many(conn, org, &fuzzy_matches(conn, org, &query)?)?,
-        };
-        if matches.is_empty() {
-            continue;
-        }
-        let found: Vec<Contact> = matches.into_iter().filter(|c| fits_company(c)).collect();
-        if let Some(r) = pick(found, contact_candidate) {
-            return Ok(r);
-        }
+    // The rows at once: an exact name is the common case, and one query is cheaper than ids
+    // and then a query per id.
+    let found: Vec<T> = exact(&query)?
+        .into_iter()
+        .filter(|r| fits_company(r.borrow()))
+        .collect();
+    if let Some(r) = pick(found, |r| contact_candidate(r.borrow())) {
+        return Ok(r);
     }
     if too_short(&query) {
         return Err(too_short_error("contactRef", "contact"));
+    }
+    for step in [Step::Prefix, Step::Fuzzy] {
+        let matches = match step {
+            Step::Prefix => contacts::get_many(conn, org, &prefix_matches(conn, org, &query)?)?,
+            Step::Fuzzy => contacts::get_many(conn, org, &fuzzy_matches(conn, org, &query)?)?,
+        };
+        let found: Vec<Contact> = matches.into_iter().filter(|c| fits_company(c)).collect();
+        match pick(found, contact_candidate) {
+            Some(Resolved::One(c)) => return Ok(Resolved::One(complete(c)?)),
+            Some(Resolved::Ambiguous(a)) => return Ok(Resolved::Ambiguous(a)),
+            None => {}
+        }
     }
     Err(not_found())
 }
@@ -327,7 +372,6 @@ fn by_name<T: Clone>(
 
 #[derive(Clone, Copy)]
 enum Step {
-    Exact,
     Prefix,
     Fuzzy,
 }

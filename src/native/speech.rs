@@ -16,6 +16,16 @@ pub const MAX_NAME: usize = 60;
 /// "and", drops control characters, markdown characters, URLs, ids and ISO timestamps, collapses
 /// whitespace, and cuts at a word boundary before [`MAX_SPOKEN`] characters.
 pub fn speakable(s: &str) -> String {
+    // Most sentences are already clean ("Sarah Chen is VP of Engineering at Notion. ...");
+    // checking that is one pass without allocating, where cleaning makes five copies.
+    if already_plain(s, MAX_SPOKEN) && s.split(' ').all(|w| !unspeakable(w)) {
+        return s.to_string();
+    }
+    speakable_in_full(s)
+}
+
+/// [`speakable`] without the shortcut for clean text.
+fn speakable_in_full(s: &str) -> String {
     let plain = plain_text(s);
     let words: Vec<&str> = plain
         .split_whitespace()
@@ -59,6 +69,28 @@ fn plain_text(s: &str) -> String {
         }
     }
     out
+}
+
+/// Whether cleaning `s` (plain text, whitespace collapsed, punctuation joined, markdown
+/// characters dropped, cut at `max` characters) would leave it as it is: words separated by
+/// single spaces, none before punctuation, and no character that any step removes or changes.
+fn already_plain(s: &str, max: usize) -> bool {
+    let mut prev = ' ';
+    let mut chars = 0;
+    for c in s.chars() {
+        let kept = match c {
+            ' ' => prev != ' ',
+            '.' | ',' | ';' | ':' | '!' | '?' => prev != ' ',
+            '<' | '>' | '&' | '*' | '_' | '`' | '#' | '[' | ']' | '|' | '~' | '{' | '}' => false,
+            c => !c.is_whitespace() && !c.is_control() && !is_format_char(c),
+        };
+        if !kept {
+            return false;
+        }
+        prev = c;
+        chars += 1;
+    }
+    prev != ' ' && chars <= max
 }
 
 /// Joins punctuation back onto the word before it once removed markup left a gap ("B ." → "B.").
@@ -106,11 +138,15 @@ fn cut(s: &str, max: usize) -> String {
 /// anywhere (also inside brackets or quotes), a UUID, a long run of hex digits, or an ISO 8601
 /// date-time such as `2026-12-01T15:00:00Z`.
 fn unspeakable(word: &str) -> bool {
-    let lower = word.to_ascii_lowercase();
-    if lower.contains("http://") || lower.contains("https://") || lower.contains("www.") {
+    let b = word.as_bytes();
+    // Compared in place rather than on a lower-cased copy: this runs for every word said.
+    let holds = |needle: &[u8]| {
+        b.windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+    };
+    if holds(b"http://") || holds(b"https://") || holds(b"www.") {
         return true;
     }
-    let b = word.as_bytes();
     let uuid = b.windows(36).any(|w| {
         w.iter().enumerate().all(|(i, c)| match i {
             8 | 13 | 18 | 23 => *c == b'-',
@@ -130,6 +166,15 @@ fn unspeakable(word: &str) -> bool {
 /// A user-supplied value made safe to put in a sentence: plain text, whitespace collapsed, at
 /// most `max` characters.
 fn clean_value(s: &str, max: usize) -> String {
+    // Names read from records are mostly clean already (see `speakable`).
+    if already_plain(s, max) {
+        return s.to_string();
+    }
+    clean_value_in_full(s, max)
+}
+
+/// [`clean_value`] without the shortcut for clean text.
+fn clean_value_in_full(s: &str, max: usize) -> String {
     let plain = plain_text(s);
     let one_line = tidy(&plain.split_whitespace().collect::<Vec<_>>().join(" "));
     let cleaned: String = one_line
@@ -379,5 +424,78 @@ mod tests {
             when_rfc3339("2026-11-30T09:00:00+09:00", late),
             "today at 9:00 AM"
         );
+    }
+    /// The shortcuts for clean text answer exactly what cleaning in full does, for text made of
+    /// the characters each step looks at.
+    mod shortcuts {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn text() -> impl Strategy<Value = String> {
+            let pieces = prop::sample::select(vec![
+                "a",
+                "Z",
+                "é",
+                "7",
+                " ",
+                "  ",
+                ".",
+                ",",
+                "?",
+                "<",
+                ">",
+                "<b>",
+                "&",
+                "*",
+                "_",
+                "#",
+                "{",
+                "\t",
+                "\n",
+                "\u{200B}",
+                "\u{00A0}",
+                "\u{3000}",
+                "http://x",
+                "WWW.",
+                "Sarah",
+                "Chen",
+                "2026-12-01T15:00:00Z",
+                "0123456789abcdef0123456789ABCDEF",
+                "ß",
+            ]);
+            prop::collection::vec(pieces, 0..40).prop_map(|p| p.concat())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+            #[test]
+            fn speakable_is_speakable_in_full(s in text()) {
+                prop_assert_eq!(speakable(&s), speakable_in_full(&s));
+            }
+
+            #[test]
+            fn clean_value_is_clean_value_in_full(s in text(), max in 0usize..80) {
+                prop_assert_eq!(clean_value(&s, max), clean_value_in_full(&s, max));
+            }
+
+            #[test]
+            fn unspeakable_ignores_ascii_case(s in text()) {
+                for w in s.split(' ') {
+                    let lower = w.to_ascii_lowercase();
+                    let url = ["http://", "https://", "www."].iter().any(|u| lower.contains(u));
+                    prop_assert!(!url || unspeakable(w), "{w}");
+                }
+            }
+        }
+
+        #[test]
+        fn clean_text_takes_the_shortcut() {
+            let s = "Sarah Chen is VP of Engineering at Notion. Status is qualified.";
+            assert!(already_plain(s, MAX_SPOKEN));
+            assert!(!already_plain("Sarah Chen is VP", 10));
+            for dirty in [" a", "a ", "a  b", "a .", "a<b", "a\tb", "", "a\u{200B}"] {
+                assert!(!already_plain(dirty, MAX_SPOKEN), "{dirty:?}");
+            }
+        }
     }
 }

@@ -380,12 +380,20 @@ pub fn restore_member(
     Ok(())
 }
 
-/// The campaigns a contact is in (removed memberships excluded).
-pub fn memberships(
-    conn: &Connection,
-    org: &str,
-    contact_id: &str,
-) -> ApiResult<Vec<serde_json::Value>> {
+/// A contact's place in a campaign, as `lookup_person` shows it. Fields in the order of the
+/// reply's JSON.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Membership {
+    pub campaign_id: String,
+    pub name: String,
+    pub status: String,
+    pub audience_status: String,
+    pub added_at: String,
+}
+
+/// The campaigns a contact is in (removed memberships excluded), newest first. Typed records
+/// rather than JSON values: the reply serializes them straight into its text.
+pub fn memberships(conn: &Connection, org: &str, contact_id: &str) -> ApiResult<Vec<Membership>> {
     let mut stmt = conn.prepare_cached(
         "SELECT c.id, c.name, c.status, a.status, a.added_at FROM campaign_audiences a
            JOIN campaigns c ON c.id = a.campaign_id
@@ -393,13 +401,13 @@ pub fn memberships(
           ORDER BY a.added_at DESC",
     )?;
     let rows = stmt.query_map([contact_id, org], |r| {
-        Ok(serde_json::json!({
-            "campaign_id": r.get::<_, String>(0)?,
-            "name": r.get::<_, String>(1)?,
-            "status": r.get::<_, String>(2)?,
-            "audience_status": r.get::<_, String>(3)?,
-            "added_at": r.get::<_, String>(4)?,
-        }))
+        Ok(Membership {
+            campaign_id: r.get(0)?,
+            name: r.get(1)?,
+            status: r.get(2)?,
+            audience_status: r.get(3)?,
+            added_at: r.get(4)?,
+        })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }

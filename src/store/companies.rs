@@ -117,15 +117,21 @@ pub struct CompanyFilter {
 const COLUMNS: &str = "id, name, domain, industry, size, context, created_at, updated_at";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Company> {
+    from_row_at(r, 0)
+}
+
+/// A company read from [`COLUMNS`] starting at column `at`, for a query that reads another
+/// record's columns before it (a contact and its company in one statement).
+pub(super) fn from_row_at(r: &Row<'_>, at: usize) -> rusqlite::Result<Company> {
     Ok(Company {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        domain: r.get(2)?,
-        industry: r.get(3)?,
-        size: r.get(4)?,
-        context: json_col(r.get(5)?, Value::Object(Map::new())),
-        created_at: r.get(6)?,
-        updated_at: r.get(7)?,
+        id: r.get(at)?,
+        name: r.get(at + 1)?,
+        domain: r.get(at + 2)?,
+        industry: r.get(at + 3)?,
+        size: r.get(at + 4)?,
+        context: json_col(r.get(at + 5)?, Value::Object(Map::new())),
+        created_at: r.get(at + 6)?,
+        updated_at: r.get(at + 7)?,
     })
 }
 

@@ -5,6 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::companies::{self, Company};
 use super::sql::{json_col, like_escape, Filter};
 use super::{Page, PageRequest};
 use crate::domain::ContactStatus;
@@ -562,6 +563,56 @@ pub fn by_exact_name(
     let rows = stmt.query_map(params![org, name_norm, cap as i64], from_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
+
+/// A contact and the company it is linked to (`account_id`), read together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WithAccount {
+    pub contact: Contact,
+    pub account: Option<Company>,
+}
+
+impl std::borrow::Borrow<Contact> for WithAccount {
+    fn borrow(&self) -> &Contact {
+        &self.contact
+    }
+}
+
+/// Like [`by_exact_name`], with each contact's company read in the same statement. The company
+/// is a primary-key probe either way; a second statement would add its fixed cost (statement
+/// cache, binding, stepping, reset), which on the uncached `lookup_person` path is as large as
+/// the probe itself.
+pub fn by_exact_name_with_account(
+    conn: &Connection,
+    org: &str,
+    name_norm: &str,
+    cap: usize,
+) -> ApiResult<Vec<WithAccount>> {
+    // The contact's columns in `from_row`'s order, then the company's in
+    // `companies::from_row_at`'s. `a.org_id = c.org_id` keeps another org's company out, as
+    // `companies::get` does with its org.
+    const SQL: &str = "SELECT c.id, c.email, c.first_name, c.last_name, c.company, c.title, \
+         c.linkedin_url, c.phone, c.status, c.folder_id, c.account_id, c.custom_fields, \
+         c.created_at, c.updated_at, \
+         a.id, a.name, a.domain, a.industry, a.size, a.context, a.created_at, a.updated_at \
+         FROM contacts c LEFT JOIN companies a ON a.id = c.account_id AND a.org_id = c.org_id \
+         WHERE c.org_id = ?1 AND c.name_norm = ?2 ORDER BY c.id LIMIT ?3";
+    let mut stmt = conn.prepare_cached(SQL)?;
+    let rows = stmt.query_map(params![org, name_norm, cap as i64], |r| {
+        // A contact without a company has NULL in every company column.
+        let account = match r.get_ref(ACCOUNT_AT)? {
+            rusqlite::types::ValueRef::Null => None,
+            _ => Some(companies::from_row_at(r, ACCOUNT_AT)?),
+        };
+        Ok(WithAccount {
+            contact: from_row(r)?,
+            account,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The first company column of [`by_exact_name_with_account`]'s rows.
+const ACCOUNT_AT: usize = 14;
 
 /// Ids of contacts whose normalised full name is exactly `name_norm`.
 pub fn ids_by_exact_name(

@@ -541,8 +541,14 @@ pub(crate) mod sql {
 
     /// Parses a JSON column, falling back to `default` for anything unreadable.
     pub fn json_col(s: Option<String>, default: serde_json::Value) -> serde_json::Value {
-        s.and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or(default)
+        match s.as_deref() {
+            // What most JSON columns hold (no custom fields, no metadata): the same value
+            // without running the parser, which a lookup would otherwise do for every record.
+            Some("{}") => serde_json::Value::Object(serde_json::Map::new()),
+            _ => s
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .unwrap_or(default),
+        }
     }
 
     /// Escapes `%`, `_` and `\` for a `LIKE ... ESCAPE '\'` pattern.
@@ -643,6 +649,10 @@ mod tests {
                 let mut out = Vec::new();
                 for sql in [
                     "SELECT * FROM contacts WHERE org_id = ?1 AND name_norm = ?2 ORDER BY id LIMIT ?3",
+                    // `contacts::by_exact_name_with_account`: the company by its primary key.
+                    "SELECT c.*, a.* FROM contacts c
+                       LEFT JOIN companies a ON a.id = c.account_id AND a.org_id = c.org_id
+                      WHERE c.org_id = ?1 AND c.name_norm = ?2 ORDER BY c.id LIMIT ?3",
                     "SELECT c.id FROM campaign_audiences a JOIN campaigns c ON c.id = a.campaign_id
                       WHERE a.contact_id = ?1 AND a.org_id = ?2 AND a.status != 'removed'
                       ORDER BY a.added_at DESC",
@@ -660,6 +670,13 @@ mod tests {
                 Ok(out)
             })
             .unwrap();
+        assert!(
+            plans[1]
+                .1
+                .contains("SEARCH a USING INDEX sqlite_autoindex_companies_1 (id=?)"),
+            "{}",
+            plans[1].1
+        );
         for (sql, plan) in plans {
             assert!(!plan.contains("TEMP B-TREE"), "{sql}\n  {plan}");
             assert!(!plan.contains("SCAN"), "{sql}\n  {plan}");

@@ -449,8 +449,13 @@ pub fn rate_limited(transport: &'static str) {
 }
 
 pub fn backend_operation(operation: &'static str, backend: &'static str, elapsed: Duration) {
-    histogram!(names::BACKEND_TIME, "operation" => operation, "backend" => backend)
-        .record(elapsed.as_secs_f64());
+    let register = |&(o, b): &(&'static str, &'static str)| histogram!(names::BACKEND_TIME, "operation" => o, "backend" => b);
+    // Every native turn records one (its resolve): a kept handle, not a registry lookup.
+    let h = match series::hot() {
+        Some(hot) => hot.backend_time.get((operation, backend), register),
+        None => register(&(operation, backend)),
+    };
+    h.record(elapsed.as_secs_f64());
 }
 
 pub fn audit_write() {

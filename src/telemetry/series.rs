@@ -50,6 +50,8 @@ pub(super) struct Hot {
     pub http_requests: Series<(&'static str, &'static str, &'static str), Counter>,
     /// (route, method)
     pub http_duration: Series<(&'static str, &'static str), Histogram>,
+    /// (operation, backend)
+    pub backend_time: Series<(&'static str, &'static str), Histogram>,
     /// Route templates as `'static` strings, one copy per template the router has.
     routes: RwLock<HashMap<Box<str>, &'static str>>,
 }
@@ -63,6 +65,7 @@ pub(super) fn enable() {
         native_time: Series::new(),
         http_requests: Series::new(),
         http_duration: Series::new(),
+        backend_time: Series::new(),
         routes: RwLock::new(HashMap::new()),
     });
 }
@@ -117,6 +120,7 @@ mod tests {
             native_time: Series::new(),
             http_requests: Series::new(),
             http_duration: Series::new(),
+            backend_time: Series::new(),
             routes: RwLock::new(HashMap::new()),
         };
         let a = hot.route_label(&String::from("/api/v1/contacts/{id}"));

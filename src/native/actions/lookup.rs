@@ -5,7 +5,7 @@ use rusqlite::Connection;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::{contact_or_clarify, optional_contact, reply};
+use super::{optional_contact, reply};
 use crate::error::ApiResult;
 use crate::ids::to_rfc3339;
 use crate::native::action::parse_since;
@@ -15,20 +15,19 @@ use crate::native::reply::{NativeReply, ReplyData};
 use crate::native::resolve::{self, Resolved};
 use crate::native::speech::{self, article, count, quote};
 use crate::store::companies::Company;
-use crate::store::contacts::Contact;
+use crate::store::contacts::{Contact, WithAccount};
 use crate::store::interactions::{self, ActivityFilter, Interaction};
 use crate::store::signals::{self, Signal, SignalFilter};
-use crate::store::{campaigns, companies, contacts, PageRequest};
+use crate::store::{campaigns, contacts, PageRequest};
 
 pub fn lookup_person(conn: &Connection, org: &str, a: &LookupPerson) -> ApiResult<Step> {
-    let contact = match contact_or_clarify(conn, org, a.contact.as_deref(), a.company.as_deref())? {
-        Ok(c) => c,
-        Err(clarification) => return reply(clarification),
-    };
-    let account = match &contact.account_id {
-        Some(id) => companies::get(conn, org, id)?,
-        None => None,
-    };
+    // As `contact_or_clarify`, with the company read along with the contact.
+    let reference = a.contact.as_deref().unwrap_or("").trim();
+    let WithAccount { contact, account } =
+        match resolve::contact_with_account(conn, org, reference, a.company.as_deref())? {
+            Resolved::One(c) => c,
+            Resolved::Ambiguous(c) => return reply(super::clarify("contactRef", reference, c)),
+        };
     let memberships = campaigns::memberships(conn, org, &contact.id)?;
     let recent = interactions::latest_for_contact(conn, org, &contact.id, 3)?;
     Ok(Step::Reply(person_reply(
