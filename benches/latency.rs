@@ -93,8 +93,14 @@ fn main() {
         (format!("paced at {rate} turns/s"), Some(rate)),
         ("saturated (closed loop)".to_string(), None),
     ] {
-        let samples = rt.block_on(run_mix(turns, pace));
-        over.extend(report(&label, turns, samples, target_ms));
+        let (samples, took) = rt.block_on(run_mix(turns, pace));
+        let rate = turns as f64 / took.as_secs_f64();
+        over.extend(report(
+            &format!("{label}; {rate:.0} turns/s reached"),
+            turns,
+            samples,
+            target_ms,
+        ));
     }
     if !over.is_empty() {
         eprintln!("fast-mode p99 over the {target_ms} ms target: {over:?}");
@@ -106,8 +112,8 @@ fn main() {
 type Sample = (&'static str, &'static str, f64, String);
 
 /// Runs `turns` turns of the mix over 32 connections against a fresh server; `pace` spaces
-/// turn starts at that many per second.
-async fn run_mix(turns: usize, pace: Option<f64>) -> Vec<Sample> {
+/// turn starts at that many per second. Returns the samples and how long the turns took.
+async fn run_mix(turns: usize, pace: Option<f64>) -> (Vec<Sample>, std::time::Duration) {
     let (dir, store) = common::demo_store();
     let server = pilot_bridge::server::start(common::config(&dir), Some(store))
         .await
@@ -171,9 +177,10 @@ async fn run_mix(turns: usize, pace: Option<f64>) -> Vec<Sample> {
     for w in workers {
         all.extend(w.await.expect("worker"));
     }
+    let took = t0.elapsed();
     server.shutdown().await;
     drop(dir);
-    all
+    (all, took)
 }
 
 /// Prints one table; returns the actions whose p99 is over the target.
