@@ -495,6 +495,55 @@ mod tests {
         assert_eq!(rows(&store), (0..400).collect::<Vec<_>>());
     }
 
+    /// Liveness, not a proof of the hand-over: with or without `wait_for_checkpoint` the
+    /// checkpoints got the mutex in tests here; this catches a deadlock or a starved checkpoint.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restart_checkpoint_gets_the_writer_under_a_steady_stream_of_writes() {
+        let (_dir, store) = scratch();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let writers: Vec<_> = (0..8)
+            .map(|_| {
+                let (store, stop, written) = (store.clone(), stop.clone(), written.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        store
+                            .write_bookkeeping(|tx| {
+                                Ok(tx.execute("INSERT INTO scratch (x) VALUES (1)", [])?)
+                            })
+                            .await
+                            .unwrap();
+                        written.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        // Once the stream is steady, the writer thread always has a next batch waiting.
+        while written.load(Ordering::Relaxed) < 500 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let s = store.clone();
+        let restarts = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            for _ in 0..20 {
+                s.checkpoint(crate::store::wal::Mode::Restart).unwrap();
+            }
+            started.elapsed()
+        });
+        let before = written.load(Ordering::Relaxed);
+        let took = tokio::time::timeout(Duration::from_secs(30), restarts)
+            .await
+            .expect("RESTART checkpoints finish while writes keep coming")
+            .unwrap();
+        let during = written.load(Ordering::Relaxed) - before;
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            w.await.unwrap();
+        }
+        assert!(during > 0, "the writes went on meanwhile");
+        eprintln!("20 RESTART checkpoints took {took:?} beside {during} writes");
+    }
+
     #[test]
     fn the_writer_thread_does_not_keep_the_store_alive() {
         let (dir, store) = scratch();
